@@ -1,0 +1,313 @@
+//! Reading an export: bytes → version directive → header → typed rows, collecting every field
+//! error with its location. Cross-row rules live in `validate`.
+
+use crate::error::{ErrorKind, ExportError, ExportErrors};
+use crate::fields::{
+    parse_fwmark, parse_ip, parse_persistence, parse_rport, parse_weight, InstanceId, Method,
+    PortRange, Proto, Scheduler, ServiceType,
+};
+use crate::row::{Col, ExportRow, Layout, Record};
+use crate::version::FormatVersion;
+use crate::Export;
+
+/// Parses and fully validates an export. On any error nothing is returned but the errors:
+/// a partially valid export must never reach a renderer.
+pub fn parse(input: &[u8]) -> Result<Export, ExportErrors> {
+    let text = std::str::from_utf8(input).map_err(|e| utf8_error(input, e))?;
+    // Spreadsheets like to prepend a byte-order mark; it carries no meaning.
+    let text = text.strip_prefix('\u{feff}').unwrap_or(text);
+    let version = FormatVersion::from_directive(text)?;
+
+    let mut reader = csv::ReaderBuilder::new()
+        .has_headers(false)
+        .comment(Some(b'#'))
+        .flexible(true)
+        .from_reader(text.as_bytes());
+    let mut errors = ExportErrors::default();
+    let mut record = csv::StringRecord::new();
+
+    let header = loop {
+        match reader.read_record(&mut record) {
+            Ok(true) => break Header::read(&record, line_of(text, &record), version, &mut errors),
+            Ok(false) => {
+                errors.push(ExportError {
+                    line: text.lines().count().max(1) as u64,
+                    column: None,
+                    kind: ErrorKind::MissingHeader,
+                    message: format!(
+                        "expected a header row naming the columns ({})",
+                        Col::ALL.map(Col::name).join(",")
+                    ),
+                });
+                return Err(errors);
+            }
+            Err(e) => return Err(csv_error(e)),
+        }
+    };
+    let Some(header) = header else {
+        return Err(errors.sorted());
+    };
+
+    let mut records = Vec::new();
+    loop {
+        match reader.read_record(&mut record) {
+            Ok(true) => {
+                let line = line_of(text, &record);
+                if let Some(row) = header.row(&record, line, &mut errors) {
+                    records.push(Record { line, row });
+                }
+                if errors.is_full() {
+                    errors.truncated = true;
+                    return Err(errors.sorted());
+                }
+            }
+            Ok(false) => break,
+            Err(e) => {
+                errors.push(csv_error(e).errors.remove(0));
+                return Err(errors.sorted());
+            }
+        }
+    }
+    crate::validate::validate_records(&records, &header.layout, &mut errors);
+    if !errors.is_empty() {
+        return Err(errors.sorted());
+    }
+    Ok(Export {
+        version,
+        records,
+        warnings: header.warnings,
+    })
+}
+
+/// The line a record really starts on. csv reports where its read began, before it skipped
+/// comment and blank lines, so those are stepped over here the same way csv does.
+fn line_of(text: &str, record: &csv::StringRecord) -> u64 {
+    let Some(pos) = record.position() else {
+        return 0;
+    };
+    let bytes = text.as_bytes();
+    let (mut at, mut line) = (pos.byte() as usize, pos.line());
+    while at < bytes.len() && matches!(bytes[at], b'#' | b'\n' | b'\r') {
+        let skip = match bytes[at] {
+            b'\r' if bytes.get(at + 1) == Some(&b'\n') => 2,
+            b'\n' | b'\r' => 1,
+            _ => bytes[at..]
+                .iter()
+                .position(|&b| b == b'\n')
+                .map_or(bytes.len() - at, |i| i + 1),
+        };
+        at += skip;
+        line += 1;
+    }
+    line
+}
+
+fn utf8_error(input: &[u8], e: std::str::Utf8Error) -> ExportErrors {
+    let before = &input[..e.valid_up_to()];
+    let line = before.iter().filter(|&&b| b == b'\n').count() as u64 + 1;
+    let line_start = before
+        .iter()
+        .rposition(|&b| b == b'\n')
+        .map_or(0, |i| i + 1);
+    // Characters, not bytes, before the bad byte: what an editor shows as the column.
+    let col = String::from_utf8_lossy(&before[line_start..])
+        .chars()
+        .count()
+        + 1;
+    let mut errors = ExportErrors::default();
+    errors.push(ExportError {
+        line,
+        column: None,
+        kind: ErrorKind::InvalidUtf8,
+        message: format!(
+            "character {col}: expected UTF-8 text, found byte 0x{:02x}",
+            input[e.valid_up_to()]
+        ),
+    });
+    errors
+}
+
+fn csv_error(e: csv::Error) -> ExportErrors {
+    let line = e.position().map_or(0, |p| p.line());
+    let mut errors = ExportErrors::default();
+    errors.push(ExportError {
+        line,
+        column: None,
+        kind: ErrorKind::Csv,
+        message: format!("malformed CSV: {e}"),
+    });
+    errors
+}
+
+/// The header row: which field holds which column.
+struct Header {
+    layout: Layout,
+    width: usize,
+    warnings: Vec<ExportError>,
+}
+
+impl Header {
+    fn read(
+        record: &csv::StringRecord,
+        line: u64,
+        version: FormatVersion,
+        errors: &mut ExportErrors,
+    ) -> Option<Header> {
+        let mut positions = [0usize; 12];
+        let mut warnings = Vec::new();
+        let before = errors.len();
+        for (i, name) in record.iter().enumerate() {
+            let column = Some(crate::error::Column {
+                index: i + 1,
+                name: name.to_owned(),
+            });
+            match Col::from_name(name) {
+                Some(col) if positions[col as usize] != 0 => errors.push(ExportError {
+                    line,
+                    column,
+                    kind: ErrorKind::DuplicateColumn,
+                    message: format!(
+                        "column {name:?} appears twice (first as column {})",
+                        positions[col as usize]
+                    ),
+                }),
+                Some(col) => positions[col as usize] = i + 1,
+                None => {
+                    let e = ExportError {
+                        line,
+                        column,
+                        kind: ErrorKind::UnknownColumn,
+                        message: format!(
+                            "unknown column {name:?}; version {version} has {}",
+                            Col::ALL.map(Col::name).join(",")
+                        ),
+                    };
+                    if version.ignores_unknown_columns() {
+                        warnings.push(ExportError {
+                            message: format!(
+                                "ignoring column {name:?}: the file declares version {version}, newer than this reader's {}",
+                                FormatVersion::CURRENT
+                            ),
+                            ..e
+                        });
+                    } else {
+                        errors.push(e);
+                    }
+                }
+            }
+        }
+        for col in Col::ALL {
+            if positions[col as usize] == 0 {
+                errors.push(ExportError {
+                    line,
+                    column: None,
+                    kind: ErrorKind::MissingColumn,
+                    message: format!("header lacks the required column {:?}", col.name()),
+                });
+            }
+        }
+        (errors.len() == before).then(|| Header {
+            layout: Layout::from_positions(positions),
+            width: record.len(),
+            warnings,
+        })
+    }
+
+    /// Parses one data record; every bad field is reported, not just the first.
+    fn row(
+        &self,
+        record: &csv::StringRecord,
+        line: u64,
+        errors: &mut ExportErrors,
+    ) -> Option<ExportRow> {
+        if record.len() != self.width {
+            errors.push(ExportError {
+                line,
+                column: None,
+                kind: ErrorKind::FieldCount,
+                message: format!(
+                    "expected {} fields as in the header, found {}",
+                    self.width,
+                    record.len()
+                ),
+            });
+            return None;
+        }
+        let before = errors.len();
+        // Each field is parsed even after an earlier one failed, so one pass reports them all.
+        let service = self.field(record, line, Col::Service, ServiceType::parse, errors);
+        let instance = self.field(record, line, Col::Instance, InstanceId::parse, errors);
+        let proto = self.field(record, line, Col::Proto, Proto::parse, errors);
+        let vip = self.field(
+            record,
+            line,
+            Col::Vip,
+            |s| parse_ip(s, "the virtual (external) IP"),
+            errors,
+        );
+        let vport = self.field(record, line, Col::Vport, PortRange::parse, errors);
+        let fwmark = self.field(record, line, Col::Fwmark, parse_fwmark, errors);
+        let rip = self.field(
+            record,
+            line,
+            Col::Rip,
+            |s| parse_ip(s, "the real server's IP"),
+            errors,
+        );
+        let rport = self.field(record, line, Col::Rport, parse_rport, errors);
+        let weight = self.field(record, line, Col::Weight, parse_weight, errors);
+        let scheduler = self.field(record, line, Col::Scheduler, Scheduler::parse, errors);
+        let method = self.field(record, line, Col::Method, Method::parse, errors);
+        let persistence = self.field(record, line, Col::Persistence, parse_persistence, errors);
+        if errors.len() != before {
+            return None;
+        }
+        Some(ExportRow {
+            service: service?,
+            instance: instance?,
+            proto: proto?,
+            vip: vip?,
+            vport: vport?,
+            fwmark: fwmark?,
+            rip: rip?,
+            rport: rport?,
+            weight: weight?,
+            scheduler: scheduler?,
+            method: method?,
+            persistence: persistence?,
+        })
+    }
+
+    /// Parses the field of `col`, reporting stray whitespace or a bad value at its location.
+    fn field<T>(
+        &self,
+        record: &csv::StringRecord,
+        line: u64,
+        col: Col,
+        parse: impl Fn(&str) -> Result<T, String>,
+        errors: &mut ExportErrors,
+    ) -> Option<T> {
+        let text = record.get(self.layout.index(col)).unwrap_or("");
+        let (kind, message) = if text.trim() != text {
+            (
+                ErrorKind::Whitespace,
+                format!("expected no leading or trailing spaces, found {text:?}"),
+            )
+        } else {
+            match parse(text) {
+                Ok(value) => return Some(value),
+                Err(expected) => (
+                    ErrorKind::BadValue,
+                    format!("expected {expected}, found {text:?}"),
+                ),
+            }
+        };
+        errors.push(ExportError {
+            line,
+            column: Some(self.layout.column(col)),
+            kind,
+            message,
+        });
+        None
+    }
+}
