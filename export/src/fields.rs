@@ -117,7 +117,9 @@ impl fmt::Display for Proto {
 }
 
 /// An inclusive port range; a single port has `first == last`. Ports are 1..=65535.
+/// Serialized as its CSV text (`"443"`, `"20000-29999"`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(into = "String", try_from = "String")]
 pub struct PortRange {
     pub first: u16,
     pub last: u16,
@@ -149,6 +151,19 @@ impl PortRange {
             return Err("a range whose first port is not above its last".into());
         }
         Ok(range)
+    }
+}
+
+impl From<PortRange> for String {
+    fn from(p: PortRange) -> String {
+        p.to_string()
+    }
+}
+
+impl TryFrom<String> for PortRange {
+    type Error = String;
+    fn try_from(s: String) -> Result<Self, String> {
+        PortRange::parse(&s).map_err(|e| format!("expected {e}, found {s:?}"))
     }
 }
 

@@ -26,23 +26,21 @@ pub fn parse(input: &[u8]) -> Result<Export, ExportErrors> {
     let mut errors = ExportErrors::default();
     let mut record = csv::StringRecord::new();
 
-    let header = loop {
-        match reader.read_record(&mut record) {
-            Ok(true) => break Header::read(&record, line_of(text, &record), version, &mut errors),
-            Ok(false) => {
-                errors.push(ExportError {
-                    line: text.lines().count().max(1) as u64,
-                    column: None,
-                    kind: ErrorKind::MissingHeader,
-                    message: format!(
-                        "expected a header row naming the columns ({})",
-                        Col::ALL.map(Col::name).join(",")
-                    ),
-                });
-                return Err(errors);
-            }
-            Err(e) => return Err(csv_error(e)),
+    let header = match reader.read_record(&mut record) {
+        Ok(true) => Header::read(&record, line_of(text, &record), version, &mut errors),
+        Ok(false) => {
+            errors.push(ExportError {
+                line: text.lines().count().max(1) as u64,
+                column: None,
+                kind: ErrorKind::MissingHeader,
+                message: format!(
+                    "expected a header row naming the columns ({})",
+                    Col::ALL.map(Col::name).join(",")
+                ),
+            });
+            return Err(errors);
         }
+        Err(e) => return Err(csv_error(e)),
     };
     let Some(header) = header else {
         return Err(errors.sorted());

@@ -1,0 +1,131 @@
+//! The parser never panics, and whatever it rejects it rejects with located errors; whatever
+//! it accepts survives a write/parse round trip unchanged.
+
+use portcullis_export::{parse, to_string, ExportErrors};
+use proptest::prelude::*;
+
+const VALID: &str = "# portcullis-export 1.0
+service,instance,proto,vip,vport,fwmark,rip,rport,weight,scheduler,method,persistence
+pgw,pgw.app1.1,tcp,192.0.2.10,443,,10.10.1.11,8443,100,wlc,nat,300
+pgw,pgw.app2.1,tcp,192.0.2.10,443,,10.10.1.12,8443,100,wlc,nat,300
+tg,tg.app3.1,tcp,192.0.2.20,20000-29999,7,10.10.2.21,,10,sh,nat,
+tg,tg.app3.1,tcp,192.0.2.21,20000-29999,7,10.10.2.21,,10,sh,nat,
+logger,logger.6,udp,2001:db8::514,514,,fd00:10::61,5514,1,rr,nat,
+";
+
+fn located(errors: &ExportErrors, input_lines: usize) -> Result<(), TestCaseError> {
+    prop_assert!(!errors.errors.is_empty());
+    for e in &errors.errors {
+        prop_assert!(
+            e.line >= 1 && e.line as usize <= input_lines.max(1) + 1,
+            "line {} of {}",
+            e.line,
+            input_lines
+        );
+        prop_assert!(!e.message.is_empty());
+    }
+    Ok(())
+}
+
+fn check(bytes: &[u8]) -> Result<(), TestCaseError> {
+    let lines = bytes.split(|&b| b == b'\n').count();
+    match parse(bytes) {
+        Ok(export) => {
+            let text = to_string(&export.rows())
+                .map_err(|e| TestCaseError::fail(format!("accepted but unwritable: {e}")))?;
+            let again = parse(text.as_bytes())
+                .map_err(|e| TestCaseError::fail(format!("round trip rejected: {e}")))?;
+            prop_assert_eq!(again.rows(), export.rows());
+        }
+        Err(errors) => located(&errors, lines)?,
+    }
+    Ok(())
+}
+
+/// Byte-level edits of a valid export: the kind of damage truncation, bad editors and bugs do.
+#[derive(Debug, Clone)]
+enum Mutation {
+    Set(usize, u8),
+    Delete(usize),
+    Insert(usize, u8),
+    Truncate(usize),
+    DuplicateLine(usize),
+    SwapLines(usize, usize),
+}
+
+fn mutation() -> impl Strategy<Value = Mutation> {
+    let interesting = prop::sample::select(b",-.:#\"\n\r 0179afx;\xff".to_vec());
+    prop_oneof![
+        (
+            any::<usize>(),
+            prop_oneof![interesting.clone(), any::<u8>()]
+        )
+            .prop_map(|(i, b)| Mutation::Set(i, b)),
+        any::<usize>().prop_map(Mutation::Delete),
+        (any::<usize>(), interesting).prop_map(|(i, b)| Mutation::Insert(i, b)),
+        any::<usize>().prop_map(Mutation::Truncate),
+        any::<usize>().prop_map(Mutation::DuplicateLine),
+        (any::<usize>(), any::<usize>()).prop_map(|(a, b)| Mutation::SwapLines(a, b)),
+    ]
+}
+
+fn mutate(mut bytes: Vec<u8>, m: &Mutation) -> Vec<u8> {
+    let n = bytes.len().max(1);
+    match *m {
+        Mutation::Set(i, b) => {
+            if !bytes.is_empty() {
+                bytes[i % n] = b;
+            }
+        }
+        Mutation::Delete(i) => {
+            if !bytes.is_empty() {
+                bytes.remove(i % n);
+            }
+        }
+        Mutation::Insert(i, b) => bytes.insert(i % (bytes.len() + 1), b),
+        Mutation::Truncate(i) => bytes.truncate(i % n),
+        Mutation::DuplicateLine(i) | Mutation::SwapLines(i, _) => {
+            let mut lines: Vec<Vec<u8>> =
+                bytes.split(|&b| b == b'\n').map(<[u8]>::to_vec).collect();
+            let k = lines.len();
+            match *m {
+                Mutation::DuplicateLine(_) => {
+                    let l = lines[i % k].clone();
+                    lines.insert(i % k, l);
+                }
+                Mutation::SwapLines(_, j) => lines.swap(i % k, j % k),
+                _ => unreachable!(),
+            }
+            bytes = lines.join(&b'\n');
+        }
+    }
+    bytes
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(2000))]
+
+    #[test]
+    fn arbitrary_bytes_never_panic(bytes in prop::collection::vec(any::<u8>(), 0..400)) {
+        check(&bytes)?;
+    }
+
+    #[test]
+    fn arbitrary_text_after_a_valid_header_never_panics(tail in "[a-z0-9.,:\\-#\" \n]{0,300}") {
+        let header = VALID.lines().take(2).collect::<Vec<_>>().join("\n");
+        check(format!("{header}\n{tail}").as_bytes())?;
+    }
+
+    #[test]
+    fn mutated_valid_exports_are_accepted_or_rejected_with_location(ms in prop::collection::vec(mutation(), 1..6)) {
+        let bytes = ms.iter().fold(VALID.as_bytes().to_vec(), |b, m| mutate(b, m));
+        check(&bytes)?;
+    }
+}
+
+#[test]
+fn the_seed_export_is_valid() {
+    let export = parse(VALID.as_bytes()).expect("valid");
+    assert_eq!(export.records.len(), 5);
+    assert_eq!(export.records[0].line, 3);
+}

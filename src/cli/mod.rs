@@ -1,0 +1,298 @@
+//! The netops command line: `check`, `render`, `diff` (and, as the product grows, the daemon
+//! and the kernel-facing commands). Reads files, calls the pure pipeline, prints, and maps
+//! outcomes to exit codes that scripts can rely on.
+
+mod input;
+
+use crate::diff::{StateDiff, Style};
+use crate::model::DesiredState;
+use crate::render::ipvsadm;
+use crate::render::nft::{self, BasePolicy, Ifname, RenderOptions};
+use clap::{Parser, Subcommand, ValueEnum};
+use input::{load_export, Loaded};
+use std::io::IsTerminal;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+#[derive(Parser)]
+#[command(
+    name = "portcullis",
+    version,
+    about = "Gateway daemon and netops tool: ADMIN export CSV → nftables and IPVS"
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Subcommand)]
+pub enum Command {
+    /// Validate an export. Exit 0 valid, 2 invalid (every error on stderr, located).
+    Check {
+        /// Export CSV file, or `-` for standard input.
+        file: PathBuf,
+        /// Print the result as JSON on stdout.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Print what would be applied for an export: nft script, ipvsadm-save text, or JSON.
+    Render {
+        /// Export CSV file, or `-` for standard input.
+        #[arg(long)]
+        source: PathBuf,
+        #[arg(long, value_enum, default_value_t = Format::Nft)]
+        format: Format,
+        /// Same as `--format json`.
+        #[arg(long)]
+        json: bool,
+        /// Render the incremental nft transaction that turns this older export into --source,
+        /// instead of the full table.
+        #[arg(long, value_name = "OLD.csv")]
+        incremental_from: Option<PathBuf>,
+        /// Static base policy to plug in (default: the rules/base.nft built into the binary).
+        #[arg(long, value_name = "FILE")]
+        policy: Option<PathBuf>,
+        /// Interface facing clients (repeatable): unaccepted new inbound traffic on it is dropped.
+        #[arg(long = "external-iface", value_name = "IFNAME")]
+        external_ifaces: Vec<String>,
+    },
+    /// Compare two exports. Exit 0 no change, 1 changes, 2 error (like diff(1)).
+    Diff {
+        old: PathBuf,
+        new: PathBuf,
+        /// Print the diff as JSON on stdout.
+        #[arg(long)]
+        json: bool,
+        #[arg(long, value_enum, default_value_t = Color::Auto)]
+        color: Color,
+    },
+    /// Write a synthetic export of N rows (benchmarks and load tests).
+    #[command(hide = true)]
+    Synth {
+        #[arg(long)]
+        rows: usize,
+    },
+}
+
+#[derive(Clone, Copy, ValueEnum, PartialEq, Eq)]
+pub enum Format {
+    Nft,
+    Ipvsadm,
+    Json,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+pub enum Color {
+    Auto,
+    Always,
+    Never,
+}
+
+/// Exit codes shared by the subcommands.
+const OK: u8 = 0;
+const CHANGES: u8 = 1;
+const INVALID: u8 = 2;
+
+pub fn run(cli: Cli) -> ExitCode {
+    let code = match cli.command {
+        Command::Check { file, json } => check(&file, json),
+        Command::Render {
+            source,
+            format,
+            json,
+            incremental_from,
+            policy,
+            external_ifaces,
+        } => render(
+            &source,
+            if json { Format::Json } else { format },
+            incremental_from.as_deref(),
+            policy.as_deref(),
+            &external_ifaces,
+        ),
+        Command::Diff {
+            old,
+            new,
+            json,
+            color,
+        } => diff(&old, &new, json, color),
+        Command::Synth { rows } => synth(rows),
+    };
+    ExitCode::from(code)
+}
+
+fn print_json(value: &impl serde::Serialize) -> u8 {
+    match serde_json::to_string_pretty(value) {
+        Ok(s) => {
+            println!("{s}");
+            OK
+        }
+        Err(e) => {
+            eprintln!("portcullis: cannot encode JSON: {e}");
+            INVALID
+        }
+    }
+}
+
+fn check(file: &std::path::Path, json: bool) -> u8 {
+    match load_export(file) {
+        Loaded::Valid(export) => {
+            let state = DesiredState::from_export(&export);
+            if json {
+                print_json(&serde_json::json!({
+                    "valid": true,
+                    "version": export.version.to_string(),
+                    "rows": export.records.len(),
+                    "services": state.services.len(),
+                    "real_servers": state.real_server_count(),
+                    "warnings": export.warnings,
+                }));
+            } else {
+                println!(
+                    "{}: valid: {} rows, {} virtual services, {} real servers",
+                    file.display(),
+                    export.records.len(),
+                    state.services.len(),
+                    state.real_server_count()
+                );
+            }
+            OK
+        }
+        Loaded::Invalid(errors) => {
+            if json {
+                print_json(
+                    &serde_json::json!({ "valid": false, "errors": errors.errors, "truncated": errors.truncated }),
+                );
+            }
+            input::report(file, &errors);
+            INVALID
+        }
+        Loaded::Unreadable(msg) => {
+            eprintln!("portcullis: {msg}");
+            INVALID
+        }
+    }
+}
+
+fn load_state(file: &std::path::Path) -> Result<DesiredState, u8> {
+    match load_export(file) {
+        Loaded::Valid(export) => Ok(DesiredState::from_export(&export)),
+        Loaded::Invalid(errors) => {
+            input::report(file, &errors);
+            Err(INVALID)
+        }
+        Loaded::Unreadable(msg) => {
+            eprintln!("portcullis: {msg}");
+            Err(INVALID)
+        }
+    }
+}
+
+fn render_options(
+    policy: Option<&std::path::Path>,
+    ifaces: &[String],
+) -> Result<RenderOptions, String> {
+    let (text, origin) = match policy {
+        Some(p) => (
+            std::fs::read_to_string(p)
+                .map_err(|e| format!("cannot read policy {}: {e}", p.display()))?,
+            p.display().to_string(),
+        ),
+        None => (
+            nft::DEFAULT_POLICY.to_owned(),
+            "built-in rules/base.nft".to_owned(),
+        ),
+    };
+    let policy = BasePolicy::parse(&text).map_err(|e| format!("{origin}: {e}"))?;
+    let external_interfaces = ifaces
+        .iter()
+        .map(|s| Ifname::parse(s))
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| format!("--external-iface: {e}"))?;
+    Ok(RenderOptions {
+        external_interfaces,
+        policy,
+    })
+}
+
+fn render(
+    source: &std::path::Path,
+    format: Format,
+    incremental_from: Option<&std::path::Path>,
+    policy: Option<&std::path::Path>,
+    ifaces: &[String],
+) -> u8 {
+    let opts = match render_options(policy, ifaces) {
+        Ok(o) => o,
+        Err(msg) => {
+            eprintln!("portcullis: {msg}");
+            return INVALID;
+        }
+    };
+    let state = match load_state(source) {
+        Ok(s) => s,
+        Err(code) => return code,
+    };
+    if let Some(old) = incremental_from {
+        if format != Format::Nft {
+            eprintln!("portcullis: --incremental-from renders nft transactions only");
+            return INVALID;
+        }
+        let old = match load_state(old) {
+            Ok(s) => s,
+            Err(code) => return code,
+        };
+        let tx = nft::incremental(&StateDiff::between(&old, &state));
+        if tx.is_empty() {
+            println!("# no nftables changes");
+        } else {
+            print!("{}", tx.to_nft());
+        }
+        return OK;
+    }
+    match format {
+        Format::Nft => print!("{}", nft::full_ruleset(&state, &opts).to_nft()),
+        Format::Ipvsadm => print!("{}", ipvsadm::ipvsadm_save(&state)),
+        Format::Json => return print_json(&state),
+    }
+    OK
+}
+
+fn diff(old: &std::path::Path, new: &std::path::Path, json: bool, color: Color) -> u8 {
+    let (a, b) = match (load_state(old), load_state(new)) {
+        (Ok(a), Ok(b)) => (a, b),
+        (Err(code), _) | (_, Err(code)) => return code,
+    };
+    let d = StateDiff::between(&a, &b);
+    if json {
+        if print_json(&serde_json::json!({ "summary": d.summary(), "changes": d.changes })) != OK {
+            return INVALID;
+        }
+    } else {
+        let style = match color {
+            Color::Always => Style::Color,
+            Color::Never => Style::Plain,
+            Color::Auto if std::io::stdout().is_terminal() => Style::Color,
+            Color::Auto => Style::Plain,
+        };
+        print!("{}", d.to_human(style));
+        if !d.is_empty() {
+            println!("{}", d.summary());
+        }
+    }
+    if d.is_empty() {
+        OK
+    } else {
+        CHANGES
+    }
+}
+
+fn synth(rows: usize) -> u8 {
+    match portcullis_export::write(&crate::synth::rows(rows), std::io::stdout().lock()) {
+        Ok(()) => OK,
+        Err(e) => {
+            eprintln!("portcullis: {e}");
+            INVALID
+        }
+    }
+}

@@ -1,0 +1,60 @@
+//! Full regeneration: the whole table as one transaction that replaces whatever is there.
+//! Used at start-up and after drift; a steady-state sync uses `incremental` instead.
+
+use super::layout::{
+    self, chains, frontend_element, fwmark_element, interface_element, rule, sets,
+};
+use super::transaction::{Object, Transaction};
+use super::RenderOptions;
+use crate::model::{DesiredState, ServiceKey};
+
+/// `add table` first so that `delete table` succeeds on a fresh host, then the table rebuilt
+/// from scratch: the kernel swaps old for new atomically at commit, so traffic never sees a
+/// half-built table.
+pub fn full_ruleset(state: &DesiredState, opts: &RenderOptions) -> Transaction {
+    let mut tx = Transaction::new();
+    tx.add(Object::Table { comment: None });
+    tx.delete(Object::Table { comment: None });
+    tx.add(Object::Table {
+        comment: Some(layout::TABLE_COMMENT.to_owned()),
+    });
+    for set in sets() {
+        tx.add(Object::Set(set));
+    }
+    // Chains before rules: a `jump` needs its target to exist.
+    for (chain, _) in &opts.policy.chains {
+        tx.add(Object::Chain(chain.clone()));
+    }
+    let static_chains = chains(opts.policy.has_chain("base_input"));
+    for (chain, _) in &static_chains {
+        tx.add(Object::Chain(chain.clone()));
+    }
+    for (_, rules) in &opts.policy.chains {
+        for r in rules {
+            tx.add(Object::Rule(r.clone()));
+        }
+    }
+    for (chain, rules) in static_chains {
+        for expr in rules {
+            tx.add(rule(&chain, expr));
+        }
+    }
+    for name in &opts.external_interfaces {
+        tx.add(Object::Element(interface_element(name)));
+    }
+    // Elements grouped per set (stable sort keeps service order), one statement per set.
+    let mut elements = Vec::new();
+    for (key, svc) in &state.services {
+        for f in &svc.frontends {
+            elements.push(frontend_element(svc.proto, f));
+            if let ServiceKey::Fwmark { mark } = key {
+                elements.push(fwmark_element(svc.proto, f, *mark));
+            }
+        }
+    }
+    elements.sort_by(|a, b| a.set.cmp(&b.set));
+    for e in elements {
+        tx.add(Object::Element(e));
+    }
+    tx
+}

@@ -1,0 +1,168 @@
+//! The fixed shape of the portcullis table: names of its sets, maps and base chains, and how
+//! model values are spelled as set elements. Everything dynamic lives in sets and maps, so a
+//! sync only ever adds and deletes elements; chains are static.
+
+use super::transaction::{Chain, Element, Hook, Object, Rule, Set};
+use crate::model::Frontend;
+use portcullis_export::Proto;
+use std::net::IpAddr;
+
+pub const FRONTENDS_V4: &str = "frontends_v4";
+pub const FRONTENDS_V6: &str = "frontends_v6";
+pub const FWMARKS_V4: &str = "fwmarks_v4";
+pub const FWMARKS_V6: &str = "fwmarks_v6";
+pub const EXTERNAL_IFACES: &str = "external_ifaces";
+
+pub const TABLE_COMMENT: &str =
+    "managed by portcullis: regenerated from the ADMIN export, do not edit";
+
+/// Named sets and maps of the table. Keys are `daddr . l4proto . dport` concatenations with
+/// interval flags, so a port range is one element and lookups cost the same for 10 or 100k
+/// services.
+pub fn sets() -> Vec<Set> {
+    let frontends = |name: &str, addr: &'static str| Set {
+        name: name.into(),
+        key_type: addr,
+        value_type: None,
+        interval: true,
+        comment: Some("exported frontends: accepted on input"),
+    };
+    let fwmarks = |name: &str, addr: &'static str| Set {
+        name: name.into(),
+        key_type: addr,
+        value_type: Some("mark"),
+        interval: true,
+        comment: Some("frontends of fwmark services: packet mark for IPVS"),
+    };
+    vec![
+        frontends(FRONTENDS_V4, "ipv4_addr . inet_proto . inet_service"),
+        frontends(FRONTENDS_V6, "ipv6_addr . inet_proto . inet_service"),
+        fwmarks(FWMARKS_V4, "ipv4_addr . inet_proto . inet_service"),
+        fwmarks(FWMARKS_V6, "ipv6_addr . inet_proto . inet_service"),
+        Set {
+            name: EXTERNAL_IFACES.into(),
+            key_type: "ifname",
+            value_type: None,
+            interval: false,
+            comment: Some(
+                "interfaces facing clients: new inbound traffic not accepted here is dropped",
+            ),
+        },
+    ]
+}
+
+fn base(name: &str, kind: &'static str, hook: &'static str, priority: &'static str) -> Chain {
+    Chain {
+        name: name.into(),
+        hook: Some(Hook {
+            kind,
+            hook,
+            priority,
+            policy: "accept",
+        }),
+    }
+}
+
+/// The static base chains and their rules. `jump_base_input` adds the hand-off to the
+/// operator's policy chain when the policy file defines one.
+pub fn chains(jump_base_input: bool) -> Vec<(Chain, Vec<String>)> {
+    let mark = vec![
+        "meta mark set ip daddr . meta l4proto . th dport map @fwmarks_v4".to_owned(),
+        "meta mark set ip6 daddr . meta l4proto . th dport map @fwmarks_v6".to_owned(),
+    ];
+    let mut input = vec![
+        "ct state established,related accept".to_owned(),
+        "ct state invalid drop".to_owned(),
+        "iif \"lo\" accept".to_owned(),
+    ];
+    if jump_base_input {
+        input.push("jump base_input".to_owned());
+    }
+    input.extend([
+        "ip daddr . meta l4proto . th dport @frontends_v4 accept".to_owned(),
+        "ip6 daddr . meta l4proto . th dport @frontends_v6 accept".to_owned(),
+        "iifname @external_ifaces counter drop".to_owned(),
+    ]);
+    vec![
+        // Before IPVS and conntrack-based NAT see the packet, so the mark selects the service.
+        (
+            base("prerouting_mark", "filter", "prerouting", "mangle"),
+            mark,
+        ),
+        (base("input", "filter", "input", "filter"), input),
+    ]
+}
+
+pub fn rule(chain: &Chain, expr: String) -> Object {
+    Object::Rule(Rule {
+        chain: chain.name.clone(),
+        expr,
+    })
+}
+
+fn key(vip: IpAddr, proto: Proto, f: &Frontend) -> String {
+    format!("{vip} . {proto} . {}", f.ports)
+}
+
+/// The accept-set element for a frontend of a service with protocol `proto`.
+pub fn frontend_element(proto: Proto, f: &Frontend) -> Element {
+    Element {
+        set: if f.vip.is_ipv4() {
+            FRONTENDS_V4
+        } else {
+            FRONTENDS_V6
+        }
+        .into(),
+        is_map: false,
+        key: key(f.vip, proto, f),
+        value: None,
+    }
+}
+
+/// The marking-map element steering a frontend to fwmark service `mark`.
+pub fn fwmark_element(proto: Proto, f: &Frontend, mark: u32) -> Element {
+    Element {
+        set: if f.vip.is_ipv4() {
+            FWMARKS_V4
+        } else {
+            FWMARKS_V6
+        }
+        .into(),
+        is_map: true,
+        key: key(f.vip, proto, f),
+        value: Some(format!("0x{mark:08x}")),
+    }
+}
+
+/// A validated interface name: what the kernel accepts (IFNAMSIZ) and nothing that could
+/// break out of a quoted nft string.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Ifname(String);
+
+impl Ifname {
+    pub fn parse(s: &str) -> Result<Ifname, String> {
+        let ok = !s.is_empty()
+            && s.len() <= 15
+            && s.bytes()
+                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-' | b'@'));
+        if ok {
+            Ok(Ifname(s.to_owned()))
+        } else {
+            Err(format!(
+                "expected an interface name of 1-15 characters A-Z a-z 0-9 . _ - @, found {s:?}"
+            ))
+        }
+    }
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+pub fn interface_element(name: &Ifname) -> Element {
+    Element {
+        set: EXTERNAL_IFACES.into(),
+        is_map: false,
+        key: format!("\"{}\"", name.0),
+        value: None,
+    }
+}

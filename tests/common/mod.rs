@@ -1,0 +1,71 @@
+//! Helpers shared by the integration tests.
+#![allow(dead_code)]
+
+use portcullis::model::DesiredState;
+use portcullis::render::nft::{BasePolicy, Ifname, RenderOptions, DEFAULT_POLICY};
+use std::path::PathBuf;
+use std::process::Command;
+
+pub fn repo() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+pub fn load_state(rel: &str) -> DesiredState {
+    let bytes = std::fs::read(repo().join(rel)).unwrap_or_else(|e| panic!("{rel}: {e}"));
+    let export = portcullis_export::parse(&bytes).unwrap_or_else(|e| panic!("{rel}:\n{e}"));
+    DesiredState::from_export(&export)
+}
+
+pub fn render_options(ifaces: &[&str]) -> RenderOptions {
+    RenderOptions {
+        external_interfaces: ifaces
+            .iter()
+            .map(|i| Ifname::parse(i).expect("test ifname"))
+            .collect(),
+        policy: BasePolicy::parse(DEFAULT_POLICY).expect("shipped policy parses"),
+    }
+}
+
+/// Tests that need root and the `nft` tool. Outside CI they are skipped with a loud message;
+/// with `CI=true` a missing prerequisite fails the test, so CI can never pass by skipping.
+pub fn require_nft() -> bool {
+    let problem = if !is_root() {
+        Some("needs root (CAP_NET_ADMIN) to create a network namespace".to_owned())
+    } else if Command::new("nft").arg("--version").output().is_err() {
+        Some("needs the `nft` tool (Debian package nftables); scripts/test installs it".to_owned())
+    } else if Command::new("unshare").arg("--version").output().is_err() {
+        Some("needs `unshare` (util-linux)".to_owned())
+    } else {
+        None
+    };
+    match problem {
+        None => true,
+        Some(p) if std::env::var("CI").is_ok_and(|v| v == "true") => {
+            panic!("this test {p}; it must run in CI")
+        }
+        Some(p) => {
+            eprintln!("SKIPPED: this test {p}. Run scripts/test (as root) to run it.");
+            false
+        }
+    }
+}
+
+fn is_root() -> bool {
+    Command::new("id")
+        .arg("-u")
+        .output()
+        .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).trim() == "0")
+}
+
+/// Runs a shell script in a fresh, empty network namespace that disappears with the process,
+/// so nothing the test does can touch the host's ruleset. Returns (success, stderr).
+pub fn in_fresh_netns(script: &str) -> (bool, String) {
+    let out = Command::new("unshare")
+        .args(["--net", "sh", "-ec", script])
+        .output()
+        .expect("run unshare");
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}

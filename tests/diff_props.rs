@@ -1,0 +1,185 @@
+//! Properties of diff and incremental rendering over generated states:
+//! - applying `diff(a, b)` to `a` gives `b`, and `diff(a, a)` is empty;
+//! - applying the incremental nft transaction's element operations to the elements of
+//!   `full(a)` gives exactly the elements of `full(b)`, with every delete hitting an existing
+//!   element and every add a free key (what the kernel would demand).
+
+mod common;
+
+use portcullis::diff::StateDiff;
+use portcullis::model::{
+    DesiredState, Frontend, RealKey, RealServer, ServiceKey, ServiceParams, VirtualService,
+};
+use portcullis::render::nft::{
+    self,
+    transaction::{Object, Op},
+};
+use portcullis_export::{InstanceId, Method, PortRange, Proto, Scheduler, ServiceType};
+use proptest::prelude::*;
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+
+fn params() -> impl Strategy<Value = ServiceParams> {
+    (
+        prop::sample::select(&Scheduler::ALL[..]),
+        prop::sample::select(vec![Method::Nat, Method::Dr, Method::Tun]),
+        prop::option::of(1u32..5000),
+    )
+        .prop_map(|(scheduler, method, persistence)| ServiceParams {
+            scheduler,
+            method,
+            persistence,
+        })
+}
+
+fn reals() -> impl Strategy<Value = BTreeMap<RealKey, RealServer>> {
+    prop::collection::btree_map(
+        (
+            0u8..6,
+            prop::option::of(prop::sample::select(vec![80u16, 8080])),
+        )
+            .prop_map(|(h, port)| RealKey {
+                addr: IpAddr::V4(Ipv4Addr::new(10, 0, 0, h)),
+                port,
+            }),
+        (0u16..4, 0u8..3).prop_map(|(weight, i)| RealServer {
+            weight,
+            instance: InstanceId::parse(&format!("inst.{i}")).expect("valid id"),
+        }),
+        0..5,
+    )
+}
+
+/// Keys own disjoint frontends (as a valid export guarantees): an address service owns its own
+/// vip:port; fwmark `m` owns vips derived from `m`, in one family chosen per state.
+fn service(key: ServiceKey) -> BoxedStrategy<VirtualService> {
+    let base = (params(), reals(), prop::sample::select(vec!["pgw", "tg"]));
+    match key {
+        ServiceKey::Addr { proto, vip, port } => base
+            .prop_map(move |(params, reals, name)| VirtualService {
+                service: ServiceType::parse(name).expect("valid"),
+                proto,
+                params,
+                frontends: [Frontend {
+                    vip,
+                    ports: PortRange::single(port),
+                }]
+                .into(),
+                reals,
+            })
+            .boxed(),
+        ServiceKey::Fwmark { mark } => (
+            base,
+            any::<bool>(),
+            prop::sample::select(vec![Proto::Tcp, Proto::Udp]),
+            prop::collection::btree_set(
+                (
+                    0u8..3,
+                    prop::sample::select(vec![(20000u16, 20099u16), (30000, 30000)]),
+                ),
+                1..4,
+            ),
+        )
+            .prop_map(move |((params, reals, name), v6, proto, fronts)| {
+                let frontends: BTreeSet<Frontend> = fronts
+                    .into_iter()
+                    .map(|(i, (first, last))| Frontend {
+                        vip: if v6 {
+                            IpAddr::V6(Ipv6Addr::new(
+                                0x2001,
+                                0xdb8,
+                                0,
+                                0,
+                                0,
+                                0,
+                                mark as u16,
+                                i as u16,
+                            ))
+                        } else {
+                            IpAddr::V4(Ipv4Addr::new(198, 51, mark as u8, i))
+                        },
+                        ports: PortRange { first, last },
+                    })
+                    .collect();
+                VirtualService {
+                    service: ServiceType::parse(name).expect("valid"),
+                    proto,
+                    params,
+                    frontends,
+                    reals,
+                }
+            })
+            .boxed(),
+    }
+}
+
+fn key() -> impl Strategy<Value = ServiceKey> {
+    prop_oneof![
+        (1u32..6).prop_map(|mark| ServiceKey::Fwmark { mark }),
+        (
+            prop::sample::select(vec![Proto::Tcp, Proto::Udp]),
+            1u8..4,
+            prop::sample::select(vec![80u16, 443])
+        )
+            .prop_map(|(proto, h, port)| ServiceKey::Addr {
+                proto,
+                vip: IpAddr::V4(Ipv4Addr::new(192, 0, 2, h)),
+                port,
+            }),
+    ]
+}
+
+fn state() -> impl Strategy<Value = DesiredState> {
+    prop::collection::btree_set(key(), 0..8).prop_flat_map(|keys| {
+        let keys: Vec<ServiceKey> = keys.into_iter().collect();
+        let services: Vec<_> = keys.iter().map(|k| service(*k)).collect();
+        services.prop_map(move |svcs| DesiredState {
+            services: keys.iter().copied().zip(svcs).collect(),
+        })
+    })
+}
+
+/// The (set, key) → value contents that a transaction's element operations describe.
+type Elements = BTreeMap<(String, String), Option<String>>;
+
+fn elements_of_full(state: &DesiredState) -> Elements {
+    let mut out = Elements::new();
+    for op in nft::full_ruleset(state, &common::render_options(&[])).ops {
+        if let Op::Add(Object::Element(e)) = op {
+            assert!(
+                out.insert((e.set, e.key), e.value).is_none(),
+                "duplicate element in full render"
+            );
+        }
+    }
+    out
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(400))]
+
+    #[test]
+    fn applying_the_diff_yields_the_target(a in state(), b in state()) {
+        let d = StateDiff::between(&a, &b);
+        prop_assert_eq!(d.apply(&a), b.clone());
+        prop_assert!(StateDiff::between(&a, &a).is_empty());
+        prop_assert_eq!(d.is_empty(), a == b);
+    }
+
+    #[test]
+    fn incremental_elements_turn_full_a_into_full_b(a in state(), b in state()) {
+        let mut elements = elements_of_full(&a);
+        for op in nft::incremental(&StateDiff::between(&a, &b)).ops {
+            match op {
+                Op::Delete(Object::Element(e)) => {
+                    prop_assert!(elements.remove(&(e.set.clone(), e.key.clone())).is_some(), "delete of absent {}", e.key);
+                }
+                Op::Add(Object::Element(e)) => {
+                    prop_assert!(elements.insert((e.set.clone(), e.key.clone()), e.value).is_none(), "add of present {}", e.key);
+                }
+                other => prop_assert!(false, "incremental sync touched more than elements: {}", other),
+            }
+        }
+        prop_assert_eq!(elements, elements_of_full(&b));
+    }
+}
