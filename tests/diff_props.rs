@@ -8,7 +8,8 @@ mod common;
 
 use portcullis::diff::StateDiff;
 use portcullis::model::{
-    DesiredState, Frontend, RealKey, RealServer, ServiceKey, ServiceParams, VirtualService,
+    DesiredState, Frontend, RealKey, RealServer, ServiceKey, ServiceParams, SortedSet,
+    VirtualService,
 };
 use portcullis::render::nft::{
     self,
@@ -16,7 +17,7 @@ use portcullis::render::nft::{
 };
 use portcullis_export::{InstanceId, Method, PortRange, Proto, Scheduler, ServiceType};
 use proptest::prelude::*;
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 fn params() -> impl Strategy<Value = ServiceParams> {
@@ -64,8 +65,9 @@ fn service(key: ServiceKey) -> BoxedStrategy<VirtualService> {
                     vip,
                     ports: PortRange::single(port),
                 }]
-                .into(),
-                reals,
+                .into_iter()
+                .collect(),
+                reals: reals.into_iter().collect(),
             })
             .boxed(),
         ServiceKey::Fwmark { mark } => (
@@ -81,7 +83,7 @@ fn service(key: ServiceKey) -> BoxedStrategy<VirtualService> {
             ),
         )
             .prop_map(move |((params, reals, name), v6, proto, fronts)| {
-                let frontends: BTreeSet<Frontend> = fronts
+                let frontends: SortedSet<Frontend> = fronts
                     .into_iter()
                     .map(|(i, (first, last))| Frontend {
                         vip: if v6 {
@@ -106,7 +108,7 @@ fn service(key: ServiceKey) -> BoxedStrategy<VirtualService> {
                     proto,
                     params,
                     frontends,
-                    reals,
+                    reals: reals.into_iter().collect(),
                 }
             })
             .boxed(),

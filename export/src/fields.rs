@@ -4,20 +4,25 @@
 //! so a string like `x; flush ruleset` can never get past the contract into an nft or ipvsadm line.
 
 use serde::{Deserialize, Serialize};
+use std::borrow::Borrow;
 use std::fmt;
+use std::sync::Arc;
 
 /// Parses one field; the error is the "expected …" half of the message.
 pub(crate) type FieldResult<T> = Result<T, String>;
 
+// Names are shared (`Arc<str>`): one export mentions the same service type and instance in
+// many rows, and the model keeps them again; sharing makes those copies free.
+
 /// A service type such as `pgw` or `tg`: `[a-z0-9][a-z0-9_-]{0,31}`.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(try_from = "String", into = "String")]
-pub struct ServiceType(String);
+pub struct ServiceType(Arc<str>);
 
 /// An instance id such as `pgw.app1.1`: `[A-Za-z0-9][A-Za-z0-9._-]{0,63}`.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(try_from = "String", into = "String")]
-pub struct InstanceId(String);
+pub struct InstanceId(Arc<str>);
 
 fn check_name(
     s: &str,
@@ -35,7 +40,7 @@ impl ServiceType {
         if check_name(s, 32, lower_digit, |c| {
             lower_digit(c) || c == b'_' || c == b'-'
         }) {
-            Ok(Self(s.to_owned()))
+            Ok(Self(Arc::from(s)))
         } else {
             Err("a service type: 1-32 of a-z 0-9 _ - starting with a letter or digit".into())
         }
@@ -53,7 +58,7 @@ impl InstanceId {
             |c| c.is_ascii_alphanumeric(),
             |c| c.is_ascii_alphanumeric() || matches!(c, b'.' | b'_' | b'-'),
         ) {
-            Ok(Self(s.to_owned()))
+            Ok(Self(Arc::from(s)))
         } else {
             Err("an instance id: 1-64 of A-Z a-z 0-9 . _ - starting with a letter or digit".into())
         }
@@ -73,7 +78,13 @@ macro_rules! string_newtype_conversions {
         }
         impl From<$t> for String {
             fn from(v: $t) -> String {
-                v.0
+                v.0.to_string()
+            }
+        }
+        /// Lets a set of names be searched by `&str` (interning in the parser).
+        impl Borrow<str> for $t {
+            fn borrow(&self) -> &str {
+                &self.0
             }
         }
         impl fmt::Display for $t {

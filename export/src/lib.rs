@@ -38,11 +38,21 @@ pub struct Export {
     pub records: Vec<Record>,
     /// Things accepted but worth telling an operator (columns of a newer minor version).
     pub warnings: Vec<ExportError>,
+    /// Indices into `records` ordered by (service key, line), from validation.
+    service_order: Vec<u32>,
 }
 
 impl Export {
     /// The rows without their source lines.
     pub fn rows(&self) -> Vec<ExportRow> {
         self.records.iter().map(|r| r.row.clone()).collect()
+    }
+
+    /// The records grouped by virtual service: ordered by [`ServiceKey`], and by line within
+    /// a service. Free (validation already sorted them).
+    pub fn by_service(&self) -> impl Iterator<Item = &Record> + '_ {
+        self.service_order
+            .iter()
+            .map(|&i| &self.records[i as usize])
     }
 }

@@ -3,7 +3,6 @@
 use super::{Change, RealEntry, RealUpdate, ServiceChange, ServiceUpdate, StateDiff};
 use crate::model::{DesiredState, ServiceKey, VirtualService};
 use std::cmp::Ordering;
-use std::collections::{BTreeMap, BTreeSet};
 
 impl StateDiff {
     /// What turns `old` into `new`.
@@ -125,10 +124,13 @@ fn apply_update(svc: &mut VirtualService, u: &ServiceUpdate) {
     if let Some(c) = &u.params {
         svc.params = c.new;
     }
-    let removed: BTreeSet<_> = u.frontends_removed.iter().collect();
-    svc.frontends.retain(|f| !removed.contains(f));
-    svc.frontends.extend(u.frontends_added.iter().copied());
-    let reals: &mut BTreeMap<_, _> = &mut svc.reals;
+    for f in &u.frontends_removed {
+        svc.frontends.remove(f);
+    }
+    for f in &u.frontends_added {
+        svc.frontends.insert(*f);
+    }
+    let reals = &mut svc.reals;
     for r in &u.reals_removed {
         reals.remove(&r.key);
     }

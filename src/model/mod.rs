@@ -5,10 +5,13 @@
 //! renders, whatever the row order in the CSV.
 
 mod build;
+mod sorted;
+
+pub use sorted::{SortedMap, SortedSet};
 
 use portcullis_export::{InstanceId, Method, PortRange, Proto, Scheduler, ServiceType, SocketText};
 use serde::{Deserialize, Serialize};
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 use std::fmt;
 use std::net::IpAddr;
 
@@ -17,7 +20,7 @@ pub use portcullis_export::ServiceKey;
 /// All virtual services the gateway should have, by identity.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
 pub struct DesiredState {
-    #[serde(serialize_with = "as_entries")]
+    #[serde(serialize_with = "services_as_list")]
     pub services: BTreeMap<ServiceKey, VirtualService>,
 }
 
@@ -29,9 +32,8 @@ pub struct VirtualService {
     pub proto: Proto,
     pub params: ServiceParams,
     /// Where clients connect. Exactly one for address services; one or more for fwmark ones.
-    pub frontends: BTreeSet<Frontend>,
-    #[serde(serialize_with = "as_entries")]
-    pub reals: BTreeMap<RealKey, RealServer>,
+    pub frontends: SortedSet<Frontend>,
+    pub reals: SortedMap<RealKey, RealServer>,
 }
 
 /// Settings that apply to a whole virtual service.
@@ -64,22 +66,19 @@ pub struct RealServer {
     pub instance: InstanceId,
 }
 
-/// JSON objects need string keys, so keyed maps are written as lists of entries with the
-/// key's fields and the value's fields side by side.
-fn as_entries<S, K, V>(map: &BTreeMap<K, V>, s: S) -> Result<S::Ok, S::Error>
-where
-    S: serde::Serializer,
-    K: Serialize,
-    V: Serialize,
-{
+/// JSON objects need string keys: services are written as a list, each with its key's fields.
+fn services_as_list<S: serde::Serializer>(
+    map: &BTreeMap<ServiceKey, VirtualService>,
+    s: S,
+) -> Result<S::Ok, S::Error> {
     #[derive(Serialize)]
-    struct Entry<'a, K, V> {
+    struct Entry<'a> {
         #[serde(flatten)]
-        key: &'a K,
+        key: &'a ServiceKey,
         #[serde(flatten)]
-        value: &'a V,
+        service: &'a VirtualService,
     }
-    s.collect_seq(map.iter().map(|(key, value)| Entry { key, value }))
+    s.collect_seq(map.iter().map(|(key, service)| Entry { key, service }))
 }
 
 impl VirtualService {

@@ -1,0 +1,245 @@
+//! The netops commands as an operator runs them: exit codes, where output goes, JSON shapes.
+
+mod common;
+
+use common::repo;
+use std::process::{Command, Output};
+
+fn portcullis(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_portcullis"))
+        .args(args)
+        .current_dir(repo())
+        .env_remove("PORTCULLIS_LOG")
+        .output()
+        .expect("run portcullis")
+}
+
+fn text(b: &[u8]) -> String {
+    String::from_utf8_lossy(b).into_owned()
+}
+
+#[test]
+fn check_accepts_the_examples() {
+    for f in [
+        "rules/examples/export.csv",
+        "rules/examples/export-next.csv",
+    ] {
+        let out = portcullis(&["check", f]);
+        assert_eq!(out.status.code(), Some(0), "{f}: {}", text(&out.stderr));
+        assert!(text(&out.stdout).contains("valid"));
+    }
+    let out = portcullis(&["check", "--json", "rules/examples/export.csv"]);
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
+    assert_eq!(v["valid"], true);
+    assert_eq!(v["services"], 5);
+}
+
+#[test]
+fn check_rejects_every_bad_export_with_located_errors_on_stderr() {
+    let dir = repo().join("export/tests/bad");
+    let mut n = 0;
+    for entry in std::fs::read_dir(&dir).expect("catalog") {
+        let path = entry.expect("entry").path();
+        let out = portcullis(&["check", path.to_str().expect("utf-8 path")]);
+        assert_eq!(out.status.code(), Some(2), "{}", path.display());
+        assert!(out.stdout.is_empty(), "errors belong on stderr");
+        let err = text(&out.stderr);
+        assert!(
+            err.contains(": line "),
+            "{}: unlocated: {err}",
+            path.display()
+        );
+        n += 1;
+    }
+    assert!(n >= 25);
+}
+
+#[test]
+fn check_json_lists_errors() {
+    let out = portcullis(&[
+        "check",
+        "--json",
+        "export/tests/bad/46-every-error-reported.csv",
+    ]);
+    assert_eq!(out.status.code(), Some(2));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
+    assert_eq!(v["valid"], false);
+    let errors = v["errors"].as_array().expect("errors");
+    assert_eq!(errors.len(), 5);
+    assert_eq!(errors[0]["line"], 7);
+    assert_eq!(errors[0]["column"]["name"], "proto");
+    assert_eq!(errors[0]["kind"], "bad-value");
+}
+
+#[test]
+fn render_formats() {
+    let nft = portcullis(&["render", "--source", "rules/examples/export.csv"]);
+    assert_eq!(nft.status.code(), Some(0));
+    assert!(
+        text(&nft.stdout).starts_with("add table inet portcullis\ndelete table inet portcullis\n")
+    );
+    let ipvs = portcullis(&[
+        "render",
+        "--source",
+        "rules/examples/export.csv",
+        "--format",
+        "ipvsadm",
+    ]);
+    assert!(text(&ipvs.stdout).contains("-A -f 7 -s sh\n"));
+    let json = portcullis(&["render", "--source", "rules/examples/export.csv", "--json"]);
+    let v: serde_json::Value = serde_json::from_slice(&json.stdout).expect("json");
+    assert_eq!(v["services"].as_array().map(Vec::len), Some(5));
+    let inc = portcullis(&[
+        "render",
+        "--source",
+        "rules/examples/export-next.csv",
+        "--incremental-from",
+        "rules/examples/export.csv",
+    ]);
+    assert_eq!(inc.status.code(), Some(0));
+    assert!(
+        !text(&inc.stdout).contains("table"),
+        "incremental must not touch the table"
+    );
+}
+
+#[test]
+fn render_refuses_bad_input_and_bad_options_without_output() {
+    let bad = portcullis(&[
+        "render",
+        "--source",
+        "export/tests/bad/01-service-injection.csv",
+    ]);
+    assert_eq!(bad.status.code(), Some(2));
+    assert!(
+        bad.stdout.is_empty(),
+        "a rejected export must never reach a renderer"
+    );
+    let iface = portcullis(&[
+        "render",
+        "--source",
+        "rules/examples/export.csv",
+        "--external-iface",
+        "eth0\"; flush",
+    ]);
+    assert_eq!(iface.status.code(), Some(2));
+    assert!(iface.stdout.is_empty());
+    let missing = portcullis(&["render", "--source", "no/such/file.csv"]);
+    assert_eq!(missing.status.code(), Some(2));
+    assert!(text(&missing.stderr).contains("no/such/file.csv"));
+}
+
+#[test]
+fn diff_exit_codes_follow_diff1() {
+    let same = portcullis(&[
+        "diff",
+        "rules/examples/export.csv",
+        "rules/examples/export.csv",
+    ]);
+    assert_eq!(same.status.code(), Some(0));
+    assert!(same.stdout.is_empty());
+    let changed = portcullis(&[
+        "diff",
+        "rules/examples/export.csv",
+        "rules/examples/export-next.csv",
+    ]);
+    assert_eq!(changed.status.code(), Some(1));
+    let out = text(&changed.stdout);
+    assert!(
+        out.contains("~ real 10.10.1.12:8080 weight 100 -> 0 (pgw.app2.1)"),
+        "{out}"
+    );
+    assert!(!out.contains('\x1b'), "no colour when stdout is not a TTY");
+    let coloured = portcullis(&[
+        "diff",
+        "--color",
+        "always",
+        "rules/examples/export.csv",
+        "rules/examples/export-next.csv",
+    ]);
+    assert!(text(&coloured.stdout).contains('\x1b'));
+    let json = portcullis(&[
+        "diff",
+        "--json",
+        "rules/examples/export.csv",
+        "rules/examples/export-next.csv",
+    ]);
+    assert_eq!(json.status.code(), Some(1));
+    let v: serde_json::Value = serde_json::from_slice(&json.stdout).expect("json");
+    assert_eq!(v["summary"]["services_added"], 1);
+    let bad = portcullis(&[
+        "diff",
+        "rules/examples/export.csv",
+        "export/tests/bad/07-vport-too-big.csv",
+    ]);
+    assert_eq!(bad.status.code(), Some(2));
+}
+
+#[test]
+fn reads_standard_input() {
+    use std::io::Write;
+    let mut child = Command::new(env!("CARGO_BIN_EXE_portcullis"))
+        .args(["check", "-"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("spawn");
+    let csv = std::fs::read(repo().join("rules/examples/export.csv")).expect("example");
+    child
+        .stdin
+        .take()
+        .expect("stdin")
+        .write_all(&csv)
+        .expect("write");
+    let out = child.wait_with_output().expect("wait");
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+}
+
+#[test]
+fn synth_writes_a_valid_export_of_the_requested_size() {
+    let out = portcullis(&["synth", "--rows", "777"]);
+    assert_eq!(out.status.code(), Some(0));
+    let export = portcullis_export::parse(&out.stdout).expect("valid synthetic export");
+    assert_eq!(export.records.len(), 777);
+}
+
+#[test]
+fn large_exports_are_parsed_in_parallel_with_exact_line_numbers() {
+    // Big enough (> 512 KiB) for the parser to split the body between threads.
+    let rows = portcullis::synth::rows(20_000);
+    let text = portcullis_export::to_string(&rows).expect("valid");
+    assert!(text.len() > 1024 * 1024);
+    let export = portcullis_export::parse(text.as_bytes()).expect("valid");
+    let lines: Vec<&str> = text.lines().collect();
+    for rec in &export.records {
+        let line = lines[rec.line as usize - 1];
+        assert!(
+            line.contains(&format!(",{},", rec.row.instance)),
+            "line {} is {line:?}",
+            rec.line
+        );
+    }
+    // Damage one row in each half: both are reported at their own lines.
+    // (Plain pgw rows, so no follow-on errors about fwmark frontends.)
+    let mut damaged: Vec<String> = lines.iter().map(|l| l.to_string()).collect();
+    let targets: Vec<usize> = [5_000usize, 17_321]
+        .iter()
+        .map(|&n| {
+            n + lines[n - 1..]
+                .iter()
+                .position(|l| l.starts_with("pgw,"))
+                .expect("a pgw row")
+        })
+        .collect();
+    for &n in &targets {
+        damaged[n - 1] = damaged[n - 1].replacen(",tcp,", ",sctp,", 1);
+    }
+    let errors = portcullis_export::parse(damaged.join("\n").as_bytes()).expect_err("damaged");
+    let at: Vec<u64> = errors.errors.iter().map(|e| e.line).collect();
+    assert_eq!(
+        at,
+        targets.iter().map(|&n| n as u64).collect::<Vec<_>>(),
+        "{errors}"
+    );
+}
