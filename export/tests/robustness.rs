@@ -118,7 +118,7 @@ proptest! {
 
     #[test]
     fn mutated_valid_exports_are_accepted_or_rejected_with_location(ms in prop::collection::vec(mutation(), 1..6)) {
-        let bytes = ms.iter().fold(VALID.as_bytes().to_vec(), |b, m| mutate(b, m));
+        let bytes = ms.iter().fold(VALID.as_bytes().to_vec(), mutate);
         check(&bytes)?;
     }
 }
