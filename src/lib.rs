@@ -9,6 +9,7 @@
 //! Model, diff and render do no I/O; only the CLI (and later `apply`) touches files or the
 //! kernel.
 
+pub mod apply;
 pub mod cli;
 pub mod diff;
 pub mod model;

@@ -7,8 +7,8 @@ mod common;
 
 use common::{load_state, repo};
 use portcullis::diff::{StateDiff, Style};
+use portcullis::render::nft::Backend;
 use portcullis::render::{ipvsadm, nft};
-use std::path::Path;
 
 /// (case, older export or none, export).
 const CASES: &[(&str, Option<&str>, &str)] = &[
@@ -59,8 +59,19 @@ fn check(case: &str, file: &str, actual: &str) {
 fn renders_match_golden_files() {
     for &(case, old, new) in CASES {
         let state = load_state(new);
-        let opts = common::render_options(&["eth0"]);
-        check(case, "full.nft", &nft::full_ruleset(&state, &opts).to_nft());
+        for (backend, name) in [(Backend::Ipvs, "ipvs"), (Backend::Nft, "nft")] {
+            let opts = common::render_options(backend, &["eth0"]);
+            check(
+                case,
+                &format!("full-{name}.nft"),
+                &nft::full_ruleset(&state, &opts).to_nft(),
+            );
+            if let Some(old) = old {
+                let diff = StateDiff::between(&load_state(old), &state);
+                let tx = nft::incremental(&diff, &state, backend);
+                check(case, &format!("incremental-{name}.nft"), &tx.to_nft());
+            }
+        }
         check(case, "ipvsadm.txt", &ipvsadm::ipvsadm_save(&state));
         check(
             case,
@@ -69,7 +80,6 @@ fn renders_match_golden_files() {
         );
         if let Some(old) = old {
             let diff = StateDiff::between(&load_state(old), &state);
-            check(case, "incremental.nft", &nft::incremental(&diff).to_nft());
             check(case, "diff.txt", &diff.to_human(Style::Plain));
             check(
                 case,
@@ -83,18 +93,36 @@ fn renders_match_golden_files() {
 #[test]
 fn every_golden_file_belongs_to_a_case() {
     // A stale file would look like coverage that is not there.
+    const OUTPUTS: &[&str] = &[
+        "full-ipvs.nft",
+        "full-nft.nft",
+        "incremental-ipvs.nft",
+        "incremental-nft.nft",
+        "ipvsadm.txt",
+        "state.json",
+        "diff.txt",
+        "diff.json",
+    ];
+    const INPUTS: &[&str] = &["export.csv", "old.csv", "new.csv"];
     for entry in std::fs::read_dir(repo().join("tests/golden")).expect("golden dir") {
-        let name = entry
-            .expect("entry")
-            .file_name()
-            .into_string()
-            .expect("utf-8 name");
-        assert!(
-            CASES.iter().any(|(c, _, _)| *c == name),
-            "tests/golden/{name} is not a case in tests/golden.rs"
-        );
+        let entry = entry.expect("entry");
+        let case = entry.file_name().into_string().expect("utf-8 name");
+        let Some(&(_, old, _)) = CASES.iter().find(|(c, _, _)| *c == case) else {
+            panic!("tests/golden/{case} is not a case in tests/golden.rs");
+        };
+        for file in std::fs::read_dir(entry.path()).expect("case dir") {
+            let name = file
+                .expect("entry")
+                .file_name()
+                .into_string()
+                .expect("utf-8 name");
+            let is_output = OUTPUTS.contains(&name.as_str())
+                && (old.is_some()
+                    || !(name.starts_with("incremental") || name.starts_with("diff")));
+            assert!(
+                is_output || INPUTS.contains(&name.as_str()),
+                "stale golden file tests/golden/{case}/{name}"
+            );
+        }
     }
-    assert!(Path::new(&repo())
-        .join("tests/golden/example/full.nft")
-        .exists());
 }

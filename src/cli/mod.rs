@@ -2,6 +2,7 @@
 //! and the kernel-facing commands). Reads files, calls the pure pipeline, prints, and maps
 //! outcomes to exit codes that scripts can rely on.
 
+mod apply;
 mod input;
 
 use crate::diff::{StateDiff, Style};
@@ -55,6 +56,9 @@ pub enum Command {
         /// Interface facing clients (repeatable): unaccepted new inbound traffic on it is dropped.
         #[arg(long = "external-iface", value_name = "IFNAME")]
         external_ifaces: Vec<String>,
+        /// Which data plane balances: IPVS (the table marks and filters) or nftables alone.
+        #[arg(long, value_enum, default_value_t = BackendArg::Nft)]
+        backend: BackendArg,
     },
     /// Compare two exports. Exit 0 no change, 1 changes, 2 error (like diff(1)).
     Diff {
@@ -66,6 +70,28 @@ pub enum Command {
         #[arg(long, value_enum, default_value_t = Color::Auto)]
         color: Color,
     },
+    /// Apply one export to the kernel and exit (root). Exit 0 applied or nothing to do,
+    /// 2 rejected input, 1 apply failure. Reads the live table first: a table that already
+    /// matches is left alone, anything else is regenerated whole in one transaction.
+    Apply {
+        /// Apply once and exit (the only mode of `apply`; `portcullis run` is the daemon).
+        #[arg(long)]
+        once: bool,
+        /// Export CSV file, or `-` for standard input.
+        #[arg(long)]
+        source: PathBuf,
+        #[arg(long, value_enum, default_value_t = BackendArg::Nft)]
+        backend: BackendArg,
+        /// Show what would change and check it with `nft -c`, but change nothing.
+        #[arg(long)]
+        dry_run: bool,
+        #[arg(long, value_name = "FILE")]
+        policy: Option<PathBuf>,
+        #[arg(long = "external-iface", value_name = "IFNAME")]
+        external_ifaces: Vec<String>,
+    },
+    /// Remove everything portcullis put in the kernel (its nftables table; nothing else).
+    Flush,
     /// Write a synthetic export of N rows (benchmarks and load tests).
     #[command(hide = true)]
     Synth {
@@ -81,6 +107,21 @@ pub enum Format {
     Json,
 }
 
+#[derive(Clone, Copy, ValueEnum, PartialEq, Eq)]
+pub enum BackendArg {
+    Ipvs,
+    Nft,
+}
+
+impl From<BackendArg> for nft::Backend {
+    fn from(b: BackendArg) -> Self {
+        match b {
+            BackendArg::Ipvs => nft::Backend::Ipvs,
+            BackendArg::Nft => nft::Backend::Nft,
+        }
+    }
+}
+
 #[derive(Clone, Copy, ValueEnum)]
 pub enum Color {
     Auto,
@@ -91,6 +132,7 @@ pub enum Color {
 /// Exit codes shared by the subcommands.
 const OK: u8 = 0;
 const CHANGES: u8 = 1;
+const FAILED: u8 = 1;
 const INVALID: u8 = 2;
 
 pub fn run(cli: Cli) -> ExitCode {
@@ -103,13 +145,19 @@ pub fn run(cli: Cli) -> ExitCode {
             incremental_from,
             policy,
             external_ifaces,
-        } => render(
-            &source,
-            if json { Format::Json } else { format },
-            incremental_from.as_deref(),
-            policy.as_deref(),
-            &external_ifaces,
-        ),
+            backend,
+        } => match render_options(policy.as_deref(), &external_ifaces, backend.into()) {
+            Ok(opts) => render(
+                &source,
+                if json { Format::Json } else { format },
+                incremental_from.as_deref(),
+                &opts,
+            ),
+            Err(msg) => {
+                eprintln!("portcullis: {msg}");
+                INVALID
+            }
+        },
         Command::Diff {
             old,
             new,
@@ -117,6 +165,21 @@ pub fn run(cli: Cli) -> ExitCode {
             color,
         } => diff(&old, &new, json, color),
         Command::Synth { rows } => synth(rows),
+        Command::Apply {
+            once: _,
+            source,
+            backend,
+            dry_run,
+            policy,
+            external_ifaces,
+        } => match render_options(policy.as_deref(), &external_ifaces, backend.into()) {
+            Ok(opts) => apply::apply_once(&source, opts, dry_run),
+            Err(msg) => {
+                eprintln!("portcullis: {msg}");
+                INVALID
+            }
+        },
+        Command::Flush => apply::flush(),
     };
     ExitCode::from(code)
 }
@@ -174,7 +237,7 @@ fn check(file: &std::path::Path, json: bool) -> u8 {
     }
 }
 
-fn load_state(file: &std::path::Path) -> Result<DesiredState, u8> {
+pub(crate) fn load_state(file: &std::path::Path) -> Result<DesiredState, u8> {
     match load_export(file) {
         Loaded::Valid(export) => Ok(DesiredState::from_export(&export)),
         Loaded::Invalid(errors) => {
@@ -191,6 +254,7 @@ fn load_state(file: &std::path::Path) -> Result<DesiredState, u8> {
 fn render_options(
     policy: Option<&std::path::Path>,
     ifaces: &[String],
+    backend: nft::Backend,
 ) -> Result<RenderOptions, String> {
     let (text, origin) = match policy {
         Some(p) => (
@@ -210,6 +274,7 @@ fn render_options(
         .collect::<Result<Vec<_>, _>>()
         .map_err(|e| format!("--external-iface: {e}"))?;
     Ok(RenderOptions {
+        backend,
         external_interfaces,
         policy,
     })
@@ -219,16 +284,8 @@ fn render(
     source: &std::path::Path,
     format: Format,
     incremental_from: Option<&std::path::Path>,
-    policy: Option<&std::path::Path>,
-    ifaces: &[String],
+    opts: &RenderOptions,
 ) -> u8 {
-    let opts = match render_options(policy, ifaces) {
-        Ok(o) => o,
-        Err(msg) => {
-            eprintln!("portcullis: {msg}");
-            return INVALID;
-        }
-    };
     let state = match load_state(source) {
         Ok(s) => s,
         Err(code) => return code,
@@ -242,7 +299,7 @@ fn render(
             Ok(s) => s,
             Err(code) => return code,
         };
-        let tx = nft::incremental(&StateDiff::between(&old, &state));
+        let tx = nft::incremental(&StateDiff::between(&old, &state), &state, opts.backend);
         if tx.is_empty() {
             println!("# no nftables changes");
         } else {
@@ -251,7 +308,7 @@ fn render(
         return OK;
     }
     match format {
-        Format::Nft => print!("{}", nft::full_ruleset(&state, &opts).to_nft()),
+        Format::Nft => print!("{}", nft::full_ruleset(&state, opts).to_nft()),
         Format::Ipvsadm => print!("{}", ipvsadm::ipvsadm_save(&state)),
         Format::Json => return print_json(&state),
     }

@@ -2,7 +2,7 @@
 #![allow(dead_code)]
 
 use portcullis::model::DesiredState;
-use portcullis::render::nft::{BasePolicy, Ifname, RenderOptions, DEFAULT_POLICY};
+use portcullis::render::nft::{Backend, BasePolicy, Ifname, RenderOptions, DEFAULT_POLICY};
 use std::path::PathBuf;
 use std::process::Command;
 
@@ -16,8 +16,9 @@ pub fn load_state(rel: &str) -> DesiredState {
     DesiredState::from_export(&export)
 }
 
-pub fn render_options(ifaces: &[&str]) -> RenderOptions {
+pub fn render_options(backend: Backend, ifaces: &[&str]) -> RenderOptions {
     RenderOptions {
+        backend,
         external_interfaces: ifaces
             .iter()
             .map(|i| Ifname::parse(i).expect("test ifname"))
@@ -68,4 +69,52 @@ pub fn in_fresh_netns(script: &str) -> (bool, String) {
         out.status.success(),
         String::from_utf8_lossy(&out.stderr).into_owned(),
     )
+}
+
+/// A named network namespace for one test, deleted when dropped (also when the test fails).
+pub struct Netns {
+    pub name: String,
+}
+
+impl Netns {
+    /// `tag` makes the name unique within a test; the process id across concurrent runs.
+    pub fn new(tag: &str) -> Netns {
+        let name = format!("pc{}-{tag}", std::process::id());
+        let _ = Command::new("ip").args(["netns", "del", &name]).output();
+        let out = Command::new("ip")
+            .args(["netns", "add", &name])
+            .output()
+            .expect("run ip");
+        assert!(
+            out.status.success(),
+            "ip netns add {name}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        Netns { name }
+    }
+
+    /// Runs a command inside the namespace; panics with its stderr when it fails.
+    pub fn exec(&self, args: &[&str]) -> String {
+        let out = Command::new("ip")
+            .args(["netns", "exec", &self.name])
+            .args(args)
+            .output()
+            .expect("run ip netns exec");
+        assert!(
+            out.status.success(),
+            "in {}: {}: {}",
+            self.name,
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+}
+
+impl Drop for Netns {
+    fn drop(&mut self) {
+        let _ = Command::new("ip")
+            .args(["netns", "del", &self.name])
+            .output();
+    }
 }

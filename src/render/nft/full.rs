@@ -5,7 +5,7 @@ use super::layout::{
     self, chains, frontend_element, fwmark_element, interface_element, rule, sets,
 };
 use super::transaction::{Object, Transaction};
-use super::RenderOptions;
+use super::{balance, Backend, RenderOptions};
 use crate::model::{DesiredState, ServiceKey};
 
 /// `add table` first so that `delete table` succeeds on a fresh host, then the table rebuilt
@@ -18,14 +18,14 @@ pub fn full_ruleset(state: &DesiredState, opts: &RenderOptions) -> Transaction {
     tx.add(Object::Table {
         comment: Some(layout::TABLE_COMMENT.to_owned()),
     });
-    for set in sets() {
+    for set in sets(opts.backend) {
         tx.add(Object::Set(set));
     }
     // Chains before rules: a `jump` needs its target to exist.
     for (chain, _) in &opts.policy.chains {
         tx.add(Object::Chain(chain.clone()));
     }
-    let static_chains = chains(opts.policy.has_chain("base_input"));
+    let static_chains = chains(opts.backend, opts.policy.has_chain("base_input"));
     for (chain, _) in &static_chains {
         tx.add(Object::Chain(chain.clone()));
     }
@@ -42,13 +42,22 @@ pub fn full_ruleset(state: &DesiredState, opts: &RenderOptions) -> Transaction {
     for name in &opts.external_interfaces {
         tx.add(Object::Element(interface_element(name)));
     }
+    if opts.backend == Backend::Nft {
+        for (key, svc) in &state.services {
+            balance::add_service(&mut tx, key, svc);
+        }
+    }
     // Elements grouped per set (stable sort keeps service order), one statement per set.
     let mut elements = Vec::new();
     for (key, svc) in &state.services {
         for f in &svc.frontends {
             elements.push(frontend_element(svc.proto, f));
-            if let ServiceKey::Fwmark { mark } = key {
-                elements.push(fwmark_element(svc.proto, f, *mark));
+            match (opts.backend, key) {
+                (Backend::Ipvs, ServiceKey::Fwmark { mark }) => {
+                    elements.push(fwmark_element(svc.proto, f, *mark))
+                }
+                (Backend::Ipvs, ServiceKey::Addr { .. }) => {}
+                (Backend::Nft, _) => elements.push(balance::service_element(key, svc, f)),
             }
         }
     }

@@ -2,7 +2,9 @@
 //! model values are spelled as set elements. Everything dynamic lives in sets and maps, so a
 //! sync only ever adds and deletes elements; chains are static.
 
+use super::balance::{SERVICES_V4, SERVICES_V6};
 use super::transaction::{Chain, Element, Hook, Object, Rule, Set};
+use super::Backend;
 use crate::model::Frontend;
 use portcullis_export::Proto;
 use std::net::IpAddr;
@@ -19,7 +21,7 @@ pub const TABLE_COMMENT: &str =
 /// Named sets and maps of the table. Keys are `daddr . l4proto . dport` concatenations with
 /// interval flags, so a port range is one element and lookups cost the same for 10 or 100k
 /// services.
-pub fn sets() -> Vec<Set> {
+pub fn sets(backend: Backend) -> Vec<Set> {
     let frontends = |name: &str, addr: &'static str| Set {
         name: name.into(),
         key_type: addr,
@@ -27,28 +29,38 @@ pub fn sets() -> Vec<Set> {
         interval: true,
         comment: Some("exported frontends: accepted on input"),
     };
-    let fwmarks = |name: &str, addr: &'static str| Set {
+    let map = |name: &str, addr: &'static str, value: &'static str, comment: &'static str| Set {
         name: name.into(),
         key_type: addr,
-        value_type: Some("mark"),
+        value_type: Some(value),
         interval: true,
-        comment: Some("frontends of fwmark services: packet mark for IPVS"),
+        comment: Some(comment),
     };
-    vec![
-        frontends(FRONTENDS_V4, "ipv4_addr . inet_proto . inet_service"),
-        frontends(FRONTENDS_V6, "ipv6_addr . inet_proto . inet_service"),
-        fwmarks(FWMARKS_V4, "ipv4_addr . inet_proto . inet_service"),
-        fwmarks(FWMARKS_V6, "ipv6_addr . inet_proto . inet_service"),
-        Set {
-            name: EXTERNAL_IFACES.into(),
-            key_type: "ifname",
-            value_type: None,
-            interval: false,
-            comment: Some(
-                "interfaces facing clients: new inbound traffic not accepted here is dropped",
-            ),
-        },
-    ]
+    const V4: &str = "ipv4_addr . inet_proto . inet_service";
+    const V6: &str = "ipv6_addr . inet_proto . inet_service";
+    let mut sets = vec![frontends(FRONTENDS_V4, V4), frontends(FRONTENDS_V6, V6)];
+    match backend {
+        Backend::Ipvs => {
+            let c = "frontends of fwmark services: packet mark for IPVS";
+            sets.push(map(FWMARKS_V4, V4, "mark", c));
+            sets.push(map(FWMARKS_V6, V6, "mark", c));
+        }
+        Backend::Nft => {
+            let c = "frontends: the chain of their virtual service";
+            sets.push(map(SERVICES_V4, V4, "verdict", c));
+            sets.push(map(SERVICES_V6, V6, "verdict", c));
+        }
+    }
+    sets.push(Set {
+        name: EXTERNAL_IFACES.into(),
+        key_type: "ifname",
+        value_type: None,
+        interval: false,
+        comment: Some(
+            "interfaces facing clients: new inbound traffic not accepted here is dropped",
+        ),
+    });
+    sets
 }
 
 fn base(name: &str, kind: &'static str, hook: &'static str, priority: &'static str) -> Chain {
@@ -65,32 +77,49 @@ fn base(name: &str, kind: &'static str, hook: &'static str, priority: &'static s
 
 /// The static base chains and their rules. `jump_base_input` adds the hand-off to the
 /// operator's policy chain when the policy file defines one.
-pub fn chains(jump_base_input: bool) -> Vec<(Chain, Vec<String>)> {
-    let mark = vec![
-        "meta mark set ip daddr . meta l4proto . th dport map @fwmarks_v4".to_owned(),
-        "meta mark set ip6 daddr . meta l4proto . th dport map @fwmarks_v6".to_owned(),
-    ];
-    let mut input = vec![
-        "ct state established,related accept".to_owned(),
-        "ct state invalid drop".to_owned(),
-        "iif \"lo\" accept".to_owned(),
-    ];
+pub fn chains(backend: Backend, jump_base_input: bool) -> Vec<(Chain, Vec<String>)> {
+    let own = |rules: &[&str]| rules.iter().map(|r| (*r).to_owned()).collect::<Vec<_>>();
+    let mut input = own(&[
+        "ct state established,related accept",
+        "ct state invalid drop",
+        "iif \"lo\" accept",
+    ]);
     if jump_base_input {
         input.push("jump base_input".to_owned());
     }
-    input.extend([
-        "ip daddr . meta l4proto . th dport @frontends_v4 accept".to_owned(),
-        "ip6 daddr . meta l4proto . th dport @frontends_v6 accept".to_owned(),
-        "iifname @external_ifaces counter drop".to_owned(),
+    input.extend(own(&[
+        "ip daddr . meta l4proto . th dport @frontends_v4 accept",
+        "ip6 daddr . meta l4proto . th dport @frontends_v6 accept",
+        "iifname @external_ifaces counter drop",
+    ]));
+    // Forwarded traffic from clients is only what we DNAT'ed (or replies to it).
+    let forward = own(&[
+        "ct state established,related accept",
+        "ct state invalid drop",
+        "ct status dnat accept",
+        "iifname @external_ifaces counter drop",
     ]);
-    vec![
-        // Before IPVS and conntrack-based NAT see the packet, so the mark selects the service.
-        (
+    let mut chains = Vec::new();
+    match backend {
+        // Before IPVS sees the packet, so the mark selects the service.
+        Backend::Ipvs => chains.push((
             base("prerouting_mark", "filter", "prerouting", "mangle"),
-            mark,
-        ),
-        (base("input", "filter", "input", "filter"), input),
-    ]
+            own(&[
+                "meta mark set ip daddr . meta l4proto . th dport map @fwmarks_v4",
+                "meta mark set ip6 daddr . meta l4proto . th dport map @fwmarks_v6",
+            ]),
+        )),
+        Backend::Nft => chains.push((
+            base("prerouting_dnat", "nat", "prerouting", "dstnat"),
+            own(&[
+                "ip daddr . meta l4proto . th dport vmap @services_v4",
+                "ip6 daddr . meta l4proto . th dport vmap @services_v6",
+            ]),
+        )),
+    }
+    chains.push((base("input", "filter", "input", "filter"), input));
+    chains.push((base("forward", "filter", "forward", "filter"), forward));
+    chains
 }
 
 pub fn rule(chain: &Chain, expr: String) -> Object {
@@ -130,7 +159,7 @@ pub fn fwmark_element(proto: Proto, f: &Frontend, mark: u32) -> Element {
         .into(),
         is_map: true,
         key: key(f.vip, proto, f),
-        value: Some(format!("0x{mark:08x}")),
+        value: Some(mark.to_string()),
     }
 }
 

@@ -1,6 +1,7 @@
 //! nftables rendering: the full table, incremental transactions, and the static policy that
 //! plugs into them. Produces typed transactions; turning them into kernel state is `apply`'s job.
 
+pub mod balance;
 mod full;
 mod incremental;
 pub mod layout;
@@ -13,9 +14,20 @@ pub use layout::Ifname;
 pub use policy::{BasePolicy, PolicyError, DEFAULT_POLICY};
 pub use transaction::Transaction;
 
+/// Which data plane balances the virtual services.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Backend {
+    /// IPVS does the balancing; the table marks fwmark frontends and filters.
+    Ipvs,
+    /// nftables does it all: DNAT chains per service (hosts without IPVS).
+    #[default]
+    Nft,
+}
+
 /// What the table needs besides the desired state: host-specific settings from the config.
 #[derive(Clone, Debug, Default)]
 pub struct RenderOptions {
+    pub backend: Backend,
     /// Interfaces facing clients. New inbound traffic arriving on them that is not an exported
     /// frontend, nor allowed by the base policy, is dropped. Empty: nothing is dropped.
     pub external_interfaces: Vec<Ifname>,

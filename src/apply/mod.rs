@@ -1,0 +1,36 @@
+//! Apply: the only part of the gateway that changes the kernel. Everything here sits behind
+//! narrow traits with an in-memory twin, so the sync logic is unit-tested against the same
+//! transactions the kernel gets.
+//!
+//! - [`Firewall`]: apply / check a transaction on our table, read the table back;
+//!   [`NftCli`] drives the real `nft`, [`TwinFirewall`] applies to a [`TableState`];
+//! - [`Conntrack`]: forget connections to removed real servers;
+//! - [`Syncer`]: full regeneration at start and on drift, incremental syncs otherwise.
+
+mod conntrack;
+mod error;
+mod nft_cli;
+mod readback;
+mod sync;
+mod table;
+mod twin;
+
+pub use conntrack::{Conntrack, ConntrackCli, ConntrackFlush, NoConntrack, RecordingConntrack};
+pub use error::{parse_diagnostics, NftDiagnostic, NftError};
+pub use nft_cli::NftCli;
+pub use readback::parse_table;
+pub use sync::{removed_reals, SyncError, SyncOutcome, Syncer};
+pub use table::{drift, ChainState, SetState, TableState};
+pub use twin::TwinFirewall;
+
+use crate::render::nft::Transaction;
+
+/// The kernel's nftables, as far as our one table is concerned.
+pub trait Firewall {
+    /// Applies the transaction as one atomic batch.
+    fn apply(&mut self, tx: &Transaction) -> Result<(), NftError>;
+    /// Checks the transaction against the current table without changing anything.
+    fn check(&mut self, tx: &Transaction) -> Result<(), NftError>;
+    /// Our table as it is now; `None` when it does not exist.
+    fn read_table(&mut self) -> Result<Option<TableState>, NftError>;
+}

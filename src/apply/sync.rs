@@ -1,0 +1,173 @@
+//! Keeping the kernel in step with the desired state: a full regeneration when the live table
+//! is not what we expect (start-up, drift, a failed incremental), an incremental transaction
+//! otherwise. The hot path ([`Syncer::sync`]) never lists the table: it costs O(changes).
+
+use super::conntrack::{Conntrack, ConntrackFlush};
+use super::error::NftError;
+use super::table::{drift, TableState};
+use super::Firewall;
+use crate::diff::{DiffSummary, ServiceChange, StateDiff};
+use crate::model::{DesiredState, RealKey, VirtualService};
+use crate::render::nft::{full_ruleset, incremental, Backend, RenderOptions};
+use std::collections::BTreeSet;
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum SyncOutcome {
+    /// The desired state is what is applied; nothing sent.
+    Unchanged,
+    /// The live table already matched the desired state (e.g. after a restart); adopted as is.
+    Adopted,
+    /// The table was regenerated whole; `drift` says why (empty on a fresh host).
+    Full { drift: Vec<String> },
+    /// Only the changes were sent.
+    Incremental {
+        summary: DiffSummary,
+        operations: usize,
+        conntrack_flushed: usize,
+    },
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum SyncError {
+    #[error(transparent)]
+    Nft(#[from] NftError),
+    /// A rendered full table did not even apply to an empty model: a bug, never the input's
+    /// fault (the input was validated).
+    #[error("internal error: rendered table is inconsistent at `{0}`: {1}")]
+    Render(String, String),
+}
+
+pub struct Syncer<F, C> {
+    pub firewall: F,
+    pub conntrack: C,
+    opts: RenderOptions,
+    applied: Option<DesiredState>,
+}
+
+impl<F: Firewall, C: Conntrack> Syncer<F, C> {
+    pub fn new(firewall: F, conntrack: C, opts: RenderOptions) -> Self {
+        Syncer {
+            firewall,
+            conntrack,
+            opts,
+            applied: None,
+        }
+    }
+
+    /// The state last applied (or adopted), if any.
+    pub fn applied(&self) -> Option<&DesiredState> {
+        self.applied.as_ref()
+    }
+
+    /// What the table should contain for `state`.
+    pub fn expected_table(&self, state: &DesiredState) -> Result<Option<TableState>, SyncError> {
+        TableState::from_transaction(&full_ruleset(state, &self.opts))
+            .map_err(|(op, why)| SyncError::Render(op, why))
+    }
+
+    /// Reads the live table and compares it with `state`'s: adopts it when equal, regenerates
+    /// it whole otherwise. For start-up and the slow periodic audit, not the hot path.
+    pub fn reconcile(&mut self, state: &DesiredState) -> Result<SyncOutcome, SyncError> {
+        let expected = self.expected_table(state)?;
+        let live = self.firewall.read_table()?;
+        let differences = drift(&expected, &live);
+        if differences.is_empty() {
+            self.applied = Some(state.clone());
+            return Ok(SyncOutcome::Adopted);
+        }
+        if live.is_some() {
+            tracing::warn!(differences = differences.len(), first = %differences[0], "live table differs from the expected one; regenerating it whole");
+        }
+        self.full(state)?;
+        Ok(SyncOutcome::Full { drift: differences })
+    }
+
+    fn full(&mut self, state: &DesiredState) -> Result<(), SyncError> {
+        let flush = self
+            .applied
+            .as_ref()
+            .map(|old| removed_reals(&StateDiff::between(old, state), old));
+        self.firewall.apply(&full_ruleset(state, &self.opts))?;
+        self.applied = Some(state.clone());
+        if let Some(entries) = flush {
+            self.flush_conntrack(&entries);
+        }
+        Ok(())
+    }
+
+    /// Brings the kernel from the applied state to `state` with one incremental transaction.
+    /// Without an applied state this is a [`Syncer::reconcile`]. If the kernel refuses the
+    /// increment (someone edited our table), falls back to a full regeneration.
+    pub fn sync(&mut self, state: &DesiredState) -> Result<SyncOutcome, SyncError> {
+        let Some(old) = &self.applied else {
+            return self.reconcile(state);
+        };
+        let diff = StateDiff::between(old, state);
+        if diff.is_empty() {
+            return Ok(SyncOutcome::Unchanged);
+        }
+        let tx = incremental(&diff, state, self.opts.backend);
+        if let Err(e) = self.firewall.apply(&tx) {
+            tracing::warn!(error = %e, "incremental transaction refused; regenerating the table whole");
+            self.full(state)?;
+            return Ok(SyncOutcome::Full {
+                drift: vec![format!("incremental transaction refused: {e}")],
+            });
+        }
+        let entries = removed_reals(&diff, old);
+        self.applied = Some(state.clone());
+        let conntrack_flushed = self.flush_conntrack(&entries);
+        Ok(SyncOutcome::Incremental {
+            summary: diff.summary(),
+            operations: tx.len(),
+            conntrack_flushed,
+        })
+    }
+
+    fn flush_conntrack(&mut self, entries: &[ConntrackFlush]) -> usize {
+        if self.opts.backend != Backend::Nft || entries.is_empty() {
+            return 0;
+        }
+        match self.conntrack.flush(entries) {
+            Ok(n) => n,
+            Err(e) => {
+                // The rules are right; stale flows age out. Worth a warning, not a failure.
+                tracing::warn!(error = %e, "could not delete conntrack entries of removed real servers");
+                0
+            }
+        }
+    }
+}
+
+/// Connections that must not outlive their real server: every removed real server, through
+/// every frontend address its service had in `old`.
+pub fn removed_reals(diff: &StateDiff, old: &DesiredState) -> Vec<ConntrackFlush> {
+    let mut out = BTreeSet::new();
+    let mut add = |svc: &VirtualService, reals: &mut dyn Iterator<Item = &RealKey>| {
+        let vips: BTreeSet<_> = svc.frontends.iter().map(|f| f.vip).collect();
+        for real in reals {
+            for vip in &vips {
+                out.insert(ConntrackFlush {
+                    proto: svc.proto,
+                    vip: *vip,
+                    real: *real,
+                });
+            }
+        }
+    };
+    for change in &diff.changes {
+        match change {
+            ServiceChange::Removed { service, .. }
+            | ServiceChange::Replaced { old: service, .. } => {
+                add(service, &mut service.reals.keys())
+            }
+            ServiceChange::Modified(u) => {
+                if let Some(svc) = old.services.get(&u.key) {
+                    add(svc, &mut u.reals_removed.iter().map(|r| &r.key));
+                }
+            }
+            ServiceChange::Added { .. } => {}
+        }
+    }
+    out.into_iter().collect()
+}

@@ -1,0 +1,39 @@
+//! The in-memory twin of [`super::NftCli`]: applies the very same transactions to a
+//! [`TableState`] with the kernel's rules, so unit tests assert on the resulting table.
+
+use super::error::NftError;
+use super::table::TableState;
+use super::Firewall;
+use crate::render::nft::Transaction;
+
+#[derive(Clone, Debug, Default)]
+pub struct TwinFirewall {
+    pub table: Option<TableState>,
+    /// Every transaction applied, in order (tests check what was sent).
+    pub applied: Vec<Transaction>,
+    /// When set, the next apply fails with this reason and changes nothing.
+    pub fail_next: Option<String>,
+}
+
+impl Firewall for TwinFirewall {
+    fn apply(&mut self, tx: &Transaction) -> Result<(), NftError> {
+        if let Some(reason) = self.fail_next.take() {
+            return Err(NftError::Twin {
+                op: "(injected)".into(),
+                reason,
+            });
+        }
+        self.table = TableState::apply(&self.table, tx)
+            .map_err(|(op, reason)| NftError::Twin { op, reason })?;
+        self.applied.push(tx.clone());
+        Ok(())
+    }
+    fn check(&mut self, tx: &Transaction) -> Result<(), NftError> {
+        TableState::apply(&self.table, tx)
+            .map(|_| ())
+            .map_err(|(op, reason)| NftError::Twin { op, reason })
+    }
+    fn read_table(&mut self) -> Result<Option<TableState>, NftError> {
+        Ok(self.table.clone())
+    }
+}

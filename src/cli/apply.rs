@@ -1,0 +1,107 @@
+//! `portcullis apply --once` and `portcullis flush`: the one-shot, kernel-facing commands.
+
+use super::{load_state, FAILED, OK};
+use crate::apply::{drift, ConntrackCli, Firewall, NftCli, SyncOutcome, Syncer};
+use crate::render::nft::{full_ruleset, Backend, RenderOptions};
+use std::path::Path;
+
+pub fn apply_once(source: &Path, opts: RenderOptions, dry_run: bool) -> u8 {
+    if opts.backend == Backend::Ipvs {
+        eprintln!(
+            "portcullis: the IPVS backend is not available in this version; use --backend nft"
+        );
+        return FAILED;
+    }
+    let state = match load_state(source) {
+        Ok(s) => s,
+        Err(code) => return code,
+    };
+    let mut syncer = Syncer::new(NftCli::default(), ConntrackCli::default(), opts.clone());
+    if dry_run {
+        return dry_run_report(&mut syncer, &state, &opts);
+    }
+    match syncer.reconcile(&state) {
+        Ok(SyncOutcome::Adopted) => {
+            println!(
+                "nothing to do: the live table already matches ({} services)",
+                state.services.len()
+            );
+            OK
+        }
+        Ok(SyncOutcome::Full { drift }) => {
+            println!(
+                "applied: table regenerated ({} services, {} real servers; {} differences)",
+                state.services.len(),
+                state.real_server_count(),
+                drift.len()
+            );
+            OK
+        }
+        Ok(other) => {
+            println!("applied: {other:?}");
+            OK
+        }
+        Err(e) => {
+            eprintln!("portcullis: apply failed, the kernel was left as it was: {e}");
+            FAILED
+        }
+    }
+}
+
+fn dry_run_report(
+    syncer: &mut Syncer<NftCli, ConntrackCli>,
+    state: &crate::model::DesiredState,
+    opts: &RenderOptions,
+) -> u8 {
+    let expected = match syncer.expected_table(state) {
+        Ok(t) => t,
+        Err(e) => {
+            eprintln!("portcullis: {e}");
+            return FAILED;
+        }
+    };
+    let live = match syncer.firewall.read_table() {
+        Ok(t) => t,
+        Err(e) => {
+            eprintln!("portcullis: cannot read the live table: {e}");
+            return FAILED;
+        }
+    };
+    let differences = drift(&expected, &live);
+    if differences.is_empty() {
+        println!("nothing to do: the live table already matches");
+        return OK;
+    }
+    for d in &differences {
+        println!("~ {d}");
+    }
+    match syncer.firewall.check(&full_ruleset(state, opts)) {
+        Ok(()) => {
+            println!(
+                "dry run: a full regeneration would apply cleanly (nft -c); nothing was changed"
+            );
+            OK
+        }
+        Err(e) => {
+            eprintln!("portcullis: nft -c refused the transaction: {e}");
+            FAILED
+        }
+    }
+}
+
+pub fn flush() -> u8 {
+    match NftCli::default().delete_table() {
+        Ok(true) => {
+            println!("deleted table inet portcullis");
+            OK
+        }
+        Ok(false) => {
+            println!("nothing to flush: table inet portcullis does not exist");
+            OK
+        }
+        Err(e) => {
+            eprintln!("portcullis: flush failed: {e}");
+            FAILED
+        }
+    }
+}
