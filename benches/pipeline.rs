@@ -54,6 +54,7 @@ fn serde_baseline(bytes: &[u8]) -> usize {
 fn bench(c: &mut Criterion) {
     let policy = nft::BasePolicy::parse(nft::DEFAULT_POLICY).expect("policy");
     let opts = nft::RenderOptions {
+        backend: nft::Backend::Nft,
         external_interfaces: vec![],
         policy,
     };
@@ -109,7 +110,7 @@ fn bench(c: &mut Criterion) {
         g.bench_with_input(
             BenchmarkId::new("nft_incremental_1_service", n),
             &diff,
-            |b, d| b.iter(|| nft::incremental(black_box(d)).to_nft()),
+            |b, d| b.iter(|| nft::incremental(black_box(d), &fewer, nft::Backend::Nft).to_nft()),
         );
         g.bench_with_input(BenchmarkId::new("ipvsadm", n), &new, |b, s| {
             b.iter(|| ipvsadm::ipvsadm_save(black_box(s)))
