@@ -1,6 +1,8 @@
 //! Helpers shared by the integration tests.
 #![allow(dead_code)]
 
+pub mod lab;
+
 use portcullis::model::DesiredState;
 use portcullis::render::nft::{Backend, BasePolicy, Ifname, RenderOptions, DEFAULT_POLICY};
 use std::path::PathBuf;

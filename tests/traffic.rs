@@ -1,0 +1,405 @@
+//! The nft backend with real packets: a client, the gateway and three backends in network
+//! namespaces, TCP and UDP through the gateway, and the kernel's table read back.
+
+mod common;
+
+use common::lab::{ask_line, udp_ask, Lab, VIP1, VIP2};
+use common::{render_options, require_nft};
+use portcullis::apply::{ConntrackCli, Firewall, NftCli, SyncOutcome, Syncer};
+use portcullis::model::DesiredState;
+use portcullis::render::nft::Backend;
+use std::collections::BTreeMap;
+use std::process::Command;
+
+const HEADER: &str =
+    "service,instance,proto,vip,vport,fwmark,rip,rport,weight,scheduler,method,persistence\n";
+
+fn state(rows: &[String]) -> DesiredState {
+    let text = format!("{HEADER}{}\n", rows.join("\n"));
+    let export =
+        portcullis_export::parse(text.as_bytes()).unwrap_or_else(|e| panic!("{e}\n{text}"));
+    DesiredState::from_export(&export)
+}
+
+/// A plain row: `proto vip:port` → backend `n` port 8080 with `weight`.
+fn row(proto: &str, vip: &str, port: u16, n: usize, weight: u16) -> String {
+    format!(
+        "web,web.b{n},{proto},{vip},{port},,{},8080,{weight},rr,nat,",
+        Lab::backend_ip(n)
+    )
+}
+
+fn syncer(lab: &Lab) -> Syncer<NftCli, ConntrackCli> {
+    Syncer::new(
+        NftCli::in_netns(&lab.gw.name),
+        ConntrackCli::in_netns(&lab.gw.name),
+        render_options(Backend::Nft, &["g0"]),
+    )
+}
+
+fn nft_list(lab: &Lab, table: &str) -> String {
+    lab.gw.exec(&["nft", "list", "table", "inet", table])
+}
+
+#[test]
+fn tcp_udp_and_fwmark_ranges_reach_the_right_backends() {
+    if !require_nft() {
+        return;
+    }
+    let lab = Lab::new("reach", 3);
+    let mut s = syncer(&lab);
+    let fwm = |vip: &str, n: usize| {
+        format!(
+            "tg,tg.b{n},tcp,{vip},20000-20010,7,{},,1,sh,nat,",
+            Lab::backend_ip(n)
+        )
+    };
+    let st = state(&[
+        row("tcp", VIP1, 80, 1, 1),
+        row("udp", VIP1, 53, 2, 1),
+        fwm(VIP1, 3),
+        fwm(VIP2, 3),
+    ]);
+    assert!(matches!(
+        s.sync(&st).expect("apply"),
+        SyncOutcome::Full { .. }
+    ));
+    assert_eq!(lab.tcp_ask(VIP1, 80).as_deref(), Some("b1"), "plain TCP");
+    let udp = lab.udp_socket();
+    assert_eq!(udp_ask(&udp, VIP1, 53).as_deref(), Some("b2"), "UDP");
+    for vip in [VIP1, VIP2] {
+        for port in [20000, 20005, 20010] {
+            assert_eq!(
+                lab.tcp_ask(vip, port).as_deref(),
+                Some("b3"),
+                "fwmark range {vip}:{port}"
+            );
+        }
+        // Just outside the range: not exported, dropped on the external interface.
+        assert_eq!(lab.tcp_ask(vip, 20011), None, "{vip}:20011 is not exported");
+    }
+    // Not exported at all.
+    assert_eq!(lab.tcp_ask(VIP2, 80), None);
+}
+
+#[test]
+fn round_robin_follows_weights_and_weight_zero_drains() {
+    if !require_nft() {
+        return;
+    }
+    let lab = Lab::new("weights", 3);
+    let mut s = syncer(&lab);
+    s.sync(&state(&[
+        row("tcp", VIP1, 80, 1, 1),
+        row("tcp", VIP1, 80, 2, 3),
+        row("tcp", VIP1, 80, 3, 0),
+    ]))
+    .expect("apply");
+    let mut seen: BTreeMap<String, usize> = BTreeMap::new();
+    for _ in 0..200 {
+        let who = lab.tcp_ask(VIP1, 80).expect("answer");
+        *seen.entry(who).or_default() += 1;
+    }
+    assert_eq!(
+        seen.get("b3"),
+        None,
+        "weight 0 gets no connections: {seen:?}"
+    );
+    let b2 = seen.get("b2").copied().unwrap_or(0);
+    // Expected 150 of 200 (weights 1:3); numgen is random, so allow ±5 standard deviations.
+    assert!(
+        (120..=180).contains(&b2),
+        "b2 answered {b2} of 200: {seen:?}"
+    );
+
+    // An open connection to b1 keeps working after b1 is drained; new ones avoid it.
+    let mut open = None;
+    for _ in 0..50 {
+        let mut c = lab.tcp_open(VIP1, 80).expect("connect");
+        if ask_line(&mut c).as_deref() == Some("b1") {
+            open = Some(c);
+            break;
+        }
+    }
+    let mut open = open.expect("one of 50 connections reached b1");
+    let outcome = s
+        .sync(&state(&[
+            row("tcp", VIP1, 80, 1, 0),
+            row("tcp", VIP1, 80, 2, 3),
+            row("tcp", VIP1, 80, 3, 0),
+        ]))
+        .expect("drain b1");
+    assert!(
+        matches!(
+            outcome,
+            SyncOutcome::Incremental {
+                conntrack_flushed: 0,
+                ..
+            }
+        ),
+        "{outcome:?}"
+    );
+    assert_eq!(
+        ask_line(&mut open).as_deref(),
+        Some("b1"),
+        "the drained server keeps its open connection"
+    );
+    for _ in 0..30 {
+        assert_eq!(lab.tcp_ask(VIP1, 80).as_deref(), Some("b2"));
+    }
+}
+
+#[test]
+fn removing_a_backend_moves_new_connections_and_clears_its_udp_flows() {
+    if !require_nft() {
+        return;
+    }
+    let lab = Lab::new("remove", 2);
+    let mut s = syncer(&lab);
+    s.sync(&state(&[
+        row("udp", VIP1, 53, 1, 1),
+        row("udp", VIP1, 53, 2, 1),
+    ]))
+    .expect("apply");
+    // Find a flow (a client socket) that landed on b1.
+    let mut flow = None;
+    for _ in 0..40 {
+        let sock = lab.udp_socket();
+        if udp_ask(&sock, VIP1, 53).as_deref() == Some("b1") {
+            flow = Some(sock);
+            break;
+        }
+    }
+    let flow = flow.expect("a flow to b1");
+    assert_eq!(
+        udp_ask(&flow, VIP1, 53).as_deref(),
+        Some("b1"),
+        "conntrack keeps a flow on its backend"
+    );
+    let conntrack = |lab: &Lab| {
+        lab.gw.exec(&[
+            "conntrack",
+            "-L",
+            "-p",
+            "udp",
+            "--reply-src",
+            &Lab::backend_ip(1),
+        ])
+    };
+    assert!(
+        conntrack(&lab).contains("dport=53"),
+        "a conntrack entry to b1 exists"
+    );
+
+    let outcome = s
+        .sync(&state(&[row("udp", VIP1, 53, 2, 1)]))
+        .expect("remove b1");
+    match outcome {
+        SyncOutcome::Incremental {
+            conntrack_flushed, ..
+        } => assert!(conntrack_flushed >= 1, "{outcome:?}"),
+        other => panic!("expected an incremental sync, got {other:?}"),
+    }
+    assert!(
+        !conntrack(&lab).contains("dport=53"),
+        "b1's entries are gone"
+    );
+    // The same flow (same source port) now reaches b2, and so do new ones.
+    assert_eq!(udp_ask(&flow, VIP1, 53).as_deref(), Some("b2"));
+    assert_eq!(lab.tcp_ask(VIP1, 53), None, "only UDP is exported");
+    assert_eq!(udp_ask(&lab.udp_socket(), VIP1, 53).as_deref(), Some("b2"));
+}
+
+#[test]
+fn a_rejected_export_changes_nothing_and_other_tables_are_untouched() {
+    if !require_nft() {
+        return;
+    }
+    let lab = Lab::new("reject", 1);
+    // Someone else's table, before and after everything we do.
+    lab.gw.exec(&["nft", "add table inet other"]);
+    lab.gw.exec(&[
+        "nft",
+        "add chain inet other input { type filter hook input priority 10; policy accept; }",
+    ]);
+    lab.gw.exec(&[
+        "nft",
+        "add set inet other keep { type ipv4_addr; elements = { 198.51.100.7 } }",
+    ]);
+    lab.gw.exec(&[
+        "nft",
+        "add rule inet other input ip saddr @keep counter accept",
+    ]);
+    let other_before = nft_list(&lab, "other");
+
+    let dir = std::env::temp_dir().join(format!("pc-reject-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("tmp");
+    let good = dir.join("good.csv");
+    let bad = dir.join("bad.csv");
+    std::fs::write(&good, format!("{HEADER}{}\n", row("tcp", VIP1, 80, 1, 1))).expect("write");
+    std::fs::write(
+        &bad,
+        format!(
+            "{HEADER}{}\nweb,web.x,tcp,{VIP1},80-90,,10.200.1.2,,1,rr,nat,\n",
+            row("tcp", VIP1, 80, 1, 1)
+        ),
+    )
+    .expect("write");
+    let portcullis = |args: &[&str]| {
+        Command::new("ip")
+            .args([
+                "netns",
+                "exec",
+                &lab.gw.name,
+                env!("CARGO_BIN_EXE_portcullis"),
+            ])
+            .args(args)
+            .output()
+            .expect("run portcullis")
+    };
+    let out = portcullis(&[
+        "apply",
+        "--once",
+        "--source",
+        good.to_str().expect("path"),
+        "--external-iface",
+        "g0",
+    ]);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let table_before = nft_list(&lab, "portcullis");
+    assert_eq!(lab.tcp_ask(VIP1, 80).as_deref(), Some("b1"));
+
+    let out = portcullis(&[
+        "apply",
+        "--once",
+        "--source",
+        bad.to_str().expect("path"),
+        "--external-iface",
+        "g0",
+    ]);
+    assert_eq!(out.status.code(), Some(2), "a rejected export exits 2");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("line 3, column 6 (fwmark)"));
+    assert_eq!(
+        nft_list(&lab, "portcullis"),
+        table_before,
+        "kernel state byte-identical"
+    );
+    assert_eq!(
+        lab.tcp_ask(VIP1, 80).as_deref(),
+        Some("b1"),
+        "traffic unaffected"
+    );
+
+    let again = portcullis(&[
+        "apply",
+        "--once",
+        "--source",
+        good.to_str().expect("path"),
+        "--external-iface",
+        "g0",
+    ]);
+    assert!(String::from_utf8_lossy(&again.stdout).contains("nothing to do"));
+    assert_eq!(portcullis(&["flush"]).status.code(), Some(0));
+    assert!(
+        Command::new("ip")
+            .args([
+                "netns",
+                "exec",
+                &lab.gw.name,
+                "nft",
+                "list",
+                "table",
+                "inet",
+                "portcullis"
+            ])
+            .output()
+            .is_ok_and(|o| !o.status.success()),
+        "flush removed our table"
+    );
+    assert_eq!(
+        nft_list(&lab, "other"),
+        other_before,
+        "the other table is untouched"
+    );
+}
+
+#[test]
+fn an_incremental_apply_changes_only_what_the_diff_says() {
+    if !require_nft() {
+        return;
+    }
+    let lab = Lab::new("incr", 3);
+    let mut s = syncer(&lab);
+    let first = state(&[
+        row("tcp", VIP1, 80, 1, 1),
+        row("tcp", VIP1, 443, 2, 1),
+        row("udp", VIP2, 53, 3, 1),
+    ]);
+    s.sync(&first).expect("apply");
+    let mut reader = NftCli::in_netns(&lab.gw.name);
+    let before = reader.read_table().expect("read").expect("table");
+    // Drain :80's b1 for b3 and withdraw :443; udp 53 stays as it is.
+    let second = state(&[
+        row("tcp", VIP1, 80, 1, 0),
+        row("tcp", VIP1, 80, 3, 1),
+        row("udp", VIP2, 53, 3, 1),
+    ]);
+    let outcome = s.sync(&second).expect("sync");
+    assert!(
+        matches!(outcome, SyncOutcome::Incremental { .. }),
+        "{outcome:?}"
+    );
+    let after = reader.read_table().expect("read").expect("table");
+    assert!(portcullis::apply::drift(
+        &s.expected_table(&second).expect("expected"),
+        &Some(after.clone())
+    )
+    .is_empty());
+
+    // What changed in the kernel is exactly what the diff names.
+    let changed: std::collections::BTreeSet<&String> = before
+        .chains
+        .keys()
+        .chain(after.chains.keys())
+        .filter(|c| before.chains.get(*c) != after.chains.get(*c))
+        .collect();
+    let key80 = portcullis::model::ServiceKey::Addr {
+        proto: portcullis_export::Proto::Tcp,
+        vip: VIP1.parse().expect("ip"),
+        port: 80,
+    };
+    let svc80 = portcullis::render::nft::balance::service_chain(&key80, &second.services[&key80]);
+    assert!(
+        changed.iter().any(|c| **c == svc80),
+        "the :80 service chain was rewritten: {changed:?}"
+    );
+    // :80 rewritten, one endpoint added (b3), :443's service and endpoint removed.
+    assert_eq!(changed.len(), 4, "{changed:?}");
+    for (name, set) in &before.sets {
+        let a = &after.sets[name];
+        let gone: Vec<_> = set
+            .elements
+            .keys()
+            .filter(|k| !a.elements.contains_key(*k))
+            .collect();
+        let new: Vec<_> = a
+            .elements
+            .keys()
+            .filter(|k| !set.elements.contains_key(*k))
+            .collect();
+        assert!(new.is_empty(), "{name}: nothing added: {new:?}");
+        if name.starts_with("frontends_v4") || name.starts_with("services_v4") {
+            assert_eq!(gone, [&format!("{VIP1} . tcp . 443")], "{name}");
+        } else {
+            assert!(gone.is_empty(), "{name}: {gone:?}");
+        }
+    }
+    assert_eq!(lab.tcp_ask(VIP1, 80).as_deref(), Some("b3"));
+    assert_eq!(lab.tcp_ask(VIP1, 443), None);
+    assert_eq!(udp_ask(&lab.udp_socket(), VIP2, 53).as_deref(), Some("b3"));
+}
