@@ -110,7 +110,9 @@ fn bench(c: &mut Criterion) {
         g.bench_with_input(
             BenchmarkId::new("nft_incremental_1_service", n),
             &diff,
-            |b, d| b.iter(|| nft::incremental(black_box(d), &fewer, nft::Backend::Nft).to_nft()),
+            |b, d| {
+                b.iter(|| nft::incremental(black_box(d), &new, &fewer, nft::Backend::Nft).to_nft())
+            },
         );
         g.bench_with_input(BenchmarkId::new("ipvsadm", n), &new, |b, s| {
             b.iter(|| ipvsadm::ipvsadm_save(black_box(s)))

@@ -119,6 +119,16 @@ fn ipv6_service(out: &mut Vec<ExportRow>, unit: u32) {
     }
 }
 
+/// Exactly `n` plain TCP services of two real servers each (vip:port from 198.18.0.0/15,
+/// eight ports per vip): for benchmarks that count services rather than rows.
+pub fn rows_with_services(n: usize) -> Vec<ExportRow> {
+    let mut out = Vec::with_capacity(2 * n);
+    for unit in 0..n as u32 {
+        plain_service(&mut out, unit, 2);
+    }
+    out
+}
+
 /// A copy of `rows` with one real server's weight flipped: the smallest realistic change.
 pub fn with_one_change(rows: &[ExportRow]) -> Vec<ExportRow> {
     let mut changed = rows.to_vec();
@@ -140,5 +150,13 @@ mod tests {
             portcullis_export::validate_rows(&r).unwrap_or_else(|e| panic!("{n} rows: {e}"));
         }
         assert_eq!(rows(500), rows(500));
+        let services = rows_with_services(300);
+        portcullis_export::validate_rows(&services).expect("valid");
+        assert_eq!(
+            crate::model::DesiredState::from_rows(&services)
+                .services
+                .len(),
+            300
+        );
     }
 }

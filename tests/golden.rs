@@ -67,8 +67,9 @@ fn renders_match_golden_files() {
                 &nft::full_ruleset(&state, &opts).to_nft(),
             );
             if let Some(old) = old {
-                let diff = StateDiff::between(&load_state(old), &state);
-                let tx = nft::incremental(&diff, &state, backend);
+                let old = load_state(old);
+                let diff = StateDiff::between(&old, &state);
+                let tx = nft::incremental(&diff, &old, &state, backend);
                 check(case, &format!("incremental-{name}.nft"), &tx.to_nft());
             }
         }

@@ -28,7 +28,7 @@ fn check_transition(name: &str, old: &DesiredState, new: &DesiredState) {
             .check(&full_old)
             .unwrap_or_else(|e| panic!("{name} {backend:?}: full(old): {e}"));
         via_inc.apply(&full_old).expect("apply full(old)");
-        let inc = nft::incremental(&StateDiff::between(old, new), new, backend);
+        let inc = nft::incremental(&StateDiff::between(old, new), old, new, backend);
         via_inc
             .check(&inc)
             .unwrap_or_else(|e| panic!("{name} {backend:?}: nft -c refused the increment: {e}"));

@@ -106,7 +106,7 @@ impl<F: Firewall, C: Conntrack> Syncer<F, C> {
         if diff.is_empty() {
             return Ok(SyncOutcome::Unchanged);
         }
-        let tx = incremental(&diff, state, self.opts.backend);
+        let tx = incremental(&diff, old, state, self.opts.backend);
         if let Err(e) = self.firewall.apply(&tx) {
             tracing::warn!(error = %e, "incremental transaction refused; regenerating the table whole");
             self.full(state)?;

@@ -142,7 +142,7 @@ fn step(t: &mut Option<TableState>, op: &Op) -> Result<(), String> {
         }
         Op::Add(Object::Set(s)) => {
             table.sets.entry(s.name.clone()).or_insert(SetState {
-                is_map: s.value_type.is_some(),
+                is_map: s.is_map(),
                 elements: BTreeMap::new(),
             });
         }

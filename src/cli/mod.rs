@@ -299,7 +299,12 @@ fn render(
             Ok(s) => s,
             Err(code) => return code,
         };
-        let tx = nft::incremental(&StateDiff::between(&old, &state), &state, opts.backend);
+        let tx = nft::incremental(
+            &StateDiff::between(&old, &state),
+            &old,
+            &state,
+            opts.backend,
+        );
         if tx.is_empty() {
             println!("# no nftables changes");
         } else {

@@ -140,19 +140,15 @@ impl Lab {
             (tcp, udp)
         });
         for listener in tcp {
-            listener.set_nonblocking(true).expect("nonblocking");
-            let (name, stop) = (name.clone(), stop.clone());
-            self.servers.push(std::thread::spawn(move || {
-                while !stop.load(Ordering::Relaxed) {
-                    match listener.accept() {
-                        Ok((conn, _)) => {
-                            let name = name.clone();
-                            std::thread::spawn(move || serve_lines(conn, &name));
-                        }
-                        Err(_) => std::thread::sleep(Duration::from_millis(5)),
-                    }
+            // Blocking accept (a polling loop would cap the connection rate the benchmark
+            // measures). These threads are not joined: they end with the process.
+            let name = name.clone();
+            std::thread::spawn(move || {
+                for conn in listener.incoming().flatten() {
+                    let name = name.clone();
+                    std::thread::spawn(move || serve_lines(conn, &name));
                 }
-            }));
+            });
         }
         for sock in udp {
             sock.set_read_timeout(Some(Duration::from_millis(50)))

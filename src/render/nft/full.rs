@@ -1,12 +1,11 @@
 //! Full regeneration: the whole table as one transaction that replaces whatever is there.
 //! Used at start-up and after drift; a steady-state sync uses `incremental` instead.
 
-use super::layout::{
-    self, chains, frontend_element, fwmark_element, interface_element, rule, sets,
-};
+use super::incremental::service_elements;
+use super::layout::{self, chains, interface_element, rule, sets};
 use super::transaction::{Object, Transaction};
-use super::{balance, Backend, RenderOptions};
-use crate::model::{DesiredState, ServiceKey};
+use super::RenderOptions;
+use crate::model::DesiredState;
 
 /// `add table` first so that `delete table` succeeds on a fresh host, then the table rebuilt
 /// from scratch: the kernel swaps old for new atomically at commit, so traffic never sees a
@@ -42,24 +41,10 @@ pub fn full_ruleset(state: &DesiredState, opts: &RenderOptions) -> Transaction {
     for name in &opts.external_interfaces {
         tx.add(Object::Element(interface_element(name)));
     }
-    if opts.backend == Backend::Nft {
-        for (key, svc) in &state.services {
-            balance::add_service(&mut tx, key, svc);
-        }
-    }
     // Elements grouped per set (stable sort keeps service order), one statement per set.
     let mut elements = Vec::new();
     for (key, svc) in &state.services {
-        for f in &svc.frontends {
-            elements.push(frontend_element(svc.proto, f));
-            match (opts.backend, key) {
-                (Backend::Ipvs, ServiceKey::Fwmark { mark }) => {
-                    elements.push(fwmark_element(svc.proto, f, *mark))
-                }
-                (Backend::Ipvs, ServiceKey::Addr { .. }) => {}
-                (Backend::Nft, _) => elements.push(balance::service_element(key, svc, f)),
-            }
-        }
+        elements.extend(service_elements(key, svc, opts.backend));
     }
     elements.sort_by(|a, b| a.set.cmp(&b.set));
     for e in elements {

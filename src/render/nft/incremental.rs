@@ -1,101 +1,98 @@
-//! Incremental sync: only what a diff touches, as one transaction. Its size is proportional to
-//! the change, never to the table: set and map elements, and for the nft backend the chains
-//! of the services and real servers that changed. Static chains are never rewritten.
+//! Incremental sync: only the set and map elements a diff touches, as one transaction. Chains
+//! are static, so a sync never rewrites one, and its size is proportional to the change, never
+//! to the table.
 
 use super::balance;
 use super::layout::{frontend_element, fwmark_element};
 use super::transaction::{Element, Object, Transaction};
 use super::Backend;
-use crate::diff::{ServiceChange, StateDiff};
-use crate::model::{DesiredState, Frontend, ServiceKey, VirtualService};
+use crate::diff::StateDiff;
+use crate::model::{DesiredState, ServiceKey, VirtualService};
+use std::collections::BTreeSet;
 
-/// Order inside the transaction, so every reference is valid when the kernel checks it:
-/// 1. element deletions (a frontend moving between services is the same key: it must be gone
-///    before it is added back with its new mark or chain);
-/// 2. new chains (real servers, services) and rewritten service rules;
-/// 3. element additions, now pointing at chains that exist;
-/// 4. removal of chains nothing points at any more.
-///
-/// `new` is the state the diff leads to: a modified service's rule is rendered from it.
-pub fn incremental(diff: &StateDiff, new: &DesiredState, backend: Backend) -> Transaction {
-    let mut deletes = Vec::new();
-    let mut adds = Vec::new();
-    let mut chains = Transaction::new();
-    let mut removals = Transaction::new();
-    for change in &diff.changes {
-        match change {
-            ServiceChange::Added { key, service } => {
-                elements(&mut adds, key, service, &service.frontends, backend);
-                if backend == Backend::Nft {
-                    balance::add_service(&mut chains, key, service);
-                }
-            }
-            ServiceChange::Removed { key, service } => {
-                elements(&mut deletes, key, service, &service.frontends, backend);
-                if backend == Backend::Nft {
-                    balance::remove_service(&mut removals, key, service);
-                }
-            }
-            ServiceChange::Replaced { key, old, new } => {
-                elements(&mut deletes, key, old, &old.frontends, backend);
-                elements(&mut adds, key, new, &new.frontends, backend);
-                if backend == Backend::Nft {
-                    balance::add_service(&mut chains, key, new);
-                    balance::remove_service(&mut removals, key, old);
-                }
-            }
-            ServiceChange::Modified(u) => {
-                // Modified services exist in `new` by construction of the diff.
-                let Some(svc) = new.services.get(&u.key) else {
-                    continue;
-                };
-                elements(&mut deletes, &u.key, svc, &u.frontends_removed, backend);
-                elements(&mut adds, &u.key, svc, &u.frontends_added, backend);
-                let reals_changed = !u.reals_added.is_empty()
-                    || !u.reals_removed.is_empty()
-                    || u.reals_changed.iter().any(|r| r.old.weight != r.new.weight);
-                if backend == Backend::Nft && (reals_changed || u.params.is_some()) {
-                    balance::update_service(
-                        &mut chains,
-                        &u.key,
-                        svc,
-                        u.reals_added.iter().map(|r| &r.key),
-                        u.reals_removed.iter().map(|r| &r.key),
-                    );
-                }
-            }
-        }
+/// Every element a service puts in the table, for `backend`.
+pub fn service_elements(key: &ServiceKey, svc: &VirtualService, backend: Backend) -> Vec<Element> {
+    let mut out: Vec<Element> = svc
+        .frontends
+        .iter()
+        .map(|f| frontend_element(svc.proto, f))
+        .collect();
+    match (backend, key) {
+        (Backend::Ipvs, ServiceKey::Fwmark { mark }) => out.extend(
+            svc.frontends
+                .iter()
+                .map(|f| fwmark_element(svc.proto, f, *mark)),
+        ),
+        (Backend::Ipvs, ServiceKey::Addr { .. }) => {}
+        (Backend::Nft, _) => out.extend(balance::elements(key, svc)),
     }
-    // Group per set so each set is one statement.
-    deletes.sort_by(|a, b| a.set.cmp(&b.set));
-    adds.sort_by(|a, b| a.set.cmp(&b.set));
-    let mut tx = Transaction::new();
-    for e in deletes {
-        tx.delete(Object::Element(e));
-    }
-    tx.ops.extend(chains.ops);
-    for e in adds {
-        tx.add(Object::Element(e));
-    }
-    tx.ops.extend(removals.ops);
-    tx
+    out
 }
 
-fn elements<'a>(
-    out: &mut Vec<Element>,
-    key: &ServiceKey,
-    svc: &VirtualService,
-    frontends: impl IntoIterator<Item = &'a Frontend>,
+type ElementId = (String, String, Option<String>);
+
+fn id(e: Element) -> ElementId {
+    (e.set, e.key, e.value)
+}
+
+/// The transaction from `old` to `new` (`diff` is `StateDiff::between(old, new)`): for each
+/// changed service, the elements it had and no longer has are deleted, the ones it now has
+/// and did not have are added. Deletions come first: a key whose value changes (a frontend
+/// moving to another fwmark, a server's slots after a weight change) must be gone before it
+/// is added back.
+pub fn incremental(
+    diff: &StateDiff,
+    old: &DesiredState,
+    new: &DesiredState,
     backend: Backend,
-) {
-    for f in frontends {
-        out.push(frontend_element(svc.proto, f));
-        match (backend, key) {
-            (Backend::Ipvs, ServiceKey::Fwmark { mark }) => {
-                out.push(fwmark_element(svc.proto, f, *mark))
-            }
-            (Backend::Ipvs, ServiceKey::Addr { .. }) => {}
-            (Backend::Nft, _) => out.push(balance::service_element(key, svc, f)),
-        }
+) -> Transaction {
+    let mut deletes = BTreeSet::new();
+    let mut adds = BTreeSet::new();
+    for change in &diff.changes {
+        let key = change.key();
+        let before: BTreeSet<ElementId> = old
+            .services
+            .get(key)
+            .map(|s| {
+                service_elements(key, s, backend)
+                    .into_iter()
+                    .map(id)
+                    .collect()
+            })
+            .unwrap_or_default();
+        let after: BTreeSet<ElementId> = new
+            .services
+            .get(key)
+            .map(|s| {
+                service_elements(key, s, backend)
+                    .into_iter()
+                    .map(id)
+                    .collect()
+            })
+            .unwrap_or_default();
+        deletes.extend(before.difference(&after).cloned());
+        adds.extend(after.difference(&before).cloned());
     }
+    // An element deleted by one service and added unchanged by another (a frontend moving
+    // between services with the same value) still needs both: the ids are per service.
+    let mut tx = Transaction::new();
+    for (set, key, value) in deletes {
+        let is_map = value.is_some();
+        tx.delete(Object::Element(Element {
+            set,
+            is_map,
+            key,
+            value,
+        }));
+    }
+    for (set, key, value) in adds {
+        let is_map = value.is_some();
+        tx.add(Object::Element(Element {
+            set,
+            is_map,
+            key,
+            value,
+        }));
+    }
+    tx
 }

@@ -2,8 +2,8 @@
 //! model values are spelled as set elements. Everything dynamic lives in sets and maps, so a
 //! sync only ever adds and deletes elements; chains are static.
 
-use super::balance::{SERVICES_V4, SERVICES_V6};
-use super::transaction::{Chain, Element, Hook, Object, Rule, Set};
+use super::balance;
+use super::transaction::{Chain, Element, Hook, Object, Rule, Set, SetDecl};
 use super::Backend;
 use crate::model::Frontend;
 use portcullis_export::Proto;
@@ -22,39 +22,43 @@ pub const TABLE_COMMENT: &str =
 /// interval flags, so a port range is one element and lookups cost the same for 10 or 100k
 /// services.
 pub fn sets(backend: Backend) -> Vec<Set> {
-    let frontends = |name: &str, addr: &'static str| Set {
-        name: name.into(),
-        key_type: addr,
-        value_type: None,
-        interval: true,
-        comment: Some("exported frontends: accepted on input"),
-    };
-    let map = |name: &str, addr: &'static str, value: &'static str, comment: &'static str| Set {
-        name: name.into(),
-        key_type: addr,
-        value_type: Some(value),
-        interval: true,
-        comment: Some(comment),
-    };
+    let set =
+        |name: &str, key: &'static str, value: Option<&'static str>, comment: &'static str| Set {
+            name: name.into(),
+            decl: SetDecl::Type { key, value },
+            interval: true,
+            comment: Some(comment),
+        };
     const V4: &str = "ipv4_addr . inet_proto . inet_service";
     const V6: &str = "ipv6_addr . inet_proto . inet_service";
-    let mut sets = vec![frontends(FRONTENDS_V4, V4), frontends(FRONTENDS_V6, V6)];
+    let accepted = "exported frontends: accepted on input";
+    let mut sets = vec![
+        set(FRONTENDS_V4, V4, None, accepted),
+        set(FRONTENDS_V6, V6, None, accepted),
+    ];
     match backend {
         Backend::Ipvs => {
             let c = "frontends of fwmark services: packet mark for IPVS";
-            sets.push(map(FWMARKS_V4, V4, "mark", c));
-            sets.push(map(FWMARKS_V6, V6, "mark", c));
+            sets.push(set(FWMARKS_V4, V4, Some("mark"), c));
+            sets.push(set(FWMARKS_V6, V6, Some("mark"), c));
         }
         Backend::Nft => {
-            let c = "frontends: the chain of their virtual service";
-            sets.push(map(SERVICES_V4, V4, "verdict", c));
-            sets.push(map(SERVICES_V6, V6, "verdict", c));
+            for (name, _, target, family) in balance::MAPS {
+                sets.push(Set {
+                    name: name.into(),
+                    decl: SetDecl::Typeof(balance::map_typeof(target, family)),
+                    interval: true,
+                    comment: Some("frontend and slot: the real server to DNAT to"),
+                });
+            }
         }
     }
     sets.push(Set {
         name: EXTERNAL_IFACES.into(),
-        key_type: "ifname",
-        value_type: None,
+        decl: SetDecl::Type {
+            key: "ifname",
+            value: None,
+        },
         interval: false,
         comment: Some(
             "interfaces facing clients: new inbound traffic not accepted here is dropped",
@@ -111,10 +115,12 @@ pub fn chains(backend: Backend, jump_base_input: bool) -> Vec<(Chain, Vec<String
         )),
         Backend::Nft => chains.push((
             base("prerouting_dnat", "nat", "prerouting", "dstnat"),
-            own(&[
-                "ip daddr . meta l4proto . th dport vmap @services_v4",
-                "ip6 daddr . meta l4proto . th dport vmap @services_v6",
-            ]),
+            balance::MAPS
+                .iter()
+                .map(|&(name, selector, target, family)| {
+                    balance::lookup_rule(name, selector, target, family)
+                })
+                .collect(),
         )),
     }
     chains.push((base("input", "filter", "input", "filter"), input));

@@ -1,0 +1,245 @@
+//! Kernel-side cost of the nft backend, measured in network namespaces (needs root):
+//!
+//! 1. cold full apply and one-change incremental applies at 1k, 10k and 100k services, beside
+//!    the raw floor — `nft -f` of the very same script, from a file — in the same run;
+//! 2. new TCP connections per second from a client namespace through the gateway, with 10
+//!    and 50k services in the map design, beside a naive chain of one DNAT rule per service.
+//!
+//! `cargo bench --bench nft_apply` prints a table; `-- --quick` skips 100k services.
+
+#[path = "../tests/common/mod.rs"]
+mod common;
+
+use common::lab::{Lab, VIP1};
+use common::Netns;
+use portcullis::apply::{ConntrackCli, NftCli, Syncer};
+use portcullis::model::DesiredState;
+use portcullis::render::nft::{full_ruleset, Backend};
+use std::io::{BufRead, BufReader, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+fn median(mut v: Vec<Duration>) -> Duration {
+    v.sort();
+    v[v.len() / 2]
+}
+
+fn ms(d: Duration) -> String {
+    format!("{:.1} ms", d.as_secs_f64() * 1000.0)
+}
+
+fn state_with(n: usize) -> DesiredState {
+    DesiredState::from_rows(&portcullis::synth::rows_with_services(n))
+}
+
+/// `rows` with the first real server drained on even rounds, restored on odd ones.
+fn flipped(
+    rows: &[portcullis_export::ExportRow],
+    round: usize,
+) -> Vec<portcullis_export::ExportRow> {
+    let mut rows = rows.to_vec();
+    rows[0].weight = if round % 2 == 0 { 0 } else { 100 };
+    rows
+}
+
+fn apply_table(reps: usize, sizes: &[usize]) {
+    println!("\n## Apply (nft backend, one namespace per cold run, median of {reps})\n");
+    println!("| services | raw `nft -f` floor | portcullis cold full | ratio | incremental: drain 1 server | incremental: add 1 service |");
+    println!("|---:|---:|---:|---:|---:|---:|");
+    let opts = common::render_options(Backend::Nft, &["eth0"]);
+    for &n in sizes {
+        let rows = portcullis::synth::rows_with_services(n);
+        let state = DesiredState::from_rows(&rows);
+        let script = full_ruleset(&state, &opts).to_nft();
+        let file = std::env::temp_dir().join(format!("pc-bench-{}-{n}.nft", std::process::id()));
+        std::fs::write(&file, &script).expect("write script");
+
+        let mut floor = Vec::new();
+        let mut cold = Vec::new();
+        for rep in 0..reps {
+            let ns = Netns::new(&format!("floor{rep}"));
+            let t = Instant::now();
+            let out = Command::new("ip")
+                .args(["netns", "exec", &ns.name, "nft", "-f"])
+                .arg(&file)
+                .output()
+                .expect("nft");
+            floor.push(t.elapsed());
+            assert!(
+                out.status.success(),
+                "{}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            drop(ns);
+
+            let ns = Netns::new(&format!("cold{rep}"));
+            let mut s = Syncer::new(
+                NftCli::in_netns(&ns.name),
+                ConntrackCli::in_netns(&ns.name),
+                opts.clone(),
+            );
+            let t = Instant::now();
+            s.sync(&state).expect("cold apply");
+            cold.push(t.elapsed());
+        }
+        // Incremental syncs against the loaded table.
+        let ns = Netns::new("incr");
+        let mut s = Syncer::new(
+            NftCli::in_netns(&ns.name),
+            ConntrackCli::in_netns(&ns.name),
+            opts.clone(),
+        );
+        s.sync(&state).expect("load");
+        let mut drain = Vec::new();
+        let mut add = Vec::new();
+        // The rows of one more service than the table has.
+        let extra = portcullis::synth::rows_with_services(n + 1).split_off(2 * n);
+        for round in 0..reps.max(5) {
+            let next_rows = flipped(&rows, round);
+            let next = DesiredState::from_rows(&next_rows);
+            let t = Instant::now();
+            s.sync(&next).expect("drain");
+            drain.push(t.elapsed());
+            let grown = DesiredState::from_rows(next_rows.iter().chain(&extra));
+            let t = Instant::now();
+            s.sync(&grown).expect("add");
+            add.push(t.elapsed());
+            s.sync(&next).expect("shrink back");
+        }
+        let (f, c) = (median(floor), median(cold));
+        println!(
+            "| {n} | {} | {} | {:.2}× | {} | {} |",
+            ms(f),
+            ms(c),
+            c.as_secs_f64() / f.as_secs_f64(),
+            ms(median(drain)),
+            ms(median(add))
+        );
+        let _ = std::fs::remove_file(&file);
+    }
+}
+
+/// Connections per second from the client through the gateway during `window`.
+fn connection_rate(lab: &Lab, vip: &str, port: u16, window: Duration) -> f64 {
+    let addr: SocketAddr = format!("{vip}:{port}").parse().expect("addr");
+    common::lab::in_netns(&lab.client.name, move || {
+        let start = Instant::now();
+        let mut n = 0u32;
+        while start.elapsed() < window {
+            let mut c = TcpStream::connect_timeout(&addr, Duration::from_secs(1)).expect("connect");
+            c.write_all(b"who\n").expect("write");
+            let mut line = String::new();
+            BufReader::new(c).read_line(&mut line).expect("read");
+            n += 1;
+        }
+        n as f64 / start.elapsed().as_secs_f64()
+    })
+}
+
+/// The naive design: one DNAT rule per service in one chain, the probed service last.
+fn naive_table(n: usize) -> String {
+    let mut s = String::from(
+        "add table inet naive\nadd chain inet naive pre { type nat hook prerouting priority dstnat; policy accept; }\n",
+    );
+    for (key, _) in state_with(n - 1).services.iter() {
+        if let portcullis::model::ServiceKey::Addr { vip, port, .. } = key {
+            s.push_str(&format!("add rule inet naive pre ip daddr {vip} tcp dport {port} dnat ip to 10.200.1.2:8080\n"));
+        }
+    }
+    s.push_str(&format!(
+        "add rule inet naive pre ip daddr {VIP1} tcp dport 80 dnat ip to 10.200.1.2:8080\n"
+    ));
+    s
+}
+
+/// A lab whose client can open connections quickly and many times over.
+fn rate_lab(tag: &str) -> Lab {
+    let lab = Lab::new(tag, 1);
+    lab.client
+        .exec(&["sysctl", "-qw", "net.ipv4.ip_local_port_range=1024 65000"]);
+    lab.client
+        .exec(&["sysctl", "-qw", "net.ipv4.tcp_tw_reuse=1"]);
+    lab
+}
+
+fn rate_table(sizes: &[usize], window: Duration) {
+    println!(
+        "\n## New TCP connections per second through the gateway ({}s per cell)\n",
+        window.as_secs()
+    );
+    println!("| services | map design (portcullis) | naive: one rule per service | map / naive |");
+    println!("|---:|---:|---:|---:|");
+    let opts = common::render_options(Backend::Nft, &["g0"]);
+    for &n in sizes {
+        // Each design in a lab of its own, so neither inherits the other's connection state.
+        let naive = {
+            let lab = rate_lab(&format!("naive{n}"));
+            let mut child = Command::new("ip")
+                .args(["netns", "exec", &lab.gw.name, "nft", "-f", "-"])
+                .stdin(std::process::Stdio::piped())
+                .spawn()
+                .expect("nft");
+            child
+                .stdin
+                .take()
+                .expect("stdin")
+                .write_all(naive_table(n).as_bytes())
+                .expect("write");
+            assert!(child.wait().expect("nft").success());
+            connection_rate(&lab, VIP1, 80, window)
+        };
+        let map = {
+            let lab = rate_lab(&format!("map{n}"));
+            let mut rows = portcullis::synth::rows_with_services(n - 1);
+            let probe = format!(
+                "service,instance,proto,vip,vport,fwmark,rip,rport,weight,scheduler,method,persistence\n\
+                 web,web.1,tcp,{VIP1},80,,10.200.1.2,8080,1,rr,nat,\n"
+            );
+            rows.extend(
+                portcullis_export::parse(probe.as_bytes())
+                    .expect("valid")
+                    .rows(),
+            );
+            let mut s = Syncer::new(
+                NftCli::in_netns(&lab.gw.name),
+                ConntrackCli::in_netns(&lab.gw.name),
+                opts.clone(),
+            );
+            s.sync(&DesiredState::from_rows(&rows)).expect("apply");
+            connection_rate(&lab, VIP1, 80, window)
+        };
+        println!("| {n} | {map:.0}/s | {naive:.0}/s | {:.2}× |", map / naive);
+    }
+}
+
+fn main() {
+    let quick = std::env::args().any(|a| a == "--quick");
+    if !common::require_nft() {
+        eprintln!("nft_apply: needs root and nft; nothing measured");
+        return;
+    }
+    println!("# portcullis nft backend: apply and data-plane benchmark");
+    println!(
+        "machine: {} cores, kernel {}",
+        std::thread::available_parallelism().map_or(1, |n| n.get()),
+        String::from_utf8_lossy(
+            &Command::new("uname")
+                .arg("-r")
+                .output()
+                .expect("uname")
+                .stdout
+        )
+        .trim()
+    );
+    let sizes: &[usize] = if quick {
+        &[1_000, 10_000]
+    } else {
+        &[1_000, 10_000, 100_000]
+    };
+    apply_table(3, sizes);
+    rate_table(
+        &[10, 50_000],
+        Duration::from_secs(if quick { 1 } else { 3 }),
+    );
+}
