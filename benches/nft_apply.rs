@@ -45,8 +45,8 @@ fn flipped(
 
 fn apply_table(reps: usize, sizes: &[usize]) {
     println!("\n## Apply (nft backend, one namespace per cold run, median of {reps})\n");
-    println!("| services | raw `nft -f` floor | portcullis cold full | ratio | incremental: drain 1 server | incremental: add 1 service |");
-    println!("|---:|---:|---:|---:|---:|---:|");
+    println!("| services | cold: raw `nft -f` floor | cold: portcullis full | ratio | sync floor: nft add / delete 1 element | sync: drain 1 server (delete+add) | sync: add 1 service (adds) |");
+    println!("|---:|---:|---:|---:|---:|---:|---:|");
     let opts = common::render_options(Backend::Nft, &["eth0"]);
     for &n in sizes {
         let rows = portcullis::synth::rows_with_services(n);
@@ -79,8 +79,9 @@ fn apply_table(reps: usize, sizes: &[usize]) {
                 ConntrackCli::in_netns(&ns.name),
                 opts.clone(),
             );
+            let st = state.clone();
             let t = Instant::now();
-            s.sync(&state).expect("cold apply");
+            s.sync(st).expect("cold apply");
             cold.push(t.elapsed());
         }
         // Incremental syncs against the loaded table.
@@ -90,7 +91,7 @@ fn apply_table(reps: usize, sizes: &[usize]) {
             ConntrackCli::in_netns(&ns.name),
             opts.clone(),
         );
-        s.sync(&state).expect("load");
+        s.sync(state.clone()).expect("load");
         let mut drain = Vec::new();
         let mut add = Vec::new();
         // The rows of one more service than the table has.
@@ -99,20 +100,54 @@ fn apply_table(reps: usize, sizes: &[usize]) {
             let next_rows = flipped(&rows, round);
             let next = DesiredState::from_rows(&next_rows);
             let t = Instant::now();
-            s.sync(&next).expect("drain");
+            s.sync(next).expect("drain");
             drain.push(t.elapsed());
             let grown = DesiredState::from_rows(next_rows.iter().chain(&extra));
             let t = Instant::now();
-            s.sync(&grown).expect("add");
+            s.sync(grown).expect("add");
             add.push(t.elapsed());
-            s.sync(&next).expect("shrink back");
+            s.sync(DesiredState::from_rows(&next_rows))
+                .expect("shrink back");
+        }
+        // The floor for a sync: nft itself adding, then deleting, one balancing element.
+        let (mut raw_add, mut raw_del) = (Vec::new(), Vec::new());
+        for _ in 0..reps.max(5) {
+            let one = "198.51.100.1 . tcp . 80 . 0-65535";
+            for (verb, times, text) in [
+                (
+                    "add",
+                    &mut raw_add,
+                    format!(
+                        "add element inet portcullis lb_rand_port_v4 {{ {one} : 10.1.1.1 . 80 }}"
+                    ),
+                ),
+                (
+                    "delete",
+                    &mut raw_del,
+                    format!("delete element inet portcullis lb_rand_port_v4 {{ {one} }}"),
+                ),
+            ] {
+                let t = Instant::now();
+                let out = Command::new("ip")
+                    .args(["netns", "exec", &ns.name, "nft", &text])
+                    .output()
+                    .expect("nft");
+                times.push(t.elapsed());
+                assert!(
+                    out.status.success(),
+                    "{verb}: {}",
+                    String::from_utf8_lossy(&out.stderr)
+                );
+            }
         }
         let (f, c) = (median(floor), median(cold));
         println!(
-            "| {n} | {} | {} | {:.2}× | {} | {} |",
+            "| {n} | {} | {} | {:.2}× | {} / {} | {} | {} |",
             ms(f),
             ms(c),
             c.as_secs_f64() / f.as_secs_f64(),
+            ms(median(raw_add)),
+            ms(median(raw_del)),
             ms(median(drain)),
             ms(median(add))
         );
@@ -206,7 +241,7 @@ fn rate_table(sizes: &[usize], window: Duration) {
                 ConntrackCli::in_netns(&lab.gw.name),
                 opts.clone(),
             );
-            s.sync(&DesiredState::from_rows(&rows)).expect("apply");
+            s.sync(DesiredState::from_rows(&rows)).expect("apply");
             connection_rate(&lab, VIP1, 80, window)
         };
         println!("| {n} | {map:.0}/s | {naive:.0}/s | {:.2}× |", map / naive);

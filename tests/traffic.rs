@@ -61,7 +61,7 @@ fn tcp_udp_and_fwmark_ranges_reach_the_right_backends() {
         fwm(VIP2, 3),
     ]);
     assert!(matches!(
-        s.sync(&st).expect("apply"),
+        s.sync(st).expect("apply"),
         SyncOutcome::Full { .. }
     ));
     assert_eq!(lab.tcp_ask(VIP1, 80).as_deref(), Some("b1"), "plain TCP");
@@ -89,7 +89,7 @@ fn round_robin_follows_weights_and_weight_zero_drains() {
     }
     let lab = Lab::new("weights", 3);
     let mut s = syncer(&lab);
-    s.sync(&state(&[
+    s.sync(state(&[
         row("tcp", VIP1, 80, 1, 1),
         row("tcp", VIP1, 80, 2, 3),
         row("tcp", VIP1, 80, 3, 0),
@@ -123,7 +123,7 @@ fn round_robin_follows_weights_and_weight_zero_drains() {
     }
     let mut open = open.expect("one of 50 connections reached b1");
     let outcome = s
-        .sync(&state(&[
+        .sync(state(&[
             row("tcp", VIP1, 80, 1, 0),
             row("tcp", VIP1, 80, 2, 3),
             row("tcp", VIP1, 80, 3, 0),
@@ -156,7 +156,7 @@ fn removing_a_backend_moves_new_connections_and_clears_its_udp_flows() {
     }
     let lab = Lab::new("remove", 2);
     let mut s = syncer(&lab);
-    s.sync(&state(&[
+    s.sync(state(&[
         row("udp", VIP1, 53, 1, 1),
         row("udp", VIP1, 53, 2, 1),
     ]))
@@ -192,7 +192,7 @@ fn removing_a_backend_moves_new_connections_and_clears_its_udp_flows() {
     );
 
     let outcome = s
-        .sync(&state(&[row("udp", VIP1, 53, 2, 1)]))
+        .sync(state(&[row("udp", VIP1, 53, 2, 1)]))
         .expect("remove b1");
     match outcome {
         SyncOutcome::Incremental {
@@ -340,7 +340,7 @@ fn an_incremental_apply_changes_only_what_the_diff_says() {
         row("tcp", VIP1, 443, 2, 1),
         row("udp", VIP2, 53, 3, 1),
     ]);
-    s.sync(&first).expect("apply");
+    s.sync(first.clone()).expect("apply");
     let mut reader = NftCli::in_netns(&lab.gw.name);
     let before = reader.read_table().expect("read").expect("table");
     // Drain :80's b1 for b3 and withdraw :443; udp 53 stays as it is.
@@ -349,7 +349,7 @@ fn an_incremental_apply_changes_only_what_the_diff_says() {
         row("tcp", VIP1, 80, 3, 1),
         row("udp", VIP2, 53, 3, 1),
     ]);
-    let outcome = s.sync(&second).expect("sync");
+    let outcome = s.sync(second.clone()).expect("sync");
     assert!(
         matches!(outcome, SyncOutcome::Incremental { .. }),
         "{outcome:?}"

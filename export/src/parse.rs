@@ -18,11 +18,7 @@ pub fn parse(input: &[u8]) -> Result<Export, ExportErrors> {
     let text = text.strip_prefix('\u{feff}').unwrap_or(text);
     let version = FormatVersion::from_directive(text)?;
 
-    let mut reader = csv::ReaderBuilder::new()
-        .has_headers(false)
-        .comment(Some(b'#'))
-        .flexible(true)
-        .from_reader(text.as_bytes());
+    let mut reader = csv_reader(text);
     let mut errors = ExportErrors::default();
     let mut record = csv::StringRecord::new();
 
@@ -122,13 +118,19 @@ fn split_body(text: &str, start: usize) -> Vec<(&str, u64)> {
     chunks
 }
 
-/// Parses data rows of one chunk whose first byte is on line `first_line`.
-fn parse_rows(header: &Header, chunk: &str, first_line: u64) -> (Vec<Record>, ExportErrors) {
-    let mut reader = csv::ReaderBuilder::new()
+/// Records of `text`, header included, comment lines skipped; the field count is checked by
+/// us (against the header), so the reader is flexible.
+fn csv_reader(text: &str) -> csv::Reader<&[u8]> {
+    csv::ReaderBuilder::new()
         .has_headers(false)
         .comment(Some(b'#'))
         .flexible(true)
-        .from_reader(chunk.as_bytes());
+        .from_reader(text.as_bytes())
+}
+
+/// Parses data rows of one chunk whose first byte is on line `first_line`.
+fn parse_rows(header: &Header, chunk: &str, first_line: u64) -> (Vec<Record>, ExportErrors) {
+    let mut reader = csv_reader(chunk);
     let mut errors = ExportErrors::default();
     let mut record = csv::StringRecord::new();
     // One row per line, roughly: sizing up front saves regrowing a 10 MB vector at 100k rows.

@@ -67,12 +67,13 @@ impl<F: Firewall, C: Conntrack> Syncer<F, C> {
 
     /// Reads the live table and compares it with `state`'s: adopts it when equal, regenerates
     /// it whole otherwise. For start-up and the slow periodic audit, not the hot path.
-    pub fn reconcile(&mut self, state: &DesiredState) -> Result<SyncOutcome, SyncError> {
-        let expected = self.expected_table(state)?;
+    /// Takes the state (it becomes the applied one) rather than copying it.
+    pub fn reconcile(&mut self, state: DesiredState) -> Result<SyncOutcome, SyncError> {
+        let expected = self.expected_table(&state)?;
         let live = self.firewall.read_table()?;
         let differences = drift(&expected, &live);
         if differences.is_empty() {
-            self.applied = Some(state.clone());
+            self.applied = Some(state);
             return Ok(SyncOutcome::Adopted);
         }
         if live.is_some() {
@@ -82,13 +83,13 @@ impl<F: Firewall, C: Conntrack> Syncer<F, C> {
         Ok(SyncOutcome::Full { drift: differences })
     }
 
-    fn full(&mut self, state: &DesiredState) -> Result<(), SyncError> {
+    fn full(&mut self, state: DesiredState) -> Result<(), SyncError> {
         let flush = self
             .applied
             .as_ref()
-            .map(|old| removed_reals(&StateDiff::between(old, state), old));
-        self.firewall.apply(&full_ruleset(state, &self.opts))?;
-        self.applied = Some(state.clone());
+            .map(|old| removed_reals(&StateDiff::between(old, &state), old));
+        self.firewall.apply(&full_ruleset(&state, &self.opts))?;
+        self.applied = Some(state);
         if let Some(entries) = flush {
             self.flush_conntrack(&entries);
         }
@@ -98,15 +99,15 @@ impl<F: Firewall, C: Conntrack> Syncer<F, C> {
     /// Brings the kernel from the applied state to `state` with one incremental transaction.
     /// Without an applied state this is a [`Syncer::reconcile`]. If the kernel refuses the
     /// increment (someone edited our table), falls back to a full regeneration.
-    pub fn sync(&mut self, state: &DesiredState) -> Result<SyncOutcome, SyncError> {
+    pub fn sync(&mut self, state: DesiredState) -> Result<SyncOutcome, SyncError> {
         let Some(old) = &self.applied else {
             return self.reconcile(state);
         };
-        let diff = StateDiff::between(old, state);
+        let diff = StateDiff::between(old, &state);
         if diff.is_empty() {
             return Ok(SyncOutcome::Unchanged);
         }
-        let tx = incremental(&diff, old, state, self.opts.backend);
+        let tx = incremental(&diff, old, &state, self.opts.backend);
         if let Err(e) = self.firewall.apply(&tx) {
             tracing::warn!(error = %e, "incremental transaction refused; regenerating the table whole");
             self.full(state)?;
@@ -115,7 +116,7 @@ impl<F: Firewall, C: Conntrack> Syncer<F, C> {
             });
         }
         let entries = removed_reals(&diff, old);
-        self.applied = Some(state.clone());
+        self.applied = Some(state);
         let conntrack_flushed = self.flush_conntrack(&entries);
         Ok(SyncOutcome::Incremental {
             summary: diff.summary(),

@@ -20,19 +20,15 @@ pub fn apply_once(source: &Path, opts: RenderOptions, dry_run: bool) -> u8 {
     if dry_run {
         return dry_run_report(&mut syncer, &state, &opts);
     }
-    match syncer.reconcile(&state) {
+    let (services, reals) = (state.services.len(), state.real_server_count());
+    match syncer.reconcile(state) {
         Ok(SyncOutcome::Adopted) => {
-            println!(
-                "nothing to do: the live table already matches ({} services)",
-                state.services.len()
-            );
+            println!("nothing to do: the live table already matches ({services} services)");
             OK
         }
         Ok(SyncOutcome::Full { drift }) => {
             println!(
-                "applied: table regenerated ({} services, {} real servers; {} differences)",
-                state.services.len(),
-                state.real_server_count(),
+                "applied: table regenerated ({services} services, {reals} real servers; {} differences)",
                 drift.len()
             );
             OK

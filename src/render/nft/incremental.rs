@@ -50,26 +50,15 @@ pub fn incremental(
     let mut adds = BTreeSet::new();
     for change in &diff.changes {
         let key = change.key();
-        let before: BTreeSet<ElementId> = old
-            .services
-            .get(key)
-            .map(|s| {
+        let elements = |state: &DesiredState| -> BTreeSet<ElementId> {
+            state.services.get(key).map_or_else(BTreeSet::new, |s| {
                 service_elements(key, s, backend)
                     .into_iter()
                     .map(id)
                     .collect()
             })
-            .unwrap_or_default();
-        let after: BTreeSet<ElementId> = new
-            .services
-            .get(key)
-            .map(|s| {
-                service_elements(key, s, backend)
-                    .into_iter()
-                    .map(id)
-                    .collect()
-            })
-            .unwrap_or_default();
+        };
+        let (before, after) = (elements(old), elements(new));
         deletes.extend(before.difference(&after).cloned());
         adds.extend(after.difference(&before).cloned());
     }
