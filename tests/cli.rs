@@ -243,3 +243,49 @@ fn large_exports_are_parsed_in_parallel_with_exact_line_numbers() {
         "{errors}"
     );
 }
+
+/// A one-thread HTTP server on loopback answering every request with `status` and `body`.
+fn serve_once_per_request(status: &'static str, body: Vec<u8>, requests: usize) -> String {
+    use std::io::{Read, Write};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind loopback");
+    let addr = listener.local_addr().expect("addr");
+    std::thread::spawn(move || {
+        for conn in listener.incoming().take(requests).flatten() {
+            let mut conn = conn;
+            let mut buf = [0u8; 4096];
+            let _ = conn.read(&mut buf);
+            let head = format!(
+                "HTTP/1.1 {status}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+                body.len()
+            );
+            let _ = conn.write_all(head.as_bytes());
+            let _ = conn.write_all(&body);
+        }
+    });
+    format!("http://{addr}/export.csv")
+}
+
+#[test]
+fn sources_can_be_urls() {
+    let csv = std::fs::read(repo().join("rules/examples/export.csv")).expect("example");
+    let url = serve_once_per_request("200 OK", csv, 2);
+    let out = portcullis(&["check", &url]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    let out = portcullis(&["render", "--source", &url, "--format", "ipvsadm"]);
+    assert!(text(&out.stdout).contains("-A -f 7 -s sh"));
+
+    let missing = serve_once_per_request("404 Not Found", b"nope".to_vec(), 1);
+    let out = portcullis(&["check", &missing]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        text(&out.stderr).contains("HTTP 404"),
+        "{}",
+        text(&out.stderr)
+    );
+
+    let file_url = format!(
+        "file://{}",
+        repo().join("rules/examples/export.csv").display()
+    );
+    assert_eq!(portcullis(&["check", &file_url]).status.code(), Some(0));
+}

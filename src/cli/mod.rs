@@ -30,7 +30,7 @@ pub struct Cli {
 pub enum Command {
     /// Validate an export. Exit 0 valid, 2 invalid (every error on stderr, located).
     Check {
-        /// Export CSV file, or `-` for standard input.
+        /// Export CSV: a file, `-` for standard input, or an http(s):// or file:// URL.
         file: PathBuf,
         /// Print the result as JSON on stdout.
         #[arg(long)]
@@ -38,7 +38,7 @@ pub enum Command {
     },
     /// Print what would be applied for an export: nft script, ipvsadm-save text, or JSON.
     Render {
-        /// Export CSV file, or `-` for standard input.
+        /// Export CSV: a file, `-` for standard input, or an http(s):// or file:// URL.
         #[arg(long)]
         source: PathBuf,
         #[arg(long, value_enum, default_value_t = Format::Nft)]
@@ -77,7 +77,7 @@ pub enum Command {
         /// Apply once and exit (the only mode of `apply`; `portcullis run` is the daemon).
         #[arg(long)]
         once: bool,
-        /// Export CSV file, or `-` for standard input.
+        /// Export CSV: a file, `-` for standard input, or an http(s):// or file:// URL.
         #[arg(long)]
         source: PathBuf,
         #[arg(long, value_enum, default_value_t = BackendArg::Nft)]
