@@ -24,7 +24,7 @@
 
 use super::layout::frontend_element;
 use super::transaction::Element;
-use crate::model::{ServiceKey, VirtualService};
+use crate::model::VirtualService;
 use portcullis_export::Scheduler;
 
 /// Slots per service: the `mod` of numgen and jhash.
@@ -185,7 +185,7 @@ pub fn slots(svc: &VirtualService) -> Vec<(usize, u32, u32)> {
 }
 
 /// Every load-balancing element of a service: one per frontend and server with slots.
-pub fn elements(_key: &ServiceKey, svc: &VirtualService) -> Vec<Element> {
+pub fn elements(svc: &VirtualService) -> Vec<Element> {
     let family = if svc.is_ipv6() {
         Family::V6
     } else {
@@ -218,7 +218,6 @@ pub fn elements(_key: &ServiceKey, svc: &VirtualService) -> Vec<Element> {
                 .expect("every combination has a map");
             out.push(Element {
                 set: (*name).to_owned(),
-                is_map: true,
                 key: slot_key(&base, first, last),
                 value: Some(value),
             });
@@ -291,7 +290,7 @@ mod tests {
 
     #[test]
     fn single_port_frontends_dnat_to_a_port_even_when_it_is_kept() {
-        let e = elements(&ServiceKey::Fwmark { mark: 1 }, &svc(&[1]));
+        let e = elements(&svc(&[1]));
         assert_eq!(e.len(), 1);
         assert_eq!(e[0].set, "lb_rand_port_v4");
         assert_eq!(e[0].key, "192.0.2.10 . tcp . 80 . 0-65535");

@@ -24,15 +24,9 @@ pub fn service_elements(key: &ServiceKey, svc: &VirtualService, backend: Backend
                 .map(|f| fwmark_element(svc.proto, f, *mark)),
         ),
         (Backend::Ipvs, ServiceKey::Addr { .. }) => {}
-        (Backend::Nft, _) => out.extend(balance::elements(key, svc)),
+        (Backend::Nft, _) => out.extend(balance::elements(svc)),
     }
     out
-}
-
-type ElementId = (String, String, Option<String>);
-
-fn id(e: Element) -> ElementId {
-    (e.set, e.key, e.value)
 }
 
 /// The transaction from `old` to `new` (`diff` is `StateDiff::between(old, new)`): for each
@@ -50,38 +44,24 @@ pub fn incremental(
     let mut adds = BTreeSet::new();
     for change in &diff.changes {
         let key = change.key();
-        let elements = |state: &DesiredState| -> BTreeSet<ElementId> {
+        let elements = |state: &DesiredState| -> BTreeSet<Element> {
             state.services.get(key).map_or_else(BTreeSet::new, |s| {
-                service_elements(key, s, backend)
-                    .into_iter()
-                    .map(id)
-                    .collect()
+                service_elements(key, s, backend).into_iter().collect()
             })
         };
         let (before, after) = (elements(old), elements(new));
         deletes.extend(before.difference(&after).cloned());
         adds.extend(after.difference(&before).cloned());
     }
-    // An element deleted by one service and added unchanged by another (a frontend moving
-    // between services with the same value) still needs both: the ids are per service.
+    // Sorted by set, so each set's changes form one statement. An element deleted by one
+    // service and added unchanged by another (a frontend moving between services) stays in
+    // both lists: it is computed per service.
     let mut tx = Transaction::new();
-    for (set, key, value) in deletes {
-        let is_map = value.is_some();
-        tx.delete(Object::Element(Element {
-            set,
-            is_map,
-            key,
-            value,
-        }));
+    for e in deletes {
+        tx.delete(Object::Element(e));
     }
-    for (set, key, value) in adds {
-        let is_map = value.is_some();
-        tx.add(Object::Element(Element {
-            set,
-            is_map,
-            key,
-            value,
-        }));
+    for e in adds {
+        tx.add(Object::Element(e));
     }
     tx
 }

@@ -148,7 +148,6 @@ pub fn frontend_element(proto: Proto, f: &Frontend) -> Element {
             FRONTENDS_V6
         }
         .into(),
-        is_map: false,
         key: key(f.vip, proto, f),
         value: None,
     }
@@ -163,7 +162,6 @@ pub fn fwmark_element(proto: Proto, f: &Frontend, mark: u32) -> Element {
             FWMARKS_V6
         }
         .into(),
-        is_map: true,
         key: key(f.vip, proto, f),
         value: Some(mark.to_string()),
     }
@@ -196,7 +194,6 @@ impl Ifname {
 pub fn interface_element(name: &Ifname) -> Element {
     Element {
         set: EXTERNAL_IFACES.into(),
-        is_map: false,
         key: format!("\"{}\"", name.0),
         value: None,
     }

@@ -86,10 +86,9 @@ impl Set {
 }
 
 /// One element of a set or map (`value` only for maps; ignored on delete).
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
 pub struct Element {
     pub set: String,
-    pub is_map: bool,
     pub key: String,
     pub value: Option<String>,
 }
@@ -248,7 +247,6 @@ mod tests {
     fn elem(set: &str, key: &str) -> Object {
         Object::Element(Element {
             set: set.into(),
-            is_map: false,
             key: key.into(),
             value: None,
         })
