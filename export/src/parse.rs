@@ -17,6 +17,15 @@ pub fn parse(input: &[u8]) -> Result<Export, ExportErrors> {
     // Spreadsheets like to prepend a byte-order mark; it carries no meaning.
     let text = text.strip_prefix('\u{feff}').unwrap_or(text);
     let version = FormatVersion::from_directive(text)?;
+    // csv reads a final comment line without a line break as an empty record; with the break
+    // it is skipped like any other comment. Line numbers do not change.
+    let terminated;
+    let text = if text.is_empty() || text.ends_with('\n') {
+        text
+    } else {
+        terminated = format!("{text}\n");
+        terminated.as_str()
+    };
 
     let mut reader = csv_reader(text);
     let mut errors = ExportErrors::default();
