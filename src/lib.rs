@@ -11,6 +11,7 @@
 
 pub mod apply;
 pub mod cli;
+pub mod daemon;
 pub mod diff;
 pub mod model;
 pub mod render;

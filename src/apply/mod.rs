@@ -5,10 +5,12 @@
 //! - [`Firewall`]: apply / check a transaction on our table, read the table back;
 //!   [`NftCli`] drives the real `nft`, [`TwinFirewall`] applies to a [`TableState`];
 //! - [`Conntrack`]: forget connections to removed real servers;
-//! - [`Syncer`]: full regeneration at start and on drift, incremental syncs otherwise.
+//! - [`Syncer`]: full regeneration at start and on drift, incremental syncs otherwise, and
+//!   the [`Guard`] against exports that withdraw too much at once.
 
 mod conntrack;
 mod error;
+mod guard;
 mod nft_cli;
 mod readback;
 mod sync;
@@ -17,6 +19,7 @@ mod twin;
 
 pub use conntrack::{Conntrack, ConntrackCli, ConntrackFlush, NoConntrack, RecordingConntrack};
 pub use error::{parse_diagnostics, NftDiagnostic, NftError};
+pub use guard::{Guard, GuardRefusal};
 pub use nft_cli::NftCli;
 pub use readback::parse_table;
 pub use sync::{removed_reals, SyncError, SyncOutcome, Syncer};

@@ -4,6 +4,7 @@
 
 use super::conntrack::{Conntrack, ConntrackFlush};
 use super::error::NftError;
+use super::guard::Guard;
 use super::table::{drift, TableState};
 use super::Firewall;
 use crate::diff::{DiffSummary, ServiceChange, StateDiff};
@@ -31,6 +32,9 @@ pub enum SyncOutcome {
 pub enum SyncError {
     #[error(transparent)]
     Nft(#[from] NftError),
+    /// The export would withdraw too much at once; nothing was changed.
+    #[error(transparent)]
+    Guard(#[from] super::guard::GuardRefusal),
     /// A rendered full table did not even apply to an empty model: a bug, never the input's
     /// fault (the input was validated).
     #[error("internal error: rendered table is inconsistent at `{0}`: {1}")]
@@ -42,6 +46,7 @@ pub struct Syncer<F, C> {
     pub conntrack: C,
     opts: RenderOptions,
     applied: Option<DesiredState>,
+    guard: Option<Guard>,
 }
 
 impl<F: Firewall, C: Conntrack> Syncer<F, C> {
@@ -51,7 +56,13 @@ impl<F: Firewall, C: Conntrack> Syncer<F, C> {
             conntrack,
             opts,
             applied: None,
+            guard: None,
         }
+    }
+
+    /// Refuse syncs that withdraw more than `guard` allows (`None`: no limit, i.e. `--force`).
+    pub fn set_guard(&mut self, guard: Option<Guard>) {
+        self.guard = guard;
     }
 
     /// The state last applied (or adopted), if any.
@@ -103,6 +114,9 @@ impl<F: Firewall, C: Conntrack> Syncer<F, C> {
         let Some(old) = &self.applied else {
             return self.reconcile(state);
         };
+        if let Some(guard) = &self.guard {
+            guard.check(old, &state)?;
+        }
         let diff = StateDiff::between(old, &state);
         if diff.is_empty() {
             return Ok(SyncOutcome::Unchanged);
@@ -171,4 +185,99 @@ pub fn removed_reals(diff: &StateDiff, old: &DesiredState) -> Vec<ConntrackFlush
         }
     }
     out.into_iter().collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::apply::{RecordingConntrack, TwinFirewall};
+    use crate::render::nft::{BasePolicy, DEFAULT_POLICY};
+
+    fn syncer() -> Syncer<TwinFirewall, RecordingConntrack> {
+        let opts = RenderOptions {
+            backend: Backend::Nft,
+            external_interfaces: Vec::new(),
+            policy: BasePolicy::parse(DEFAULT_POLICY).expect("policy"),
+        };
+        Syncer::new(TwinFirewall::default(), RecordingConntrack::default(), opts)
+    }
+
+    fn state(n: usize) -> DesiredState {
+        DesiredState::from_rows(&crate::synth::rows_with_services(n))
+    }
+
+    #[test]
+    fn first_sync_is_full_then_incremental_then_unchanged() {
+        let mut s = syncer();
+        assert!(matches!(
+            s.sync(state(10)).expect("sync"),
+            SyncOutcome::Full { .. }
+        ));
+        let outcome = s.sync(state(9)).expect("sync");
+        let SyncOutcome::Incremental {
+            summary,
+            conntrack_flushed,
+            ..
+        } = outcome
+        else {
+            panic!("expected incremental, got {outcome:?}");
+        };
+        assert_eq!(summary.services_removed, 1);
+        assert_eq!(conntrack_flushed, 2, "both servers of the removed service");
+        assert_eq!(s.sync(state(9)).expect("sync"), SyncOutcome::Unchanged);
+        // The twin holds exactly what a full render of the new state describes.
+        assert_eq!(
+            s.firewall.table,
+            s.expected_table(&state(9)).expect("render")
+        );
+        assert_eq!(
+            s.firewall.applied.len(),
+            2,
+            "one full, one incremental; none for unchanged"
+        );
+    }
+
+    #[test]
+    fn a_matching_table_is_adopted_untouched() {
+        let mut first = syncer();
+        first.sync(state(5)).expect("sync");
+        let mut restarted = syncer();
+        restarted.firewall.table = first.firewall.table.clone();
+        assert_eq!(
+            restarted.sync(state(5)).expect("sync"),
+            SyncOutcome::Adopted
+        );
+        assert!(restarted.firewall.applied.is_empty());
+    }
+
+    #[test]
+    fn a_refused_increment_falls_back_to_a_full_regeneration() {
+        let mut s = syncer();
+        s.sync(state(5)).expect("sync");
+        s.firewall.fail_next = Some("someone edited the table".into());
+        assert!(matches!(
+            s.sync(state(6)).expect("sync"),
+            SyncOutcome::Full { .. }
+        ));
+        assert_eq!(
+            s.firewall.table,
+            s.expected_table(&state(6)).expect("render")
+        );
+    }
+
+    #[test]
+    fn the_guard_refuses_and_changes_nothing() {
+        let mut s = syncer();
+        s.set_guard(Some(Guard::default()));
+        s.sync(state(10)).expect("sync");
+        let before = s.firewall.table.clone();
+        assert!(matches!(s.sync(state(3)), Err(SyncError::Guard(_))));
+        assert_eq!(s.firewall.table, before);
+        assert_eq!(s.applied(), Some(&state(10)));
+        s.set_guard(None);
+        assert!(matches!(
+            s.sync(state(3)).expect("forced"),
+            SyncOutcome::Incremental { .. }
+        ));
+    }
 }

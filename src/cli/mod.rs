@@ -4,6 +4,7 @@
 
 mod apply;
 mod input;
+mod run;
 
 use crate::diff::{StateDiff, Style};
 use crate::model::DesiredState;
@@ -92,6 +93,8 @@ pub enum Command {
     },
     /// Remove everything portcullis put in the kernel (its nftables table; nothing else).
     Flush,
+    /// The gateway daemon. This build checks and prints its configuration (`--check-config`).
+    Run(Box<run::RunArgs>),
     /// Write a synthetic export of N rows (benchmarks and load tests).
     #[command(hide = true)]
     Synth {
@@ -180,6 +183,7 @@ pub fn run(cli: Cli) -> ExitCode {
             }
         },
         Command::Flush => apply::flush(),
+        Command::Run(args) => run::run(&args),
     };
     ExitCode::from(code)
 }

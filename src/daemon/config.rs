@@ -1,0 +1,218 @@
+//! Configuration of `portcullis run`: a TOML file (default `/etc/portcullis/portcullis.toml`),
+//! every key of which a command-line flag can override, so the daemon also runs with no file.
+//! Unknown keys are errors that name the key and its line and column: a typo must not silently
+//! fall back to a default on the hosts every packet crosses.
+
+use crate::apply::Guard;
+use crate::render::nft::{Backend, Ifname};
+use serde::{Deserialize, Deserializer, Serialize};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+pub const DEFAULT_PATH: &str = "/etc/portcullis/portcullis.toml";
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    /// Applies exports to the kernel.
+    Active,
+    /// Polls and keeps the cache fresh, never touches the kernel (the passive Pacemaker node).
+    Standby,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum BackendName {
+    Ipvs,
+    Nft,
+}
+
+impl From<BackendName> for Backend {
+    fn from(b: BackendName) -> Backend {
+        match b {
+            BackendName::Ipvs => Backend::Ipvs,
+            BackendName::Nft => Backend::Nft,
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// `http(s)://…/export.csv` or `file://…`.
+    pub source: Option<String>,
+    #[serde(with = "duration")]
+    pub interval: Duration,
+    #[serde(with = "duration")]
+    pub request_timeout: Duration,
+    pub max_body_bytes: u64,
+    pub backend: BackendName,
+    pub state_dir: PathBuf,
+    pub role: Role,
+    /// Address of the Prometheus `/metrics` and `/healthz` listener; none when absent.
+    pub metrics: Option<SocketAddr>,
+    /// File holding the bearer token sent to ADMIN (kept out of the config file itself).
+    pub bearer_token_file: Option<PathBuf>,
+    pub policy_file: Option<PathBuf>,
+    pub interfaces: Interfaces,
+    pub guards: Guard,
+    pub tls: Tls,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Interfaces {
+    /// Facing clients: new inbound traffic not accepted is dropped here.
+    pub external: Vec<String>,
+    /// Facing the real servers.
+    pub internal: Vec<String>,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Tls {
+    /// CA bundle to verify ADMIN with, instead of the system's.
+    pub ca_file: Option<PathBuf>,
+    pub client_cert: Option<PathBuf>,
+    pub client_key: Option<PathBuf>,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            source: None,
+            interval: Duration::from_secs(3),
+            request_timeout: Duration::from_secs(10),
+            max_body_bytes: 64 << 20,
+            backend: BackendName::Nft,
+            state_dir: PathBuf::from("/var/lib/portcullis"),
+            role: Role::Active,
+            metrics: None,
+            bearer_token_file: None,
+            policy_file: None,
+            interfaces: Interfaces::default(),
+            guards: Guard::default(),
+            tls: Tls::default(),
+        }
+    }
+}
+
+/// Durations as humans write them: `3s`, `500ms`, `1m 30s`.
+mod duration {
+    use super::*;
+
+    pub fn serialize<S: serde::Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&humantime::format_duration(*d).to_string())
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+        let text = String::deserialize(d)?;
+        humantime::parse_duration(&text).map_err(|e| {
+            serde::de::Error::custom(format!(
+                "expected a duration such as \"3s\" or \"500ms\": {e}"
+            ))
+        })
+    }
+}
+
+impl Config {
+    /// Parses a config file's text; `origin` names it in errors. The error text carries the
+    /// line and column toml reports, and the offending line.
+    pub fn parse(text: &str, origin: &str) -> Result<Config, String> {
+        let config: Config = toml::from_str(text).map_err(|e| format!("{origin}: {e}"))?;
+        config.validate().map_err(|e| format!("{origin}: {e}"))?;
+        Ok(config)
+    }
+
+    /// Checks what types alone cannot.
+    pub fn validate(&self) -> Result<(), String> {
+        if let Some(s) = &self.source {
+            if !(s.starts_with("http://") || s.starts_with("https://") || s.starts_with("file://"))
+            {
+                return Err(format!(
+                    "source: expected an http(s):// or file:// URL, found {s:?}"
+                ));
+            }
+        }
+        if self.interval < Duration::from_millis(100) {
+            return Err("interval: expected at least 100ms".into());
+        }
+        if self.request_timeout.is_zero() {
+            return Err("request_timeout: expected more than 0s".into());
+        }
+        if !(self.guards.max_removed_share > 0.0 && self.guards.max_removed_share <= 1.0) {
+            return Err("guards.max_removed_share: expected a share in (0, 1]".into());
+        }
+        for name in self
+            .interfaces
+            .external
+            .iter()
+            .chain(&self.interfaces.internal)
+        {
+            Ifname::parse(name).map_err(|e| format!("interfaces: {e}"))?;
+        }
+        if self.tls.client_cert.is_some() != self.tls.client_key.is_some() {
+            return Err("tls: client_cert and client_key go together".into());
+        }
+        Ok(())
+    }
+
+    /// The effective configuration, as a config file would state it.
+    pub fn to_toml(&self) -> String {
+        toml::to_string(self).unwrap_or_else(|e| format!("# cannot print the configuration: {e}\n"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const EXAMPLE: &str = include_str!("../../rules/examples/portcullis.toml");
+
+    #[test]
+    fn the_shipped_example_is_valid() {
+        let c = Config::parse(EXAMPLE, "portcullis.toml").expect("example parses");
+        assert_eq!(c.interval, Duration::from_secs(3));
+        assert_eq!(c.interfaces.external, ["eth0"]);
+        // And what it prints reads back the same.
+        assert_eq!(
+            Config::parse(&c.to_toml(), "printed").expect("round trip"),
+            c
+        );
+    }
+
+    #[test]
+    fn an_empty_file_gives_the_defaults() {
+        assert_eq!(Config::parse("", "x").expect("empty"), Config::default());
+    }
+
+    #[test]
+    fn unknown_keys_are_located_errors() {
+        let e =
+            Config::parse("interval = \"1s\"\nintervall = \"2s\"\n", "p.toml").expect_err("typo");
+        assert!(e.contains("p.toml"), "{e}");
+        assert!(e.contains("line 2"), "{e}");
+        assert!(e.contains("intervall"), "{e}");
+        let e =
+            Config::parse("[guards]\nmax_removed = 0.3\n", "p.toml").expect_err("typo in a table");
+        assert!(e.contains("line 2") && e.contains("max_removed"), "{e}");
+    }
+
+    #[test]
+    fn values_are_checked() {
+        for bad in [
+            "interval = \"often\"",
+            "interval = \"10ms\"",
+            "source = \"ftp://x\"",
+            "backend = \"iptables\"",
+            "role = \"leader\"",
+            "[guards]\nmax_removed_share = 1.5",
+            "[interfaces]\nexternal = [\"eth0; flush\"]",
+            "metrics = \"localhost\"",
+            "[tls]\nclient_cert = \"/a\"",
+        ] {
+            assert!(Config::parse(bad, "x").is_err(), "{bad}");
+        }
+    }
+}
