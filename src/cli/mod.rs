@@ -93,7 +93,7 @@ pub enum Command {
     },
     /// Remove everything portcullis put in the kernel (its nftables table; nothing else).
     Flush,
-    /// The gateway daemon. This build checks and prints its configuration (`--check-config`).
+    /// The gateway daemon: poll ADMIN's export and keep the kernel in step (root).
     Run(Box<run::RunArgs>),
     /// Write a synthetic export of N rows (benchmarks and load tests).
     #[command(hide = true)]
@@ -255,7 +255,7 @@ pub(crate) fn load_state(file: &std::path::Path) -> Result<DesiredState, u8> {
     }
 }
 
-fn render_options(
+pub(crate) fn render_options(
     policy: Option<&std::path::Path>,
     ifaces: &[String],
     backend: nft::Backend,

@@ -1,9 +1,10 @@
-//! `portcullis run`: configuration from the file, then flag by flag from the command line.
-//! This build validates and prints the effective configuration (`--check-config`); the polling
-//! loop is the next step of the daemon's issue.
+//! `portcullis run`: configuration from the file, then flag by flag from the command line, then
+//! the polling daemon (or, with `--check-config`, the effective configuration printed).
 
 use super::{FAILED, INVALID, OK};
+use crate::apply::{ConntrackCli, NftCli};
 use crate::daemon::config::{BackendName, Config, Role, DEFAULT_PATH};
+use crate::daemon::poll::Daemon;
 use clap::Args;
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -124,11 +125,58 @@ pub fn run(args: &RunArgs) -> u8 {
         print!("{}", config.to_toml());
         return OK;
     }
-    eprintln!(
-        "portcullis: the polling daemon is not in this build yet (configuration is valid); \
-         use `portcullis apply --once --source URL` to apply an export"
-    );
-    FAILED
+    if config.backend == BackendName::Ipvs {
+        eprintln!(
+            "portcullis: the IPVS backend is not available in this version; use --backend nft"
+        );
+        return FAILED;
+    }
+    let opts = match super::render_options(
+        config.policy_file.as_deref(),
+        &config.interfaces.external,
+        config.backend.into(),
+    ) {
+        Ok(o) => o,
+        Err(e) => {
+            eprintln!("portcullis: {e}");
+            return INVALID;
+        }
+    };
+    let mut daemon = match Daemon::new(config, NftCli::default(), ConntrackCli::default(), opts) {
+        Ok(d) => d,
+        Err(e) => {
+            eprintln!("portcullis: {e}");
+            return INVALID;
+        }
+    };
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("portcullis: cannot start the runtime: {e}");
+            return FAILED;
+        }
+    };
+    runtime.block_on(daemon.run(shutdown_signal()));
+    OK
+}
+
+/// SIGTERM or SIGINT: stop polling; the rules stay in place.
+async fn shutdown_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    match signal(SignalKind::terminate()) {
+        Ok(mut term) => {
+            tokio::select! {
+                _ = term.recv() => {}
+                _ = tokio::signal::ctrl_c() => {}
+            }
+        }
+        Err(_) => {
+            let _ = tokio::signal::ctrl_c().await;
+        }
+    }
 }
 
 #[cfg(test)]

@@ -35,7 +35,7 @@ pub enum CacheError {
     Corrupt { path: PathBuf, why: String },
 }
 
-fn sha256_hex(bytes: &[u8]) -> String {
+pub(crate) fn sha256_hex(bytes: &[u8]) -> String {
     Sha256::digest(bytes)
         .iter()
         .map(|b| format!("{b:02x}"))

@@ -6,7 +6,10 @@
 //! Refusing exports that withdraw too much at once is [`crate::apply::Guard`], enforced by
 //! the syncer.
 //!
-//! The polling loop that ties them to [`crate::apply::Syncer`] is the next step (issue 5).
+//! - [`fetch`]: conditional GET of the export;
+//! - [`poll`]: the cycle that ties them to [`crate::apply::Syncer`].
 
 pub mod cache;
 pub mod config;
+pub mod fetch;
+pub mod poll;

@@ -1,0 +1,234 @@
+//! The daemon's cycle: fetch → parse and validate → (standby: cache only) → guard → sync →
+//! save as last-known-good. Any failure keeps the rules that are in place and is counted; the
+//! next attempt comes after a capped exponential backoff with jitter.
+//!
+//! Kernel calls are blocking (`nft` processes) and run on the loop's thread: the daemon has
+//! one job, and syncs must not overlap anyway.
+
+use super::cache::StateDir;
+use super::config::{Config, Role};
+use super::fetch::{Fetched, Fetcher};
+use crate::apply::{Conntrack, Firewall, SyncError, SyncOutcome, Syncer};
+use crate::model::DesiredState;
+use crate::render::nft::RenderOptions;
+use serde::Serialize;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+/// What one step did, for logs, tests and `status`.
+#[derive(Debug, PartialEq)]
+pub enum Step {
+    NotModified,
+    Applied(SyncOutcome),
+    /// Standby: the export was validated and cached, the kernel left alone.
+    Cached,
+    /// The export was invalid (the errors are logged); nothing changed.
+    Rejected(usize),
+    /// The guard refused the export; nothing changed.
+    Refused(String),
+    /// Fetching or applying failed; nothing changed.
+    Failed(String),
+    /// Nothing to apply at start-up (ADMIN down and no usable cache).
+    NothingToStartFrom(String),
+}
+
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct Counters {
+    pub polls: u64,
+    pub not_modified: u64,
+    pub applied: u64,
+    pub rejected: u64,
+    pub refused: u64,
+    pub failed: u64,
+    pub consecutive_failures: u32,
+    pub last_error: Option<String>,
+    pub last_apply_unix: Option<u64>,
+}
+
+pub struct Daemon<F, C> {
+    pub config: Config,
+    fetcher: Fetcher,
+    state_dir: StateDir,
+    pub syncer: Syncer<F, C>,
+    etag: Option<String>,
+    pub counters: Counters,
+}
+
+fn now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+impl<F: Firewall, C: Conntrack> Daemon<F, C> {
+    pub fn new(
+        config: Config,
+        firewall: F,
+        conntrack: C,
+        opts: RenderOptions,
+    ) -> Result<Self, String> {
+        let source = config
+            .source
+            .clone()
+            .ok_or("no source configured (--source or `source =`)")?;
+        let bearer = match &config.bearer_token_file {
+            Some(p) => Some(
+                std::fs::read_to_string(p)
+                    .map_err(|e| format!("cannot read {}: {e}", p.display()))?
+                    .trim()
+                    .to_owned(),
+            ),
+            None => None,
+        };
+        let fetcher = Fetcher::new(
+            &source,
+            config.request_timeout,
+            config.max_body_bytes,
+            bearer,
+        )
+        .map_err(|e| e.to_string())?;
+        let mut syncer = Syncer::new(firewall, conntrack, opts);
+        syncer.set_guard(Some(config.guards));
+        Ok(Daemon {
+            state_dir: StateDir::new(&config.state_dir),
+            config,
+            fetcher,
+            syncer,
+            etag: None,
+            counters: Counters::default(),
+        })
+    }
+
+    /// Start-up: the export from ADMIN if it answers, else the last-known-good from the cache,
+    /// so a gateway rebooted while ADMIN is down still forwards traffic.
+    pub async fn start(&mut self) -> Step {
+        match self.poll_once().await {
+            Step::Failed(why) => {
+                tracing::warn!(%why, "ADMIN unreachable at start-up; trying the last-known-good export");
+                match self.state_dir.load() {
+                    Ok(Some(cached)) => {
+                        let step = self.handle(cached.export, cached.etag, false);
+                        tracing::info!(?step, "started from the last-known-good export");
+                        step
+                    }
+                    Ok(None) => {
+                        Step::NothingToStartFrom(format!("{why}; no last-known-good export yet"))
+                    }
+                    Err(e) => {
+                        tracing::error!(error = %e, "last-known-good export refused");
+                        Step::NothingToStartFrom(format!("{why}; {e}"))
+                    }
+                }
+            }
+            other => other,
+        }
+    }
+
+    /// One poll of ADMIN and whatever follows from it.
+    pub async fn poll_once(&mut self) -> Step {
+        self.counters.polls += 1;
+        match self.fetcher.fetch(self.etag.as_deref()).await {
+            Ok(Fetched::NotModified) => {
+                self.counters.not_modified += 1;
+                self.counters.consecutive_failures = 0;
+                Step::NotModified
+            }
+            Ok(Fetched::New { body, etag }) => self.handle(body, etag, true),
+            Err(e) => self.failed(&e),
+        }
+    }
+
+    fn failed(&mut self, e: &dyn std::fmt::Display) -> Step {
+        self.counters.failed += 1;
+        self.counters.consecutive_failures += 1;
+        self.counters.last_error = Some(e.to_string());
+        tracing::warn!(error = %e, "sync step failed; rules left as they are");
+        Step::Failed(e.to_string())
+    }
+
+    fn handle(&mut self, body: Vec<u8>, etag: Option<String>, save: bool) -> Step {
+        let export = match portcullis_export::parse(&body) {
+            Ok(e) => e,
+            Err(errors) => {
+                for e in errors.errors.iter().take(20) {
+                    tracing::error!("export rejected: {e}");
+                }
+                self.counters.rejected += 1;
+                self.counters.last_error =
+                    Some(format!("export rejected: {} error(s)", errors.len()));
+                // Remember the ETag: the same bad export is not parsed again on every poll.
+                self.etag = etag;
+                return Step::Rejected(errors.len());
+            }
+        };
+        let state = DesiredState::from_export(&export);
+        if self.config.role == Role::Standby {
+            self.store(&body, etag.as_deref(), save);
+            self.etag = etag;
+            return Step::Cached;
+        }
+        match self.syncer.sync(state) {
+            Ok(outcome) => {
+                self.store(&body, etag.as_deref(), save);
+                self.etag = etag;
+                self.counters.applied += 1;
+                self.counters.consecutive_failures = 0;
+                self.counters.last_apply_unix = Some(now());
+                if outcome == SyncOutcome::Unchanged {
+                    tracing::debug!("export unchanged");
+                } else {
+                    tracing::info!(?outcome, "export applied");
+                }
+                Step::Applied(outcome)
+            }
+            Err(SyncError::Guard(refusal)) => {
+                self.counters.refused += 1;
+                self.counters.last_error = Some(refusal.to_string());
+                tracing::error!(%refusal, "export refused by the guard");
+                self.etag = etag;
+                Step::Refused(refusal.to_string())
+            }
+            Err(e) => self.failed(&e),
+        }
+    }
+
+    fn store(&mut self, body: &[u8], etag: Option<&str>, save: bool) {
+        if !save {
+            return;
+        }
+        if let Err(e) = self.state_dir.save(body, etag, now()) {
+            // The rules are applied; only the fallback for a future restart is stale.
+            tracing::error!(error = %e, "could not save the last-known-good export");
+        }
+    }
+
+    /// How long to wait before the next poll: the interval, or after failures an exponential
+    /// backoff capped at a minute, with up to 10 % jitter so a fleet does not poll in step.
+    pub fn next_delay(&self) -> Duration {
+        let base = self.config.interval;
+        let n = self.counters.consecutive_failures.min(6);
+        let delay = (base * 2u32.pow(n)).min(Duration::from_secs(60).max(base));
+        let nanos = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.subsec_nanos());
+        delay + delay.mul_f64((nanos % 1000) as f64 / 10_000.0)
+    }
+
+    /// Polls until `shutdown` resolves. Rules stay in place on exit.
+    pub async fn run(&mut self, shutdown: impl std::future::Future<Output = ()>) {
+        tokio::pin!(shutdown);
+        let step = self.start().await;
+        tracing::info!(?step, "started");
+        loop {
+            tokio::select! {
+                _ = &mut shutdown => {
+                    tracing::info!("shutting down; rules stay in place");
+                    return;
+                }
+                _ = tokio::time::sleep(self.next_delay()) => {
+                    let step = self.poll_once().await;
+                    tracing::debug!(?step, "poll");
+                }
+            }
+        }
+    }
+}

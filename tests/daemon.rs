@@ -1,0 +1,356 @@
+//! The daemon's cycle against a real HTTP server on loopback and the in-memory twin of the
+//! kernel: conditional GET, applying only changes, keeping rules through every kind of ADMIN
+//! failure, starting from the last-known-good export, standby, and the guard.
+
+mod common;
+
+use portcullis::apply::{RecordingConntrack, SyncOutcome, TwinFirewall};
+use portcullis::daemon::config::{Config, Role};
+use portcullis::daemon::poll::{Daemon, Step};
+use portcullis::render::nft::Backend;
+use std::io::{Read, Write};
+use std::net::TcpListener;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+#[derive(Clone, Copy, PartialEq)]
+enum Mode {
+    Normal,
+    Error500,
+    /// Announces more bytes than it sends, then closes.
+    Truncated,
+    /// Accepts and hangs up without answering.
+    HangUp,
+}
+
+struct Served {
+    body: Vec<u8>,
+    etag: String,
+    mode: Mode,
+    requests: usize,
+}
+
+/// A tiny HTTP/1.1 server with ETag / If-None-Match, on an ephemeral loopback port.
+fn admin(body: &[u8]) -> (String, Arc<Mutex<Served>>) {
+    let served = Arc::new(Mutex::new(Served {
+        body: body.to_vec(),
+        etag: "\"v1\"".into(),
+        mode: Mode::Normal,
+        requests: 0,
+    }));
+    let listener = TcpListener::bind("127.0.0.1:0").expect("bind loopback");
+    let url = format!(
+        "http://{}/v1/export.csv",
+        listener.local_addr().expect("addr")
+    );
+    let shared = served.clone();
+    std::thread::spawn(move || {
+        for conn in listener.incoming().flatten() {
+            let mut conn = conn;
+            let mut buf = [0u8; 4096];
+            let n = conn.read(&mut buf).unwrap_or(0);
+            let request = String::from_utf8_lossy(&buf[..n]).to_lowercase();
+            let mut s = shared.lock().expect("lock");
+            s.requests += 1;
+            let reply: Vec<u8> = match s.mode {
+                Mode::HangUp => continue,
+                Mode::Error500 => b"HTTP/1.1 500 Internal Server Error\r\ncontent-length: 4\r\nconnection: close\r\n\r\noops".to_vec(),
+                Mode::Truncated => {
+                    let mut r = format!("HTTP/1.1 200 OK\r\ncontent-length: {}\r\nconnection: close\r\n\r\n", s.body.len() + 100).into_bytes();
+                    r.extend_from_slice(&s.body[..s.body.len() / 2]);
+                    r
+                }
+                Mode::Normal if request.contains(&format!("if-none-match: {}", s.etag)) => {
+                    format!("HTTP/1.1 304 Not Modified\r\netag: {}\r\nconnection: close\r\n\r\n", s.etag).into_bytes()
+                }
+                Mode::Normal => {
+                    let mut r = format!(
+                        "HTTP/1.1 200 OK\r\netag: {}\r\ncontent-length: {}\r\nconnection: close\r\n\r\n",
+                        s.etag,
+                        s.body.len()
+                    )
+                    .into_bytes();
+                    r.extend_from_slice(&s.body);
+                    r
+                }
+            };
+            let _ = conn.write_all(&reply);
+        }
+    });
+    (url, served)
+}
+
+fn export(services: usize) -> Vec<u8> {
+    portcullis_export::to_string(&portcullis::synth::rows_with_services(services))
+        .expect("valid")
+        .into_bytes()
+}
+
+fn publish(served: &Arc<Mutex<Served>>, body: Vec<u8>, etag: &str) {
+    let mut s = served.lock().expect("lock");
+    s.body = body;
+    s.etag = etag.into();
+}
+
+fn daemon(
+    url: &str,
+    state_dir: &std::path::Path,
+    role: Role,
+) -> Daemon<TwinFirewall, RecordingConntrack> {
+    let config = Config {
+        source: Some(url.into()),
+        request_timeout: Duration::from_secs(2),
+        max_body_bytes: 1 << 20,
+        state_dir: state_dir.to_owned(),
+        role,
+        ..Config::default()
+    };
+    Daemon::new(
+        config,
+        TwinFirewall::default(),
+        RecordingConntrack::default(),
+        common::render_options(Backend::Nft, &["eth0"]),
+    )
+    .expect("daemon")
+}
+
+fn tmp(tag: &str) -> std::path::PathBuf {
+    let d = std::env::temp_dir().join(format!("pc-daemon-{tag}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    d
+}
+
+#[tokio::test]
+async fn polls_conditionally_and_applies_only_changes() {
+    let (url, served) = admin(&export(10));
+    let mut d = daemon(&url, &tmp("cond"), Role::Active);
+    assert!(matches!(
+        d.start().await,
+        Step::Applied(SyncOutcome::Full { .. })
+    ));
+    assert_eq!(
+        d.poll_once().await,
+        Step::NotModified,
+        "same ETag: a 304, nothing parsed or applied"
+    );
+    assert_eq!(d.syncer.firewall.applied.len(), 1);
+    publish(&served, export(11), "\"v2\"");
+    match d.poll_once().await {
+        Step::Applied(SyncOutcome::Incremental { summary, .. }) => {
+            assert_eq!(summary.services_added, 1)
+        }
+        other => panic!("expected an incremental apply, got {other:?}"),
+    }
+    assert_eq!(d.syncer.firewall.applied.len(), 2);
+    assert_eq!(d.poll_once().await, Step::NotModified);
+}
+
+#[tokio::test]
+async fn admin_failures_leave_the_rules_as_they_are() {
+    let (url, served) = admin(&export(10));
+    let mut d = daemon(&url, &tmp("fail"), Role::Active);
+    d.start().await;
+    let table = d.syncer.firewall.table.clone();
+    let cases: Vec<(Mode, Option<Vec<u8>>)> = vec![
+        (Mode::Error500, None),
+        (Mode::Truncated, Some(export(12))),
+        (Mode::HangUp, None),
+        (
+            Mode::Normal,
+            Some(b"service,instance\nnot,an export".to_vec()),
+        ),
+        (Mode::Normal, Some(vec![b'x'; 2 << 20])),
+    ];
+    for (i, (mode, body)) in cases.into_iter().enumerate() {
+        {
+            let mut s = served.lock().expect("lock");
+            s.mode = mode;
+            if let Some(b) = body {
+                s.body = b;
+                s.etag = format!("\"bad{i}\"");
+            }
+        }
+        let step = d.poll_once().await;
+        assert!(
+            matches!(step, Step::Failed(_) | Step::Rejected(_)),
+            "case {i}: {step:?}"
+        );
+        assert_eq!(d.syncer.firewall.table, table, "case {i}: rules unchanged");
+        assert_eq!(
+            d.syncer.firewall.applied.len(),
+            1,
+            "case {i}: nothing sent to the kernel"
+        );
+    }
+    assert!(d.counters.failed >= 3 && d.counters.rejected >= 1);
+    assert!(d.next_delay() > d.config.interval, "failures back off");
+}
+
+#[tokio::test]
+async fn a_restart_with_admin_down_starts_from_the_last_known_good_export() {
+    let dir = tmp("lkg");
+    let (url, served) = admin(&export(7));
+    let mut first = daemon(&url, &dir, Role::Active);
+    first.start().await;
+    served.lock().expect("lock").mode = Mode::Error500;
+    // A new process: empty kernel model, ADMIN failing.
+    let mut restarted = daemon(&url, &dir, Role::Active);
+    assert!(
+        matches!(restarted.start().await, Step::Applied(_)),
+        "applied from cache"
+    );
+    assert_eq!(restarted.syncer.firewall.table, first.syncer.firewall.table);
+
+    // A corrupt cache is reported and never applied.
+    let file = dir.join("last-good.csv");
+    let mut bytes = std::fs::read(&file).expect("cache file");
+    let last = bytes.len() - 3;
+    bytes[last] ^= 0x01;
+    std::fs::write(&file, bytes).expect("write");
+    let mut third = daemon(&url, &dir, Role::Active);
+    match third.start().await {
+        Step::NothingToStartFrom(why) => assert!(why.contains("corrupt"), "{why}"),
+        other => panic!("expected a refusal, got {other:?}"),
+    }
+    assert_eq!(third.syncer.firewall.table, None, "nothing applied");
+}
+
+#[tokio::test]
+async fn standby_caches_without_touching_the_kernel() {
+    let dir = tmp("standby");
+    let (url, _served) = admin(&export(5));
+    let mut d = daemon(&url, &dir, Role::Standby);
+    assert_eq!(d.start().await, Step::Cached);
+    assert!(d.syncer.firewall.applied.is_empty() && d.syncer.firewall.table.is_none());
+    assert!(
+        dir.join("last-good.csv").exists(),
+        "the cache is kept fresh for a promotion"
+    );
+}
+
+#[tokio::test]
+async fn the_guard_refuses_a_mass_withdrawal() {
+    let (url, served) = admin(&export(10));
+    let mut d = daemon(&url, &tmp("guard"), Role::Active);
+    d.start().await;
+    let table = d.syncer.firewall.table.clone();
+    publish(&served, export(2), "\"v2\"");
+    assert!(matches!(d.poll_once().await, Step::Refused(_)));
+    assert_eq!(d.syncer.firewall.table, table);
+    assert_eq!(
+        d.poll_once().await,
+        Step::NotModified,
+        "the refused export is not re-parsed every poll"
+    );
+    assert_eq!(d.counters.refused, 1);
+}
+
+#[tokio::test]
+async fn file_sources_are_reread_only_when_their_content_changes() {
+    let dir = tmp("file");
+    std::fs::create_dir_all(&dir).expect("dir");
+    let path = dir.join("export.csv");
+    std::fs::write(&path, export(4)).expect("write");
+    let mut d = daemon(
+        &format!("file://{}", path.display()),
+        &dir.join("state"),
+        Role::Active,
+    );
+    assert!(matches!(d.start().await, Step::Applied(_)));
+    assert_eq!(d.poll_once().await, Step::NotModified);
+    std::fs::write(&path, export(5)).expect("write");
+    assert!(matches!(
+        d.poll_once().await,
+        Step::Applied(SyncOutcome::Incremental { .. })
+    ));
+}
+
+/// `portcullis run` for real in a network namespace: it applies, keeps the rules when stopped,
+/// and after a "reboot" (table gone) with its source unreachable, restores them from the
+/// last-known-good export.
+#[test]
+fn the_daemon_restores_rules_from_cache_after_a_reboot_with_admin_down() {
+    if !common::require_nft() {
+        return;
+    }
+    use std::process::{Command, Stdio};
+    let ns = common::Netns::new("run");
+    let dir = tmp("run");
+    std::fs::create_dir_all(&dir).expect("dir");
+    let source = dir.join("export.csv");
+    std::fs::write(&source, export(6)).expect("write");
+    let start = || {
+        Command::new("ip")
+            .args([
+                "netns",
+                "exec",
+                &ns.name,
+                env!("CARGO_BIN_EXE_portcullis"),
+                "run",
+            ])
+            .arg("--source")
+            .arg(format!("file://{}", source.display()))
+            .arg("--state-dir")
+            .arg(dir.join("state"))
+            .args(["--interval", "200ms", "--external-iface", "lo"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start portcullis run")
+    };
+    let listing = || {
+        Command::new("ip")
+            .args([
+                "netns",
+                "exec",
+                &ns.name,
+                "nft",
+                "list",
+                "map",
+                "inet",
+                "portcullis",
+                "lb_rand_port_v4",
+            ])
+            .output()
+            .ok()
+            .filter(|o| o.status.success())
+            .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+    };
+    let wait_for_table = || {
+        for _ in 0..100 {
+            if let Some(l) = listing() {
+                return l;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        panic!("the daemon did not apply within 5 s");
+    };
+    let stop = |child: &mut std::process::Child| {
+        let _ = Command::new("kill")
+            .args(["-TERM", &child.id().to_string()])
+            .status();
+        let status = child.wait().expect("wait");
+        assert!(status.success(), "clean exit on SIGTERM: {status}");
+    };
+
+    let mut daemon = start();
+    let applied = wait_for_table();
+    std::thread::sleep(Duration::from_millis(300));
+    stop(&mut daemon);
+    assert_eq!(
+        listing().as_deref(),
+        Some(applied.as_str()),
+        "rules stay in place after SIGTERM"
+    );
+
+    // Reboot: the kernel forgets, ADMIN is down.
+    ns.exec(&["nft", "delete", "table", "inet", "portcullis"]);
+    std::fs::remove_file(&source).expect("take the source away");
+    let mut daemon = start();
+    let restored = wait_for_table();
+    stop(&mut daemon);
+    assert_eq!(
+        restored, applied,
+        "restored from the last-known-good export"
+    );
+}
