@@ -143,6 +143,40 @@ async fn polls_conditionally_and_applies_only_changes() {
     }
     assert_eq!(d.syncer.firewall.applied.len(), 2);
     assert_eq!(d.poll_once().await, Step::NotModified);
+
+    // netops read what happened from the state directory.
+    let dir = d.config.state_dir.to_str().expect("utf-8 path").to_owned();
+    let portcullis = |args: &[&str]| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_portcullis"))
+            .args(args)
+            .output()
+            .expect("run portcullis")
+    };
+    let log = portcullis(&["log", "--state-dir", &dir, "--json"]);
+    let entries: serde_json::Value = serde_json::from_slice(&log.stdout).expect("json");
+    let entries = entries.as_array().expect("list");
+    assert_eq!(
+        entries.len(),
+        2,
+        "one full, one incremental; 304s are not journaled: {entries:?}"
+    );
+    assert_eq!(entries[1]["detail"], "incremental");
+    assert_eq!(entries[1]["etag"], "\"v2\"");
+    assert_eq!(entries[1]["summary"]["services_added"], 1);
+    let text =
+        String::from_utf8_lossy(&portcullis(&["log", "--state-dir", &dir]).stdout).into_owned();
+    assert!(
+        text.contains("applied") && text.contains("services +1"),
+        "{text}"
+    );
+    let status = portcullis(&["status", "--state-dir", &dir, "--json"]);
+    let status: serde_json::Value = serde_json::from_slice(&status.stdout).expect("json");
+    assert_eq!(status["services"], 11);
+    assert_eq!(status["polls"], 4);
+    assert_eq!(status["not_modified"], 2);
+    assert_eq!(status["etag"], "\"v2\"");
+    let missing = portcullis(&["status", "--state-dir", "/nonexistent/portcullis"]);
+    assert_eq!(missing.status.code(), Some(1));
 }
 
 #[tokio::test]

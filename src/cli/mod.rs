@@ -4,6 +4,7 @@
 
 mod apply;
 mod input;
+mod inspect;
 mod run;
 
 use crate::diff::{StateDiff, Style};
@@ -93,6 +94,22 @@ pub enum Command {
     },
     /// Remove everything portcullis put in the kernel (its nftables table; nothing else).
     Flush,
+    /// What the daemon is doing: role, source, last poll and apply, counts, last error.
+    Status {
+        #[arg(long, default_value = "/var/lib/portcullis")]
+        state_dir: PathBuf,
+        #[arg(long)]
+        json: bool,
+    },
+    /// The journal of changes the daemon applied (or refused), newest last.
+    Log {
+        #[arg(short = 'n', default_value_t = 20)]
+        n: usize,
+        #[arg(long, default_value = "/var/lib/portcullis")]
+        state_dir: PathBuf,
+        #[arg(long)]
+        json: bool,
+    },
     /// The gateway daemon: poll ADMIN's export and keep the kernel in step (root).
     Run(Box<run::RunArgs>),
     /// Write a synthetic export of N rows (benchmarks and load tests).
@@ -184,6 +201,8 @@ pub fn run(cli: Cli) -> ExitCode {
         },
         Command::Flush => apply::flush(),
         Command::Run(args) => run::run(&args),
+        Command::Status { state_dir, json } => inspect::status(&state_dir, json),
+        Command::Log { n, state_dir, json } => inspect::log(&state_dir, n, json),
     };
     ExitCode::from(code)
 }

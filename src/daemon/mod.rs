@@ -7,9 +7,11 @@
 //! the syncer.
 //!
 //! - [`fetch`]: conditional GET of the export;
-//! - [`poll`]: the cycle that ties them to [`crate::apply::Syncer`].
+//! - [`poll`]: the cycle that ties them to [`crate::apply::Syncer`];
+//! - [`journal`]: the change journal and status snapshot netops read.
 
 pub mod cache;
 pub mod config;
 pub mod fetch;
+pub mod journal;
 pub mod poll;

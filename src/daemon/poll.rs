@@ -8,6 +8,7 @@
 use super::cache::StateDir;
 use super::config::{Config, Role};
 use super::fetch::{Fetched, Fetcher};
+use super::journal::{Entry, Journal, Status};
 use crate::apply::{Conntrack, Firewall, SyncError, SyncOutcome, Syncer};
 use crate::model::DesiredState;
 use crate::render::nft::RenderOptions;
@@ -48,8 +49,10 @@ pub struct Daemon<F, C> {
     pub config: Config,
     fetcher: Fetcher,
     state_dir: StateDir,
+    journal: Journal,
     pub syncer: Syncer<F, C>,
     etag: Option<String>,
+    last_poll: Option<u64>,
     pub counters: Counters,
 }
 
@@ -90,10 +93,12 @@ impl<F: Firewall, C: Conntrack> Daemon<F, C> {
         syncer.set_guard(Some(config.guards));
         Ok(Daemon {
             state_dir: StateDir::new(&config.state_dir),
+            journal: Journal::new(&config.state_dir),
             config,
             fetcher,
             syncer,
             etag: None,
+            last_poll: None,
             counters: Counters::default(),
         })
     }
@@ -101,7 +106,13 @@ impl<F: Firewall, C: Conntrack> Daemon<F, C> {
     /// Start-up: the export from ADMIN if it answers, else the last-known-good from the cache,
     /// so a gateway rebooted while ADMIN is down still forwards traffic.
     pub async fn start(&mut self) -> Step {
-        match self.poll_once().await {
+        let step = self.start_step().await;
+        self.write_status();
+        step
+    }
+
+    async fn start_step(&mut self) -> Step {
+        match self.poll_step().await {
             Step::Failed(why) => {
                 tracing::warn!(%why, "ADMIN unreachable at start-up; trying the last-known-good export");
                 match self.state_dir.load() {
@@ -125,7 +136,14 @@ impl<F: Firewall, C: Conntrack> Daemon<F, C> {
 
     /// One poll of ADMIN and whatever follows from it.
     pub async fn poll_once(&mut self) -> Step {
+        let step = self.poll_step().await;
+        self.write_status();
+        step
+    }
+
+    async fn poll_step(&mut self) -> Step {
         self.counters.polls += 1;
+        self.last_poll = Some(now());
         match self.fetcher.fetch(self.etag.as_deref()).await {
             Ok(Fetched::NotModified) => {
                 self.counters.not_modified += 1;
@@ -145,7 +163,73 @@ impl<F: Firewall, C: Conntrack> Daemon<F, C> {
         Step::Failed(e.to_string())
     }
 
+    /// Handles a new export and journals what came of it.
     fn handle(&mut self, body: Vec<u8>, etag: Option<String>, save: bool) -> Step {
+        let started = std::time::Instant::now();
+        let tag = etag.clone();
+        let step = self.handle_export(body, etag, save);
+        self.record(&step, tag, started.elapsed());
+        step
+    }
+
+    fn record(&mut self, step: &Step, etag: Option<String>, took: Duration) {
+        let (result, detail, summary) = match step {
+            Step::Applied(SyncOutcome::Unchanged) | Step::Cached | Step::NotModified => return,
+            Step::Applied(SyncOutcome::Adopted) => ("applied", "adopted".to_owned(), None),
+            Step::Applied(SyncOutcome::Full { drift }) => (
+                "applied",
+                format!("full ({} differences)", drift.len()),
+                None,
+            ),
+            Step::Applied(SyncOutcome::Incremental { summary, .. }) => {
+                ("applied", "incremental".to_owned(), Some(*summary))
+            }
+            Step::Rejected(n) => ("rejected", format!("{n} validation error(s)"), None),
+            Step::Refused(why) => ("refused", why.clone(), None),
+            Step::Failed(why) | Step::NothingToStartFrom(why) => ("failed", why.clone(), None),
+        };
+        let entry = Entry {
+            time_unix: now(),
+            etag,
+            result: result.to_owned(),
+            detail,
+            summary,
+            duration_ms: took.as_secs_f64() * 1000.0,
+        };
+        if let Err(e) = self.journal.append(&entry) {
+            tracing::error!(error = %e, "could not write the journal");
+        }
+    }
+
+    /// The snapshot `portcullis status` shows.
+    pub fn status(&self) -> Status {
+        let applied = self.syncer.applied();
+        Status {
+            role: format!("{:?}", self.config.role).to_lowercase(),
+            source: self.config.source.clone().unwrap_or_default(),
+            etag: self.etag.clone(),
+            last_poll_unix: self.last_poll,
+            last_apply_unix: self.counters.last_apply_unix,
+            services: applied.map_or(0, |s| s.services.len()),
+            real_servers: applied.map_or(0, DesiredState::real_server_count),
+            polls: self.counters.polls,
+            not_modified: self.counters.not_modified,
+            applied: self.counters.applied,
+            rejected: self.counters.rejected,
+            refused: self.counters.refused,
+            failed: self.counters.failed,
+            consecutive_failures: self.counters.consecutive_failures,
+            last_error: self.counters.last_error.clone(),
+        }
+    }
+
+    fn write_status(&self) {
+        if let Err(e) = self.journal.write_status(&self.status()) {
+            tracing::warn!(error = %e, "could not write the status file");
+        }
+    }
+
+    fn handle_export(&mut self, body: Vec<u8>, etag: Option<String>, save: bool) -> Step {
         let export = match portcullis_export::parse(&body) {
             Ok(e) => e,
             Err(errors) => {

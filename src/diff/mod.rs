@@ -83,7 +83,7 @@ pub struct RealUpdate {
 }
 
 /// Counts for logs and the summary line.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, serde::Deserialize)]
 pub struct DiffSummary {
     pub services_added: usize,
     pub services_removed: usize,

@@ -1,0 +1,84 @@
+//! `portcullis status` and `portcullis log`: what the daemon did, read from its state directory
+//! (so they work whether or not the daemon is running).
+
+use super::{print_json, FAILED, OK};
+use crate::daemon::journal::{Journal, Status};
+use std::path::Path;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+fn ago(unix: Option<u64>) -> String {
+    let Some(t) = unix else {
+        return "never".into();
+    };
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    format!(
+        "{} ago",
+        humantime::format_duration(Duration::from_secs(now.saturating_sub(t)))
+    )
+}
+
+pub fn status(state_dir: &Path, json: bool) -> u8 {
+    let s: Status = match Journal::read_status(state_dir) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!(
+                "portcullis: no status in {} ({e}); is the daemon running with this --state-dir?",
+                state_dir.display()
+            );
+            return FAILED;
+        }
+    };
+    if json {
+        return print_json(&s);
+    }
+    println!("role:          {}", s.role);
+    println!("source:        {}", s.source);
+    println!("etag:          {}", s.etag.as_deref().unwrap_or("-"));
+    println!("last poll:     {}", ago(s.last_poll_unix));
+    println!("last apply:    {}", ago(s.last_apply_unix));
+    println!(
+        "applied:       {} virtual services, {} real servers",
+        s.services, s.real_servers
+    );
+    println!(
+        "polls:         {} ({} unchanged), {} applied, {} rejected, {} refused by the guard, {} failed",
+        s.polls, s.not_modified, s.applied, s.rejected, s.refused, s.failed
+    );
+    if let Some(e) = &s.last_error {
+        println!(
+            "last error:    {e} ({} failures in a row)",
+            s.consecutive_failures
+        );
+    }
+    OK
+}
+
+pub fn log(state_dir: &Path, n: usize, json: bool) -> u8 {
+    let entries = match Journal::new(state_dir).tail(n) {
+        Ok(e) => e,
+        Err(e) => {
+            eprintln!(
+                "portcullis: cannot read the journal in {}: {e}",
+                state_dir.display()
+            );
+            return FAILED;
+        }
+    };
+    if json {
+        return print_json(&entries);
+    }
+    for e in entries {
+        let when = humantime::format_rfc3339_seconds(UNIX_EPOCH + Duration::from_secs(e.time_unix));
+        let summary = e.summary.map(|s| format!(": {s}")).unwrap_or_default();
+        println!(
+            "{when}  {:<8} {}{summary}  [{} in {:.0} ms]",
+            e.result,
+            e.detail,
+            e.etag.as_deref().unwrap_or("-"),
+            e.duration_ms
+        );
+    }
+    OK
+}

@@ -1,0 +1,147 @@
+//! What the daemon did, for netops: a journal of changes (JSON lines, rotated) and a status
+//! snapshot, both in the state directory, read by `portcullis log` and `portcullis status`.
+
+use crate::diff::DiffSummary;
+use serde::{Deserialize, Serialize};
+use std::fs::{self, OpenOptions};
+use std::io::{BufRead, BufReader, Write};
+use std::path::{Path, PathBuf};
+
+const JOURNAL: &str = "journal.jsonl";
+const STATUS: &str = "status.json";
+/// The journal is rotated (to `journal.jsonl.1`) past this size: years of changes at a few
+/// hundred bytes each, and a bound on the disk a flapping ADMIN can use.
+const MAX_JOURNAL_BYTES: u64 = 16 << 20;
+
+/// One event that changed, or refused to change, the data plane.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Entry {
+    pub time_unix: u64,
+    pub etag: Option<String>,
+    /// `applied`, `rejected`, `refused` or `failed`.
+    pub result: String,
+    /// For `applied`: `full`, `incremental` or `adopted`; otherwise the reason.
+    pub detail: String,
+    pub summary: Option<DiffSummary>,
+    pub duration_ms: f64,
+}
+
+/// A snapshot of the daemon, rewritten after every step.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct Status {
+    pub role: String,
+    pub source: String,
+    pub etag: Option<String>,
+    pub last_poll_unix: Option<u64>,
+    pub last_apply_unix: Option<u64>,
+    pub services: usize,
+    pub real_servers: usize,
+    pub polls: u64,
+    pub not_modified: u64,
+    pub applied: u64,
+    pub rejected: u64,
+    pub refused: u64,
+    pub failed: u64,
+    pub consecutive_failures: u32,
+    pub last_error: Option<String>,
+}
+
+pub struct Journal {
+    dir: PathBuf,
+}
+
+impl Journal {
+    pub fn new(dir: impl Into<PathBuf>) -> Journal {
+        Journal { dir: dir.into() }
+    }
+
+    fn path(&self) -> PathBuf {
+        self.dir.join(JOURNAL)
+    }
+
+    pub fn append(&self, entry: &Entry) -> std::io::Result<()> {
+        fs::create_dir_all(&self.dir)?;
+        let path = self.path();
+        if fs::metadata(&path).is_ok_and(|m| m.len() > MAX_JOURNAL_BYTES) {
+            fs::rename(&path, self.dir.join(format!("{JOURNAL}.1")))?;
+        }
+        let mut line = serde_json::to_string(entry).map_err(std::io::Error::other)?;
+        line.push('\n');
+        OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&path)?
+            .write_all(line.as_bytes())
+    }
+
+    /// The last `n` entries, oldest first. Unreadable lines are skipped, not fatal: the
+    /// journal is for humans, and a torn last line after a crash must not hide the rest.
+    pub fn tail(&self, n: usize) -> std::io::Result<Vec<Entry>> {
+        let file = match fs::File::open(self.path()) {
+            Ok(f) => f,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+            Err(e) => return Err(e),
+        };
+        let mut entries: Vec<Entry> = BufReader::new(file)
+            .lines()
+            .map_while(Result::ok)
+            .filter_map(|l| serde_json::from_str(&l).ok())
+            .collect();
+        let skip = entries.len().saturating_sub(n);
+        Ok(entries.split_off(skip))
+    }
+
+    /// Rewrites the status snapshot (temp file + rename: readers never see half of it).
+    pub fn write_status(&self, status: &Status) -> std::io::Result<()> {
+        fs::create_dir_all(&self.dir)?;
+        let tmp = self.dir.join(format!(".{STATUS}.tmp"));
+        fs::write(
+            &tmp,
+            serde_json::to_vec_pretty(status).map_err(std::io::Error::other)?,
+        )?;
+        fs::rename(tmp, self.dir.join(STATUS))
+    }
+
+    pub fn read_status(dir: &Path) -> std::io::Result<Status> {
+        let bytes = fs::read(dir.join(STATUS))?;
+        serde_json::from_slice(&bytes).map_err(std::io::Error::other)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn appends_tails_and_survives_a_torn_line() {
+        let dir = std::env::temp_dir().join(format!("pc-journal-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&dir);
+        let j = Journal::new(&dir);
+        assert!(j.tail(5).expect("empty").is_empty());
+        for i in 0..4u64 {
+            j.append(&Entry {
+                time_unix: i,
+                etag: Some(format!("\"v{i}\"")),
+                result: "applied".into(),
+                detail: "incremental".into(),
+                summary: None,
+                duration_ms: 1.5,
+            })
+            .expect("append");
+        }
+        OpenOptions::new()
+            .append(true)
+            .open(dir.join(JOURNAL))
+            .and_then(|mut f| f.write_all(b"{\"time_unix\": 9, \"torn"))
+            .expect("torn write");
+        let last = j.tail(2).expect("tail");
+        assert_eq!(last.iter().map(|e| e.time_unix).collect::<Vec<_>>(), [2, 3]);
+        let status = Status {
+            role: "active".into(),
+            polls: 3,
+            ..Status::default()
+        };
+        j.write_status(&status).expect("status");
+        assert_eq!(Journal::read_status(&dir).expect("read"), status);
+    }
+}
