@@ -177,6 +177,59 @@ async fn polls_conditionally_and_applies_only_changes() {
     assert_eq!(status["etag"], "\"v2\"");
     let missing = portcullis(&["status", "--state-dir", "/nonexistent/portcullis"]);
     assert_eq!(missing.status.code(), Some(1));
+
+    let metrics = d.metrics.render();
+    assert!(
+        metrics.contains("portcullis_polls_total{outcome=\"not_modified\"} 2"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("portcullis_polls_total{outcome=\"applied\"} 2"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("portcullis_virtual_services 11"),
+        "{metrics}"
+    );
+}
+
+#[tokio::test]
+async fn metrics_and_health_are_served_over_http() {
+    let metrics = portcullis::daemon::metrics::Metrics::default();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .expect("bind")
+        .local_addr()
+        .expect("addr")
+        .port();
+    let addr: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().expect("addr");
+    tokio::spawn(metrics.clone().serve(addr));
+    let client = reqwest::Client::new();
+    let get = |path: &'static str| {
+        let client = client.clone();
+        async move {
+            for _ in 0..50 {
+                if let Ok(r) = client.get(format!("http://{addr}{path}")).send().await {
+                    return (r.status().as_u16(), r.text().await.unwrap_or_default());
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            panic!("metrics listener did not come up");
+        }
+    };
+    assert_eq!(
+        get("/healthz").await.0,
+        503,
+        "unhealthy before the first sync"
+    );
+    metrics.synced();
+    metrics.poll("applied");
+    assert_eq!(get("/healthz").await.0, 200);
+    let (status, body) = get("/metrics").await;
+    assert_eq!(status, 200);
+    assert!(
+        body.contains("portcullis_polls_total{outcome=\"applied\"} 1"),
+        "{body}"
+    );
 }
 
 #[tokio::test]

@@ -14,4 +14,5 @@ pub mod cache;
 pub mod config;
 pub mod fetch;
 pub mod journal;
+pub mod metrics;
 pub mod poll;

@@ -9,6 +9,7 @@ use super::cache::StateDir;
 use super::config::{Config, Role};
 use super::fetch::{Fetched, Fetcher};
 use super::journal::{Entry, Journal, Status};
+use super::metrics::Metrics;
 use crate::apply::{Conntrack, Firewall, SyncError, SyncOutcome, Syncer};
 use crate::model::DesiredState;
 use crate::render::nft::RenderOptions;
@@ -54,6 +55,7 @@ pub struct Daemon<F, C> {
     etag: Option<String>,
     last_poll: Option<u64>,
     pub counters: Counters,
+    pub metrics: Metrics,
 }
 
 fn now() -> u64 {
@@ -100,6 +102,7 @@ impl<F: Firewall, C: Conntrack> Daemon<F, C> {
             etag: None,
             last_poll: None,
             counters: Counters::default(),
+            metrics: Metrics::default(),
         })
     }
 
@@ -146,12 +149,17 @@ impl<F: Firewall, C: Conntrack> Daemon<F, C> {
         self.last_poll = Some(now());
         match self.fetcher.fetch(self.etag.as_deref()).await {
             Ok(Fetched::NotModified) => {
+                self.metrics.poll("not_modified");
+                self.metrics.synced();
                 self.counters.not_modified += 1;
                 self.counters.consecutive_failures = 0;
                 Step::NotModified
             }
             Ok(Fetched::New { body, etag }) => self.handle(body, etag, true),
-            Err(e) => self.failed(&e),
+            Err(e) => {
+                self.metrics.poll("failed");
+                self.failed(&e)
+            }
         }
     }
 
@@ -168,8 +176,36 @@ impl<F: Firewall, C: Conntrack> Daemon<F, C> {
         let started = std::time::Instant::now();
         let tag = etag.clone();
         let step = self.handle_export(body, etag, save);
+        self.observe(&step, started.elapsed());
         self.record(&step, tag, started.elapsed());
         step
+    }
+
+    fn observe(&self, step: &Step, took: Duration) {
+        let m = &self.metrics;
+        let outcome = match step {
+            Step::Applied(SyncOutcome::Unchanged) => "unchanged",
+            Step::Applied(_) => {
+                m.apply_seconds.observe(took.as_secs_f64());
+                "applied"
+            }
+            Step::Cached => "cached",
+            Step::Rejected(_) => "rejected",
+            Step::Refused(_) => {
+                m.guard_refusals.inc();
+                "refused"
+            }
+            Step::NotModified => "not_modified",
+            Step::Failed(_) | Step::NothingToStartFrom(_) => "failed",
+        };
+        m.poll(outcome);
+        if matches!(step, Step::Applied(_) | Step::Cached) {
+            m.synced();
+        }
+        if let Some(applied) = self.syncer.applied() {
+            m.virtual_services.set(applied.services.len() as i64);
+            m.real_servers.set(applied.real_server_count() as i64);
+        }
     }
 
     fn record(&mut self, step: &Step, etag: Option<String>, took: Duration) {
@@ -300,6 +336,14 @@ impl<F: Firewall, C: Conntrack> Daemon<F, C> {
     /// Polls until `shutdown` resolves. Rules stay in place on exit.
     pub async fn run(&mut self, shutdown: impl std::future::Future<Output = ()>) {
         tokio::pin!(shutdown);
+        if let Some(addr) = self.config.metrics {
+            let metrics = self.metrics.clone();
+            tokio::spawn(async move {
+                if let Err(e) = metrics.serve(addr).await {
+                    tracing::error!(error = %e, %addr, "metrics listener failed");
+                }
+            });
+        }
         let step = self.start().await;
         tracing::info!(?step, "started");
         loop {

@@ -1,0 +1,180 @@
+//! Prometheus metrics and the health check, served on the configured address:
+//! `/metrics` (text exposition, via the prometheus-client crate) and `/healthz`.
+//!
+//! Alert on `portcullis_seconds_since_last_sync` (rules not refreshed: ADMIN down, exports
+//! rejected or refused), on `rate(portcullis_polls_total{outcome="failed"}[5m])`, and on any
+//! increase of `portcullis_guard_refusals_total`.
+
+use prometheus_client::encoding::{text::encode, EncodeLabelSet};
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::registry::Registry;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct Outcome {
+    pub outcome: &'static str,
+}
+
+/// Shared between the poll loop (which records) and the HTTP listener (which reads).
+#[derive(Clone)]
+pub struct Metrics {
+    registry: Arc<Registry>,
+    pub polls: Family<Outcome, Counter>,
+    pub guard_refusals: Counter,
+    pub apply_seconds: Histogram,
+    pub virtual_services: Gauge,
+    pub real_servers: Gauge,
+    since_last_sync: Gauge,
+    last_sync_unix: Arc<AtomicU64>,
+}
+
+fn now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        let mut registry = Registry::with_prefix("portcullis");
+        let polls = Family::<Outcome, Counter>::default();
+        let guard_refusals = Counter::default();
+        // 1 ms … ~16 s: an increment is milliseconds, a cold 100k-service table seconds.
+        let apply_seconds = Histogram::new(
+            prometheus_client::metrics::histogram::exponential_buckets(0.001, 2.0, 15),
+        );
+        let virtual_services = Gauge::default();
+        let real_servers = Gauge::default();
+        let since_last_sync = Gauge::default();
+        registry.register("polls", "Polls of ADMIN by outcome", polls.clone());
+        registry.register(
+            "guard_refusals",
+            "Exports refused by the removal guard",
+            guard_refusals.clone(),
+        );
+        registry.register(
+            "apply_duration_seconds",
+            "Time to apply an export to the kernel",
+            apply_seconds.clone(),
+        );
+        registry.register(
+            "virtual_services",
+            "Virtual services applied",
+            virtual_services.clone(),
+        );
+        registry.register("real_servers", "Real servers applied", real_servers.clone());
+        registry.register(
+            "seconds_since_last_sync",
+            "Seconds since the rules were last confirmed current (applied, adopted or unchanged)",
+            since_last_sync.clone(),
+        );
+        Metrics {
+            registry: Arc::new(registry),
+            polls,
+            guard_refusals,
+            apply_seconds,
+            virtual_services,
+            real_servers,
+            since_last_sync,
+            last_sync_unix: Arc::new(AtomicU64::new(0)),
+        }
+    }
+}
+
+impl Metrics {
+    pub fn poll(&self, outcome: &'static str) {
+        self.polls.get_or_create(&Outcome { outcome }).inc();
+    }
+
+    /// The rules are known to match the current export.
+    pub fn synced(&self) {
+        self.last_sync_unix.store(now(), Ordering::Relaxed);
+    }
+
+    pub fn render(&self) -> String {
+        let last = self.last_sync_unix.load(Ordering::Relaxed);
+        // Never synced: report the age of the process's first scrape as "forever" is not a number.
+        let age = if last == 0 {
+            -1
+        } else {
+            now().saturating_sub(last) as i64
+        };
+        self.since_last_sync.set(age);
+        let mut out = String::new();
+        if encode(&mut out, &self.registry).is_err() {
+            out.push_str("# encoding error\n");
+        }
+        out
+    }
+
+    pub fn healthy(&self) -> bool {
+        self.last_sync_unix.load(Ordering::Relaxed) != 0
+    }
+
+    /// Serves `/metrics` and `/healthz` until the process ends.
+    pub async fn serve(self, addr: std::net::SocketAddr) -> std::io::Result<()> {
+        use axum::{http::StatusCode, routing::get, Router};
+        let m = self.clone();
+        let h = self.clone();
+        let app = Router::new()
+            .route(
+                "/metrics",
+                get(move || {
+                    let m = m.clone();
+                    async move { m.render() }
+                }),
+            )
+            .route(
+                "/healthz",
+                get(move || {
+                    let h = h.clone();
+                    async move {
+                        if h.healthy() {
+                            (StatusCode::OK, "ok\n")
+                        } else {
+                            (StatusCode::SERVICE_UNAVAILABLE, "no successful sync yet\n")
+                        }
+                    }
+                }),
+            );
+        let listener = tokio::net::TcpListener::bind(addr).await?;
+        axum::serve(listener, app).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn renders_the_exposition_format() {
+        let m = Metrics::default();
+        m.poll("not_modified");
+        m.poll("applied");
+        m.virtual_services.set(7);
+        m.apply_seconds.observe(0.004);
+        assert!(!m.healthy());
+        m.synced();
+        assert!(m.healthy());
+        let text = m.render();
+        assert!(
+            text.contains("portcullis_polls_total{outcome=\"applied\"} 1"),
+            "{text}"
+        );
+        assert!(text.contains("portcullis_virtual_services 7"), "{text}");
+        assert!(
+            text.contains("portcullis_seconds_since_last_sync 0"),
+            "{text}"
+        );
+        assert!(
+            text.contains("portcullis_apply_duration_seconds_bucket"),
+            "{text}"
+        );
+        assert!(text.ends_with("# EOF\n"));
+    }
+}
