@@ -272,6 +272,36 @@ fn a_rejected_export_changes_nothing_and_other_tables_are_untouched() {
         String::from_utf8_lossy(&out.stderr)
     );
     let table_before = nft_list(&lab, "portcullis");
+    // What would change, against the live kernel: nothing for the applied export...
+    let live = portcullis(&[
+        "diff",
+        "--live",
+        good.to_str().expect("path"),
+        "--external-iface",
+        "g0",
+    ]);
+    assert_eq!(
+        live.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&live.stderr)
+    );
+    // ...and the moved element for one that sends :80 elsewhere.
+    let other = dir.join("other.csv");
+    std::fs::write(&other, format!("{HEADER}{}\n", row("tcp", VIP1, 80, 2, 1))).expect("write");
+    let live = portcullis(&[
+        "diff",
+        "--live",
+        other.to_str().expect("path"),
+        "--external-iface",
+        "g0",
+    ]);
+    assert_eq!(live.status.code(), Some(1));
+    let text = String::from_utf8_lossy(&live.stdout);
+    assert!(
+        text.contains("lb_rand_port_v4") && text.contains("10.200.2.2"),
+        "{text}"
+    );
     assert_eq!(lab.tcp_ask(VIP1, 80).as_deref(), Some("b1"));
 
     let out = portcullis(&[

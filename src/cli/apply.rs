@@ -101,3 +101,37 @@ pub fn flush() -> u8 {
         }
     }
 }
+
+/// `diff --live`: differences between the live table and the table `export` renders to.
+/// Exit 0 none, 1 some, 2 bad input; 1 as well when the table cannot be read.
+pub fn diff_live(export: &Path, opts: &RenderOptions, json: bool) -> u8 {
+    let state = match load_state(export) {
+        Ok(s) => s,
+        Err(code) => return code,
+    };
+    let mut syncer = Syncer::new(NftCli::default(), ConntrackCli::default(), opts.clone());
+    let (expected, live) = match (syncer.expected_table(&state), syncer.firewall.read_table()) {
+        (Ok(e), Ok(l)) => (e, l),
+        (Err(e), _) => {
+            eprintln!("portcullis: {e}");
+            return FAILED;
+        }
+        (_, Err(e)) => {
+            eprintln!("portcullis: cannot read the live table: {e}");
+            return FAILED;
+        }
+    };
+    let differences = drift(&expected, &live);
+    if json {
+        super::print_json(&serde_json::json!({ "differences": differences }));
+    } else {
+        for d in &differences {
+            println!("~ {d}");
+        }
+    }
+    if differences.is_empty() {
+        OK
+    } else {
+        super::CHANGES
+    }
+}

@@ -63,14 +63,28 @@ pub enum Command {
         backend: BackendArg,
     },
     /// Compare two exports. Exit 0 no change, 1 changes, 2 error (like diff(1)).
+    ///
+    /// With `--live EXPORT` (root): what applying EXPORT would change in the kernel's table as
+    /// it is now — the check to run before touching anything.
     Diff {
-        old: PathBuf,
-        new: PathBuf,
+        /// `OLD NEW`, or with `--live` just the export.
+        #[arg(required = true, num_args = 1..=2)]
+        files: Vec<PathBuf>,
+        /// Compare the export with the live kernel table instead of another export.
+        #[arg(long)]
+        live: bool,
         /// Print the diff as JSON on stdout.
         #[arg(long)]
         json: bool,
         #[arg(long, value_enum, default_value_t = Color::Auto)]
         color: Color,
+        /// With `--live`: the backend and interfaces the table was rendered for.
+        #[arg(long, value_enum, default_value_t = BackendArg::Nft)]
+        backend: BackendArg,
+        #[arg(long = "external-iface", value_name = "IFNAME")]
+        external_ifaces: Vec<String>,
+        #[arg(long, value_name = "FILE")]
+        policy: Option<PathBuf>,
     },
     /// Apply one export to the kernel and exit (root). Exit 0 applied or nothing to do,
     /// 2 rejected input, 1 apply failure. Reads the live table first: a table that already
@@ -179,11 +193,33 @@ pub fn run(cli: Cli) -> ExitCode {
             }
         },
         Command::Diff {
-            old,
-            new,
+            files,
+            live,
             json,
             color,
-        } => diff(&old, &new, json, color),
+            backend,
+            external_ifaces,
+            policy,
+        } => match (live, files.as_slice()) {
+            (false, [old, new]) => diff(old, new, json, color),
+            (true, [export]) => {
+                match render_options(policy.as_deref(), &external_ifaces, backend.into()) {
+                    Ok(opts) => apply::diff_live(export, &opts, json),
+                    Err(msg) => {
+                        eprintln!("portcullis: {msg}");
+                        INVALID
+                    }
+                }
+            }
+            (false, _) => {
+                eprintln!("portcullis: diff takes OLD and NEW (or --live EXPORT)");
+                INVALID
+            }
+            (true, _) => {
+                eprintln!("portcullis: diff --live takes one export");
+                INVALID
+            }
+        },
         Command::Synth { rows } => synth(rows),
         Command::Apply {
             once: _,
