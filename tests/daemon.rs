@@ -330,6 +330,15 @@ async fn the_guard_refuses_a_mass_withdrawal() {
         "the refused export is not re-parsed every poll"
     );
     assert_eq!(d.counters.refused, 1);
+    // A 304 for the refused export must not count as "rules current" for alerting.
+    let synced = d.metrics.last_sync_unix();
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    assert_eq!(d.poll_once().await, Step::NotModified);
+    assert_eq!(d.metrics.last_sync_unix(), synced);
+    assert!(d
+        .metrics
+        .render()
+        .contains("portcullis_guard_refusals_total 1"));
 }
 
 #[tokio::test]

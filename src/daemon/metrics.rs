@@ -112,6 +112,11 @@ impl Metrics {
         out
     }
 
+    /// When the rules were last confirmed current (Unix seconds; 0 = never).
+    pub fn last_sync_unix(&self) -> u64 {
+        self.last_sync_unix.load(Ordering::Relaxed)
+    }
+
     pub fn healthy(&self) -> bool {
         self.last_sync_unix.load(Ordering::Relaxed) != 0
     }

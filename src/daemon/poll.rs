@@ -54,6 +54,9 @@ pub struct Daemon<F, C> {
     pub syncer: Syncer<F, C>,
     etag: Option<String>,
     last_poll: Option<u64>,
+    /// Whether the export behind `etag` is the one in force (false after it was rejected or
+    /// refused: a 304 for it must not count as "rules are current").
+    etag_in_force: bool,
     pub counters: Counters,
     pub metrics: Metrics,
 }
@@ -101,6 +104,7 @@ impl<F: Firewall, C: Conntrack> Daemon<F, C> {
             syncer,
             etag: None,
             last_poll: None,
+            etag_in_force: false,
             counters: Counters::default(),
             metrics: Metrics::default(),
         })
@@ -150,7 +154,9 @@ impl<F: Firewall, C: Conntrack> Daemon<F, C> {
         match self.fetcher.fetch(self.etag.as_deref()).await {
             Ok(Fetched::NotModified) => {
                 self.metrics.poll("not_modified");
-                self.metrics.synced();
+                if self.etag_in_force {
+                    self.metrics.synced();
+                }
                 self.counters.not_modified += 1;
                 self.counters.consecutive_failures = 0;
                 Step::NotModified
@@ -277,6 +283,7 @@ impl<F: Firewall, C: Conntrack> Daemon<F, C> {
                     Some(format!("export rejected: {} error(s)", errors.len()));
                 // Remember the ETag: the same bad export is not parsed again on every poll.
                 self.etag = etag;
+                self.etag_in_force = false;
                 return Step::Rejected(errors.len());
             }
         };
@@ -284,12 +291,14 @@ impl<F: Firewall, C: Conntrack> Daemon<F, C> {
         if self.config.role == Role::Standby {
             self.store(&body, etag.as_deref(), save);
             self.etag = etag;
+            self.etag_in_force = true;
             return Step::Cached;
         }
         match self.syncer.sync(state) {
             Ok(outcome) => {
                 self.store(&body, etag.as_deref(), save);
                 self.etag = etag;
+                self.etag_in_force = true;
                 self.counters.applied += 1;
                 self.counters.consecutive_failures = 0;
                 self.counters.last_apply_unix = Some(now());
@@ -305,6 +314,7 @@ impl<F: Firewall, C: Conntrack> Daemon<F, C> {
                 self.counters.last_error = Some(refusal.to_string());
                 tracing::error!(%refusal, "export refused by the guard");
                 self.etag = etag;
+                self.etag_in_force = false;
                 Step::Refused(refusal.to_string())
             }
             Err(e) => self.failed(&e),
