@@ -1,4 +1,4 @@
-//! The real [`Firewall`]: feeds rendered transactions to `nft -f -` (one batch = one kernel
+//! The real [`Firewall`]: hands rendered transactions to `nft -f FILE` (one batch = one kernel
 //! transaction), checks with `nft -c`, reads back with `nft -j list table inet portcullis`.
 //!
 //! Why the `nft` text interface and not the `nftables` crate's JSON: measured here, JSON was
@@ -12,8 +12,8 @@ use super::table::TableState;
 use super::Firewall;
 use crate::render::nft::transaction::{FAMILY, TABLE};
 use crate::render::nft::Transaction;
-use std::io::Write;
 use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicU64, Ordering};
 
 /// Runs nft, optionally through a prefix such as `ip netns exec NS` (tests, benchmarks).
 #[derive(Clone, Debug)]
@@ -39,27 +39,16 @@ impl NftCli {
         }
     }
 
-    fn run(&self, args: &[&str], script: Option<&str>) -> Result<(bool, String, String), NftError> {
-        let spawn_error = |source| NftError::Spawn {
-            program: self.command.join(" "),
-            source,
-        };
-        let mut child = Command::new(&self.command[0])
+    fn run(&self, args: &[&str]) -> Result<(bool, String, String), NftError> {
+        let out = Command::new(&self.command[0])
             .args(&self.command[1..])
             .args(args)
-            .stdin(if script.is_some() {
-                Stdio::piped()
-            } else {
-                Stdio::null()
-            })
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .map_err(spawn_error)?;
-        if let (Some(text), Some(mut stdin)) = (script, child.stdin.take()) {
-            stdin.write_all(text.as_bytes()).map_err(spawn_error)?;
-        }
-        let out = child.wait_with_output().map_err(spawn_error)?;
+            .stdin(Stdio::null())
+            .output()
+            .map_err(|source| NftError::Spawn {
+                program: self.command.join(" "),
+                source,
+            })?;
         Ok((
             out.status.success(),
             String::from_utf8_lossy(&out.stdout).into_owned(),
@@ -67,17 +56,34 @@ impl NftCli {
         ))
     }
 
+    /// Runs one transaction. The script goes to nft as a complete file, never through a pipe:
+    /// if portcullis dies while writing a pipe, nft reads end-of-file and applies whatever
+    /// prefix it got — for a full regeneration, a table without its elements. A file is either
+    /// not handed over yet (nothing happens) or complete.
     fn batch(&self, check: bool, tx: &Transaction) -> Result<(), NftError> {
         if tx.is_empty() {
             return Ok(());
         }
         let script = tx.to_nft();
-        let args: &[&str] = if check {
-            &["-c", "-f", "-"]
+        static SEQUENCE: AtomicU64 = AtomicU64::new(0);
+        let path = std::env::temp_dir().join(format!(
+            "portcullis-{}-{}.nft",
+            std::process::id(),
+            SEQUENCE.fetch_add(1, Ordering::Relaxed)
+        ));
+        std::fs::write(&path, &script).map_err(|source| NftError::Spawn {
+            program: format!("writing {}", path.display()),
+            source,
+        })?;
+        let file = path.to_string_lossy().into_owned();
+        let args: Vec<&str> = if check {
+            vec!["-c", "-f", &file]
         } else {
-            &["-f", "-"]
+            vec!["-f", &file]
         };
-        let (ok, _, stderr) = self.run(args, Some(&script))?;
+        let result = self.run(&args);
+        let _ = std::fs::remove_file(&path);
+        let (ok, _, stderr) = result?;
         if ok {
             Ok(())
         } else {
@@ -93,7 +99,7 @@ impl NftCli {
         if self.read_table()?.is_none() {
             return Ok(false);
         }
-        let (ok, _, stderr) = self.run(&["delete", "table", FAMILY, TABLE], None)?;
+        let (ok, _, stderr) = self.run(&["delete", "table", FAMILY, TABLE])?;
         if ok {
             Ok(true)
         } else {
@@ -105,7 +111,7 @@ impl NftCli {
     }
 
     fn read_table(&self) -> Result<Option<TableState>, NftError> {
-        let (ok, stdout, stderr) = self.run(&["-j", "list", "table", FAMILY, TABLE], None)?;
+        let (ok, stdout, stderr) = self.run(&["-j", "list", "table", FAMILY, TABLE])?;
         if ok {
             return parse_table(&stdout).map(Some);
         }
