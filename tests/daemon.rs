@@ -450,3 +450,124 @@ fn the_daemon_restores_rules_from_cache_after_a_reboot_with_admin_down() {
         "restored from the last-known-good export"
     );
 }
+
+#[tokio::test]
+async fn promote_applies_the_cached_export_at_once_and_demote_stops_applying() {
+    use portcullis::daemon::role::write_role;
+    let dir = tmp("promote");
+    let (url, served) = admin(&export(6));
+    let mut d = daemon(&url, &dir, Role::Standby);
+    assert_eq!(d.start().await, Step::Cached);
+    assert!(d.syncer.firewall.table.is_none());
+
+    // What `portcullis promote` does, through the CLI.
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_portcullis"))
+        .args(["promote", "--state-dir", dir.to_str().expect("utf-8")])
+        .output()
+        .expect("run promote");
+    assert_eq!(out.status.code(), Some(0));
+    assert!(
+        matches!(d.poll_once().await, Step::Applied(_)),
+        "promoted: cache applied at once"
+    );
+    assert_eq!(d.syncer.firewall.applied.len(), 1);
+    assert!(d.syncer.firewall.table.is_some());
+
+    write_role(&dir, Role::Standby).expect("demote");
+    assert_eq!(d.poll_once().await, Step::Demoted);
+    let table = d.syncer.firewall.table.clone();
+    publish(&served, export(7), "\"v2\"");
+    assert_eq!(
+        d.poll_once().await,
+        Step::Cached,
+        "standby again: cached, not applied"
+    );
+    assert_eq!(d.syncer.firewall.table, table, "rules stay as they were");
+}
+
+/// The real daemon in standby keeps the kernel untouched; `portcullis promote` wakes it with
+/// SIGUSR1 and it applies within moments, although its poll interval is a minute.
+#[test]
+fn promote_wakes_a_standby_daemon_at_once() {
+    if !common::require_nft() {
+        return;
+    }
+    use std::process::{Command, Stdio};
+    let ns = common::Netns::new("promote");
+    let dir = tmp("promote-real");
+    std::fs::create_dir_all(&dir).expect("dir");
+    let source = dir.join("export.csv");
+    std::fs::write(&source, export(3)).expect("write");
+    let state = dir.join("state");
+    let mut daemon = Command::new("ip")
+        .args([
+            "netns",
+            "exec",
+            &ns.name,
+            env!("CARGO_BIN_EXE_portcullis"),
+            "run",
+            "--role",
+            "standby",
+        ])
+        .arg("--source")
+        .arg(format!("file://{}", source.display()))
+        .arg("--state-dir")
+        .arg(&state)
+        .args(["--interval", "60s", "--external-iface", "lo"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start portcullis run");
+    let table = || {
+        Command::new("ip")
+            .args([
+                "netns",
+                "exec",
+                &ns.name,
+                "nft",
+                "list",
+                "table",
+                "inet",
+                "portcullis",
+            ])
+            .output()
+            .is_ok_and(|o| o.status.success())
+    };
+    // Wait until the standby has cached the export (and written its pid).
+    for _ in 0..100 {
+        if state.join("last-good.csv").exists() && state.join("portcullis.pid").exists() {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(
+        state.join("last-good.csv").exists(),
+        "standby caches the export"
+    );
+    assert!(!table(), "standby does not touch the kernel");
+    let out = Command::new(env!("CARGO_BIN_EXE_portcullis"))
+        .args(["promote", "--state-dir", state.to_str().expect("utf-8")])
+        .output()
+        .expect("promote");
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("woken"),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    let mut applied = false;
+    for _ in 0..100 {
+        if table() {
+            applied = true;
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let _ = Command::new("kill")
+        .args(["-TERM", &daemon.id().to_string()])
+        .status();
+    let _ = daemon.wait();
+    assert!(
+        applied,
+        "promoted daemon applied within 5 s (interval is 60 s)"
+    );
+}

@@ -82,3 +82,29 @@ pub fn log(state_dir: &Path, n: usize, json: bool) -> u8 {
     }
     OK
 }
+
+/// `portcullis promote` / `demote`: records the wanted role and wakes the daemon.
+pub fn set_role(state_dir: &Path, role: crate::daemon::config::Role) -> u8 {
+    use crate::daemon::role;
+    if let Err(e) = role::write_role(state_dir, role) {
+        eprintln!(
+            "portcullis: cannot record the role in {}: {e}",
+            state_dir.display()
+        );
+        return FAILED;
+    }
+    let woke = role::read_pid(state_dir).is_some_and(|pid| {
+        std::process::Command::new("kill")
+            .args(["-USR1", &pid.to_string()])
+            .stderr(std::process::Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success())
+    });
+    let role = format!("{role:?}").to_lowercase();
+    if woke {
+        println!("{role}: the daemon was woken and switches now");
+    } else {
+        println!("{role}: recorded; no running daemon was found, it applies at the next start");
+    }
+    OK
+}

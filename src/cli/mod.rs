@@ -124,6 +124,16 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Make this gateway active: the daemon applies the last-known-good export at once.
+    Promote {
+        #[arg(long, default_value = "/var/lib/portcullis")]
+        state_dir: PathBuf,
+    },
+    /// Make this gateway standby: the daemon keeps polling and caching, and stops applying.
+    Demote {
+        #[arg(long, default_value = "/var/lib/portcullis")]
+        state_dir: PathBuf,
+    },
     /// The gateway daemon: poll ADMIN's export and keep the kernel in step (root).
     Run(Box<run::RunArgs>),
     /// Write a synthetic export of N rows (benchmarks and load tests).
@@ -238,6 +248,12 @@ pub fn run(cli: Cli) -> ExitCode {
         Command::Flush => apply::flush(),
         Command::Run(args) => run::run(&args),
         Command::Status { state_dir, json } => inspect::status(&state_dir, json),
+        Command::Promote { state_dir } => {
+            inspect::set_role(&state_dir, crate::daemon::config::Role::Active)
+        }
+        Command::Demote { state_dir } => {
+            inspect::set_role(&state_dir, crate::daemon::config::Role::Standby)
+        }
         Command::Log { n, state_dir, json } => inspect::log(&state_dir, n, json),
     };
     ExitCode::from(code)

@@ -8,7 +8,8 @@
 //!
 //! - [`fetch`]: conditional GET of the export;
 //! - [`poll`]: the cycle that ties them to [`crate::apply::Syncer`];
-//! - [`journal`]: the change journal and status snapshot netops read.
+//! - [`journal`]: the change journal and status snapshot netops read;
+//! - [`role`]: active/standby as asked by `promote` and `demote`.
 
 pub mod cache;
 pub mod config;
@@ -16,3 +17,4 @@ pub mod fetch;
 pub mod journal;
 pub mod metrics;
 pub mod poll;
+pub mod role;

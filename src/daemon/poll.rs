@@ -31,6 +31,8 @@ pub enum Step {
     Failed(String),
     /// Nothing to apply at start-up (ADMIN down and no usable cache).
     NothingToStartFrom(String),
+    /// Switched to standby: rules stay as they are, and are no longer updated.
+    Demoted,
 }
 
 #[derive(Clone, Debug, Default, Serialize)]
@@ -141,11 +143,42 @@ impl<F: Firewall, C: Conntrack> Daemon<F, C> {
         }
     }
 
-    /// One poll of ADMIN and whatever follows from it.
+    /// One poll of ADMIN and whatever follows from it — or, when `promote`/`demote` asked for
+    /// another role since the last poll, the switch.
     pub async fn poll_once(&mut self) -> Step {
-        let step = self.poll_step().await;
+        let step = match self.wanted_role() {
+            Some(role) if role != self.config.role => self.switch_role(role),
+            _ => self.poll_step().await,
+        };
         self.write_status();
         step
+    }
+
+    fn wanted_role(&self) -> Option<Role> {
+        match super::role::read_role(&self.config.state_dir) {
+            Ok(r) => r,
+            Err(e) => {
+                tracing::error!(error = %e, "ignoring the role file");
+                None
+            }
+        }
+    }
+
+    /// Standby → active applies the last-known-good export at once (the standby kept it
+    /// fresh); active → standby leaves the rules and stops updating them.
+    fn switch_role(&mut self, role: Role) -> Step {
+        tracing::warn!(from = ?self.config.role, to = ?role, "switching role");
+        self.config.role = role;
+        if role == Role::Standby {
+            return Step::Demoted;
+        }
+        match self.state_dir.load() {
+            Ok(Some(cached)) => self.handle(cached.export, cached.etag, false),
+            Ok(None) => {
+                Step::NothingToStartFrom("promoted, but no last-known-good export yet".into())
+            }
+            Err(e) => Step::NothingToStartFrom(format!("promoted, but {e}")),
+        }
     }
 
     async fn poll_step(&mut self) -> Step {
@@ -202,6 +235,7 @@ impl<F: Firewall, C: Conntrack> Daemon<F, C> {
                 "refused"
             }
             Step::NotModified => "not_modified",
+            Step::Demoted => "demoted",
             Step::Failed(_) | Step::NothingToStartFrom(_) => "failed",
         };
         m.poll(outcome);
@@ -216,7 +250,10 @@ impl<F: Firewall, C: Conntrack> Daemon<F, C> {
 
     fn record(&mut self, step: &Step, etag: Option<String>, took: Duration) {
         let (result, detail, summary) = match step {
-            Step::Applied(SyncOutcome::Unchanged) | Step::Cached | Step::NotModified => return,
+            Step::Applied(SyncOutcome::Unchanged)
+            | Step::Cached
+            | Step::NotModified
+            | Step::Demoted => return,
             Step::Applied(SyncOutcome::Adopted) => ("applied", "adopted".to_owned(), None),
             Step::Applied(SyncOutcome::Full { drift }) => (
                 "applied",
@@ -354,19 +391,37 @@ impl<F: Firewall, C: Conntrack> Daemon<F, C> {
                 }
             });
         }
+        // Installed before the pid file exists: SIGUSR1's default action would end the process.
+        let mut wake =
+            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::user_defined1()).ok();
+        if let Err(e) = super::role::write_pid(&self.config.state_dir) {
+            tracing::warn!(error = %e, "cannot write the pid file; promote/demote will wait for the next poll");
+        }
+        // A role asked for before this start (a promotion while the daemon was down) counts.
+        if let Some(role) = self.wanted_role() {
+            self.config.role = role;
+        }
         let step = self.start().await;
         tracing::info!(?step, "started");
         loop {
+            let woken = async {
+                match wake.as_mut() {
+                    Some(s) => {
+                        s.recv().await;
+                    }
+                    None => std::future::pending::<()>().await,
+                }
+            };
             tokio::select! {
                 _ = &mut shutdown => {
                     tracing::info!("shutting down; rules stay in place");
                     return;
                 }
-                _ = tokio::time::sleep(self.next_delay()) => {
-                    let step = self.poll_once().await;
-                    tracing::debug!(?step, "poll");
-                }
+                _ = tokio::time::sleep(self.next_delay()) => {}
+                _ = woken => tracing::info!("woken by SIGUSR1"),
             }
+            let step = self.poll_once().await;
+            tracing::debug!(?step, "poll");
         }
     }
 }

@@ -1,0 +1,47 @@
+//! Switching between active and standby without a control socket: `portcullis promote` and
+//! `demote` (run by operators or the Pacemaker agent) write the wanted role into the state
+//! directory and wake the daemon with SIGUSR1; the daemon reads the file before every poll.
+//! The file outlives restarts, so a promoted node stays active after a daemon restart.
+
+use super::config::Role;
+use std::fs;
+use std::path::Path;
+
+const ROLE: &str = "role";
+const PID: &str = "portcullis.pid";
+
+pub fn write_role(dir: &Path, role: Role) -> std::io::Result<()> {
+    fs::create_dir_all(dir)?;
+    let tmp = dir.join(format!(".{ROLE}.tmp"));
+    let text = match role {
+        Role::Active => "active\n",
+        Role::Standby => "standby\n",
+    };
+    fs::write(&tmp, text)?;
+    fs::rename(tmp, dir.join(ROLE))
+}
+
+/// The role asked for, if any; an unreadable or unknown value is an error, not a guess.
+pub fn read_role(dir: &Path) -> std::io::Result<Option<Role>> {
+    match fs::read_to_string(dir.join(ROLE)) {
+        Ok(text) => match text.trim() {
+            "active" => Ok(Some(Role::Active)),
+            "standby" => Ok(Some(Role::Standby)),
+            other => Err(std::io::Error::other(format!(
+                "unknown role {other:?} in {}",
+                dir.join(ROLE).display()
+            ))),
+        },
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(e),
+    }
+}
+
+pub fn write_pid(dir: &Path) -> std::io::Result<()> {
+    fs::create_dir_all(dir)?;
+    fs::write(dir.join(PID), format!("{}\n", std::process::id()))
+}
+
+pub fn read_pid(dir: &Path) -> Option<u32> {
+    fs::read_to_string(dir.join(PID)).ok()?.trim().parse().ok()
+}
