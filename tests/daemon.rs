@@ -571,3 +571,31 @@ fn promote_wakes_a_standby_daemon_at_once() {
         "promoted daemon applied within 5 s (interval is 60 s)"
     );
 }
+
+#[tokio::test]
+async fn the_audit_repairs_hand_edits_and_leaves_a_clean_table_alone() {
+    let (url, _served) = admin(&export(5));
+    let mut d = daemon(&url, &tmp("audit"), Role::Active);
+    d.start().await;
+    assert_eq!(d.audit(), None, "nothing to repair, nothing sent");
+    assert_eq!(d.syncer.firewall.applied.len(), 1);
+    // Someone deletes one of our elements by hand.
+    let expected = d.syncer.firewall.table.clone();
+    let set = d
+        .syncer
+        .firewall
+        .table
+        .as_mut()
+        .and_then(|t| t.sets.get_mut("frontends_v4"))
+        .expect("our set");
+    let first = set.elements.keys().next().cloned().expect("an element");
+    set.elements.remove(&first);
+    assert!(matches!(
+        d.audit(),
+        Some(Step::Applied(SyncOutcome::Full { .. }))
+    ));
+    assert_eq!(
+        d.syncer.firewall.table, expected,
+        "repaired by a full regeneration"
+    );
+}

@@ -24,6 +24,9 @@ pub struct RunArgs {
     /// Poll period, e.g. `3s`, `500ms`.
     #[arg(long, value_parser = humantime::parse_duration)]
     pub interval: Option<Duration>,
+    /// How often the live table is read back to repair drift, e.g. `10m`.
+    #[arg(long, value_parser = humantime::parse_duration)]
+    pub audit_interval: Option<Duration>,
     #[arg(long, value_parser = humantime::parse_duration)]
     pub request_timeout: Option<Duration>,
     #[arg(long)]
@@ -81,6 +84,7 @@ pub fn effective_config(args: &RunArgs) -> Result<Config, String> {
         c.source = args.source.clone();
     }
     set!(interval <- args.interval);
+    set!(audit_interval <- args.audit_interval);
     set!(request_timeout <- args.request_timeout);
     set!(max_body_bytes <- args.max_body_bytes);
     set!(backend <- args.backend);

@@ -44,6 +44,10 @@ pub struct Config {
     pub source: Option<String>,
     #[serde(with = "duration")]
     pub interval: Duration,
+    /// How often the live table is read back and compared with what was applied (drift from
+    /// hand edits); a full listing costs seconds at 100k services, so keep this slow.
+    #[serde(with = "duration")]
+    pub audit_interval: Duration,
     #[serde(with = "duration")]
     pub request_timeout: Duration,
     pub max_body_bytes: u64,
@@ -83,6 +87,7 @@ impl Default for Config {
         Config {
             source: None,
             interval: Duration::from_secs(3),
+            audit_interval: Duration::from_secs(600),
             request_timeout: Duration::from_secs(10),
             max_body_bytes: 64 << 20,
             backend: BackendName::Nft,
@@ -137,6 +142,11 @@ impl Config {
         }
         if self.interval < Duration::from_millis(100) {
             return Err("interval: expected at least 100ms".into());
+        }
+        if self.audit_interval < Duration::from_secs(10) {
+            return Err(
+                "audit_interval: expected at least 10s (each audit lists the whole table)".into(),
+            );
         }
         if self.request_timeout.is_zero() {
             return Err("request_timeout: expected more than 0s".into());

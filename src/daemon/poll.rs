@@ -154,6 +154,25 @@ impl<F: Firewall, C: Conntrack> Daemon<F, C> {
         step
     }
 
+    /// The slow drift audit: reads the live table back and, if it is not what was applied
+    /// (someone edited it by hand), regenerates it whole. Active role only.
+    pub fn audit(&mut self) -> Option<Step> {
+        if self.config.role != Role::Active {
+            return None;
+        }
+        let applied = self.syncer.applied()?.clone();
+        let step = match self.syncer.reconcile(applied) {
+            Ok(SyncOutcome::Adopted) => return None,
+            Ok(outcome) => {
+                tracing::warn!(?outcome, "drift repaired");
+                Step::Applied(outcome)
+            }
+            Err(e) => self.failed(&e),
+        };
+        self.record(&step, self.etag.clone(), Duration::ZERO);
+        Some(step)
+    }
+
     fn wanted_role(&self) -> Option<Role> {
         match super::role::read_role(&self.config.state_dir) {
             Ok(r) => r,
@@ -403,6 +422,8 @@ impl<F: Firewall, C: Conntrack> Daemon<F, C> {
         }
         let step = self.start().await;
         tracing::info!(?step, "started");
+        let mut audit = tokio::time::interval(self.config.audit_interval);
+        audit.tick().await; // the first tick is immediate; start-up has just reconciled
         loop {
             let woken = async {
                 match wake.as_mut() {
@@ -419,6 +440,10 @@ impl<F: Firewall, C: Conntrack> Daemon<F, C> {
                 }
                 _ = tokio::time::sleep(self.next_delay()) => {}
                 _ = woken => tracing::info!("woken by SIGUSR1"),
+                _ = audit.tick() => {
+                    self.audit();
+                    continue;
+                }
             }
             let step = self.poll_once().await;
             tracing::debug!(?step, "poll");
