@@ -37,19 +37,20 @@ pub fn status(state_dir: &Path, json: bool) -> u8 {
     println!("source:        {}", s.source);
     println!("etag:          {}", s.etag.as_deref().unwrap_or("-"));
     println!("last poll:     {}", ago(s.last_poll_unix));
-    println!("last apply:    {}", ago(s.last_apply_unix));
+    let c = &s.counters;
+    println!("last apply:    {}", ago(c.last_apply_unix));
     println!(
         "applied:       {} virtual services, {} real servers",
         s.services, s.real_servers
     );
     println!(
         "polls:         {} ({} unchanged), {} applied, {} rejected, {} refused by the guard, {} failed",
-        s.polls, s.not_modified, s.applied, s.rejected, s.refused, s.failed
+        c.polls, c.not_modified, c.applied, c.rejected, c.refused, c.failed
     );
-    if let Some(e) = &s.last_error {
+    if let Some(e) = &c.last_error {
         println!(
             "last error:    {e} ({} failures in a row)",
-            s.consecutive_failures
+            c.consecutive_failures
         );
     }
     OK

@@ -1,6 +1,7 @@
 //! What the daemon did, for netops: a journal of changes (JSON lines, rotated) and a status
 //! snapshot, both in the state directory, read by `portcullis log` and `portcullis status`.
 
+use super::poll::Counters;
 use crate::diff::DiffSummary;
 use serde::{Deserialize, Serialize};
 use std::fs::{self, OpenOptions};
@@ -33,17 +34,10 @@ pub struct Status {
     pub source: String,
     pub etag: Option<String>,
     pub last_poll_unix: Option<u64>,
-    pub last_apply_unix: Option<u64>,
     pub services: usize,
     pub real_servers: usize,
-    pub polls: u64,
-    pub not_modified: u64,
-    pub applied: u64,
-    pub rejected: u64,
-    pub refused: u64,
-    pub failed: u64,
-    pub consecutive_failures: u32,
-    pub last_error: Option<String>,
+    #[serde(flatten)]
+    pub counters: Counters,
 }
 
 pub struct Journal {
@@ -138,7 +132,10 @@ mod tests {
         assert_eq!(last.iter().map(|e| e.time_unix).collect::<Vec<_>>(), [2, 3]);
         let status = Status {
             role: "active".into(),
-            polls: 3,
+            counters: Counters {
+                polls: 3,
+                ..Counters::default()
+            },
             ..Status::default()
         };
         j.write_status(&status).expect("status");

@@ -13,7 +13,7 @@ use super::metrics::Metrics;
 use crate::apply::{Conntrack, Firewall, SyncError, SyncOutcome, Syncer};
 use crate::model::DesiredState;
 use crate::render::nft::RenderOptions;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 /// What one step did, for logs, tests and `status`.
@@ -35,7 +35,7 @@ pub enum Step {
     Demoted,
 }
 
-#[derive(Clone, Debug, Default, Serialize)]
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct Counters {
     pub polls: u64,
     pub not_modified: u64,
@@ -307,17 +307,9 @@ impl<F: Firewall, C: Conntrack> Daemon<F, C> {
             source: self.config.source.clone().unwrap_or_default(),
             etag: self.etag.clone(),
             last_poll_unix: self.last_poll,
-            last_apply_unix: self.counters.last_apply_unix,
             services: applied.map_or(0, |s| s.services.len()),
             real_servers: applied.map_or(0, DesiredState::real_server_count),
-            polls: self.counters.polls,
-            not_modified: self.counters.not_modified,
-            applied: self.counters.applied,
-            rejected: self.counters.rejected,
-            refused: self.counters.refused,
-            failed: self.counters.failed,
-            consecutive_failures: self.counters.consecutive_failures,
-            last_error: self.counters.last_error.clone(),
+            counters: self.counters.clone(),
         }
     }
 
