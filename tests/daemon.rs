@@ -369,21 +369,15 @@ fn the_daemon_restores_rules_from_cache_after_a_reboot_with_admin_down() {
     if !common::require_nft() {
         return;
     }
-    use std::process::{Command, Stdio};
+    use std::process::Stdio;
     let ns = common::Netns::new("run");
     let dir = tmp("run");
     std::fs::create_dir_all(&dir).expect("dir");
     let source = dir.join("export.csv");
     std::fs::write(&source, export(6)).expect("write");
     let start = || {
-        Command::new("ip")
-            .args([
-                "netns",
-                "exec",
-                &ns.name,
-                env!("CARGO_BIN_EXE_portcullis"),
-                "run",
-            ])
+        ns.command(env!("CARGO_BIN_EXE_portcullis"))
+            .arg("run")
             .arg("--source")
             .arg(format!("file://{}", source.display()))
             .arg("--state-dir")
@@ -395,37 +389,17 @@ fn the_daemon_restores_rules_from_cache_after_a_reboot_with_admin_down() {
             .expect("start portcullis run")
     };
     let listing = || {
-        Command::new("ip")
-            .args([
-                "netns",
-                "exec",
-                &ns.name,
-                "nft",
-                "list",
-                "map",
-                "inet",
-                "portcullis",
-                "lb_rand_port_v4",
-            ])
+        ns.command("nft")
+            .args(["list", "map", "inet", "portcullis", "lb_rand_port_v4"])
             .output()
             .ok()
             .filter(|o| o.status.success())
             .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
     };
-    let wait_for_table = || {
-        for _ in 0..100 {
-            if let Some(l) = listing() {
-                return l;
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        panic!("the daemon did not apply within 5 s");
-    };
+    let wait_for_table =
+        || common::wait_until(5, listing).expect("the daemon did not apply within 5 s");
     let stop = |child: &mut std::process::Child| {
-        let _ = Command::new("kill")
-            .args(["-TERM", &child.id().to_string()])
-            .status();
-        let status = child.wait().expect("wait");
+        let status = common::terminate(child);
         assert!(status.success(), "clean exit on SIGTERM: {status}");
     };
 
@@ -499,16 +473,9 @@ fn promote_wakes_a_standby_daemon_at_once() {
     let source = dir.join("export.csv");
     std::fs::write(&source, export(3)).expect("write");
     let state = dir.join("state");
-    let mut daemon = Command::new("ip")
-        .args([
-            "netns",
-            "exec",
-            &ns.name,
-            env!("CARGO_BIN_EXE_portcullis"),
-            "run",
-            "--role",
-            "standby",
-        ])
+    let mut daemon = ns
+        .command(env!("CARGO_BIN_EXE_portcullis"))
+        .args(["run", "--role", "standby"])
         .arg("--source")
         .arg(format!("file://{}", source.display()))
         .arg("--state-dir")
@@ -519,27 +486,16 @@ fn promote_wakes_a_standby_daemon_at_once() {
         .spawn()
         .expect("start portcullis run");
     let table = || {
-        Command::new("ip")
-            .args([
-                "netns",
-                "exec",
-                &ns.name,
-                "nft",
-                "list",
-                "table",
-                "inet",
-                "portcullis",
-            ])
+        ns.command("nft")
+            .args(["list", "table", "inet", "portcullis"])
             .output()
             .is_ok_and(|o| o.status.success())
     };
     // Wait until the standby has cached the export (and written its pid).
-    for _ in 0..100 {
-        if state.join("last-good.csv").exists() && state.join("portcullis.pid").exists() {
-            break;
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    common::wait_until(5, || {
+        (state.join("last-good.csv").exists() && state.join("portcullis.pid").exists())
+            .then_some(())
+    });
     assert!(
         state.join("last-good.csv").exists(),
         "standby caches the export"
@@ -554,18 +510,8 @@ fn promote_wakes_a_standby_daemon_at_once() {
         "{}",
         String::from_utf8_lossy(&out.stdout)
     );
-    let mut applied = false;
-    for _ in 0..100 {
-        if table() {
-            applied = true;
-            break;
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    let _ = Command::new("kill")
-        .args(["-TERM", &daemon.id().to_string()])
-        .status();
-    let _ = daemon.wait();
+    let applied = common::wait_until(5, || table().then_some(())).is_some();
+    common::terminate(&mut daemon);
     assert!(
         applied,
         "promoted daemon applied within 5 s (interval is 60 s)"

@@ -488,17 +488,8 @@ fn killing_an_apply_never_leaves_a_half_applied_table() {
         })
         .collect();
     let apply = |file: &std::path::Path| {
-        Command::new("ip")
-            .args([
-                "netns",
-                "exec",
-                &ns.name,
-                env!("CARGO_BIN_EXE_portcullis"),
-                "apply",
-                "--once",
-                "--external-iface",
-                "lo",
-            ])
+        ns.command(env!("CARGO_BIN_EXE_portcullis"))
+            .args(["apply", "--once", "--external-iface", "lo"])
             .arg("--source")
             .arg(file)
             .stdout(std::process::Stdio::null())
@@ -515,15 +506,14 @@ fn killing_an_apply_never_leaves_a_half_applied_table() {
         let _ = child.kill();
         let _ = child.wait();
         // An orphaned nft may still be committing: wait for the table to settle on one state.
-        let mut settled = false;
-        for _ in 0..100 {
+        let settled = common::wait_until(5, || {
             let live = reader.read_table().expect("read back");
-            if expected.iter().any(|e| drift(e, &live).is_empty()) {
-                settled = true;
-                break;
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
+            expected
+                .iter()
+                .any(|e| drift(e, &live).is_empty())
+                .then_some(())
+        })
+        .is_some();
         assert!(settled, "round {round}: the table matches neither export");
     }
 }

@@ -95,6 +95,13 @@ impl Netns {
         Netns { name }
     }
 
+    /// `program args…` to be run inside the namespace (`ip netns exec`).
+    pub fn command(&self, program: &str) -> Command {
+        let mut c = Command::new("ip");
+        c.args(["netns", "exec", &self.name, program]);
+        c
+    }
+
     /// Runs a command inside the namespace; panics with its stderr when it fails.
     pub fn exec(&self, args: &[&str]) -> String {
         let out = Command::new("ip")
@@ -119,4 +126,26 @@ impl Drop for Netns {
             .args(["netns", "del", &self.name])
             .output();
     }
+}
+
+/// Polls `probe` every 50 ms for up to `seconds`; the first `Some` it returns, or `None`.
+pub fn wait_until<T>(seconds: u64, mut probe: impl FnMut() -> Option<T>) -> Option<T> {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(seconds);
+    loop {
+        if let Some(v) = probe() {
+            return Some(v);
+        }
+        if std::time::Instant::now() > deadline {
+            return None;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+}
+
+/// Sends SIGTERM to `child` and returns how it exited.
+pub fn terminate(child: &mut std::process::Child) -> std::process::ExitStatus {
+    let _ = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status();
+    child.wait().expect("wait for the child")
 }
