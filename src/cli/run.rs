@@ -163,7 +163,17 @@ pub fn run(args: &RunArgs) -> u8 {
             return FAILED;
         }
     };
-    runtime.block_on(daemon.run(shutdown_signal()));
+    // SIGHUP re-reads the same file with the same flags on top, as at start.
+    let reload = || {
+        let config = effective_config(args)?;
+        let opts = super::render_options(
+            config.policy_file.as_deref(),
+            &config.interfaces.external,
+            config.backend.into(),
+        )?;
+        Ok((config, opts))
+    };
+    runtime.block_on(daemon.run(shutdown_signal(), reload));
     OK
 }
 

@@ -2,6 +2,7 @@
 #![allow(dead_code)]
 
 pub mod lab;
+pub mod stub_admin;
 
 use portcullis::model::DesiredState;
 use portcullis::render::nft::{Backend, BasePolicy, Ifname, RenderOptions, DEFAULT_POLICY};
@@ -31,6 +32,20 @@ pub fn render_options(backend: Backend, ifaces: &[&str]) -> RenderOptions {
 
 /// Tests that need root and the `nft` tool. Outside CI they are skipped with a loud message;
 /// with `CI=true` a missing prerequisite fails the test, so CI can never pass by skipping.
+/// Whether `tool` (from Debian package `package`) can run; like [`require_nft`], a missing
+/// tool fails the test under `CI=true` and skips it, loudly, elsewhere.
+pub fn require_tool(tool: &str, package: &str) -> bool {
+    if Command::new(tool).arg("version").output().is_ok() {
+        return true;
+    }
+    let problem = format!("needs `{tool}` (Debian package {package}); scripts/test installs it");
+    if std::env::var("CI").is_ok_and(|v| v == "true") {
+        panic!("this test {problem}; it must run in CI")
+    }
+    eprintln!("SKIPPED: this test {problem}.");
+    false
+}
+
 pub fn require_nft() -> bool {
     let problem = if !is_root() {
         Some("needs root (CAP_NET_ADMIN) to create a network namespace".to_owned())

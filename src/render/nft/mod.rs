@@ -25,7 +25,7 @@ pub enum Backend {
 }
 
 /// What the table needs besides the desired state: host-specific settings from the config.
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct RenderOptions {
     pub backend: Backend,
     /// Interfaces facing clients. New inbound traffic arriving on them that is not an exported
