@@ -237,6 +237,7 @@ fn a_rejected_export_changes_nothing_and_other_tables_are_untouched() {
     std::fs::create_dir_all(&dir).expect("tmp");
     let good = dir.join("good.csv");
     let bad = dir.join("bad.csv");
+    let state_dir = dir.join("state");
     std::fs::write(&good, format!("{HEADER}{}\n", row("tcp", VIP1, 80, 1, 1))).expect("write");
     std::fs::write(
         &bad,
@@ -255,6 +256,12 @@ fn a_rejected_export_changes_nothing_and_other_tables_are_untouched() {
                 env!("CARGO_BIN_EXE_portcullis"),
             ])
             .args(args)
+            // apply keeps its last-known-good export and journal there: not the host's.
+            .args(if args[0] == "apply" {
+                vec!["--state-dir", state_dir.to_str().expect("path")]
+            } else {
+                vec![]
+            })
             .output()
             .expect("run portcullis")
     };
@@ -490,6 +497,8 @@ fn killing_an_apply_never_leaves_a_half_applied_table() {
     let apply = |file: &std::path::Path| {
         ns.command(env!("CARGO_BIN_EXE_portcullis"))
             .args(["apply", "--once", "--external-iface", "lo"])
+            .arg("--state-dir")
+            .arg(dir.join("state"))
             .arg("--source")
             .arg(file)
             .stdout(std::process::Stdio::null())

@@ -3,6 +3,7 @@
 //! outcomes to exit codes that scripts can rely on.
 
 mod apply;
+mod confirm;
 mod input;
 mod inspect;
 mod run;
@@ -101,10 +102,27 @@ pub enum Command {
         /// Show what would change and check it with `nft -c`, but change nothing.
         #[arg(long)]
         dry_run: bool,
+        /// Apply even if the export withdraws more than half of the services the
+        /// last-known-good export has (or all of them).
+        #[arg(long)]
+        force: bool,
+        /// Roll back unless `portcullis confirm` follows within this time (e.g. `30s`), as
+        /// iptables-apply does. A lost SSH session does not stop the clock.
+        #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration)]
+        confirm_within: Option<std::time::Duration>,
+        /// The daemon's state directory: last-known-good export (the guard's baseline and the
+        /// rollback target) and journal.
+        #[arg(long, default_value = "/var/lib/portcullis")]
+        state_dir: PathBuf,
         #[arg(long, value_name = "FILE")]
         policy: Option<PathBuf>,
         #[arg(long = "external-iface", value_name = "IFNAME")]
         external_ifaces: Vec<String>,
+    },
+    /// Keep what a waiting `apply --once --confirm-within` applied.
+    Confirm {
+        #[arg(long, default_value = "/var/lib/portcullis")]
+        state_dir: PathBuf,
     },
     /// Remove everything portcullis put in the kernel (its nftables table; nothing else).
     Flush,
@@ -236,15 +254,26 @@ pub fn run(cli: Cli) -> ExitCode {
             source,
             backend,
             dry_run,
+            force,
+            confirm_within,
+            state_dir,
             policy,
             external_ifaces,
         } => match render_options(policy.as_deref(), &external_ifaces, backend.into()) {
-            Ok(opts) => apply::apply_once(&source, opts, dry_run),
+            Ok(opts) => apply::apply_once(apply::ApplyOnce {
+                source: &source,
+                opts,
+                dry_run,
+                force,
+                confirm_within,
+                state_dir: &state_dir,
+            }),
             Err(msg) => {
                 eprintln!("portcullis: {msg}");
                 INVALID
             }
         },
+        Command::Confirm { state_dir } => apply::confirm(&state_dir),
         Command::Flush => apply::flush(),
         Command::Run(args) => run::run(&args),
         Command::Status { state_dir, json } => inspect::status(&state_dir, json),
