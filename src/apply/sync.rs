@@ -206,6 +206,7 @@ mod tests {
         let opts = RenderOptions {
             backend: Backend::Nft,
             external_interfaces: Vec::new(),
+            internal_interfaces: Vec::new(),
             policy: BasePolicy::parse(DEFAULT_POLICY).expect("policy"),
         };
         Syncer::new(TwinFirewall::default(), RecordingConntrack::default(), opts)

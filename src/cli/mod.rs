@@ -53,15 +53,8 @@ pub enum Command {
         /// instead of the full table.
         #[arg(long, value_name = "OLD.csv")]
         incremental_from: Option<PathBuf>,
-        /// Static base policy to plug in (default: the rules/base.nft built into the binary).
-        #[arg(long, value_name = "FILE")]
-        policy: Option<PathBuf>,
-        /// Interface facing clients (repeatable): unaccepted new inbound traffic on it is dropped.
-        #[arg(long = "external-iface", value_name = "IFNAME")]
-        external_ifaces: Vec<String>,
-        /// Which data plane balances: IPVS (the table marks and filters) or nftables alone.
-        #[arg(long, value_enum, default_value_t = BackendArg::Nft)]
-        backend: BackendArg,
+        #[command(flatten)]
+        table: TableArgs,
     },
     /// Compare two exports. Exit 0 no change, 1 changes, 2 error (like diff(1)).
     ///
@@ -79,13 +72,9 @@ pub enum Command {
         json: bool,
         #[arg(long, value_enum, default_value_t = Color::Auto)]
         color: Color,
-        /// With `--live`: the backend and interfaces the table was rendered for.
-        #[arg(long, value_enum, default_value_t = BackendArg::Nft)]
-        backend: BackendArg,
-        #[arg(long = "external-iface", value_name = "IFNAME")]
-        external_ifaces: Vec<String>,
-        #[arg(long, value_name = "FILE")]
-        policy: Option<PathBuf>,
+        /// With `--live`: the backend, interfaces and policy the table was rendered for.
+        #[command(flatten)]
+        table: TableArgs,
     },
     /// Apply one export to the kernel and exit (root). Exit 0 applied or nothing to do,
     /// 2 rejected input, 1 apply failure. Reads the live table first: a table that already
@@ -97,8 +86,6 @@ pub enum Command {
         /// Export CSV: a file, `-` for standard input, or an http(s):// or file:// URL.
         #[arg(long)]
         source: PathBuf,
-        #[arg(long, value_enum, default_value_t = BackendArg::Nft)]
-        backend: BackendArg,
         /// Show what would change and check it with `nft -c`, but change nothing.
         #[arg(long)]
         dry_run: bool,
@@ -114,10 +101,8 @@ pub enum Command {
         /// rollback target) and journal.
         #[arg(long, default_value = "/var/lib/portcullis")]
         state_dir: PathBuf,
-        #[arg(long, value_name = "FILE")]
-        policy: Option<PathBuf>,
-        #[arg(long = "external-iface", value_name = "IFNAME")]
-        external_ifaces: Vec<String>,
+        #[command(flatten)]
+        table: TableArgs,
     },
     /// Keep what a waiting `apply --once --confirm-within` applied.
     Confirm {
@@ -205,10 +190,8 @@ pub fn run(cli: Cli) -> ExitCode {
             format,
             json,
             incremental_from,
-            policy,
-            external_ifaces,
-            backend,
-        } => match render_options(policy.as_deref(), &external_ifaces, backend.into()) {
+            table,
+        } => match table.options() {
             Ok(opts) => render(
                 &source,
                 if json { Format::Json } else { format },
@@ -225,20 +208,16 @@ pub fn run(cli: Cli) -> ExitCode {
             live,
             json,
             color,
-            backend,
-            external_ifaces,
-            policy,
+            table,
         } => match (live, files.as_slice()) {
             (false, [old, new]) => diff(old, new, json, color),
-            (true, [export]) => {
-                match render_options(policy.as_deref(), &external_ifaces, backend.into()) {
-                    Ok(opts) => apply::diff_live(export, &opts, json),
-                    Err(msg) => {
-                        eprintln!("portcullis: {msg}");
-                        INVALID
-                    }
+            (true, [export]) => match table.options() {
+                Ok(opts) => apply::diff_live(export, &opts, json),
+                Err(msg) => {
+                    eprintln!("portcullis: {msg}");
+                    INVALID
                 }
-            }
+            },
             (false, _) => {
                 eprintln!("portcullis: diff takes OLD and NEW (or --live EXPORT)");
                 INVALID
@@ -252,14 +231,12 @@ pub fn run(cli: Cli) -> ExitCode {
         Command::Apply {
             once: _,
             source,
-            backend,
             dry_run,
             force,
             confirm_within,
             state_dir,
-            policy,
-            external_ifaces,
-        } => match render_options(policy.as_deref(), &external_ifaces, backend.into()) {
+            table,
+        } => match table.options() {
             Ok(opts) => apply::apply_once(apply::ApplyOnce {
                 source: &source,
                 opts,
@@ -355,9 +332,39 @@ pub(crate) fn load_state(file: &std::path::Path) -> Result<DesiredState, u8> {
     }
 }
 
+/// How the table is rendered on this host, for the commands that render or read it.
+#[derive(clap::Args)]
+pub struct TableArgs {
+    /// Which data plane balances: IPVS (the table marks and filters) or nftables alone.
+    #[arg(long, value_enum, default_value_t = BackendArg::Nft)]
+    backend: BackendArg,
+    /// Static base policy to plug in (default: the rules/base.nft built into the binary).
+    #[arg(long, value_name = "FILE")]
+    policy: Option<PathBuf>,
+    /// Interface facing clients (repeatable): unaccepted new inbound traffic on it is dropped.
+    #[arg(long = "external-iface", value_name = "IFNAME")]
+    external_ifaces: Vec<String>,
+    /// Interface facing the real servers (repeatable): translated traffic may only leave
+    /// through these. None given: through any.
+    #[arg(long = "internal-iface", value_name = "IFNAME")]
+    internal_ifaces: Vec<String>,
+}
+
+impl TableArgs {
+    fn options(&self) -> Result<RenderOptions, String> {
+        render_options(
+            self.policy.as_deref(),
+            &self.external_ifaces,
+            &self.internal_ifaces,
+            self.backend.into(),
+        )
+    }
+}
+
 pub(crate) fn render_options(
     policy: Option<&std::path::Path>,
-    ifaces: &[String],
+    external: &[String],
+    internal: &[String],
     backend: nft::Backend,
 ) -> Result<RenderOptions, String> {
     let (text, origin) = match policy {
@@ -372,14 +379,16 @@ pub(crate) fn render_options(
         ),
     };
     let policy = BasePolicy::parse(&text).map_err(|e| format!("{origin}: {e}"))?;
-    let external_interfaces = ifaces
-        .iter()
-        .map(|s| Ifname::parse(s))
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| format!("--external-iface: {e}"))?;
+    let names = |list: &[String], flag: &str| {
+        list.iter()
+            .map(|s| Ifname::parse(s))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| format!("{flag}: {e}"))
+    };
     Ok(RenderOptions {
         backend,
-        external_interfaces,
+        external_interfaces: names(external, "--external-iface")?,
+        internal_interfaces: names(internal, "--internal-iface")?,
         policy,
     })
 }

@@ -138,6 +138,7 @@ pub fn run(args: &RunArgs) -> u8 {
     let opts = match super::render_options(
         config.policy_file.as_deref(),
         &config.interfaces.external,
+        &config.interfaces.internal,
         config.backend.into(),
     ) {
         Ok(o) => o,
@@ -169,6 +170,7 @@ pub fn run(args: &RunArgs) -> u8 {
         let opts = super::render_options(
             config.policy_file.as_deref(),
             &config.interfaces.external,
+            &config.interfaces.internal,
             config.backend.into(),
         )?;
         Ok((config, opts))

@@ -26,12 +26,11 @@ pub fn render_options(backend: Backend, ifaces: &[&str]) -> RenderOptions {
             .iter()
             .map(|i| Ifname::parse(i).expect("test ifname"))
             .collect(),
+        internal_interfaces: Vec::new(),
         policy: BasePolicy::parse(DEFAULT_POLICY).expect("shipped policy parses"),
     }
 }
 
-/// Tests that need root and the `nft` tool. Outside CI they are skipped with a loud message;
-/// with `CI=true` a missing prerequisite fails the test, so CI can never pass by skipping.
 /// Whether `tool` (from Debian package `package`) can run; like [`require_nft`], a missing
 /// tool fails the test under `CI=true` and skips it, loudly, elsewhere.
 pub fn require_tool(tool: &str, package: &str) -> bool {
@@ -46,6 +45,8 @@ pub fn require_tool(tool: &str, package: &str) -> bool {
     false
 }
 
+/// Tests that need root and the `nft` tool. Outside CI they are skipped with a loud message;
+/// with `CI=true` a missing prerequisite fails the test, so CI can never pass by skipping.
 pub fn require_nft() -> bool {
     let problem = if !is_root() {
         Some("needs root (CAP_NET_ADMIN) to create a network namespace".to_owned())

@@ -31,5 +31,9 @@ pub struct RenderOptions {
     /// Interfaces facing clients. New inbound traffic arriving on them that is not an exported
     /// frontend, nor allowed by the base policy, is dropped. Empty: nothing is dropped.
     pub external_interfaces: Vec<Ifname>,
+    /// Interfaces facing the real servers. When given, traffic we translated (DNAT) may only
+    /// be forwarded out through them, so a real-server address that routes elsewhere cannot
+    /// turn the gateway into an open relay. Empty: any interface.
+    pub internal_interfaces: Vec<Ifname>,
     pub policy: BasePolicy,
 }
