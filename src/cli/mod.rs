@@ -4,6 +4,7 @@
 
 mod apply;
 mod confirm;
+mod generate;
 mod input;
 mod inspect;
 mod run;
@@ -25,8 +26,17 @@ use std::process::ExitCode;
     about = "Gateway daemon and netops tool: ADMIN export CSV → nftables and IPVS"
 )]
 pub struct Cli {
+    /// Log format on stderr: plain text (journald-friendly) or one JSON object per line.
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
     #[command(subcommand)]
     pub command: Command,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
 }
 
 #[derive(Subcommand)]
@@ -145,6 +155,12 @@ pub enum Command {
         #[arg(long)]
         rows: usize,
     },
+    /// Write the man pages and shell completions into DIR (packaging).
+    #[command(hide = true)]
+    Generate {
+        /// Output directory: man/ and completions/ are created in it.
+        dir: PathBuf,
+    },
 }
 
 #[derive(Clone, Copy, ValueEnum, PartialEq, Eq)]
@@ -228,6 +244,7 @@ pub fn run(cli: Cli) -> ExitCode {
             }
         },
         Command::Synth { rows } => synth(rows),
+        Command::Generate { dir } => generate::generate(&dir),
         Command::Apply {
             once: _,
             source,
