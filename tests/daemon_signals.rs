@@ -56,7 +56,7 @@ async fn the_fetcher_long_polls_and_notices_servers_that_do_not() {
     // Unchanged: the server holds the request for the whole wait.
     assert_eq!(
         fetcher.fetch(Some(&etag)).await.expect("304"),
-        Fetched::NotModified { held: true }
+        Fetched::NotModified { long_polled: true }
     );
     // A change during the wait is answered with the new export.
     let publisher = {
@@ -67,8 +67,13 @@ async fn the_fetcher_long_polls_and_notices_servers_that_do_not() {
         })
     };
     match fetcher.fetch(Some(&etag)).await.expect("200") {
-        Fetched::New { body, etag } => {
+        Fetched::New {
+            body,
+            etag,
+            long_polled,
+        } => {
             assert_eq!((body, etag.as_deref()), (export(4), Some("\"v2\"")));
+            assert!(long_polled, "the server says it long-polls");
         }
         other => panic!("expected the new export, got {other:?}"),
     }
@@ -77,7 +82,7 @@ async fn the_fetcher_long_polls_and_notices_servers_that_do_not() {
     stub.lock().expect("lock").mode = Mode::NoLongPoll;
     assert_eq!(
         fetcher.fetch(Some("\"v2\"")).await.expect("304"),
-        Fetched::NotModified { held: false }
+        Fetched::NotModified { long_polled: false }
     );
 }
 
@@ -128,6 +133,34 @@ async fn a_long_polling_daemon_applies_a_change_without_waiting_for_the_interval
     assert!(
         requests <= 4,
         "a held request, not a busy loop: {requests} requests"
+    );
+}
+
+/// A server that ignores ETags answers every poll with the whole export: the daemon must fall
+/// back to its interval instead of re-polling at once forever.
+#[tokio::test]
+async fn a_server_ignoring_etags_does_not_make_the_daemon_spin() {
+    let (url, stub) = stub_admin::start(&export(3));
+    stub.lock().expect("lock").mode = Mode::Unconditional;
+    let dir = tmp("unconditional");
+    let mut daemon = Daemon::new(
+        Config {
+            interval: Duration::from_secs(60),
+            long_poll: Duration::from_secs(10),
+            ..config(&url, &dir)
+        },
+        TwinFirewall::default(),
+        RecordingConntrack::default(),
+        common::render_options(Backend::Nft, &["eth0"]),
+    )
+    .expect("daemon");
+    let no_reload = || Err("no reloads in this test".to_owned());
+    let window = tokio::time::sleep(Duration::from_millis(1500));
+    daemon.run(window, no_reload).await;
+    let requests = stub.lock().expect("lock").requests;
+    assert!(
+        (1..=2).contains(&requests),
+        "start-up, one probe, then the 60 s interval: {requests} requests"
     );
 }
 

@@ -10,13 +10,14 @@ use std::time::{Duration, Instant};
 pub enum Fetched {
     /// The server said the export is unchanged (HTTP 304).
     NotModified {
-        /// Whether the server held the request (a long-poll that timed out), so the next
-        /// request can follow at once instead of after the poll interval.
-        held: bool,
+        /// Whether the server long-polls (see [`Fetcher::fetch`]), so the next request can
+        /// follow at once instead of after the poll interval.
+        long_polled: bool,
     },
     New {
         body: Vec<u8>,
         etag: Option<String>,
+        long_polled: bool,
     },
 }
 
@@ -137,13 +138,14 @@ impl Fetcher {
             .send()
             .await
             .map_err(|e| FetchError::Request(error_chain(&e)))?;
+        // A long-polling server says so (`Preference-Applied: wait=…`, as RFC 7240 does for
+        // `Prefer: wait`); one that does not is recognised by a 304 that took the wait. A
+        // server that ignores `wait` answers at once: then the poll interval applies.
+        let long_polled = wait.is_some()
+            && (response.headers().contains_key("preference-applied")
+                || (response.status() == 304 && wait.is_some_and(|w| started.elapsed() >= w / 2)));
         match response.status().as_u16() {
-            // A server that ignores `wait` answers at once: then the poll interval applies.
-            304 => {
-                return Ok(Fetched::NotModified {
-                    held: wait.is_some_and(|w| started.elapsed() >= w / 2),
-                })
-            }
+            304 => return Ok(Fetched::NotModified { long_polled }),
             200 => {}
             other => return Err(FetchError::Status(other)),
         }
@@ -168,7 +170,11 @@ impl Fetcher {
                 return Err(FetchError::TooLarge(self.max_body));
             }
         }
-        Ok(Fetched::New { body, etag })
+        Ok(Fetched::New {
+            body,
+            etag,
+            long_polled,
+        })
     }
 
     async fn fetch_file(&self, path: &str, etag: Option<&str>) -> Result<Fetched, FetchError> {
@@ -185,11 +191,12 @@ impl Fetcher {
         // parsed again.
         let tag = format!("\"sha256:{}\"", super::cache::sha256_hex(&body));
         if etag == Some(tag.as_str()) {
-            return Ok(Fetched::NotModified { held: false });
+            return Ok(Fetched::NotModified { long_polled: false });
         }
         Ok(Fetched::New {
             body,
             etag: Some(tag),
+            long_polled: false,
         })
     }
 }

@@ -59,9 +59,12 @@ pub struct Daemon<F, C> {
     /// Whether the export behind `etag` is the one in force (false after it was rejected or
     /// refused: a 304 for it must not count as "rules are current").
     etag_in_force: bool,
-    /// The last request was held by a long-polling server or brought a new export: the next
-    /// one can follow at once (the server will hold it until something changes).
+    /// The next request can follow at once: the server long-polls and will hold it until
+    /// something changes.
     poll_at_once: bool,
+    /// New exports fetched one after the other, without a 304 between them.
+    news_in_a_row: u32,
+    status_written: Option<std::time::Instant>,
     pub counters: Counters,
     pub metrics: Metrics,
 }
@@ -92,6 +95,8 @@ impl<F: Firewall, C: Conntrack> Daemon<F, C> {
             last_poll: None,
             etag_in_force: false,
             poll_at_once: false,
+            news_in_a_row: 0,
+            status_written: None,
             counters: Counters::default(),
             metrics: Metrics::default(),
         })
@@ -135,7 +140,15 @@ impl<F: Firewall, C: Conntrack> Daemon<F, C> {
             Some(step) => step,
             None => self.poll_step().await,
         };
-        self.write_status();
+        // An unchanged export changes nothing but counters: the status file (a create, write
+        // and rename) is refreshed at most once a second for those, the largest part of a
+        // 304's cost otherwise.
+        let stale = self
+            .status_written
+            .map_or(true, |at| at.elapsed() >= Duration::from_secs(1));
+        if step != Step::NotModified || stale {
+            self.write_status();
+        }
         step
     }
 
@@ -197,10 +210,25 @@ impl<F: Firewall, C: Conntrack> Daemon<F, C> {
         self.counters.polls += 1;
         self.last_poll = Some(now());
         let fetched = self.fetcher.fetch(self.etag.as_deref()).await;
-        self.poll_at_once = matches!(
-            fetched,
-            Ok(Fetched::NotModified { held: true } | Fetched::New { .. })
-        );
+        // A long-polling server holds the next request until something changes, so it can
+        // go at once. After a new export from a server not known to long-poll, one request
+        // goes at once (to find out); a server that ignores ETags thus gets the poll
+        // interval, never a busy loop.
+        let long_poll = !self.config.long_poll.is_zero();
+        self.poll_at_once = match &fetched {
+            Ok(Fetched::NotModified { long_polled }) => {
+                self.news_in_a_row = 0;
+                *long_polled
+            }
+            Ok(Fetched::New { long_polled, .. }) => {
+                self.news_in_a_row += 1;
+                long_poll && (*long_polled || self.news_in_a_row <= 1)
+            }
+            Err(_) => {
+                self.news_in_a_row = 0;
+                false
+            }
+        };
         match fetched {
             Ok(Fetched::NotModified { .. }) => {
                 self.metrics.poll("not_modified");
@@ -211,7 +239,7 @@ impl<F: Firewall, C: Conntrack> Daemon<F, C> {
                 self.counters.consecutive_failures = 0;
                 Step::NotModified
             }
-            Ok(Fetched::New { body, etag }) => self.handle(body, etag, true),
+            Ok(Fetched::New { body, etag, .. }) => self.handle(body, etag, true),
             Err(e) => {
                 self.metrics.poll("failed");
                 self.failed(&e)
@@ -311,10 +339,11 @@ impl<F: Firewall, C: Conntrack> Daemon<F, C> {
         }
     }
 
-    fn write_status(&self) {
+    fn write_status(&mut self) {
         if let Err(e) = self.journal.write_status(&self.status()) {
             tracing::warn!(error = %e, "could not write the status file");
         }
+        self.status_written = Some(std::time::Instant::now());
     }
 
     fn handle_export(&mut self, body: Vec<u8>, etag: Option<String>, save: bool) -> Step {

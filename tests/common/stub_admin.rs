@@ -11,6 +11,9 @@ pub enum Mode {
     Normal,
     /// Like `Normal`, but ignores `wait`: a server without long-polling.
     NoLongPoll,
+    /// Ignores `If-None-Match` too: every poll gets the whole export (the baseline a
+    /// conditional GET is measured against).
+    Unconditional,
     Error500,
     /// Announces more bytes than it sends, then closes.
     Truncated,
@@ -83,8 +86,10 @@ fn answer(mut conn: std::net::TcpStream, stub: &Stub) {
     let mut s = stub.state.lock().expect("lock");
     s.requests += 1;
     let matches = |s: &Served| request.contains(&format!("if-none-match: {}", s.etag));
+    let mut applied = String::new();
     if s.mode == Mode::Normal {
         if let Some(wait) = wait_param(&request) {
+            applied = format!("preference-applied: wait={}\r\n", wait.as_secs());
             let deadline = Instant::now() + wait;
             while matches(&s) && Instant::now() < deadline {
                 s = stub
@@ -104,13 +109,13 @@ fn answer(mut conn: std::net::TcpStream, stub: &Stub) {
             r
         }
         Mode::Normal | Mode::NoLongPoll if matches(&s) => format!(
-            "HTTP/1.1 304 Not Modified\r\netag: {}\r\nconnection: close\r\n\r\n",
+            "HTTP/1.1 304 Not Modified\r\netag: {}\r\n{applied}connection: close\r\n\r\n",
             s.etag
         )
         .into_bytes(),
-        Mode::Normal | Mode::NoLongPoll => {
+        Mode::Normal | Mode::NoLongPoll | Mode::Unconditional => {
             let mut r = format!(
-                "HTTP/1.1 200 OK\r\netag: {}\r\ncontent-length: {}\r\nconnection: close\r\n\r\n",
+                "HTTP/1.1 200 OK\r\netag: {}\r\n{applied}content-length: {}\r\nconnection: close\r\n\r\n",
                 s.etag,
                 s.body.len()
             )
