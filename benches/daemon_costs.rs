@@ -8,7 +8,8 @@
 //!    without a conditional GET (the whole export re-fetched, parsed and diffed each time),
 //!    and the daemon's resident memory.
 //!
-//! `cargo bench --bench daemon_costs` prints tables; `-- --quick` does 20 changes, 10k rows.
+//! `cargo bench --bench daemon_costs` prints tables; `-- --quick` does 20 changes, 10k rows;
+//! `-- --steady-only` only the 100k-row steady state.
 
 #[path = "../tests/common/mod.rs"]
 mod common;
@@ -214,6 +215,10 @@ fn main() {
         "machine: {} cores; release build; stand-in ADMIN in the gateway's namespace",
         std::thread::available_parallelism().map_or(1, |n| n.get())
     );
+    if std::env::args().any(|a| a == "--steady-only") {
+        steady_state(&portcullis::synth::rows(100_000), Duration::from_secs(10));
+        return;
+    }
     let export = portcullis::synth::rows(rows);
     println!("\n## Propagation: export changed on the server → applied in the kernel ({changes} changes, {rows} rows)\n");
     println!("| mode | p50 | p99 | max |");

@@ -262,6 +262,7 @@ impl<F: Firewall, C: Conntrack> Daemon<F, C> {
         let step = self.handle_export(body, etag, save);
         self.observe(&step, started.elapsed());
         self.record(&step, tag, started.elapsed());
+        release_freed_memory();
         step
     }
 
@@ -586,6 +587,17 @@ impl<F: Firewall, C: Conntrack> Daemon<F, C> {
                 Event::Polled(step) => tracing::debug!(?step, "poll"),
             }
         }
+    }
+}
+
+/// Handling an export allocates several times its size (body, parsed rows, old and new state,
+/// the rendered script) and frees most of it; glibc keeps freed memory for reuse, so without
+/// this the resident size stays at the peak between changes, which may be hours.
+fn release_freed_memory() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: malloc_trim only returns unused heap memory to the kernel; no pointers change.
+    unsafe {
+        libc::malloc_trim(0);
     }
 }
 
