@@ -1,0 +1,600 @@
+//! The catalog: every meta-configuration plus the inventory, loaded from a directory and
+//! validated as a whole. A `Catalog` value is always valid — every instance's combined
+//! configuration resolves and the export passes the gateway's own validator — so the server
+//! can answer from it without failing.
+
+use crate::error::{CatalogError, CatalogErrors, ErrorKind};
+use crate::inventory::{read_inventory, Inventory, State};
+use crate::meta::{read_meta, LinkTarget, Meta};
+use crate::read::Reader;
+use crate::yaml::Pos;
+use std::collections::{BTreeMap, HashMap};
+use std::path::{Path, PathBuf};
+
+pub const INVENTORY_FILE: &str = "inventory.yaml";
+pub const META_DIR: &str = "meta";
+
+/// The text of a catalog's files, as read from disk (or built in memory by tests).
+#[derive(Clone, Debug, Default)]
+pub struct Sources {
+    pub inventory: String,
+    /// (type stem, text) for every `meta/*.yaml`.
+    pub metas: Vec<(String, String)>,
+}
+
+impl Sources {
+    pub fn read(dir: &Path) -> Result<Sources, CatalogErrors> {
+        let io = |file: &str, e: std::io::Error| {
+            CatalogErrors(vec![CatalogError {
+                file: file.to_owned(),
+                line: 0,
+                column: 0,
+                key: String::new(),
+                kind: ErrorKind::Io,
+                message: format!("cannot read {}: {e}", dir.join(file).display()),
+            }])
+        };
+        let inventory =
+            std::fs::read_to_string(dir.join(INVENTORY_FILE)).map_err(|e| io(INVENTORY_FILE, e))?;
+        let mut metas = Vec::new();
+        let rd = std::fs::read_dir(dir.join(META_DIR)).map_err(|e| io(META_DIR, e))?;
+        for entry in rd {
+            let entry = entry.map_err(|e| io(META_DIR, e))?;
+            let name = entry.file_name().to_string_lossy().into_owned();
+            let Some(stem) = name.strip_suffix(".yaml") else {
+                continue;
+            };
+            if stem.starts_with('.') {
+                continue;
+            }
+            let file = format!("{META_DIR}/{name}");
+            let text = std::fs::read_to_string(entry.path()).map_err(|e| io(&file, e))?;
+            metas.push((stem.to_owned(), text));
+        }
+        metas.sort();
+        Ok(Sources { inventory, metas })
+    }
+}
+
+#[derive(Clone, Debug)]
+pub struct Catalog {
+    pub dir: Option<PathBuf>,
+    /// By type name.
+    pub metas: BTreeMap<String, Meta>,
+    pub inventory: Inventory,
+    /// The inventory text it was read from (for in-place state edits).
+    pub inventory_text: String,
+    /// Types in `depends` order: a type comes after everything it depends on.
+    pub dependency_order: Vec<String>,
+    /// Active meta files (fake, or with instances) in merge order: (sort-order, type).
+    pub merge_order: Vec<String>,
+}
+
+impl Catalog {
+    /// Reads and validates the catalog in `dir`.
+    pub fn load(dir: &Path) -> Result<Catalog, CatalogErrors> {
+        let sources = Sources::read(dir)?;
+        let mut c = Catalog::from_sources(&sources)?;
+        c.dir = Some(dir.to_owned());
+        Ok(c)
+    }
+
+    /// Validates a catalog given as text: every error, sorted by file and line.
+    pub fn from_sources(src: &Sources) -> Result<Catalog, CatalogErrors> {
+        let mut errors = Vec::new();
+        let mut metas = BTreeMap::new();
+        for (stem, text) in &src.metas {
+            let file = format!("{META_DIR}/{stem}.yaml");
+            if let Some(doc) = parse_file(&file, text, &mut errors) {
+                let mut r = Reader {
+                    file,
+                    errors: &mut errors,
+                };
+                if let Some(m) = read_meta(&mut r, stem, &doc) {
+                    metas.insert(stem.clone(), m);
+                }
+            }
+        }
+        let inventory = match parse_file(INVENTORY_FILE, &src.inventory, &mut errors) {
+            Some(doc) => {
+                let mut r = Reader {
+                    file: INVENTORY_FILE.into(),
+                    errors: &mut errors,
+                };
+                read_inventory(&mut r, &doc)
+            }
+            None => Inventory::default(),
+        };
+        let mut catalog = Catalog {
+            dir: None,
+            metas,
+            inventory,
+            inventory_text: src.inventory.clone(),
+            dependency_order: Vec::new(),
+            merge_order: Vec::new(),
+        };
+        catalog.cross_check(&mut errors);
+        if errors.is_empty() {
+            crate::config::check_variables(&catalog, &mut errors);
+        }
+        if errors.is_empty() {
+            for i in 0..catalog.inventory.instances.len() {
+                if let Err(mut e) = crate::config::combined(&catalog, i) {
+                    errors.append(&mut e);
+                }
+            }
+        }
+        if errors.is_empty() {
+            if let Err(e) = portcullis_export::validate_rows(&crate::export::rows(&catalog)) {
+                for e in e.errors {
+                    errors.push(CatalogError {
+                        file: INVENTORY_FILE.into(),
+                        line: 1,
+                        column: 1,
+                        key: String::new(),
+                        kind: ErrorKind::ExportRejected,
+                        message: format!("the derived export would be rejected: {e}"),
+                    });
+                }
+            }
+        }
+        if errors.is_empty() {
+            Ok(catalog)
+        } else {
+            Err(CatalogErrors::sorted(errors))
+        }
+    }
+
+    pub fn meta(&self, type_name: &str) -> Option<&Meta> {
+        self.metas.get(type_name)
+    }
+
+    pub fn instance(&self, id: &str) -> Option<&crate::inventory::Instance> {
+        self.inventory.instances.iter().find(|i| i.id == id)
+    }
+
+    fn instance_count(&self, type_name: &str) -> usize {
+        self.inventory
+            .instances
+            .iter()
+            .filter(|i| i.type_name == type_name)
+            .count()
+    }
+
+    fn cross_check(&mut self, errors: &mut Vec<CatalogError>) {
+        let inv_err = |errors: &mut Vec<CatalogError>, pos: Pos, key: String, kind, msg: String| {
+            errors.push(CatalogError {
+                file: INVENTORY_FILE.into(),
+                line: pos.line,
+                column: pos.col,
+                key,
+                kind,
+                message: msg,
+            })
+        };
+        for (name, s) in &self.inventory.servers {
+            if !self.inventory.locations.contains_key(&s.location) {
+                inv_err(
+                    errors,
+                    s.pos,
+                    format!("servers.{name}.location"),
+                    ErrorKind::UnknownReference,
+                    format!("unknown location {:?}", s.location),
+                );
+            }
+        }
+        let mut seen: HashMap<&str, Pos> = HashMap::new();
+        let mut per_type: HashMap<&str, Vec<usize>> = HashMap::new();
+        for (i, inst) in self.inventory.instances.iter().enumerate() {
+            let key = format!("instances[{i}]");
+            let meta = self.metas.get(&inst.type_name);
+            if meta.is_none() {
+                inv_err(
+                    errors,
+                    inst.pos,
+                    format!("{key}.type"),
+                    ErrorKind::UnknownReference,
+                    format!(
+                        "unknown type {:?} (no meta/{}.yaml)",
+                        inst.type_name, inst.type_name
+                    ),
+                );
+            }
+            let server = self.inventory.servers.get(&inst.server);
+            if server.is_none() {
+                inv_err(
+                    errors,
+                    inst.pos,
+                    format!("{key}.server"),
+                    ErrorKind::UnknownReference,
+                    format!("unknown server {:?}", inst.server),
+                );
+            }
+            if let Some(m) = meta {
+                if m.require_index && !inst.index_given {
+                    inv_err(
+                        errors,
+                        inst.pos,
+                        format!("{key}.index"),
+                        ErrorKind::MissingKey,
+                        format!(
+                            "type {} has require-index: every instance needs an index",
+                            inst.type_name
+                        ),
+                    );
+                }
+                if m.unique {
+                    let n = per_type.get(inst.type_name.as_str()).map_or(0, Vec::len);
+                    if n >= 1 {
+                        let first = &self.inventory.instances[per_type[inst.type_name.as_str()][0]];
+                        inv_err(
+                            errors,
+                            inst.pos,
+                            key.clone(),
+                            ErrorKind::Unique,
+                            format!(
+                                "type {} is unique: only one instance in the whole cloud (first is {} at line {})",
+                                inst.type_name, first.id, first.pos.line
+                            ),
+                        );
+                    }
+                }
+                if let Some(s) = server {
+                    for link in &m.install.link {
+                        let ok = match &link.target {
+                            LinkTarget::Db => !s.drives.is_empty(),
+                            LinkTarget::Archive => s.archive.is_some(),
+                            LinkTarget::Path(_) => true,
+                        };
+                        if !ok {
+                            inv_err(
+                                errors,
+                                inst.pos,
+                                format!("{key}.server"),
+                                ErrorKind::Placement,
+                                format!(
+                                    "{} links {} to {:?} ({}:{}) but server {} has {}",
+                                    inst.type_name,
+                                    link.path,
+                                    link.target,
+                                    m.file,
+                                    link.pos.line,
+                                    s.name,
+                                    if link.target == LinkTarget::Db {
+                                        "no drives"
+                                    } else {
+                                        "no archive mount"
+                                    }
+                                ),
+                            );
+                        }
+                    }
+                }
+            }
+            if let Some(first) = seen.get(inst.id.as_str()) {
+                inv_err(
+                    errors,
+                    inst.index_pos,
+                    format!("{key}.index"),
+                    ErrorKind::DuplicateIndex,
+                    format!(
+                        "duplicate instance {} (index {} of {} on {} is already used at line {})",
+                        inst.id, inst.index, inst.type_name, inst.server, first.line
+                    ),
+                );
+            } else {
+                if portcullis_export::InstanceId::parse(&inst.id).is_err() {
+                    inv_err(errors, inst.pos, key.clone(), ErrorKind::BadValue, format!("instance id {:?} is not a valid export instance id (1-64 of A-Z a-z 0-9 . _ -)", inst.id));
+                }
+                seen.insert(&inst.id, inst.pos);
+            }
+            per_type.entry(&inst.type_name).or_default().push(i);
+        }
+        self.check_gateway(errors);
+        self.check_depends(errors);
+        let mut order: Vec<&Meta> = self
+            .metas
+            .values()
+            .filter(|m| m.fake || self.instance_count(m.type_name.as_str()) > 0)
+            .collect();
+        order.sort_by(|a, b| {
+            (a.sort_order, a.type_name.as_str()).cmp(&(b.sort_order, b.type_name.as_str()))
+        });
+        self.merge_order = order.iter().map(|m| m.type_name.to_string()).collect();
+    }
+
+    fn check_gateway(&self, errors: &mut Vec<CatalogError>) {
+        let meta_err =
+            |errors: &mut Vec<CatalogError>, m: &Meta, pos: Pos, key: String, kind, msg: String| {
+                errors.push(CatalogError {
+                    file: m.file.clone(),
+                    line: pos.line,
+                    column: pos.col,
+                    key,
+                    kind,
+                    message: msg,
+                })
+            };
+        // Frontends per (proto, vip): (range, type, entry index) — collisions across everything.
+        let mut frontends: BTreeMap<Frontend, Vec<Claim>> = BTreeMap::new();
+        let mut marks: HashMap<u32, (&Meta, usize)> = HashMap::new();
+        for m in self.metas.values() {
+            let locations_used: Vec<&str> = self
+                .inventory
+                .instances
+                .iter()
+                .filter(|i| i.type_name == m.type_name.as_str())
+                .filter_map(|i| self.inventory.servers.get(&i.server))
+                .map(|s| s.location.as_str())
+                .collect();
+            for (ei, e) in m.gateway.iter().enumerate() {
+                let key = format!("gateway[{ei}]");
+                let defined_anywhere = self
+                    .inventory
+                    .locations
+                    .values()
+                    .any(|l| l.ip_labels.contains_key(&e.ip));
+                let missing: Vec<&str> = {
+                    let mut v: Vec<&str> = locations_used
+                        .iter()
+                        .copied()
+                        .filter(|l| {
+                            self.inventory
+                                .locations
+                                .get(*l)
+                                .is_some_and(|loc| !loc.ip_labels.contains_key(&e.ip))
+                        })
+                        .collect();
+                    v.dedup();
+                    v
+                };
+                if !defined_anywhere || !missing.is_empty() {
+                    let where_ = if defined_anywhere {
+                        format!(" in location {}", missing.join(", "))
+                    } else {
+                        " in any location".into()
+                    };
+                    meta_err(errors, m, e.ip_pos, format!("{key}.ip"), ErrorKind::UnknownIpLabel, format!("IP label {:?} is not defined{where_} (inventory.yaml locations.*.ip-labels)", e.ip));
+                }
+                if let Some(mark) = e.fwm {
+                    if let Some((other, oi)) = marks.get(&mark) {
+                        let o = &other.gateway[*oi];
+                        meta_err(
+                            errors,
+                            m,
+                            e.fwm_pos,
+                            format!("{key}.fwm"),
+                            ErrorKind::FwmarkReused,
+                            format!(
+                                "fwmark {mark} is already used by {} gateway {:?} ({}:{})",
+                                other.type_name, o.name, other.file, o.fwm_pos.line
+                            ),
+                        );
+                    } else {
+                        marks.insert(mark, (m, ei));
+                    }
+                }
+                for loc in self.inventory.locations.values() {
+                    for vip in loc.ip_labels.get(&e.ip).into_iter().flatten() {
+                        for p in &e.ports {
+                            frontends
+                                .entry((e.proto, *vip))
+                                .or_default()
+                                .push((*p, m, ei));
+                        }
+                    }
+                }
+            }
+        }
+        let mut reported = std::collections::HashSet::new();
+        for ((proto, vip), mut list) in frontends {
+            list.sort_by_key(|(p, m, ei)| (p.first, m.type_name.to_string(), *ei));
+            for i in 1..list.len() {
+                // Compare with every earlier range still open at this one's start.
+                for j in 0..i {
+                    let (a, am, aei) = list[j];
+                    let (b, bm, bei) = list[i];
+                    if a.overlaps(b)
+                        && reported.insert((
+                            bm.type_name.to_string(),
+                            bei,
+                            am.type_name.to_string(),
+                            aei,
+                        ))
+                    {
+                        let ae = &am.gateway[aei];
+                        let be = &bm.gateway[bei];
+                        meta_err(errors, bm, be.ports_pos, format!("gateway[{bei}].ports"), ErrorKind::PortCollision, format!("{proto} {vip} port {b} collides with {} gateway {:?} port {a} ({}:{})", am.type_name, ae.name, am.file, ae.ports_pos.line));
+                    }
+                }
+            }
+        }
+        // Two instances of an exported type on one server would be one real server twice.
+        for m in self.metas.values().filter(|m| !m.gateway.is_empty()) {
+            let mut on_server: HashMap<&str, &crate::inventory::Instance> = HashMap::new();
+            for (i, inst) in self.inventory.instances.iter().enumerate() {
+                if inst.type_name != m.type_name.as_str() {
+                    continue;
+                }
+                if let Some(first) = on_server.get(inst.server.as_str()) {
+                    if first.id != inst.id {
+                        errors.push(CatalogError { file: INVENTORY_FILE.into(), line: inst.pos.line, column: inst.pos.col, key: format!("instances[{i}]"), kind: ErrorKind::RealServerCollision, message: format!("{} and {} (line {}) are on the same server, but {} exports gateway ports ({}): both would be the same real server address and port", inst.id, first.id, first.pos.line, m.type_name, m.file) });
+                    }
+                } else {
+                    on_server.insert(&inst.server, inst);
+                }
+            }
+        }
+    }
+
+    fn check_depends(&mut self, errors: &mut Vec<CatalogError>) {
+        for m in self.metas.values() {
+            let has_instances = self.instance_count(m.type_name.as_str()) > 0;
+            for (di, d) in m.depends.iter().enumerate() {
+                let key = format!("depends[{di}]");
+                let push = |errors: &mut Vec<CatalogError>, kind, msg: String| {
+                    errors.push(CatalogError {
+                        file: m.file.clone(),
+                        line: d.pos.line,
+                        column: d.pos.col,
+                        key: key.clone(),
+                        kind,
+                        message: msg,
+                    })
+                };
+                match self.metas.get(&d.type_name) {
+                    None => push(
+                        errors,
+                        ErrorKind::UnknownReference,
+                        format!(
+                            "unknown type {:?} (no meta/{}.yaml)",
+                            d.type_name, d.type_name
+                        ),
+                    ),
+                    Some(dm) => {
+                        if has_instances && self.instance_count(&d.type_name) == 0 && !dm.fake {
+                            push(
+                                errors,
+                                ErrorKind::DependencyMissing,
+                                format!(
+                                    "{} depends on {}, which has no instance",
+                                    m.type_name, d.type_name
+                                ),
+                            );
+                        }
+                    }
+                }
+            }
+        }
+        // Topological order (Kahn); whatever is left is on or behind a cycle.
+        let names: Vec<&str> = self.metas.keys().map(String::as_str).collect();
+        let mut indegree: BTreeMap<&str, usize> = names.iter().map(|n| (*n, 0)).collect();
+        for m in self.metas.values() {
+            for d in &m.depends {
+                if self.metas.contains_key(&d.type_name) {
+                    *indegree.entry(m.type_name.as_str()).or_default() += 1;
+                }
+            }
+        }
+        let mut ready: Vec<&str> = indegree
+            .iter()
+            .filter(|(_, d)| **d == 0)
+            .map(|(n, _)| *n)
+            .collect();
+        let mut order = Vec::new();
+        while let Some(n) = ready.pop() {
+            order.push(n.to_owned());
+            for m in self.metas.values() {
+                for d in &m.depends {
+                    if d.type_name == n {
+                        let e = indegree.entry(m.type_name.as_str()).or_default();
+                        *e -= 1;
+                        if *e == 0 {
+                            ready.push(m.type_name.as_str());
+                        }
+                    }
+                }
+            }
+            ready.sort_by(|a, b| b.cmp(a));
+        }
+        if order.len() < names.len() {
+            for m in self
+                .metas
+                .values()
+                .filter(|m| !order.contains(&m.type_name.to_string()))
+            {
+                if let Some(cycle) = find_cycle(&self.metas, m.type_name.as_str()) {
+                    let d = m
+                        .depends
+                        .iter()
+                        .enumerate()
+                        .find(|(_, d)| d.type_name == cycle[1]);
+                    if let Some((di, d)) = d {
+                        errors.push(CatalogError {
+                            file: m.file.clone(),
+                            line: d.pos.line,
+                            column: d.pos.col,
+                            key: format!("depends[{di}]"),
+                            kind: ErrorKind::DependencyCycle,
+                            message: format!("dependency cycle: {}", cycle.join(" → ")),
+                        });
+                    }
+                }
+            }
+        }
+        self.dependency_order = order;
+    }
+
+    /// The instances that reach the export (every state but maintenance), with weights.
+    pub fn exported_state(state: State) -> Option<bool> {
+        match state {
+            State::Production => Some(true),
+            State::Drained => Some(false),
+            State::Maintenance => None,
+        }
+    }
+}
+
+/// (proto, public address) of gateway frontends.
+type Frontend = (portcullis_export::Proto, std::net::IpAddr);
+/// A port range claimed by gateway entry number `.2` of a type.
+type Claim<'m> = (portcullis_export::PortRange, &'m Meta, usize);
+
+/// A path `start → … → start` through `depends`, when `start` is on a cycle.
+fn find_cycle(metas: &BTreeMap<String, Meta>, start: &str) -> Option<Vec<String>> {
+    fn dfs(
+        metas: &BTreeMap<String, Meta>,
+        start: &str,
+        at: &str,
+        path: &mut Vec<String>,
+        seen: &mut Vec<String>,
+    ) -> bool {
+        for d in metas.get(at).map(|m| m.depends.as_slice()).unwrap_or(&[]) {
+            if d.type_name == start {
+                path.push(start.to_owned());
+                return true;
+            }
+            if seen.contains(&d.type_name) || !metas.contains_key(&d.type_name) {
+                continue;
+            }
+            seen.push(d.type_name.clone());
+            path.push(d.type_name.clone());
+            if dfs(metas, start, &d.type_name, path, seen) {
+                return true;
+            }
+            path.pop();
+        }
+        false
+    }
+    let mut path = vec![start.to_owned()];
+    dfs(metas, start, start, &mut path, &mut Vec::new()).then_some(path)
+}
+
+fn parse_file(file: &str, text: &str, errors: &mut Vec<CatalogError>) -> Option<crate::yaml::Node> {
+    match crate::yaml::parse(text) {
+        Ok((doc, dups)) => {
+            for d in dups {
+                errors.push(CatalogError {
+                    file: file.into(),
+                    line: d.pos.line,
+                    column: d.pos.col,
+                    key: String::new(),
+                    kind: ErrorKind::DuplicateKey,
+                    message: d.message,
+                });
+            }
+            Some(doc)
+        }
+        Err(e) => {
+            errors.push(CatalogError {
+                file: file.into(),
+                line: e.pos.line,
+                column: e.pos.col,
+                key: String::new(),
+                kind: ErrorKind::Syntax,
+                message: e.message,
+            });
+            None
+        }
+    }
+}
