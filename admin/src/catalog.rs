@@ -201,7 +201,7 @@ impl Catalog {
                 );
             }
             let server = self.inventory.servers.get(&inst.server);
-            if server.is_none() {
+            if server.is_none() && !self.inventory.broken_servers.contains(&inst.server) {
                 inv_err(
                     errors,
                     inst.pos,

@@ -16,6 +16,10 @@ pub struct Inventory {
     pub locations: IndexMap<String, Location>,
     pub servers: IndexMap<String, Server>,
     pub instances: Vec<Instance>,
+    /// Servers that are defined but had errors (already reported): references to them are
+    /// not reported again as unknown.
+    #[serde(skip)]
+    pub broken_servers: Vec<String>,
 }
 
 #[derive(Clone, Debug, Serialize)]
@@ -150,8 +154,11 @@ pub(crate) fn read_inventory(r: &mut Reader, doc: &Node) -> Inventory {
                 );
                 continue;
             }
-            if let Some(s) = read_server(r, &k.name, v, &path) {
-                inv.servers.insert(k.name.clone(), s);
+            match read_server(r, &k.name, v, &path) {
+                Some(s) => {
+                    inv.servers.insert(k.name.clone(), s);
+                }
+                None => inv.broken_servers.push(k.name.clone()),
             }
         }
     }
