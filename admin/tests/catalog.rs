@@ -650,3 +650,67 @@ fn every_error_is_reported_not_just_the_first() {
     assert!(shown.contains("meta/pgw.yaml:18:"), "{shown}");
     assert!(shown.contains("inventory.yaml:9:"), "{shown}");
 }
+
+// ---- inventory edits ----
+
+#[test]
+fn state_edits_are_one_word_in_place_or_a_canonical_rewrite() {
+    use portcullis_admin::inventory::with_state;
+    use portcullis_admin::State;
+    let s = example();
+    let c = Catalog::from_sources(&s).unwrap();
+    let t = with_state(&s.inventory, &c.inventory, "tg.app1.1", State::Drained).unwrap();
+    assert_eq!(
+        t,
+        s.inventory.replacen(
+            "type: tg, server: app1, state: production",
+            "type: tg, server: app1, state: drained",
+            1
+        )
+    );
+    assert!(with_state(&s.inventory, &c.inventory, "tg.app9.1", State::Drained).is_none());
+
+    // No `state:` written: the inventory is rewritten canonically; the catalog is the same
+    // but for that one state.
+    let s = edit_inventory(
+        example(),
+        "type: tg, server: app1, state: production, ",
+        "type: tg, server: app1, ",
+    );
+    let before = Catalog::from_sources(&s).unwrap();
+    let t = with_state(
+        &s.inventory,
+        &before.inventory,
+        "tg.app1.1",
+        State::Maintenance,
+    )
+    .unwrap();
+    let after = Catalog::from_sources(&Sources {
+        inventory: t,
+        metas: s.metas.clone(),
+    })
+    .unwrap_or_else(|e| panic!("{e}"));
+    for (a, b) in before
+        .inventory
+        .instances
+        .iter()
+        .zip(&after.inventory.instances)
+    {
+        assert_eq!((&a.id, &a.version), (&b.id, &b.version));
+        let want = if a.id == "tg.app1.1" {
+            State::Maintenance
+        } else {
+            a.state
+        };
+        assert_eq!(b.state, want, "{}", a.id);
+    }
+    assert_eq!(
+        before.inventory.servers.len(),
+        after.inventory.servers.len()
+    );
+    let rows: Vec<_> = export::rows(&before)
+        .into_iter()
+        .filter(|r| r.instance.as_str() != "tg.app1.1")
+        .collect();
+    assert_eq!(rows, export::rows(&after));
+}

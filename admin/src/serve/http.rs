@@ -32,6 +32,8 @@ pub fn router(state: AdminState) -> Router {
     reads
         .merge(writes)
         .fallback(|| async { ApiError::new(StatusCode::NOT_FOUND, "no such endpoint") })
+        // Bodies over the limit get 413 whether or not a handler reads them.
+        .layer(tower_http::limit::RequestBodyLimitLayer::new(body_limit))
         .layer(DefaultBodyLimit::max(body_limit))
         .with_state(state)
 }
