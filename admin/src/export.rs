@@ -4,23 +4,30 @@
 //! reject).
 
 use crate::catalog::Catalog;
-use crate::inventory::State;
+use crate::inventory::{Instance, State};
 use crate::meta::To;
 use portcullis_export::{ExportRow, InstanceId, PortRange, ServiceType, WriteError};
+use std::collections::HashMap;
 
 /// Rows in a stable order: type, gateway entry, inventory order, address, port.
 pub fn rows(catalog: &Catalog) -> Vec<ExportRow> {
     let mut out = Vec::new();
+    // One pass over the inventory, not one per type.
+    let mut by_type: HashMap<&str, Vec<&Instance>> = HashMap::new();
+    for i in &catalog.inventory.instances {
+        if i.state != State::Maintenance {
+            by_type.entry(i.type_name.as_str()).or_default().push(i);
+        }
+    }
     for meta in catalog.metas.values() {
         if meta.gateway.is_empty() {
             continue;
         }
         let service: ServiceType = meta.type_name.clone();
-        let instances: Vec<_> = catalog
-            .inventory
-            .instances
-            .iter()
-            .filter(|i| i.type_name == meta.type_name.as_str() && i.state != State::Maintenance)
+        let instances: Vec<_> = by_type
+            .get(meta.type_name.as_str())
+            .into_iter()
+            .flatten()
             .filter_map(|i| {
                 let server = catalog.inventory.servers.get(&i.server)?;
                 let location = catalog.inventory.locations.get(&server.location)?;

@@ -422,7 +422,8 @@ async fn readers_always_get_a_whole_valid_export_while_the_catalog_reloads() {
             1,
         );
         std::fs::write(&inv_path, text).unwrap();
-        let _ = state.reload_if_changed();
+        let s = state.clone();
+        let _ = tokio::task::spawn_blocking(move || s.reload_if_changed()).await;
         let _ = state
             .set_state(
                 "pgw.app2.1",

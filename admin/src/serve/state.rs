@@ -110,7 +110,9 @@ struct Inner {
     options: Options,
     current: watch::Sender<Arc<Snapshot>>,
     status: Mutex<(ReloadStatus, Fingerprint)>,
-    writer: tokio::sync::Mutex<()>,
+    /// Held while the files are read and a snapshot published (reload) or written (state
+    /// change), so a reload that read the old inventory cannot publish it after a change.
+    files: Mutex<()>,
     pub(super) waiters: Arc<Semaphore>,
     shutdown: watch::Sender<bool>,
 }
@@ -161,7 +163,7 @@ impl AdminState {
                 options,
                 current,
                 status: Mutex::new((ReloadStatus::default(), fp)),
-                writer: tokio::sync::Mutex::new(()),
+                files: Mutex::new(()),
                 shutdown,
             }),
         })
@@ -201,6 +203,10 @@ impl AdminState {
         self.lock_status().0.clone()
     }
 
+    fn lock_files(&self) -> std::sync::MutexGuard<'_, ()> {
+        self.inner.files.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
     fn lock_status(&self) -> std::sync::MutexGuard<'_, (ReloadStatus, Fingerprint)> {
         // A panic while holding this lock leaves plain data behind: keep serving.
         self.inner.status.lock().unwrap_or_else(|e| e.into_inner())
@@ -215,7 +221,9 @@ impl AdminState {
 
     /// Reloads when the files changed since the last look. `Ok(true)`: a new catalog is
     /// served; `Err`: the files are invalid and the previous catalog is kept.
+    /// Blocking: call it from a blocking thread.
     pub fn reload_if_changed(&self) -> Result<bool, CatalogErrors> {
+        let _files = self.lock_files();
         let fp = fingerprint(&self.inner.dir);
         {
             let st = self.lock_status();
@@ -267,7 +275,6 @@ impl AdminState {
     /// result at once, waking long-polls. Reads the files fresh: an edit on disk not yet
     /// picked up by the reloader is kept, and an invalid one refuses the change.
     pub async fn set_state(&self, id: &str, state: State) -> Result<Mutation, MutationError> {
-        let _guard = self.inner.writer.lock().await;
         let this = self.clone();
         let id = id.to_owned();
         tokio::task::spawn_blocking(move || this.set_state_blocking(&id, state))
@@ -279,6 +286,7 @@ impl AdminState {
     }
 
     fn set_state_blocking(&self, id: &str, state: State) -> Result<Mutation, MutationError> {
+        let _files = self.lock_files();
         let dir = &self.inner.dir;
         let sources = Sources::read(dir).map_err(MutationError::InvalidCatalog)?;
         let catalog = Catalog::from_sources(&sources).map_err(MutationError::InvalidCatalog)?;
