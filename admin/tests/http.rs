@@ -244,6 +244,10 @@ async fn changes_need_the_token_and_reads_can_too() {
         .await
         .unwrap();
     assert_eq!(r.status(), 413, "body limit");
+    assert!(r.json::<serde_json::Value>().await.unwrap()["error"]
+        .as_str()
+        .unwrap()
+        .contains("body"));
     let r = c
         .post(format!("{}/v1/instances/nope.app1.1/drain", server.url()))
         .bearer_auth(TOKEN)

@@ -32,8 +32,13 @@ pub fn router(state: AdminState) -> Router {
     reads
         .merge(writes)
         .fallback(|| async { ApiError::new(StatusCode::NOT_FOUND, "no such endpoint") })
-        // Bodies over the limit get 413 whether or not a handler reads them.
+        // Bodies over the limit get 413 whether or not a handler reads them: announced ones
+        // with a JSON error here, streamed ones from tower-http when they cross the limit.
         .layer(tower_http::limit::RequestBodyLimitLayer::new(body_limit))
+        .layer(middleware::from_fn_with_state(
+            state.clone(),
+            content_length_limit,
+        ))
         .layer(DefaultBodyLimit::max(body_limit))
         .with_state(state)
 }
@@ -80,6 +85,22 @@ fn token_matches(headers: &HeaderMap, token: &str) -> bool {
     };
     let (a, b) = (given.trim().as_bytes(), token.as_bytes());
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+async fn content_length_limit(Ext(state): Ext<AdminState>, req: Request, next: Next) -> Response {
+    let announced = req
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    match announced {
+        Some(n) if n > state.options().body_limit as u64 => ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            format!("request body over {} bytes", state.options().body_limit),
+        )
+        .into_response(),
+        _ => next.run(req).await,
+    }
 }
 
 async fn auth_reads(Ext(state): Ext<AdminState>, req: Request, next: Next) -> Response {
