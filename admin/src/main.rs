@@ -54,6 +54,12 @@ enum Command {
         /// How often the catalog files are checked for changes, e.g. 1s, 500ms.
         #[arg(long, default_value = "1s")]
         reload_interval: String,
+        /// Serve HTTPS with this PEM certificate chain (needs --tls-key).
+        #[arg(long, requires = "tls_key")]
+        tls_cert: Option<PathBuf>,
+        /// The PEM private key of --tls-cert.
+        #[arg(long, requires = "tls_cert")]
+        tls_key: Option<PathBuf>,
     },
 }
 
@@ -147,6 +153,8 @@ fn run(cli: Cli) -> Result<(), ExitCode> {
             token_file,
             auth_reads,
             reload_interval,
+            tls_cert,
+            tls_key,
         } => {
             tracing_subscriber::fmt()
                 .with_env_filter(
@@ -180,6 +188,7 @@ fn run(cli: Cli) -> Result<(), ExitCode> {
                 token,
                 auth_reads,
                 reload_interval: interval,
+                tls: tls_cert.zip(tls_key),
                 ..serve::Options::default()
             };
             let rt = tokio::runtime::Runtime::new().map_err(|e| {

@@ -8,6 +8,7 @@
 
 mod http;
 mod state;
+pub mod tls;
 
 pub use http::router;
 pub use state::{AdminState, Mutation, MutationError, Options, ReloadStatus, Snapshot};
@@ -31,20 +32,37 @@ pub fn parse_duration(s: &str) -> Option<Duration> {
 
 /// Serves `state` on `listener` until `shutdown` completes, reloading the catalog when its
 /// files change. Long-polls are released at shutdown.
+/// With `options.tls` set, serves HTTPS.
 pub async fn run(
     state: AdminState,
     listener: tokio::net::TcpListener,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
+    let acceptor = match &state.options().tls {
+        Some((cert, key)) => Some(tls::acceptor(cert, key)?),
+        None => None,
+    };
     let reloader = state.spawn_reloader();
     let app = router(state.clone());
     let st = state.clone();
-    let result = axum::serve(listener, app)
-        .with_graceful_shutdown(async move {
-            shutdown.await;
-            st.begin_shutdown();
-        })
-        .await;
+    let stop = async move {
+        shutdown.await;
+        st.begin_shutdown();
+    };
+    let result = match acceptor {
+        None => {
+            axum::serve(listener, app)
+                .with_graceful_shutdown(stop)
+                .await
+        }
+        Some(acceptor) => {
+            let signal = state.shutdown_signal();
+            let stopper = tokio::spawn(stop);
+            let r = tls::serve(listener, app, acceptor, signal).await;
+            stopper.abort();
+            r
+        }
+    };
     reloader.abort();
     result
 }

@@ -24,6 +24,8 @@ pub struct Options {
     pub max_waiters: usize,
     /// Request body limit in bytes.
     pub body_limit: usize,
+    /// (certificate chain, private key) PEM files: serve HTTPS.
+    pub tls: Option<(PathBuf, PathBuf)>,
 }
 
 impl Default for Options {
@@ -35,6 +37,7 @@ impl Default for Options {
             max_wait: Duration::from_secs(60),
             max_waiters: 10_000,
             body_limit: 16 * 1024,
+            tls: None,
         }
     }
 }
