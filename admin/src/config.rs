@@ -46,10 +46,17 @@ struct Scope<'a> {
     catalog: &'a Catalog,
     instance: Option<&'a Instance>,
     vars_of: Option<&'a Meta>,
+    /// References followed so far: `${logger:port}` whose value is `${logger:port}` must end.
+    depth: u8,
 }
 
 impl Scope<'_> {
     fn lookup(&self, name: &str) -> Result<Value, String> {
+        if self.depth > 4 {
+            return Err(format!(
+                "${{{name}}}: variables refer to each other in a loop"
+            ));
+        }
         if let Some((t, inner)) = name.split_once(':') {
             let Some(meta) = self.catalog.meta(t) else {
                 return Err(format!("${{{name}}}: unknown type {t:?}"));
@@ -77,6 +84,7 @@ impl Scope<'_> {
                 catalog: self.catalog,
                 instance,
                 vars_of: Some(meta),
+                depth: self.depth + 1,
             }
             .lookup(inner);
         }
@@ -91,6 +99,7 @@ impl Scope<'_> {
                 // A type variable may use built-ins (not other variables: no chains to untangle).
                 let inner = Scope {
                     vars_of: None,
+                    depth: self.depth + 1,
                     ..*self
                 };
                 return match &node.kind {
@@ -263,6 +272,7 @@ pub fn combined(catalog: &Catalog, idx: usize) -> Result<Value, Vec<CatalogError
         catalog,
         instance: Some(inst),
         vars_of: meta,
+        depth: 0,
     };
     let mut errors = Vec::new();
     let mut out = Value::map();
@@ -305,11 +315,13 @@ pub(crate) fn check_variables(catalog: &Catalog, errors: &mut Vec<CatalogError>)
             catalog,
             instance: None,
             vars_of: Some(f),
+            depth: 0,
         };
         let builtins_only = Scope {
             catalog,
             instance: None,
             vars_of: None,
+            depth: 0,
         };
         for (k, v) in &f.vars {
             resolve(v, &join("vars", k), &f.file, &builtins_only, errors);
@@ -328,6 +340,7 @@ pub(crate) fn check_variables(catalog: &Catalog, errors: &mut Vec<CatalogError>)
                         catalog,
                         instance: None,
                         vars_of: Some(target),
+                        depth: 0,
                     };
                     resolve(node, &path, &f.file, &scope, errors);
                 }

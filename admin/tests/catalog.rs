@@ -714,3 +714,19 @@ fn state_edits_are_one_word_in_place_or_a_canonical_rewrite() {
         .collect();
     assert_eq!(rows, export::rows(&after));
 }
+
+#[test]
+fn variables_that_refer_to_themselves_are_an_error_not_a_stack_overflow() {
+    let s = edit_meta(
+        example(),
+        "logger",
+        "  port: 5140",
+        "  port: \"${logger:port}\"",
+    );
+    let e = errors(&s);
+    assert!(
+        e.0.iter()
+            .any(|x| x.kind == ErrorKind::UnknownVariable && x.message.contains("loop")),
+        "{e}"
+    );
+}

@@ -27,7 +27,7 @@ pub fn acceptor(cert: &Path, key: &Path) -> std::io::Result<tokio_rustls::TlsAcc
         return Err(bad("certificate", cert, &"no CERTIFICATE block"));
     }
     let key = PrivateKeyDer::from_pem_file(key).map_err(|e| bad("private key", key, &e))?;
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
     let mut config = rustls::ServerConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
         .map_err(|e| bad("TLS setup for", cert, &e))?
