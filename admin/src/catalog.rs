@@ -56,6 +56,20 @@ impl Sources {
     }
 }
 
+/// Copies a catalog's files (`inventory.yaml`, `meta/*.yaml`) into `dst`, which is created.
+/// For demos and tests that change instance states without touching the original.
+pub fn copy_files(src: &Path, dst: &Path) -> std::io::Result<()> {
+    std::fs::create_dir_all(dst.join(META_DIR))?;
+    std::fs::copy(src.join(INVENTORY_FILE), dst.join(INVENTORY_FILE))?;
+    for e in std::fs::read_dir(src.join(META_DIR))? {
+        let e = e?;
+        if e.file_name().to_string_lossy().ends_with(".yaml") {
+            std::fs::copy(e.path(), dst.join(META_DIR).join(e.file_name()))?;
+        }
+    }
+    Ok(())
+}
+
 #[derive(Clone, Debug)]
 pub struct Catalog {
     pub dir: Option<PathBuf>,

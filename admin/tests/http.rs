@@ -10,16 +10,7 @@ const TOKEN: &str = "s3cret-token";
 fn copy_example() -> tempfile::TempDir {
     let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("example-catalog");
     let dir = tempfile::tempdir().unwrap();
-    std::fs::create_dir(dir.path().join("meta")).unwrap();
-    std::fs::copy(
-        src.join("inventory.yaml"),
-        dir.path().join("inventory.yaml"),
-    )
-    .unwrap();
-    for e in std::fs::read_dir(src.join("meta")).unwrap() {
-        let e = e.unwrap();
-        std::fs::copy(e.path(), dir.path().join("meta").join(e.file_name())).unwrap();
-    }
+    portcullis_admin::catalog::copy_files(&src, dir.path()).unwrap();
     dir
 }
 
