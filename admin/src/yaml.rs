@@ -126,6 +126,17 @@ fn resolve_plain(text: &str) -> Kind {
     Kind::Str(text.to_owned())
 }
 
+/// Most nodes aliases may add to one document.
+const MAX_ALIAS_NODES: usize = 100_000;
+
+fn size(n: &Node) -> usize {
+    1 + match &n.kind {
+        Kind::Seq(items) => items.iter().map(size).sum(),
+        Kind::Map(m) => m.iter().map(|(_, v)| size(v)).sum(),
+        _ => 0,
+    }
+}
+
 enum Frame {
     Seq {
         start: (Pos, usize),
@@ -147,6 +158,7 @@ pub fn parse(text: &str) -> Result<(Node, Vec<SyntaxError>), SyntaxError> {
     let mut anchors: Vec<(usize, Node)> = Vec::new();
     let mut docs: Vec<Node> = Vec::new();
     let mut dups: Vec<SyntaxError> = Vec::new();
+    let mut expanded = 0usize;
     // The parser's markers count characters; spans here are bytes, so map char → byte index.
     let char_to_byte: Vec<usize> = if text.is_ascii() {
         Vec::new()
@@ -189,13 +201,23 @@ pub fn parse(text: &str) -> Result<(Node, Vec<SyntaxError>), SyntaxError> {
                 ))
             }
             Event::Alias(id) => match anchors.iter().rev().find(|(a, _)| *a == id) {
-                Some((_, n)) => Some((
-                    Node {
-                        pos: pos_of(&span),
-                        ..n.clone()
-                    },
-                    0,
-                )),
+                Some((_, n)) => {
+                    // Aliases copy their anchor: bound the expansion ("billion laughs").
+                    expanded += size(n);
+                    if expanded > MAX_ALIAS_NODES {
+                        return Err(SyntaxError {
+                            pos: pos_of(&span),
+                            message: format!("aliases expand to more than {MAX_ALIAS_NODES} nodes"),
+                        });
+                    }
+                    Some((
+                        Node {
+                            pos: pos_of(&span),
+                            ..n.clone()
+                        },
+                        0,
+                    ))
+                }
                 None => {
                     return Err(SyntaxError {
                         pos: pos_of(&span),
@@ -348,6 +370,18 @@ mod tests {
         let (_, dups) = parse("a: 1\nb: 2\na: 3\n").unwrap();
         assert_eq!(dups.len(), 1);
         assert_eq!(dups[0].pos.line, 3);
+    }
+
+    #[test]
+    fn alias_bombs_are_refused() {
+        let mut text = String::from("a0: &a0 [x, x, x, x, x, x, x, x, x, x]\n");
+        for i in 1..8 {
+            text.push_str(&format!("a{i}: &a{i} [*a{p}, *a{p}, *a{p}, *a{p}, *a{p}, *a{p}, *a{p}, *a{p}, *a{p}, *a{p}]\n", p = i - 1));
+        }
+        let e = parse(&text).unwrap_err();
+        assert!(e.message.contains("aliases expand"), "{e:?}");
+        let (n, _) = parse("a: &x { k: 1 }\nb: *x\n").unwrap();
+        assert_eq!(n.get("b").unwrap().get("k").unwrap().kind, Kind::Int(1));
     }
 
     #[test]
