@@ -70,6 +70,8 @@ pub fn copy_files(src: &Path, dst: &Path) -> std::io::Result<()> {
     Ok(())
 }
 
+/// A validated catalog. Treat it as immutable: indexes are built at load, so a changed
+/// catalog is a new one (`Catalog::from_sources`).
 #[derive(Clone, Debug)]
 pub struct Catalog {
     pub dir: Option<PathBuf>,
@@ -82,6 +84,9 @@ pub struct Catalog {
     pub dependency_order: Vec<String>,
     /// Active meta files (fake, or with instances) in merge order: (sort-order, type).
     pub merge_order: Vec<String>,
+    /// Inventory positions of each type's instances, and of each id.
+    by_type: HashMap<String, Vec<usize>>,
+    by_id: HashMap<String, usize>,
 }
 
 impl Catalog {
@@ -126,15 +131,28 @@ impl Catalog {
             inventory_text: src.inventory.clone(),
             dependency_order: Vec::new(),
             merge_order: Vec::new(),
+            by_type: HashMap::new(),
+            by_id: HashMap::new(),
         };
+        for (i, inst) in catalog.inventory.instances.iter().enumerate() {
+            catalog
+                .by_type
+                .entry(inst.type_name.clone())
+                .or_default()
+                .push(i);
+            catalog.by_id.entry(inst.id.clone()).or_insert(i);
+        }
         catalog.cross_check(&mut errors);
         if errors.is_empty() {
             crate::config::check_variables(&catalog, &mut errors);
         }
         if errors.is_empty() {
-            for i in 0..catalog.inventory.instances.len() {
-                if let Err(mut e) = crate::config::combined(&catalog, i) {
-                    errors.append(&mut e);
+            for (type_name, idxs) in &catalog.by_type {
+                let layers = crate::config::layers(&catalog, type_name);
+                for &i in idxs {
+                    if let Err(mut e) = crate::config::combined_with(&catalog, i, &layers) {
+                        errors.append(&mut e);
+                    }
                 }
             }
         }
@@ -164,15 +182,29 @@ impl Catalog {
     }
 
     pub fn instance(&self, id: &str) -> Option<&crate::inventory::Instance> {
-        self.inventory.instances.iter().find(|i| i.id == id)
+        self.by_id.get(id).map(|&i| &self.inventory.instances[i])
+    }
+
+    /// Position of instance `id` in the inventory.
+    pub fn instance_index(&self, id: &str) -> Option<usize> {
+        self.by_id.get(id).copied()
+    }
+
+    /// The instances of one type, in inventory order.
+    pub fn instances_of<'a>(
+        &'a self,
+        type_name: &str,
+    ) -> impl Iterator<Item = &'a crate::inventory::Instance> + 'a {
+        self.by_type
+            .get(type_name)
+            .map(Vec::as_slice)
+            .unwrap_or(&[])
+            .iter()
+            .map(|&i| &self.inventory.instances[i])
     }
 
     fn instance_count(&self, type_name: &str) -> usize {
-        self.inventory
-            .instances
-            .iter()
-            .filter(|i| i.type_name == type_name)
-            .count()
+        self.by_type.get(type_name).map_or(0, Vec::len)
     }
 
     fn cross_check(&mut self, errors: &mut Vec<CatalogError>) {
@@ -334,10 +366,7 @@ impl Catalog {
         let mut marks: HashMap<u32, (&Meta, usize)> = HashMap::new();
         for m in self.metas.values() {
             let locations_used: Vec<&str> = self
-                .inventory
-                .instances
-                .iter()
-                .filter(|i| i.type_name == m.type_name.as_str())
+                .instances_of(m.type_name.as_str())
                 .filter_map(|i| self.inventory.servers.get(&i.server))
                 .map(|s| s.location.as_str())
                 .collect();
@@ -426,10 +455,8 @@ impl Catalog {
         // Two instances of an exported type on one server would be one real server twice.
         for m in self.metas.values().filter(|m| !m.gateway.is_empty()) {
             let mut on_server: HashMap<&str, &crate::inventory::Instance> = HashMap::new();
-            for (i, inst) in self.inventory.instances.iter().enumerate() {
-                if inst.type_name != m.type_name.as_str() {
-                    continue;
-                }
+            for &i in self.by_type.get(m.type_name.as_str()).into_iter().flatten() {
+                let inst = &self.inventory.instances[i];
                 if let Some(first) = on_server.get(inst.server.as_str()) {
                     if first.id != inst.id {
                         errors.push(CatalogError { file: INVENTORY_FILE.into(), line: inst.pos.line, column: inst.pos.col, key: format!("instances[{i}]"), kind: ErrorKind::RealServerCollision, message: format!("{} and {} (line {}) are on the same server, but {} exports gateway ports ({}): both would be the same real server address and port", inst.id, first.id, first.pos.line, m.type_name, m.file) });

@@ -73,10 +73,8 @@ impl Scope<'_> {
                 None => None,
                 Some(_) => Some(
                     self.catalog
-                        .inventory
-                        .instances
-                        .iter()
-                        .find(|i| i.type_name == t)
+                        .instances_of(t)
+                        .next()
                         .ok_or_else(|| format!("${{{name}}}: there is no instance of {t}"))?,
                 ),
             };
@@ -240,7 +238,10 @@ fn resolve(
 }
 
 /// The layers that configure instances of `type_name`, in merge order: (file, key path, node).
-fn layers<'c>(catalog: &'c Catalog, type_name: &str) -> Vec<(&'c Meta, String, Layer<'c>)> {
+pub(crate) fn layers<'c>(
+    catalog: &'c Catalog,
+    type_name: &str,
+) -> Vec<(&'c Meta, String, Layer<'c>)> {
     let mut out = Vec::new();
     for t in &catalog.merge_order {
         let Some(f) = catalog.meta(t) else { continue };
@@ -259,13 +260,23 @@ fn layers<'c>(catalog: &'c Catalog, type_name: &str) -> Vec<(&'c Meta, String, L
     out
 }
 
-enum Layer<'c> {
+pub(crate) enum Layer<'c> {
     Node(&'c Node),
     Own(&'c [(crate::yaml::Key, Node)]),
 }
 
 /// The combined configuration of instance number `idx` of the inventory.
 pub fn combined(catalog: &Catalog, idx: usize) -> Result<Value, Vec<CatalogError>> {
+    let inst = &catalog.inventory.instances[idx];
+    combined_with(catalog, idx, &layers(catalog, &inst.type_name))
+}
+
+/// [`combined`] with the type's layers computed once for all its instances.
+pub(crate) fn combined_with(
+    catalog: &Catalog,
+    idx: usize,
+    layers: &[(&Meta, String, Layer<'_>)],
+) -> Result<Value, Vec<CatalogError>> {
     let inst = &catalog.inventory.instances[idx];
     let meta = catalog.meta(&inst.type_name);
     let scope = Scope {
@@ -282,16 +293,16 @@ pub fn combined(catalog: &Catalog, idx: usize) -> Result<Value, Vec<CatalogError
             Value::Int(w as i64),
         )])));
     }
-    for (f, path, layer) in layers(catalog, &inst.type_name) {
+    for (f, path, layer) in layers {
         let v = match layer {
-            Layer::Node(n) => resolve(n, &path, &f.file, &scope, &mut errors),
+            Layer::Node(n) => resolve(n, path, &f.file, &scope, &mut errors),
             Layer::Own(entries) => Value::Map(
                 entries
                     .iter()
                     .map(|(k, v)| {
                         (
                             k.name.clone(),
-                            resolve(v, &join(&path, &k.name), &f.file, &scope, &mut errors),
+                            resolve(v, &join(path, &k.name), &f.file, &scope, &mut errors),
                         )
                     })
                     .collect(),

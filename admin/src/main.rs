@@ -126,7 +126,7 @@ fn run(cli: Cli) -> Result<(), ExitCode> {
         } => {
             let c = load(&dir)?;
             let id = format!("{type_name}.{server}.{index}");
-            let Some(idx) = c.inventory.instances.iter().position(|i| i.id == id) else {
+            let Some(idx) = c.instance_index(&id) else {
                 eprintln!("no instance {id} in {}", dir.display());
                 return Err(ExitCode::from(1));
             };

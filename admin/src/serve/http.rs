@@ -237,10 +237,7 @@ async fn config(
     let id = format!("{type_name}.{server}.{index}");
     let idx = snap
         .catalog
-        .inventory
-        .instances
-        .iter()
-        .position(|i| i.id == id)
+        .instance_index(&id)
         .ok_or_else(|| ApiError::new(StatusCode::NOT_FOUND, format!("no instance {id}")))?;
     let value = crate::config::combined(&snap.catalog, idx).map_err(|errors| ApiError {
         status: StatusCode::INTERNAL_SERVER_ERROR,
