@@ -30,6 +30,7 @@
 //! ```
 
 pub mod catalog;
+mod checks;
 pub mod config;
 pub mod error;
 pub mod export;
