@@ -230,7 +230,7 @@ async fn changes_need_the_token_and_reads_can_too() {
     let r = c
         .post(&drain)
         .bearer_auth(TOKEN)
-        .body(vec![b'x'; 1 << 20])
+        .body(vec![b'x'; 64 << 10])
         .send()
         .await
         .unwrap();
@@ -569,4 +569,42 @@ async fn shutdown_releases_held_long_polls() {
         .unwrap();
     let r = poll.await.unwrap().unwrap();
     assert_eq!(r.status(), 304);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slow_clients_are_cut_off_and_connections_are_capped() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let dir = copy_example();
+    let options = Options {
+        header_timeout: Duration::from_millis(300),
+        max_connections: 2,
+        ..with_token()
+    };
+    let (_state, server) = start(dir.path(), options).await;
+    // Half a request line, then silence: the server hangs up after the header timeout.
+    let mut slow = tokio::net::TcpStream::connect(server.addr()).await.unwrap();
+    slow.write_all(b"GET /v1/export.csv HTTP/1.1\r\nHost: x\r\n")
+        .await
+        .unwrap();
+    let mut buf = Vec::new();
+    let n = tokio::time::timeout(Duration::from_secs(10), slow.read_to_end(&mut buf))
+        .await
+        .expect("the server closes a connection that never finishes its headers");
+    assert!(n.is_ok());
+    // Two idle connections fill the cap; a third is closed without an answer.
+    let _a = tokio::net::TcpStream::connect(server.addr()).await.unwrap();
+    let _b = tokio::net::TcpStream::connect(server.addr()).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let mut c = tokio::net::TcpStream::connect(server.addr()).await.unwrap();
+    let _ = c
+        .write_all(b"GET /v1/status HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await;
+    let mut buf = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(10), c.read_to_end(&mut buf)).await;
+    assert!(
+        !buf.starts_with(b"HTTP/1.1 200"),
+        "{}",
+        String::from_utf8_lossy(&buf)
+    );
+    server.stop().await.unwrap();
 }

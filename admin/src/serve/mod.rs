@@ -6,6 +6,7 @@
 //! [`spawn`] (or build [`router`] into your own server), and change instances with
 //! [`AdminState::set_state`] — long-polling gateways see the new export within milliseconds.
 
+mod conn;
 mod http;
 mod state;
 pub mod tls;
@@ -49,20 +50,14 @@ pub async fn run(
         shutdown.await;
         st.begin_shutdown();
     };
-    let result = match acceptor {
-        None => {
-            axum::serve(listener, app)
-                .with_graceful_shutdown(stop)
-                .await
-        }
-        Some(acceptor) => {
-            let signal = state.shutdown_signal();
-            let stopper = tokio::spawn(stop);
-            let r = tls::serve(listener, app, acceptor, signal).await;
-            stopper.abort();
-            r
-        }
+    let limits = conn::Limits {
+        max_connections: state.options().max_connections,
+        header_timeout: state.options().header_timeout,
     };
+    let signal = state.shutdown_signal();
+    let stopper = tokio::spawn(stop);
+    let result = conn::serve(listener, app, acceptor, limits, signal).await;
+    stopper.abort();
     reloader.abort();
     result
 }

@@ -26,6 +26,10 @@ pub struct Options {
     pub body_limit: usize,
     /// (certificate chain, private key) PEM files: serve HTTPS.
     pub tls: Option<(PathBuf, PathBuf)>,
+    /// Open connections at most; more are closed at once.
+    pub max_connections: usize,
+    /// Time a client has to send a request's headers (and to finish a TLS handshake).
+    pub header_timeout: Duration,
 }
 
 impl Default for Options {
@@ -38,6 +42,8 @@ impl Default for Options {
             max_waiters: 10_000,
             body_limit: 16 * 1024,
             tls: None,
+            max_connections: 16_384,
+            header_timeout: Duration::from_secs(20),
         }
     }
 }
