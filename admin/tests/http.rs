@@ -138,6 +138,7 @@ async fn long_poll_returns_the_new_export_when_an_instance_is_drained() {
     // A 200 (not the 304 of a timeout) means the drain woke it.
     let r = poll.await.unwrap();
     assert_eq!(r.status(), 200);
+    assert_eq!(r.headers()["preference-applied"], "wait=30");
     let new_tag = etag(&r);
     assert_ne!(new_tag, tag);
     assert_eq!(m["etag"].as_str(), Some(new_tag.as_str()));
@@ -206,6 +207,41 @@ async fn long_poll_without_change_ends_in_304_and_bad_wait_is_400() {
         .unwrap();
     assert_eq!(r.status(), 304);
     assert_eq!(etag(&r), tag);
+    assert_eq!(r.headers()["preference-applied"], "wait=1");
+    // What the gateway daemon sends: milliseconds in the query, the last ETag, a bearer token.
+    let r = c
+        .get(format!("{url}?wait=400ms"))
+        .header("if-none-match", &tag)
+        .bearer_auth(TOKEN)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        (
+            r.status().as_u16(),
+            r.headers().contains_key("preference-applied")
+        ),
+        (304, true)
+    );
+    // RFC 7240's header form.
+    let r = c
+        .get(&url)
+        .header("if-none-match", &tag)
+        .header("prefer", "respond-async, wait=1")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 304);
+    assert_eq!(r.headers()["preference-applied"], "wait=1");
+    // No wait: no hold, no Preference-Applied.
+    let r = c
+        .get(&url)
+        .header("if-none-match", &tag)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 304);
+    assert!(!r.headers().contains_key("preference-applied"));
     // Without If-None-Match (or with another tag) there is nothing to wait for.
     let r = c.get(format!("{url}?wait=30s")).send().await.unwrap();
     assert_eq!(r.status(), 200);

@@ -175,30 +175,49 @@ async fn export(
         .get(header::IF_NONE_MATCH)
         .and_then(|v| v.to_str().ok())
         .map(str::to_owned);
-    let wait = match &q.wait {
-        None => Duration::ZERO,
-        Some(w) => super::parse_duration(w)
-            .ok_or_else(|| {
-                ApiError::new(
-                    StatusCode::BAD_REQUEST,
-                    format!("wait: expected a duration such as 30s, 500ms or 30, found {w:?}"),
-                )
-            })?
-            .min(state.options().max_wait),
+    // `?wait=30s`, or RFC 7240's `Prefer: wait=30` (seconds) when there is no query.
+    let requested = match &q.wait {
+        Some(w) => Some(super::parse_duration(w).ok_or_else(|| {
+            ApiError::new(
+                StatusCode::BAD_REQUEST,
+                format!("wait: expected a duration such as 30s, 500ms or 30, found {w:?}"),
+            )
+        })?),
+        None => prefer_wait(&headers),
     };
+    let wait = requested
+        .unwrap_or(Duration::ZERO)
+        .min(state.options().max_wait);
     // Subscribe before looking, so a change between the look and the wait is not missed.
     let mut rx = state.subscribe();
     let snap = rx.borrow_and_update().clone();
-    if !none_match(inm.as_deref(), &snap.etag) {
-        return Ok(csv_response(&snap));
-    }
     if wait.is_zero() {
-        return Ok(not_modified(&snap.etag));
+        return Ok(if none_match(inm.as_deref(), &snap.etag) {
+            not_modified(&snap.etag)
+        } else {
+            csv_response(&snap)
+        });
     }
     let Ok(_permit) = state.waiters().clone().try_acquire_owned() else {
-        // Too many held polls: answer now; the client polls again.
-        return Ok(not_modified(&snap.etag));
+        // Too many held polls: answer now, without Preference-Applied, so the client falls
+        // back to its poll interval instead of coming straight back.
+        return Ok(if none_match(inm.as_deref(), &snap.etag) {
+            not_modified(&snap.etag)
+        } else {
+            csv_response(&snap)
+        });
     };
+    // The server long-polls: say so (RFC 7240), so a client can tell a 200 after a hold from
+    // one at once and poll again immediately.
+    let applied = |mut r: Response| {
+        if let Ok(v) = HeaderValue::from_str(&format!("wait={}", wait.as_secs().max(1))) {
+            r.headers_mut().insert("preference-applied", v);
+        }
+        r
+    };
+    if !none_match(inm.as_deref(), &snap.etag) {
+        return Ok(applied(csv_response(&snap)));
+    }
     let mut shutdown = state.shutdown_signal();
     let deadline = tokio::time::Instant::now() + wait;
     let mut current: Arc<Snapshot> = snap;
@@ -210,14 +229,30 @@ async fn export(
                 }
                 current = rx.borrow_and_update().clone();
                 if !none_match(inm.as_deref(), &current.etag) {
-                    return Ok(csv_response(&current));
+                    return Ok(applied(csv_response(&current)));
                 }
             }
             _ = tokio::time::sleep_until(deadline) => break,
             _ = shutdown.wait_for(|s| *s) => break,
         }
     }
-    Ok(not_modified(&current.etag))
+    Ok(applied(not_modified(&current.etag)))
+}
+
+/// `Prefer: wait=N` (seconds, RFC 7240), among other preferences.
+fn prefer_wait(headers: &HeaderMap) -> Option<Duration> {
+    headers
+        .get_all("prefer")
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split([',', ';']))
+        .find_map(|p| {
+            let (k, v) = p.trim().split_once('=')?;
+            (k.trim().eq_ignore_ascii_case("wait"))
+                .then(|| v.trim().trim_matches('"').parse::<u64>().ok())
+                .flatten()
+                .map(Duration::from_secs)
+        })
 }
 
 #[derive(Deserialize)]
