@@ -60,6 +60,9 @@ enum Command {
         /// The PEM private key of --tls-cert.
         #[arg(long, requires = "tls_cert")]
         tls_key: Option<PathBuf>,
+        /// Require client certificates signed by these PEM CA certificates.
+        #[arg(long, requires = "tls_cert")]
+        tls_client_ca: Option<PathBuf>,
     },
 }
 
@@ -155,6 +158,7 @@ fn run(cli: Cli) -> Result<(), ExitCode> {
             reload_interval,
             tls_cert,
             tls_key,
+            tls_client_ca,
         } => {
             tracing_subscriber::fmt()
                 .with_env_filter(
@@ -188,7 +192,13 @@ fn run(cli: Cli) -> Result<(), ExitCode> {
                 token,
                 auth_reads,
                 reload_interval: interval,
-                tls: tls_cert.zip(tls_key),
+                tls: tls_cert
+                    .zip(tls_key)
+                    .map(|(cert, key)| serve::tls::TlsFiles {
+                        cert,
+                        key,
+                        client_ca: tls_client_ca,
+                    }),
                 ..serve::Options::default()
             };
             let rt = tokio::runtime::Runtime::new().map_err(|e| {

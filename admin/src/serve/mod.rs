@@ -40,7 +40,7 @@ pub async fn run(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
     let acceptor = match &state.options().tls {
-        Some((cert, key)) => Some(tls::acceptor(cert, key)?),
+        Some(files) => Some(tls::acceptor(files)?),
         None => None,
     };
     let reloader = state.spawn_reloader();

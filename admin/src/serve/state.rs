@@ -24,8 +24,8 @@ pub struct Options {
     pub max_waiters: usize,
     /// Request body limit in bytes.
     pub body_limit: usize,
-    /// (certificate chain, private key) PEM files: serve HTTPS.
-    pub tls: Option<(PathBuf, PathBuf)>,
+    /// Serve HTTPS with these files.
+    pub tls: Option<super::tls::TlsFiles>,
     /// Open connections at most; more are closed at once.
     pub max_connections: usize,
     /// Time a client has to send a request's headers (and to finish a TLS handshake).
