@@ -166,6 +166,7 @@ fn run(cli: Cli) -> Result<(), ExitCode> {
                         .unwrap_or_else(|_| "info".into()),
                 )
                 .with_writer(std::io::stderr)
+                .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
                 .init();
             let interval = match serve::parse_duration(&reload_interval) {
                 Some(d) if !d.is_zero() => d,
