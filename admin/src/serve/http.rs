@@ -1,0 +1,487 @@
+//! The HTTP API (docs/admin-api.yaml): the export with ETag and long-poll, combined configs,
+//! listings, status, and the instance state changes. Errors are JSON `{"error": ...}`.
+
+use super::state::{AdminState, MutationError, Snapshot};
+use crate::inventory::State;
+use axum::extract::{DefaultBodyLimit, Path, Query, Request, State as Ext};
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use serde::Deserialize;
+use serde_json::json;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// The API router over `state` (add it to your own server, or use [`super::spawn`]).
+pub fn router(state: AdminState) -> Router {
+    let body_limit = state.options().body_limit;
+    let reads = Router::new()
+        .route("/v1/export.csv", get(export))
+        .route("/v1/config/{type}/{server}/{index}", get(config))
+        .route("/v1/services", get(services))
+        .route("/v1/instances", get(instances))
+        .route("/v1/instances/{id}", get(instance))
+        .route("/v1/servers", get(servers))
+        .route("/v1/status", get(status))
+        .route_layer(middleware::from_fn_with_state(state.clone(), auth_reads));
+    let writes = Router::new()
+        .route("/v1/instances/{id}/{action}", post(mutate))
+        .route_layer(middleware::from_fn_with_state(state.clone(), auth_writes));
+    reads
+        .merge(writes)
+        .fallback(|| async { ApiError::new(StatusCode::NOT_FOUND, "no such endpoint") })
+        // Bodies over the limit get 413 whether or not a handler reads them: announced ones
+        // with a JSON error here, streamed ones from tower-http when they cross the limit.
+        .layer(tower_http::limit::RequestBodyLimitLayer::new(body_limit))
+        .layer(middleware::from_fn_with_state(
+            state.clone(),
+            content_length_limit,
+        ))
+        .layer(DefaultBodyLimit::max(body_limit))
+        .with_state(state)
+}
+
+pub(crate) struct ApiError {
+    status: StatusCode,
+    message: String,
+    details: Option<serde_json::Value>,
+}
+
+impl ApiError {
+    fn new(status: StatusCode, message: impl Into<String>) -> ApiError {
+        ApiError {
+            status,
+            message: message.into(),
+            details: None,
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let mut body = json!({ "error": self.message });
+        if let Some(d) = self.details {
+            body["details"] = d;
+        }
+        let mut resp = (self.status, Json(body)).into_response();
+        if self.status == StatusCode::UNAUTHORIZED {
+            resp.headers_mut()
+                .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+        }
+        resp
+    }
+}
+
+/// Constant-time comparison: the token must not leak through timing.
+fn token_matches(headers: &HeaderMap, token: &str) -> bool {
+    let Some(given) = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+    else {
+        return false;
+    };
+    let (a, b) = (given.trim().as_bytes(), token.as_bytes());
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+async fn content_length_limit(Ext(state): Ext<AdminState>, req: Request, next: Next) -> Response {
+    let announced = req
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    match announced {
+        Some(n) if n > state.options().body_limit as u64 => ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            format!("request body over {} bytes", state.options().body_limit),
+        )
+        .into_response(),
+        _ => next.run(req).await,
+    }
+}
+
+async fn auth_reads(Ext(state): Ext<AdminState>, req: Request, next: Next) -> Response {
+    match (&state.options().token, state.options().auth_reads) {
+        (Some(t), true) if !token_matches(req.headers(), t) => {
+            ApiError::new(StatusCode::UNAUTHORIZED, "a valid bearer token is required")
+                .into_response()
+        }
+        _ => next.run(req).await,
+    }
+}
+
+async fn auth_writes(Ext(state): Ext<AdminState>, req: Request, next: Next) -> Response {
+    match &state.options().token {
+        None => ApiError::new(
+            StatusCode::FORBIDDEN,
+            "changes are disabled: the server has no token configured (--token-file)",
+        )
+        .into_response(),
+        Some(t) if !token_matches(req.headers(), t) => {
+            ApiError::new(StatusCode::UNAUTHORIZED, "a valid bearer token is required")
+                .into_response()
+        }
+        Some(_) => next.run(req).await,
+    }
+}
+
+/// Whether an `If-None-Match` value matches `etag` (weak comparison, as RFC 9110 asks for
+/// If-None-Match; `*` matches anything).
+fn none_match(header: Option<&str>, etag: &str) -> bool {
+    let Some(h) = header else { return false };
+    h.split(',')
+        .map(str::trim)
+        .any(|t| t == "*" || t.strip_prefix("W/").unwrap_or(t) == etag)
+}
+
+#[derive(Deserialize)]
+struct ExportQuery {
+    wait: Option<String>,
+}
+
+fn not_modified(etag: &str) -> Response {
+    let mut r = StatusCode::NOT_MODIFIED.into_response();
+    if let Ok(v) = HeaderValue::from_str(etag) {
+        r.headers_mut().insert(header::ETAG, v);
+    }
+    r
+}
+
+fn csv_response(snap: &Snapshot) -> Response {
+    let mut r = (StatusCode::OK, snap.csv.clone()).into_response();
+    let h = r.headers_mut();
+    h.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/csv; charset=utf-8"),
+    );
+    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+    if let Ok(v) = HeaderValue::from_str(&snap.etag) {
+        h.insert(header::ETAG, v);
+    }
+    r
+}
+
+/// `GET /v1/export.csv[?wait=30s]`. With `If-None-Match` equal to the current ETag: 304 at
+/// once, or — with `wait` — as soon as the export changes (200) or at the timeout (304).
+async fn export(
+    Ext(state): Ext<AdminState>,
+    Query(q): Query<ExportQuery>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    let inm = headers
+        .get(header::IF_NONE_MATCH)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned);
+    // `?wait=30s`, or RFC 7240's `Prefer: wait=30` (seconds) when there is no query.
+    let requested = match &q.wait {
+        Some(w) => Some(super::parse_duration(w).ok_or_else(|| {
+            ApiError::new(
+                StatusCode::BAD_REQUEST,
+                format!("wait: expected a duration such as 30s, 500ms or 30, found {w:?}"),
+            )
+        })?),
+        None => prefer_wait(&headers),
+    };
+    let wait = requested
+        .unwrap_or(Duration::ZERO)
+        .min(state.options().max_wait);
+    // Subscribe before looking, so a change between the look and the wait is not missed.
+    let mut rx = state.subscribe();
+    let snap = rx.borrow_and_update().clone();
+    if wait.is_zero() {
+        return Ok(if none_match(inm.as_deref(), &snap.etag) {
+            not_modified(&snap.etag)
+        } else {
+            csv_response(&snap)
+        });
+    }
+    let Ok(_permit) = state.waiters().clone().try_acquire_owned() else {
+        // Too many held polls: answer now, without Preference-Applied, so the client falls
+        // back to its poll interval instead of coming straight back.
+        return Ok(if none_match(inm.as_deref(), &snap.etag) {
+            not_modified(&snap.etag)
+        } else {
+            csv_response(&snap)
+        });
+    };
+    // The server long-polls: say so (RFC 7240), so a client can tell a 200 after a hold from
+    // one at once and poll again immediately.
+    let applied = |mut r: Response| {
+        if let Ok(v) = HeaderValue::from_str(&format!("wait={}", wait.as_secs().max(1))) {
+            r.headers_mut().insert("preference-applied", v);
+        }
+        r
+    };
+    if !none_match(inm.as_deref(), &snap.etag) {
+        return Ok(applied(csv_response(&snap)));
+    }
+    let mut shutdown = state.shutdown_signal();
+    let deadline = tokio::time::Instant::now() + wait;
+    let mut current: Arc<Snapshot> = snap;
+    loop {
+        tokio::select! {
+            changed = rx.changed() => {
+                if changed.is_err() {
+                    break;
+                }
+                current = rx.borrow_and_update().clone();
+                if !none_match(inm.as_deref(), &current.etag) {
+                    return Ok(applied(csv_response(&current)));
+                }
+            }
+            _ = tokio::time::sleep_until(deadline) => break,
+            _ = shutdown.wait_for(|s| *s) => break,
+        }
+    }
+    Ok(applied(not_modified(&current.etag)))
+}
+
+/// `Prefer: wait=N` (seconds, RFC 7240), among other preferences.
+fn prefer_wait(headers: &HeaderMap) -> Option<Duration> {
+    headers
+        .get_all("prefer")
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split([',', ';']))
+        .find_map(|p| {
+            let (k, v) = p.trim().split_once('=')?;
+            (k.trim().eq_ignore_ascii_case("wait"))
+                .then(|| v.trim().trim_matches('"').parse::<u64>().ok())
+                .flatten()
+                .map(Duration::from_secs)
+        })
+}
+
+#[derive(Deserialize)]
+struct FormatQuery {
+    format: Option<String>,
+}
+
+/// `GET /v1/config/{type}/{server}/{index}`: YAML, or JSON with `?format=json` or
+/// `Accept: application/json`. Has an ETag too, so services can poll it cheaply.
+async fn config(
+    Ext(state): Ext<AdminState>,
+    Path((type_name, server, index)): Path<(String, String, String)>,
+    Query(q): Query<FormatQuery>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    let snap = state.snapshot();
+    let id = format!("{type_name}.{server}.{index}");
+    let idx = snap
+        .catalog
+        .instance_index(&id)
+        .ok_or_else(|| ApiError::new(StatusCode::NOT_FOUND, format!("no instance {id}")))?;
+    let value = crate::config::combined(&snap.catalog, idx).map_err(|errors| ApiError {
+        status: StatusCode::INTERNAL_SERVER_ERROR,
+        message: format!("the configuration of {id} does not resolve"),
+        details: serde_json::to_value(errors).ok(),
+    })?;
+    let accept_json = headers
+        .get(header::ACCEPT)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|a| a.contains("application/json"));
+    let json = match q.format.as_deref() {
+        Some("json") => true,
+        Some("yaml") | None => accept_json && q.format.is_none(),
+        Some(other) => {
+            return Err(ApiError::new(
+                StatusCode::BAD_REQUEST,
+                format!("format: expected yaml or json, found {other:?}"),
+            ))
+        }
+    };
+    let (body, ctype) = if json {
+        (
+            serde_json::to_string_pretty(&value).unwrap_or_default(),
+            "application/json",
+        )
+    } else {
+        (value.to_yaml(), "application/yaml")
+    };
+    use sha2::Digest;
+    let d = sha2::Sha256::digest(body.as_bytes());
+    let etag: String = format!(
+        "\"{}\"",
+        d[..16]
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect::<String>()
+    );
+    let inm = headers
+        .get(header::IF_NONE_MATCH)
+        .and_then(|v| v.to_str().ok());
+    if none_match(inm, &etag) {
+        return Ok(not_modified(&etag));
+    }
+    let mut r = (StatusCode::OK, body).into_response();
+    r.headers_mut()
+        .insert(header::CONTENT_TYPE, HeaderValue::from_static(ctype));
+    if let Ok(v) = HeaderValue::from_str(&etag) {
+        r.headers_mut().insert(header::ETAG, v);
+    }
+    Ok(r)
+}
+
+async fn services(Ext(state): Ext<AdminState>) -> Json<serde_json::Value> {
+    let snap = state.snapshot();
+    let c = &snap.catalog;
+    let list: Vec<serde_json::Value> = c
+        .metas
+        .values()
+        .map(|m| {
+            let mut v = serde_json::to_value(m).unwrap_or_default();
+            let n = c
+                .inventory
+                .instances
+                .iter()
+                .filter(|i| i.type_name == m.type_name.as_str())
+                .count();
+            v["instances"] = json!(n);
+            v["active"] = json!(c.merge_order.iter().any(|t| t == m.type_name.as_str()));
+            v
+        })
+        .collect();
+    Json(
+        json!({ "services": list, "merge_order": c.merge_order, "dependency_order": c.dependency_order }),
+    )
+}
+
+fn instance_json(c: &crate::Catalog, i: &crate::inventory::Instance) -> serde_json::Value {
+    let mut v = serde_json::to_value(i).unwrap_or_default();
+    if let Some(s) = c.inventory.servers.get(&i.server) {
+        v["address"] = json!(s.address);
+        v["location"] = json!(s.location);
+    }
+    v["exported"] = json!(
+        i.state != State::Maintenance
+            && c.meta(&i.type_name).is_some_and(|m| !m.gateway.is_empty())
+    );
+    v
+}
+
+async fn instances(Ext(state): Ext<AdminState>) -> Json<serde_json::Value> {
+    let snap = state.snapshot();
+    let c = &snap.catalog;
+    let list: Vec<_> = c
+        .inventory
+        .instances
+        .iter()
+        .map(|i| instance_json(c, i))
+        .collect();
+    Json(json!({ "instances": list }))
+}
+
+async fn instance(
+    Ext(state): Ext<AdminState>,
+    Path(id): Path<String>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let snap = state.snapshot();
+    let c = &snap.catalog;
+    let i = c
+        .instance(&id)
+        .ok_or_else(|| ApiError::new(StatusCode::NOT_FOUND, format!("no instance {id}")))?;
+    Ok(Json(instance_json(c, i)))
+}
+
+async fn servers(Ext(state): Ext<AdminState>) -> Json<serde_json::Value> {
+    let snap = state.snapshot();
+    let c = &snap.catalog;
+    let list: Vec<_> = c
+        .inventory
+        .servers
+        .values()
+        .map(|s| {
+            let mut v = serde_json::to_value(s).unwrap_or_default();
+            let ids: Vec<&str> = c
+                .inventory
+                .instances
+                .iter()
+                .filter(|i| i.server == s.name)
+                .map(|i| i.id.as_str())
+                .collect();
+            v["instances"] = json!(ids);
+            v
+        })
+        .collect();
+    Json(json!({ "servers": list, "locations": c.inventory.locations }))
+}
+
+async fn status(Ext(state): Ext<AdminState>) -> Json<serde_json::Value> {
+    let snap = state.snapshot();
+    let reload = state.reload_status();
+    let loaded = snap
+        .loaded_at
+        .duration_since(std::time::SystemTime::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    let held = state.options().max_waiters - state.waiters().available_permits();
+    Json(json!({
+        "catalog": state.dir(),
+        "generation": snap.generation,
+        "etag": snap.etag,
+        "loaded_at": loaded,
+        "types": snap.catalog.metas.len(),
+        "instances": snap.catalog.inventory.instances.len(),
+        "export_bytes": snap.csv.len(),
+        "long_polls": held,
+        "reload": {
+            "ok": reload.errors.is_none(),
+            "last_attempt": reload.last_attempt,
+            "errors": reload.errors,
+        },
+    }))
+}
+
+/// `POST /v1/instances/{id}/drain|undrain|maintenance`.
+async fn mutate(
+    Ext(state): Ext<AdminState>,
+    Path((id, action)): Path<(String, String)>,
+) -> Result<Json<super::Mutation>, ApiError> {
+    let target = match action.as_str() {
+        "drain" => State::Drained,
+        "undrain" => State::Production,
+        "maintenance" => State::Maintenance,
+        _ => {
+            return Err(ApiError::new(
+                StatusCode::NOT_FOUND,
+                format!("unknown action {action:?}: drain, undrain or maintenance"),
+            ))
+        }
+    };
+    match state.set_state(&id, target).await {
+        Ok(m) => Ok(Json(m)),
+        Err(MutationError::NotFound(id)) => Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            format!("no instance {id}"),
+        )),
+        Err(MutationError::InvalidCatalog(e)) => Err(ApiError {
+            status: StatusCode::CONFLICT,
+            message: "the catalog on disk is invalid; fix it before changing instances".into(),
+            details: serde_json::to_value(e).ok(),
+        }),
+        Err(e @ MutationError::Io { .. }) => {
+            tracing::error!(%e, "state change failed");
+            Err(ApiError::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                e.to_string(),
+            ))
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::none_match;
+
+    #[test]
+    fn if_none_match_forms() {
+        assert!(none_match(Some("\"a\""), "\"a\""));
+        assert!(none_match(Some("W/\"a\""), "\"a\""));
+        assert!(none_match(Some("\"b\", \"a\""), "\"a\""));
+        assert!(none_match(Some("*"), "\"a\""));
+        assert!(!none_match(Some("\"b\""), "\"a\""));
+        assert!(!none_match(None, "\"a\""));
+    }
+}

@@ -1,0 +1,120 @@
+//! The ADMIN server: the catalog's current snapshot (catalog, export CSV, ETag), its reload
+//! when files change, state changes written back to `inventory.yaml`, and the HTTP API over
+//! them (`http.rs`).
+//!
+//! Embedding (what `portcullis demo` does): open an [`AdminState`], hand a bound listener to
+//! [`spawn`] (or build [`router`] into your own server), and change instances with
+//! [`AdminState::set_state`] — long-polling gateways see the new export within milliseconds.
+
+mod conn;
+mod http;
+mod state;
+pub mod tls;
+
+pub use http::router;
+pub use state::{AdminState, Mutation, MutationError, Options, ReloadStatus, Snapshot};
+
+use std::future::Future;
+use std::time::Duration;
+
+/// Parses `30s`, `500ms`, `2m` or plain seconds (`30`).
+pub fn parse_duration(s: &str) -> Option<Duration> {
+    let s = s.trim();
+    let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+    let (num, unit) = s.split_at(split);
+    let n: u64 = num.parse().ok()?;
+    match unit {
+        "" | "s" => Some(Duration::from_secs(n)),
+        "ms" => Some(Duration::from_millis(n)),
+        "m" => n.checked_mul(60).map(Duration::from_secs),
+        _ => None,
+    }
+}
+
+/// Serves `state` on `listener` until `shutdown` completes, reloading the catalog when its
+/// files change. Long-polls are released at shutdown.
+/// With `options.tls` set, serves HTTPS.
+pub async fn run(
+    state: AdminState,
+    listener: tokio::net::TcpListener,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    let acceptor = match &state.options().tls {
+        Some(files) => Some(tls::acceptor(files)?),
+        None => None,
+    };
+    let reloader = state.spawn_reloader();
+    let app = router(state.clone());
+    let st = state.clone();
+    let stop = async move {
+        shutdown.await;
+        st.begin_shutdown();
+    };
+    let limits = conn::Limits {
+        max_connections: state.options().max_connections,
+        header_timeout: state.options().header_timeout,
+    };
+    let signal = state.shutdown_signal();
+    let stopper = tokio::spawn(stop);
+    let result = conn::serve(listener, app, acceptor, limits, signal).await;
+    stopper.abort();
+    reloader.abort();
+    result
+}
+
+/// A server running in the background (tests, benches, the demo).
+pub struct RunningServer {
+    addr: std::net::SocketAddr,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    task: tokio::task::JoinHandle<std::io::Result<()>>,
+}
+
+impl RunningServer {
+    pub fn addr(&self) -> std::net::SocketAddr {
+        self.addr
+    }
+    /// `http://ADDR`
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+    pub async fn stop(mut self) -> std::io::Result<()> {
+        if let Some(s) = self.stop.take() {
+            let _ = s.send(());
+        }
+        self.task.await.map_err(std::io::Error::other)?
+    }
+}
+
+/// Starts [`run`] on a tokio task; stop it with [`RunningServer::stop`].
+pub fn spawn(
+    state: AdminState,
+    listener: tokio::net::TcpListener,
+) -> std::io::Result<RunningServer> {
+    let addr = listener.local_addr()?;
+    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+    let task = tokio::spawn(run(state, listener, async move {
+        let _ = rx.await;
+    }));
+    Ok(RunningServer {
+        addr,
+        stop: Some(tx),
+        task,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse_duration;
+    use std::time::Duration;
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("30s"), Some(Duration::from_secs(30)));
+        assert_eq!(parse_duration("500ms"), Some(Duration::from_millis(500)));
+        assert_eq!(parse_duration("30"), Some(Duration::from_secs(30)));
+        assert_eq!(parse_duration("2m"), Some(Duration::from_secs(120)));
+        assert_eq!(parse_duration("-1s"), None);
+        assert_eq!(parse_duration("1h"), None);
+        assert_eq!(parse_duration(""), None);
+    }
+}
