@@ -437,8 +437,27 @@ impl<F: Firewall, C: Conntrack> Daemon<F, C> {
                     continue;
                 }
             }
-            let step = self.poll_once().await;
-            tracing::debug!(?step, "poll");
+            // A SIGUSR1 during the poll abandons it: a promotion must not wait out the request
+            // timeout of an ADMIN that went down (the failover case warm standby is for).
+            // Only the fetch awaits, so nothing is left half-done.
+            let interrupted = match wake.as_mut() {
+                Some(s) => tokio::select! {
+                    step = self.poll_once() => {
+                        tracing::debug!(?step, "poll");
+                        false
+                    }
+                    _ = s.recv() => true,
+                },
+                None => {
+                    self.poll_once().await;
+                    false
+                }
+            };
+            if interrupted {
+                tracing::info!("woken by SIGUSR1 during a poll; poll abandoned");
+                let step = self.poll_once().await;
+                tracing::debug!(?step, "poll");
+            }
         }
     }
 }
