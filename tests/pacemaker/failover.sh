@@ -127,6 +127,7 @@ servers() {
 		# Directly, not through ns(): $! must be the server, not a subshell.
 		ip netns exec "$P-$b" busybox httpd -f -p 8080 -h "$TMP/www-$b" &
 		SERVERS+=($!)
+		disown $!
 	done
 	mkdir -p "$TMP/admin"
 	cat >"$TMP/admin/export.csv" <<EOF
@@ -137,6 +138,7 @@ web,web.b2,tcp,$VIP,80,,10.78.0.12,8080,1,rr,nat,
 EOF
 	ip netns exec "$P-ad" busybox httpd -f -p 8000 -h "$TMP/admin" &
 	SERVERS+=($!)
+	disown $!
 }
 
 # --- nodes ---------------------------------------------------------------------------------
@@ -274,7 +276,7 @@ measure() {
 	t_detect=$(detected "$old" "$t0" "$crashed")
 	pass "$name: traffic through $VIP via $new after $(fmt "$t_ok") s"
 	RESULTS+=("$(printf '%-44s %8s %8s %8s %8s %8s %8s' "$name" "$(fmt "$t_detect")" "$(fmt "$t_vip")" \
-		"$(fmt "$t_rules")" "$(fmt "$t_ok")" "$(fmt $((t_ok - ${t_detect:-0})))" "$promote_ms")")
+		"$(fmt "$t_rules")" "$(fmt "$t_ok")" "$(fmt $((t_ok - ${t_detect:-0})))" "${promote_ms:--}")")
 	if [ -n "$crashed" ]; then
 		expect "$name: $old is isolated" "" "$(node_pids "$old")"
 	elif vip_on "$old"; then

@@ -40,7 +40,9 @@ require() {
 		for tool in "$@"; do
 			command -v "$tool" >/dev/null || problem="${problem}missing $tool; "
 		done
-		[ -x "$PORTCULLIS" ] || problem="${problem}no binary at $PORTCULLIS (cargo build first); "
+		if [ "${NEED_BINARY:-1}" = 1 ] && [ ! -x "$PORTCULLIS" ]; then
+			problem="${problem}no binary at $PORTCULLIS (cargo build first); "
+		fi
 	fi
 	[ -z "$problem" ] && return 0
 	if [ "${CI:-}" = true ]; then
