@@ -255,6 +255,8 @@ admin_failing_on() { [ "$(status_of "$1" consecutive_failures)" -ge 1 ] 2>/dev/n
 measure() {
 	local name=$1 old=$2 new=$3 t0=$4 crashed=${5:-} t_vip="" t_rules="" t_ok="" t now deadline promote_ms
 	deadline=$((t0 + 90000))
+	local plog=$TMP/$new/var-log-pacemaker/pacemaker.log before
+	before=$(grep -c "portcullis promoted: export applied" "$plog")
 	while now=$(now_ms) && [ "$now" -lt "$deadline" ]; do
 		t=$((now - t0))
 		[ -z "$t_vip" ] && vip_on "$new" && t_vip=$t
@@ -271,8 +273,9 @@ measure() {
 		fail "$name: no traffic through $VIP via $new within 90 s (VIP ${t_vip:-never}, rules ${t_rules:-never} ms)"
 		return 1
 	fi
-	promote_ms=$(sed -n 's/.*INFO: portcullis promoted: export applied in \([0-9]*\) ms.*/\1/p' \
-		"$TMP/$new/var-log-pacemaker/pacemaker.log" | tail -n 1)
+	# Traffic flows as soon as the rules are in; the agent logs a moment later.
+	wait_until 3 test "$(grep -c "portcullis promoted: export applied" "$plog")" -gt "$before"
+	promote_ms=$(sed -n 's/.*INFO: portcullis promoted: export applied in \([0-9]*\) ms.*/\1/p' "$plog" | tail -n 1)
 	t_detect=$(detected "$old" "$t0" "$crashed")
 	pass "$name: traffic through $VIP via $new after $(fmt "$t_ok") s"
 	RESULTS+=("$(printf '%-44s %8s %8s %8s %8s %8s %8s' "$name" "$(fmt "$t_detect")" "$(fmt "$t_vip")" \
