@@ -15,6 +15,8 @@
 # Each gateway is a network namespace plus private mount/UTS namespaces (its own /etc/corosync,
 # /var/lib/pacemaker, /run, …), see ../../../shared/notes/pacemaker-in-namespaces.md. All
 # processes are killed by pid and all namespaces removed on exit, also on failure.
+#
+# PCM_TOKEN=1000 runs with another corosync token (ms); PCM_KEEP=1 keeps the logs in /tmp.
 set -uo pipefail
 # shellcheck source=tests/pacemaker/lib.sh
 . "$(dirname "$0")/lib.sh"
@@ -95,10 +97,10 @@ ns() {
 
 # attach NS IFNAME BRIDGE ADDR/LEN
 attach() {
-	ip -n "$P-sw" link add "$1-$2" type veth peer name "$2" netns "$P-$1"
-	ip -n "$P-sw" link set "$1-$2" master "$3" up
-	ip -n "$P-$1" addr add "$4" dev "$2"
-	ip -n "$P-$1" link set "$2" up
+	ip -n "$P-sw" link add "$1-$2" type veth peer name "$2" netns "$P-$1" &&
+		ip -n "$P-sw" link set "$1-$2" master "$3" up &&
+		ip -n "$P-$1" addr add "$4" dev "$2" &&
+		ip -n "$P-$1" link set "$2" up
 }
 
 network() {
@@ -154,6 +156,7 @@ prepare_node() {
 		-e 's/ring0_addr: 10\.10\.0\.2$/ring0_addr: 10.78.0.1/' \
 		-e 's/ring0_addr: 10\.10\.0\.3$/ring0_addr: 10.78.0.2/' \
 		-e 's/to_syslog: yes/to_syslog: no/' \
+		-e "s/^\ttoken: 3000\$/\ttoken: ${PCM_TOKEN:-3000}/" \
 		"$REPO/pacemaker/corosync.conf.example" >"$d/etc-corosync/corosync.conf"
 	cp "$TMP/authkey" "$d/etc-corosync/authkey"
 	printf '127.0.0.1 localhost\n10.78.0.1 n1\n10.78.0.2 n2\n' >"$d/hosts"
@@ -179,11 +182,17 @@ EOF
 # VIPs and rules included), then corosync and pacemakerd in private mount/UTS namespaces.
 boot_node() {
 	local n=$1 a=$2 d=$TMP/$1
+	# Unplug the old links first: a deleted namespace releases its veths asynchronously, and
+	# a peer name still taken in the switch would leave the new node without its link.
+	ip -n "$P-sw" link del "$n-eth0" 2>/dev/null
+	ip -n "$P-sw" link del "$n-eth1" 2>/dev/null
 	ip netns del "$P-$n" 2>/dev/null
 	ip netns add "$P-$n"
 	ip -n "$P-$n" link set lo up
-	attach "$n" eth0 ext "10.77.0.$a/24"
-	attach "$n" eth1 int "10.78.0.$a/24"
+	if ! attach "$n" eth0 ext "10.77.0.$a/24" || ! attach "$n" eth1 int "10.78.0.$a/24"; then
+		fail "cannot wire node $n"
+		exit 1
+	fi
 	ns "$n" sysctl -qw net.ipv4.ip_forward=1
 	# Not through ns(): a backgrounded function is a subshell, and $! would be its pid, in
 	# the host's namespace. ip, setsid, env and unshare exec in place: $! is the node's init.
@@ -423,7 +432,7 @@ fi
 expect "$new's daemon reports the active role" active "$(status_of "$new" role)"
 
 say ""
-say "failover, seconds from the fault (corosync token $(sed -n 's/^\ttoken: //p' "$REPO/pacemaker/corosync.conf.example") ms, promoted monitor every 3 s);"
+say "failover, seconds from the fault (corosync token $(sed -n 's/^\ttoken: //p' "$TMP/n1/etc-corosync/corosync.conf") ms, promoted monitor every 3 s);"
 say "'after' = traffic back after the cluster knew (fenced / monitor failed); 'promote' = the agent's promote, ms:"
 say "$(printf '%-44s %8s %8s %8s %8s %8s %8s' scenario detected 'VIP up' rules traffic after promote)"
 for r in "${RESULTS[@]}"; do say "$r"; done
