@@ -12,7 +12,7 @@ NEED_BINARY=0 require crm pcs cibadmin crm_verify crm_simulate xmllint
 
 TMP=$(mktemp -d /tmp/pcm-config.XXXXXX)
 FENCE=/usr/sbin/fence_netns
-trap 'rm -rf "$TMP" "$FENCE"' EXIT
+trap '[ -n "${PCM_KEEP:-}" ] || rm -rf "$TMP"; rm -f "$FENCE"' EXIT
 install_agent
 # A fence device is site-specific and not shipped; the test-only one makes the CIB complete.
 install -m 0755 "$REPO/tests/pacemaker/fence_netns" "$FENCE"
@@ -58,11 +58,14 @@ done
 facts() {
 	xmllint --xpath '//configuration/resources//primitive[not(@class="stonith")] |
 		//configuration/resources//nvpair | //configuration/resources//op |
-		//configuration/constraints/* | //rsc_defaults//nvpair' "$1" 2>/dev/null |
-		tr '\n' ' ' | sed 's/<\(primitive\|nvpair\|op\|rsc_colocation\|rsc_order\)/\n&/g' |
+		//configuration/constraints/* | //configuration/constraints//resource_set |
+		//configuration/constraints//resource_ref | //rsc_defaults//nvpair' "$1" 2>/dev/null |
+		tr '\n' ' ' | sed 's/<\(primitive\|nvpair\|op\|rsc_colocation\|rsc_order\|resource_set\|resource_ref\)[ />]/\n&/g' |
 		sed -n 's/^<\([a-z_]*\)\(.*\)\/\{0,1\}>.*/\1\2/p' | while read -r el rest; do
-			# Ids are generated differently by crmsh and pcs: compare everything else.
-			attrs=$(echo "$rest" | grep -o '[a-z_-]*="[^"]*"' | grep -v -E '^id=|^rsc-role="Started"|^first-action="start"' | sort | tr '\n' ' ')
+			# Ids are generated differently by crmsh and pcs: compare everything else (a
+			# resource_ref is nothing but the id of what it refers to).
+			attrs=$(echo "$rest" | grep -o '[a-z_-]*="[^"]*"' | grep -v -E '^rsc-role="Started"|^first-action="start"' |
+				{ if [ "$el" = resource_ref ]; then cat; else grep -v '^id='; fi; } | sort | tr '\n' ' ')
 			echo "$el $attrs"
 		done | sed 's/ *\/\{0,1\}>\{0,1\} *$//' | sort
 }
