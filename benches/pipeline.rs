@@ -56,6 +56,7 @@ fn bench(c: &mut Criterion) {
     let opts = nft::RenderOptions {
         backend: nft::Backend::Nft,
         external_interfaces: vec![],
+        internal_interfaces: vec![],
         policy,
     };
     for n in SIZES {

@@ -8,76 +8,13 @@ use portcullis::apply::{RecordingConntrack, SyncOutcome, TwinFirewall};
 use portcullis::daemon::config::{Config, Role};
 use portcullis::daemon::poll::{Daemon, Step};
 use portcullis::render::nft::Backend;
-use std::io::{Read, Write};
-use std::net::TcpListener;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
-#[derive(Clone, Copy, PartialEq)]
-enum Mode {
-    Normal,
-    Error500,
-    /// Announces more bytes than it sends, then closes.
-    Truncated,
-    /// Accepts and hangs up without answering.
-    HangUp,
-}
+use common::stub_admin::{Mode, Stub};
 
-struct Served {
-    body: Vec<u8>,
-    etag: String,
-    mode: Mode,
-    requests: usize,
-}
-
-/// A tiny HTTP/1.1 server with ETag / If-None-Match, on an ephemeral loopback port.
-fn admin(body: &[u8]) -> (String, Arc<Mutex<Served>>) {
-    let served = Arc::new(Mutex::new(Served {
-        body: body.to_vec(),
-        etag: "\"v1\"".into(),
-        mode: Mode::Normal,
-        requests: 0,
-    }));
-    let listener = TcpListener::bind("127.0.0.1:0").expect("bind loopback");
-    let url = format!(
-        "http://{}/v1/export.csv",
-        listener.local_addr().expect("addr")
-    );
-    let shared = served.clone();
-    std::thread::spawn(move || {
-        for conn in listener.incoming().flatten() {
-            let mut conn = conn;
-            let mut buf = [0u8; 4096];
-            let n = conn.read(&mut buf).unwrap_or(0);
-            let request = String::from_utf8_lossy(&buf[..n]).to_lowercase();
-            let mut s = shared.lock().expect("lock");
-            s.requests += 1;
-            let reply: Vec<u8> = match s.mode {
-                Mode::HangUp => continue,
-                Mode::Error500 => b"HTTP/1.1 500 Internal Server Error\r\ncontent-length: 4\r\nconnection: close\r\n\r\noops".to_vec(),
-                Mode::Truncated => {
-                    let mut r = format!("HTTP/1.1 200 OK\r\ncontent-length: {}\r\nconnection: close\r\n\r\n", s.body.len() + 100).into_bytes();
-                    r.extend_from_slice(&s.body[..s.body.len() / 2]);
-                    r
-                }
-                Mode::Normal if request.contains(&format!("if-none-match: {}", s.etag)) => {
-                    format!("HTTP/1.1 304 Not Modified\r\netag: {}\r\nconnection: close\r\n\r\n", s.etag).into_bytes()
-                }
-                Mode::Normal => {
-                    let mut r = format!(
-                        "HTTP/1.1 200 OK\r\netag: {}\r\ncontent-length: {}\r\nconnection: close\r\n\r\n",
-                        s.etag,
-                        s.body.len()
-                    )
-                    .into_bytes();
-                    r.extend_from_slice(&s.body);
-                    r
-                }
-            };
-            let _ = conn.write_all(&reply);
-        }
-    });
-    (url, served)
+fn admin(body: &[u8]) -> (String, Arc<Stub>) {
+    common::stub_admin::start(body)
 }
 
 fn export(services: usize) -> Vec<u8> {
@@ -86,10 +23,8 @@ fn export(services: usize) -> Vec<u8> {
         .into_bytes()
 }
 
-fn publish(served: &Arc<Mutex<Served>>, body: Vec<u8>, etag: &str) {
-    let mut s = served.lock().expect("lock");
-    s.body = body;
-    s.etag = etag.into();
+fn publish(served: &Stub, body: Vec<u8>, etag: &str) {
+    served.publish(body, etag);
 }
 
 fn daemon(
@@ -100,6 +35,8 @@ fn daemon(
     let config = Config {
         source: Some(url.into()),
         request_timeout: Duration::from_secs(2),
+        // The stub long-polls; these tests step the daemon poll by poll.
+        long_poll: Duration::ZERO,
         max_body_bytes: 1 << 20,
         state_dir: state_dir.to_owned(),
         role,
@@ -568,10 +505,10 @@ fn promote_interrupts_a_poll_stuck_on_a_silent_admin() {
     // ADMIN inside the namespace: the first request is refused at once (start-up falls back to
     // the cache), every later one is accepted and never answered.
     let listener = common::lab::in_netns(&ns.name, || {
-        TcpListener::bind("127.0.0.1:0").expect("bind in the namespace")
+        std::net::TcpListener::bind("127.0.0.1:0").expect("bind in the namespace")
     });
     let port = listener.local_addr().expect("addr").port();
-    let stalled = Arc::new(Mutex::new(Vec::new()));
+    let stalled = Arc::new(std::sync::Mutex::new(Vec::new()));
     let held = stalled.clone();
     std::thread::spawn(move || {
         for (i, conn) in listener.incoming().flatten().enumerate() {

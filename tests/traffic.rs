@@ -5,7 +5,7 @@ mod common;
 
 use common::lab::{ask_line, udp_ask, Lab, VIP1, VIP2};
 use common::{render_options, require_nft};
-use portcullis::apply::{ConntrackCli, Firewall, NftCli, SyncOutcome, Syncer};
+use portcullis::apply::{ConntrackCli, Firewall, NftCli, NoConntrack, SyncOutcome, Syncer};
 use portcullis::model::DesiredState;
 use portcullis::render::nft::Backend;
 use std::collections::{BTreeMap, BTreeSet};
@@ -237,6 +237,7 @@ fn a_rejected_export_changes_nothing_and_other_tables_are_untouched() {
     std::fs::create_dir_all(&dir).expect("tmp");
     let good = dir.join("good.csv");
     let bad = dir.join("bad.csv");
+    let state_dir = dir.join("state");
     std::fs::write(&good, format!("{HEADER}{}\n", row("tcp", VIP1, 80, 1, 1))).expect("write");
     std::fs::write(
         &bad,
@@ -255,6 +256,12 @@ fn a_rejected_export_changes_nothing_and_other_tables_are_untouched() {
                 env!("CARGO_BIN_EXE_portcullis"),
             ])
             .args(args)
+            // apply keeps its last-known-good export and journal there: not the host's.
+            .args(if args[0] == "apply" {
+                vec!["--state-dir", state_dir.to_str().expect("path")]
+            } else {
+                vec![]
+            })
             .output()
             .expect("run portcullis")
     };
@@ -462,7 +469,7 @@ fn killing_an_apply_never_leaves_a_half_applied_table() {
     if !require_nft() {
         return;
     }
-    use portcullis::apply::{drift, NoConntrack};
+    use portcullis::apply::drift;
     let ns = common::Netns::new("kill");
     let dir = std::env::temp_dir().join(format!("pc-kill-{}", std::process::id()));
     std::fs::create_dir_all(&dir).expect("tmp");
@@ -490,6 +497,8 @@ fn killing_an_apply_never_leaves_a_half_applied_table() {
     let apply = |file: &std::path::Path| {
         ns.command(env!("CARGO_BIN_EXE_portcullis"))
             .args(["apply", "--once", "--external-iface", "lo"])
+            .arg("--state-dir")
+            .arg(dir.join("state"))
             .arg("--source")
             .arg(file)
             .stdout(std::process::Stdio::null())
@@ -516,4 +525,42 @@ fn killing_an_apply_never_leaves_a_half_applied_table() {
         .is_some();
         assert!(settled, "round {round}: the table matches neither export");
     }
+}
+
+/// With internal interfaces configured, translated traffic leaves only through them: a real
+/// server behind another interface is unreachable through the gateway until it is listed.
+#[test]
+fn translated_traffic_leaves_only_through_internal_interfaces() {
+    if !require_nft() {
+        return;
+    }
+    let lab = Lab::new("internal", 2);
+    let opts = |internal: &[&str]| {
+        let mut o = render_options(Backend::Nft, &["g0"]);
+        o.internal_interfaces = internal
+            .iter()
+            .map(|i| portcullis::render::nft::Ifname::parse(i).expect("ifname"))
+            .collect();
+        o
+    };
+    let st = || state(&[row("tcp", VIP1, 80, 1, 1), row("tcp", VIP1, 81, 2, 1)]);
+    let mut s = Syncer::new(NftCli::in_netns(&lab.gw.name), NoConntrack, opts(&["e1"]));
+    s.sync(st()).expect("apply");
+    assert_eq!(
+        lab.tcp_ask(VIP1, 80).as_deref(),
+        Some("b1"),
+        "b1 is behind e1"
+    );
+    assert_eq!(lab.tcp_ask(VIP1, 81), None, "b2 is behind e2, not internal");
+    let mut s = Syncer::new(
+        NftCli::in_netns(&lab.gw.name),
+        NoConntrack,
+        opts(&["e1", "e2"]),
+    );
+    s.reconcile(st()).expect("regenerate");
+    assert_eq!(
+        lab.tcp_ask(VIP1, 81).as_deref(),
+        Some("b2"),
+        "e2 listed now"
+    );
 }

@@ -65,6 +65,15 @@ impl<F: Firewall, C: Conntrack> Syncer<F, C> {
         self.guard = guard;
     }
 
+    /// Renders with `opts` from now on (a reloaded configuration); the caller reconciles.
+    pub fn set_options(&mut self, opts: RenderOptions) {
+        self.opts = opts;
+    }
+
+    pub fn options(&self) -> &RenderOptions {
+        &self.opts
+    }
+
     /// The state last applied (or adopted), if any.
     pub fn applied(&self) -> Option<&DesiredState> {
         self.applied.as_ref()
@@ -197,6 +206,7 @@ mod tests {
         let opts = RenderOptions {
             backend: Backend::Nft,
             external_interfaces: Vec::new(),
+            internal_interfaces: Vec::new(),
             policy: BasePolicy::parse(DEFAULT_POLICY).expect("policy"),
         };
         Syncer::new(TwinFirewall::default(), RecordingConntrack::default(), opts)

@@ -1,52 +1,222 @@
-//! `portcullis apply --once` and `portcullis flush`: the one-shot, kernel-facing commands.
+//! `portcullis apply --once` (with the guard, `--force` and commit-confirm), `confirm` and
+//! `flush`: the one-shot, kernel-facing commands.
 
-use super::{load_state, FAILED, OK};
-use crate::apply::{drift, ConntrackCli, Firewall, NftCli, SyncOutcome, Syncer};
+use super::{confirm, load_state, FAILED, INVALID, OK};
+use crate::apply::{drift, ConntrackCli, Firewall, Guard, NftCli, SyncOutcome, Syncer};
+use crate::daemon::cache::StateDir;
+use crate::daemon::journal::{Entry, Journal};
+use crate::model::DesiredState;
 use crate::render::nft::{full_ruleset, Backend, RenderOptions};
 use std::path::Path;
+use std::time::{Duration, Instant};
 
-pub fn apply_once(source: &Path, opts: RenderOptions, dry_run: bool) -> u8 {
-    if opts.backend == Backend::Ipvs {
+/// What `portcullis apply --once` was asked to do.
+pub struct ApplyOnce<'a> {
+    pub source: &'a Path,
+    pub opts: RenderOptions,
+    pub dry_run: bool,
+    /// Skip the guard against withdrawing most services at once.
+    pub force: bool,
+    /// Roll back unless `portcullis confirm` follows within this time.
+    pub confirm_within: Option<Duration>,
+    /// Where the last-known-good export (the guard's baseline and the rollback target), the
+    /// journal and the pending confirmation live: the daemon's state directory.
+    pub state_dir: &'a Path,
+}
+
+pub fn apply_once(args: ApplyOnce) -> u8 {
+    if args.opts.backend == Backend::Ipvs {
         eprintln!(
             "portcullis: the IPVS backend is not available in this version; use --backend nft"
         );
         return FAILED;
     }
-    let state = match load_state(source) {
-        Ok(s) => s,
-        Err(code) => return code,
+    let bytes = match super::input::read_source(args.source) {
+        Ok(b) => b,
+        Err(msg) => {
+            eprintln!("portcullis: {msg}");
+            return INVALID;
+        }
     };
-    let mut syncer = Syncer::new(NftCli::default(), ConntrackCli::default(), opts.clone());
-    if dry_run {
-        return dry_run_report(&mut syncer, &state, &opts);
+    let state = match portcullis_export::parse(&bytes) {
+        Ok(export) => DesiredState::from_export(&export),
+        Err(errors) => {
+            super::input::report(args.source, &errors);
+            return INVALID;
+        }
+    };
+    let mut syncer = Syncer::new(
+        NftCli::default(),
+        ConntrackCli::default(),
+        args.opts.clone(),
+    );
+    if args.dry_run {
+        return dry_run_report(&mut syncer, &state, &args.opts);
     }
+    let cache = StateDir::new(args.state_dir);
+    let journal = Journal::new(args.state_dir);
+    let last_good = match cache.load() {
+        Ok(Some(c)) => portcullis_export::parse(&c.export)
+            .ok()
+            .map(|e| DesiredState::from_export(&e)),
+        Ok(None) => None,
+        Err(e) => {
+            eprintln!("portcullis: warning: {e}");
+            None
+        }
+    };
+    if !args.force {
+        if let Some(old) = &last_good {
+            if let Err(refusal) = Guard::default().check(old, &state) {
+                eprintln!(
+                    "portcullis: {refusal} (baseline: the last-known-good export in {})",
+                    args.state_dir.display()
+                );
+                journal_entry(&journal, "refused", refusal.to_string(), Duration::ZERO);
+                return INVALID;
+            }
+        }
+    }
+    let rollback = match args.confirm_within {
+        Some(_) => match confirm::rollback_target(&mut syncer, last_good) {
+            Ok(target) => Some(target),
+            Err(why) => {
+                eprintln!("portcullis: --confirm-within refused: {why}");
+                return FAILED;
+            }
+        },
+        None => None,
+    };
+    warn_if_the_daemon_is_active(args.state_dir);
+    let started = Instant::now();
     let (services, reals) = (state.services.len(), state.real_server_count());
-    match syncer.reconcile(state) {
+    let detail = match syncer.reconcile(state) {
         Ok(SyncOutcome::Adopted) => {
-            println!("nothing to do: the live table already matches ({services} services)");
-            OK
+            confirm::say(&format!(
+                "nothing to do: the live table already matches ({services} services)"
+            ));
+            "adopted".to_owned()
         }
         Ok(SyncOutcome::Full { drift }) => {
-            println!(
+            confirm::say(&format!(
                 "applied: table regenerated ({services} services, {reals} real servers; {} differences)",
                 drift.len()
-            );
-            OK
+            ));
+            format!("apply --once: full ({} differences)", drift.len())
         }
         Ok(other) => {
-            println!("applied: {other:?}");
-            OK
+            confirm::say(&format!("applied: {other:?}"));
+            format!("apply --once: {other:?}")
         }
         Err(e) => {
             eprintln!("portcullis: apply failed, the kernel was left as it was: {e}");
+            journal_entry(&journal, "failed", e.to_string(), started.elapsed());
+            return FAILED;
+        }
+    };
+    if let (Some(target), Some(within)) = (rollback, args.confirm_within) {
+        confirm::say(&format!(
+            "keeping this only if `portcullis confirm --state-dir {}` follows within {}; Ctrl-C rolls back now",
+            args.state_dir.display(),
+            humantime::format_duration(within)
+        ));
+        let answer = confirm::wait_for_confirmation(args.state_dir, within);
+        if answer != Ok(confirm::Answer::Confirmed) {
+            let why = match answer {
+                Ok(confirm::Answer::Interrupted) => "interrupted".to_owned(),
+                Ok(_) => format!(
+                    "not confirmed within {}",
+                    humantime::format_duration(within)
+                ),
+                Err(e) => e,
+            };
+            let delete = || {
+                NftCli::default()
+                    .delete_table()
+                    .map(|_| ())
+                    .map_err(|e| e.to_string())
+            };
+            return match confirm::roll_back(&mut syncer, target, delete) {
+                Ok(()) => {
+                    confirm::say(&format!("rolled back ({why}): the table is as it was"));
+                    journal_entry(&journal, "rolled back", why, started.elapsed());
+                    FAILED
+                }
+                Err(e) => {
+                    eprintln!("portcullis: ROLLBACK FAILED ({why}): {e}");
+                    journal_entry(
+                        &journal,
+                        "failed",
+                        format!("rollback failed: {e}"),
+                        started.elapsed(),
+                    );
+                    FAILED
+                }
+            };
+        }
+        confirm::say("confirmed: the change stays");
+    }
+    if let Err(e) = cache.save(&bytes, None, unix_now()) {
+        eprintln!("portcullis: warning: could not save the last-known-good export: {e}");
+    }
+    journal_entry(&journal, "applied", detail, started.elapsed());
+    OK
+}
+
+/// `portcullis confirm`: keeps what a waiting `apply --confirm-within` applied.
+pub fn confirm(state_dir: &Path) -> u8 {
+    match confirm::confirm(state_dir) {
+        Ok(pid) => {
+            println!("confirmed (apply process {pid})");
+            OK
+        }
+        Err(e) => {
+            eprintln!("portcullis: {e}");
             FAILED
         }
     }
 }
 
+fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+fn journal_entry(journal: &Journal, result: &str, detail: String, took: Duration) {
+    let entry = Entry {
+        time_unix: unix_now(),
+        etag: None,
+        result: result.to_owned(),
+        detail,
+        summary: None,
+        duration_ms: took.as_secs_f64() * 1000.0,
+    };
+    if let Err(e) = journal.append(&entry) {
+        eprintln!("portcullis: warning: could not write the journal: {e}");
+    }
+}
+
+/// A running active daemon would put ADMIN's export back at its next change: say so.
+fn warn_if_the_daemon_is_active(state_dir: &Path) {
+    let Some(pid) = crate::daemon::role::read_pid(state_dir) else {
+        return;
+    };
+    let running = Path::new(&format!("/proc/{pid}")).exists();
+    let standby = crate::daemon::role::read_role(state_dir)
+        .ok()
+        .flatten()
+        .is_some_and(|r| r == crate::daemon::config::Role::Standby);
+    if running && !standby {
+        eprintln!(
+            "portcullis: warning: the daemon (pid {pid}) is active and will apply ADMIN's export again at its next change; `portcullis demote` it first to keep a manual change"
+        );
+    }
+}
+
 fn dry_run_report(
     syncer: &mut Syncer<NftCli, ConntrackCli>,
-    state: &crate::model::DesiredState,
+    state: &DesiredState,
     opts: &RenderOptions,
 ) -> u8 {
     let expected = match syncer.expected_table(state) {

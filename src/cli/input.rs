@@ -16,7 +16,7 @@ pub enum Loaded {
 const MAX_EXPORT_BYTES: u64 = 64 << 20;
 
 /// Reads an export from a file, `-` (standard input), or an `http(s)://` / `file://` URL.
-fn read_source(path: &Path) -> Result<Vec<u8>, String> {
+pub(crate) fn read_source(path: &Path) -> Result<Vec<u8>, String> {
     let text = path.to_string_lossy();
     if path == Path::new("-") {
         let mut buf = Vec::new();

@@ -3,6 +3,8 @@
 //! outcomes to exit codes that scripts can rely on.
 
 mod apply;
+mod confirm;
+mod generate;
 mod input;
 mod inspect;
 mod run;
@@ -24,8 +26,17 @@ use std::process::ExitCode;
     about = "Gateway daemon and netops tool: ADMIN export CSV → nftables and IPVS"
 )]
 pub struct Cli {
+    /// Log format on stderr: plain text (journald-friendly) or one JSON object per line.
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
     #[command(subcommand)]
     pub command: Command,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
 }
 
 #[derive(Subcommand)]
@@ -52,15 +63,8 @@ pub enum Command {
         /// instead of the full table.
         #[arg(long, value_name = "OLD.csv")]
         incremental_from: Option<PathBuf>,
-        /// Static base policy to plug in (default: the rules/base.nft built into the binary).
-        #[arg(long, value_name = "FILE")]
-        policy: Option<PathBuf>,
-        /// Interface facing clients (repeatable): unaccepted new inbound traffic on it is dropped.
-        #[arg(long = "external-iface", value_name = "IFNAME")]
-        external_ifaces: Vec<String>,
-        /// Which data plane balances: IPVS (the table marks and filters) or nftables alone.
-        #[arg(long, value_enum, default_value_t = BackendArg::Nft)]
-        backend: BackendArg,
+        #[command(flatten)]
+        table: TableArgs,
     },
     /// Compare two exports. Exit 0 no change, 1 changes, 2 error (like diff(1)).
     ///
@@ -78,13 +82,9 @@ pub enum Command {
         json: bool,
         #[arg(long, value_enum, default_value_t = Color::Auto)]
         color: Color,
-        /// With `--live`: the backend and interfaces the table was rendered for.
-        #[arg(long, value_enum, default_value_t = BackendArg::Nft)]
-        backend: BackendArg,
-        #[arg(long = "external-iface", value_name = "IFNAME")]
-        external_ifaces: Vec<String>,
-        #[arg(long, value_name = "FILE")]
-        policy: Option<PathBuf>,
+        /// With `--live`: the backend, interfaces and policy the table was rendered for.
+        #[command(flatten)]
+        table: TableArgs,
     },
     /// Apply one export to the kernel and exit (root). Exit 0 applied or nothing to do,
     /// 2 rejected input, 1 apply failure. Reads the live table first: a table that already
@@ -96,15 +96,28 @@ pub enum Command {
         /// Export CSV: a file, `-` for standard input, or an http(s):// or file:// URL.
         #[arg(long)]
         source: PathBuf,
-        #[arg(long, value_enum, default_value_t = BackendArg::Nft)]
-        backend: BackendArg,
         /// Show what would change and check it with `nft -c`, but change nothing.
         #[arg(long)]
         dry_run: bool,
-        #[arg(long, value_name = "FILE")]
-        policy: Option<PathBuf>,
-        #[arg(long = "external-iface", value_name = "IFNAME")]
-        external_ifaces: Vec<String>,
+        /// Apply even if the export withdraws more than half of the services the
+        /// last-known-good export has (or all of them).
+        #[arg(long)]
+        force: bool,
+        /// Roll back unless `portcullis confirm` follows within this time (e.g. `30s`), as
+        /// iptables-apply does. A lost SSH session does not stop the clock.
+        #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration)]
+        confirm_within: Option<std::time::Duration>,
+        /// The daemon's state directory: last-known-good export (the guard's baseline and the
+        /// rollback target) and journal.
+        #[arg(long, default_value = "/var/lib/portcullis")]
+        state_dir: PathBuf,
+        #[command(flatten)]
+        table: TableArgs,
+    },
+    /// Keep what a waiting `apply --once --confirm-within` applied.
+    Confirm {
+        #[arg(long, default_value = "/var/lib/portcullis")]
+        state_dir: PathBuf,
     },
     /// Remove everything portcullis put in the kernel (its nftables table; nothing else).
     Flush,
@@ -141,6 +154,12 @@ pub enum Command {
     Synth {
         #[arg(long)]
         rows: usize,
+    },
+    /// Write the man pages and shell completions into DIR (packaging).
+    #[command(hide = true)]
+    Generate {
+        /// Output directory: man/ and completions/ are created in it.
+        dir: PathBuf,
     },
 }
 
@@ -187,10 +206,8 @@ pub fn run(cli: Cli) -> ExitCode {
             format,
             json,
             incremental_from,
-            policy,
-            external_ifaces,
-            backend,
-        } => match render_options(policy.as_deref(), &external_ifaces, backend.into()) {
+            table,
+        } => match table.options() {
             Ok(opts) => render(
                 &source,
                 if json { Format::Json } else { format },
@@ -207,20 +224,16 @@ pub fn run(cli: Cli) -> ExitCode {
             live,
             json,
             color,
-            backend,
-            external_ifaces,
-            policy,
+            table,
         } => match (live, files.as_slice()) {
             (false, [old, new]) => diff(old, new, json, color),
-            (true, [export]) => {
-                match render_options(policy.as_deref(), &external_ifaces, backend.into()) {
-                    Ok(opts) => apply::diff_live(export, &opts, json),
-                    Err(msg) => {
-                        eprintln!("portcullis: {msg}");
-                        INVALID
-                    }
+            (true, [export]) => match table.options() {
+                Ok(opts) => apply::diff_live(export, &opts, json),
+                Err(msg) => {
+                    eprintln!("portcullis: {msg}");
+                    INVALID
                 }
-            }
+            },
             (false, _) => {
                 eprintln!("portcullis: diff takes OLD and NEW (or --live EXPORT)");
                 INVALID
@@ -231,20 +244,30 @@ pub fn run(cli: Cli) -> ExitCode {
             }
         },
         Command::Synth { rows } => synth(rows),
+        Command::Generate { dir } => generate::generate(&dir),
         Command::Apply {
             once: _,
             source,
-            backend,
             dry_run,
-            policy,
-            external_ifaces,
-        } => match render_options(policy.as_deref(), &external_ifaces, backend.into()) {
-            Ok(opts) => apply::apply_once(&source, opts, dry_run),
+            force,
+            confirm_within,
+            state_dir,
+            table,
+        } => match table.options() {
+            Ok(opts) => apply::apply_once(apply::ApplyOnce {
+                source: &source,
+                opts,
+                dry_run,
+                force,
+                confirm_within,
+                state_dir: &state_dir,
+            }),
             Err(msg) => {
                 eprintln!("portcullis: {msg}");
                 INVALID
             }
         },
+        Command::Confirm { state_dir } => apply::confirm(&state_dir),
         Command::Flush => apply::flush(),
         Command::Run(args) => run::run(&args),
         Command::Status { state_dir, json } => inspect::status(&state_dir, json),
@@ -326,9 +349,39 @@ pub(crate) fn load_state(file: &std::path::Path) -> Result<DesiredState, u8> {
     }
 }
 
+/// How the table is rendered on this host, for the commands that render or read it.
+#[derive(clap::Args)]
+pub struct TableArgs {
+    /// Which data plane balances: IPVS (the table marks and filters) or nftables alone.
+    #[arg(long, value_enum, default_value_t = BackendArg::Nft)]
+    backend: BackendArg,
+    /// Static base policy to plug in (default: the rules/base.nft built into the binary).
+    #[arg(long, value_name = "FILE")]
+    policy: Option<PathBuf>,
+    /// Interface facing clients (repeatable): unaccepted new inbound traffic on it is dropped.
+    #[arg(long = "external-iface", value_name = "IFNAME")]
+    external_ifaces: Vec<String>,
+    /// Interface facing the real servers (repeatable): translated traffic may only leave
+    /// through these. None given: through any.
+    #[arg(long = "internal-iface", value_name = "IFNAME")]
+    internal_ifaces: Vec<String>,
+}
+
+impl TableArgs {
+    fn options(&self) -> Result<RenderOptions, String> {
+        render_options(
+            self.policy.as_deref(),
+            &self.external_ifaces,
+            &self.internal_ifaces,
+            self.backend.into(),
+        )
+    }
+}
+
 pub(crate) fn render_options(
     policy: Option<&std::path::Path>,
-    ifaces: &[String],
+    external: &[String],
+    internal: &[String],
     backend: nft::Backend,
 ) -> Result<RenderOptions, String> {
     let (text, origin) = match policy {
@@ -343,14 +396,16 @@ pub(crate) fn render_options(
         ),
     };
     let policy = BasePolicy::parse(&text).map_err(|e| format!("{origin}: {e}"))?;
-    let external_interfaces = ifaces
-        .iter()
-        .map(|s| Ifname::parse(s))
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| format!("--external-iface: {e}"))?;
+    let names = |list: &[String], flag: &str| {
+        list.iter()
+            .map(|s| Ifname::parse(s))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| format!("{flag}: {e}"))
+    };
     Ok(RenderOptions {
         backend,
-        external_interfaces,
+        external_interfaces: names(external, "--external-iface")?,
+        internal_interfaces: names(internal, "--internal-iface")?,
         policy,
     })
 }

@@ -24,6 +24,9 @@ pub struct RunArgs {
     /// Poll period, e.g. `3s`, `500ms`.
     #[arg(long, value_parser = humantime::parse_duration)]
     pub interval: Option<Duration>,
+    /// How long ADMIN may hold a poll until the export changes, e.g. `30s`; `0s`: off.
+    #[arg(long, value_parser = humantime::parse_duration)]
+    pub long_poll: Option<Duration>,
     /// How often the live table is read back to repair drift, e.g. `10m`.
     #[arg(long, value_parser = humantime::parse_duration)]
     pub audit_interval: Option<Duration>,
@@ -84,6 +87,7 @@ pub fn effective_config(args: &RunArgs) -> Result<Config, String> {
         c.source = args.source.clone();
     }
     set!(interval <- args.interval);
+    set!(long_poll <- args.long_poll);
     set!(audit_interval <- args.audit_interval);
     set!(request_timeout <- args.request_timeout);
     set!(max_body_bytes <- args.max_body_bytes);
@@ -138,6 +142,7 @@ pub fn run(args: &RunArgs) -> u8 {
     let opts = match super::render_options(
         config.policy_file.as_deref(),
         &config.interfaces.external,
+        &config.interfaces.internal,
         config.backend.into(),
     ) {
         Ok(o) => o,
@@ -163,7 +168,18 @@ pub fn run(args: &RunArgs) -> u8 {
             return FAILED;
         }
     };
-    runtime.block_on(daemon.run(shutdown_signal()));
+    // SIGHUP re-reads the same file with the same flags on top, as at start.
+    let reload = || {
+        let config = effective_config(args)?;
+        let opts = super::render_options(
+            config.policy_file.as_deref(),
+            &config.interfaces.external,
+            &config.interfaces.internal,
+            config.backend.into(),
+        )?;
+        Ok((config, opts))
+    };
+    runtime.block_on(daemon.run(shutdown_signal(), reload));
     OK
 }
 

@@ -44,6 +44,11 @@ pub struct Config {
     pub source: Option<String>,
     #[serde(with = "duration")]
     pub interval: Duration,
+    /// How long ADMIN may hold a request open until the export changes (`?wait=`), so a
+    /// change propagates in milliseconds; `0s` turns long-polling off. A server that does not
+    /// long-poll answers at once and the plain `interval` applies.
+    #[serde(with = "duration")]
+    pub long_poll: Duration,
     /// How often the live table is read back and compared with what was applied (drift from
     /// hand edits); a full listing costs seconds at 100k services, so keep this slow.
     #[serde(with = "duration")]
@@ -87,6 +92,7 @@ impl Default for Config {
         Config {
             source: None,
             interval: Duration::from_secs(3),
+            long_poll: Duration::from_secs(30),
             audit_interval: Duration::from_secs(600),
             request_timeout: Duration::from_secs(10),
             max_body_bytes: 64 << 20,
@@ -142,6 +148,9 @@ impl Config {
         }
         if self.interval < Duration::from_millis(100) {
             return Err("interval: expected at least 100ms".into());
+        }
+        if self.long_poll > Duration::from_secs(300) {
+            return Err("long_poll: expected at most 5m (proxies drop idle requests)".into());
         }
         if self.audit_interval < Duration::from_secs(10) {
             return Err(
@@ -214,6 +223,7 @@ mod tests {
         for bad in [
             "interval = \"often\"",
             "interval = \"10ms\"",
+            "long_poll = \"1h\"",
             "source = \"ftp://x\"",
             "backend = \"iptables\"",
             "role = \"leader\"",

@@ -59,6 +59,12 @@ pub struct Daemon<F, C> {
     /// Whether the export behind `etag` is the one in force (false after it was rejected or
     /// refused: a 304 for it must not count as "rules are current").
     etag_in_force: bool,
+    /// The next request can follow at once: the server long-polls and will hold it until
+    /// something changes.
+    poll_at_once: bool,
+    /// New exports fetched one after the other, without a 304 between them.
+    news_in_a_row: u32,
+    status_written: Option<std::time::Instant>,
     pub counters: Counters,
     pub metrics: Metrics,
 }
@@ -76,26 +82,7 @@ impl<F: Firewall, C: Conntrack> Daemon<F, C> {
         conntrack: C,
         opts: RenderOptions,
     ) -> Result<Self, String> {
-        let source = config
-            .source
-            .clone()
-            .ok_or("no source configured (--source or `source =`)")?;
-        let bearer = match &config.bearer_token_file {
-            Some(p) => Some(
-                std::fs::read_to_string(p)
-                    .map_err(|e| format!("cannot read {}: {e}", p.display()))?
-                    .trim()
-                    .to_owned(),
-            ),
-            None => None,
-        };
-        let fetcher = Fetcher::new(
-            &source,
-            config.request_timeout,
-            config.max_body_bytes,
-            bearer,
-        )
-        .map_err(|e| e.to_string())?;
+        let fetcher = Fetcher::from_config(&config).map_err(|e| e.to_string())?;
         let mut syncer = Syncer::new(firewall, conntrack, opts);
         syncer.set_guard(Some(config.guards));
         Ok(Daemon {
@@ -107,6 +94,9 @@ impl<F: Firewall, C: Conntrack> Daemon<F, C> {
             etag: None,
             last_poll: None,
             etag_in_force: false,
+            poll_at_once: false,
+            news_in_a_row: 0,
+            status_written: None,
             counters: Counters::default(),
             metrics: Metrics::default(),
         })
@@ -146,12 +136,28 @@ impl<F: Firewall, C: Conntrack> Daemon<F, C> {
     /// One poll of ADMIN and whatever follows from it — or, when `promote`/`demote` asked for
     /// another role since the last poll, the switch.
     pub async fn poll_once(&mut self) -> Step {
-        let step = match self.wanted_role() {
-            Some(role) if role != self.config.role => self.switch_role(role),
-            _ => self.poll_step().await,
+        let step = match self.switch_if_asked() {
+            Some(step) => step,
+            None => self.poll_step().await,
         };
-        self.write_status();
+        // An unchanged export changes nothing but counters: the status file (a create, write
+        // and rename) is refreshed at most once a second for those, the largest part of a
+        // 304's cost otherwise.
+        let stale = self
+            .status_written
+            .map_or(true, |at| at.elapsed() >= Duration::from_secs(1));
+        if step != Step::NotModified || stale {
+            self.write_status();
+        }
         step
+    }
+
+    /// The role switch `promote`/`demote` asked for, if any, done now.
+    fn switch_if_asked(&mut self) -> Option<Step> {
+        match self.wanted_role() {
+            Some(role) if role != self.config.role => Some(self.switch_role(role)),
+            _ => None,
+        }
     }
 
     /// The slow drift audit: reads the live table back and, if it is not what was applied
@@ -203,8 +209,28 @@ impl<F: Firewall, C: Conntrack> Daemon<F, C> {
     async fn poll_step(&mut self) -> Step {
         self.counters.polls += 1;
         self.last_poll = Some(now());
-        match self.fetcher.fetch(self.etag.as_deref()).await {
-            Ok(Fetched::NotModified) => {
+        let fetched = self.fetcher.fetch(self.etag.as_deref()).await;
+        // A long-polling server holds the next request until something changes, so it can
+        // go at once. After a new export from a server not known to long-poll, one request
+        // goes at once (to find out); a server that ignores ETags thus gets the poll
+        // interval, never a busy loop.
+        let long_poll = !self.config.long_poll.is_zero();
+        self.poll_at_once = match &fetched {
+            Ok(Fetched::NotModified { long_polled }) => {
+                self.news_in_a_row = 0;
+                *long_polled
+            }
+            Ok(Fetched::New { long_polled, .. }) => {
+                self.news_in_a_row += 1;
+                long_poll && (*long_polled || self.news_in_a_row <= 1)
+            }
+            Err(_) => {
+                self.news_in_a_row = 0;
+                false
+            }
+        };
+        match fetched {
+            Ok(Fetched::NotModified { .. }) => {
                 self.metrics.poll("not_modified");
                 if self.etag_in_force {
                     self.metrics.synced();
@@ -213,7 +239,7 @@ impl<F: Firewall, C: Conntrack> Daemon<F, C> {
                 self.counters.consecutive_failures = 0;
                 Step::NotModified
             }
-            Ok(Fetched::New { body, etag }) => self.handle(body, etag, true),
+            Ok(Fetched::New { body, etag, .. }) => self.handle(body, etag, true),
             Err(e) => {
                 self.metrics.poll("failed");
                 self.failed(&e)
@@ -313,10 +339,11 @@ impl<F: Firewall, C: Conntrack> Daemon<F, C> {
         }
     }
 
-    fn write_status(&self) {
+    fn write_status(&mut self) {
         if let Err(e) = self.journal.write_status(&self.status()) {
             tracing::warn!(error = %e, "could not write the status file");
         }
+        self.status_written = Some(std::time::Instant::now());
     }
 
     fn handle_export(&mut self, body: Vec<u8>, etag: Option<String>, save: bool) -> Step {
@@ -382,8 +409,11 @@ impl<F: Firewall, C: Conntrack> Daemon<F, C> {
     /// How long to wait before the next poll: the interval, or after failures an exponential
     /// backoff capped at a minute, with up to 10 % jitter so a fleet does not poll in step.
     pub fn next_delay(&self) -> Duration {
-        let base = self.config.interval;
         let n = self.counters.consecutive_failures.min(6);
+        if n == 0 && self.poll_at_once {
+            return Duration::ZERO;
+        }
+        let base = self.config.interval;
         let delay = (base * 2u32.pow(n)).min(Duration::from_secs(60).max(base));
         let nanos = SystemTime::now()
             .duration_since(UNIX_EPOCH)
@@ -391,8 +421,90 @@ impl<F: Firewall, C: Conntrack> Daemon<F, C> {
         delay + delay.mul_f64((nanos % 1000) as f64 / 10_000.0)
     }
 
-    /// Polls until `shutdown` resolves. Rules stay in place on exit.
-    pub async fn run(&mut self, shutdown: impl std::future::Future<Output = ()>) {
+    /// Takes a new configuration (SIGHUP). Whatever can change at run time changes at once:
+    /// source, timeouts, TLS, token, guards, intervals, interfaces and policy (the table is
+    /// then regenerated). A change that needs a restart (state directory, metrics listener,
+    /// backend) refuses the whole reload, so the daemon never runs half old, half new. The
+    /// role stays what promote/demote made it. Returns the keys that changed.
+    pub fn reload(
+        &mut self,
+        new: Config,
+        opts: RenderOptions,
+    ) -> Result<Vec<&'static str>, String> {
+        let old = &self.config;
+        for (same, key) in [
+            (old.state_dir == new.state_dir, "state_dir"),
+            (old.metrics == new.metrics, "metrics"),
+            (old.backend == new.backend, "backend"),
+        ] {
+            if !same {
+                return Err(format!(
+                    "{key} cannot change without a restart; reload refused"
+                ));
+            }
+        }
+        let fetcher = Fetcher::from_config(&new).map_err(|e| e.to_string())?;
+        let mut changed = Vec::new();
+        macro_rules! note {
+            ($($field:ident).+) => {
+                if old.$($field).+ != new.$($field).+ {
+                    changed.push(stringify!($($field).+));
+                }
+            };
+        }
+        note!(source);
+        note!(interval);
+        note!(long_poll);
+        note!(audit_interval);
+        note!(request_timeout);
+        note!(max_body_bytes);
+        note!(bearer_token_file);
+        note!(tls);
+        note!(guards);
+        note!(interfaces);
+        note!(policy_file);
+        if self.syncer.options().policy != opts.policy {
+            changed.push("policy");
+        }
+        let source_changed = old.source != new.source;
+        // Compared rendered, not by path: an edited policy file under the same name counts.
+        let render_changed = self.syncer.options() != &opts;
+        let role = old.role;
+        self.fetcher = fetcher;
+        self.syncer.set_guard(Some(new.guards));
+        self.config = Config { role, ..new };
+        if source_changed {
+            // Another ADMIN may number its ETags differently: fetch the export whole.
+            self.etag = None;
+            self.etag_in_force = false;
+        }
+        if render_changed {
+            self.syncer.set_options(opts);
+            if self.config.role == Role::Active {
+                if let Some(applied) = self.syncer.applied().cloned() {
+                    let started = std::time::Instant::now();
+                    let step = match self.syncer.reconcile(applied) {
+                        Ok(outcome) => Step::Applied(outcome),
+                        Err(e) => self.failed(&e),
+                    };
+                    tracing::info!(?step, "table regenerated for the new interfaces/policy");
+                    self.record(&step, self.etag.clone(), started.elapsed());
+                }
+            }
+        }
+        self.write_status();
+        Ok(changed)
+    }
+
+    /// Polls until `shutdown` resolves. Rules stay in place on exit. SIGUSR1 (promote/demote)
+    /// and SIGHUP (reload, through `reload_config`) interrupt a poll in flight, so a held
+    /// long-poll never delays a failover.
+    pub async fn run(
+        &mut self,
+        shutdown: impl std::future::Future<Output = ()>,
+        mut reload_config: impl FnMut() -> Result<(Config, RenderOptions), String>,
+    ) {
+        use tokio::signal::unix::{signal, SignalKind};
         tokio::pin!(shutdown);
         if let Some(addr) = self.config.metrics {
             let metrics = self.metrics.clone();
@@ -402,9 +514,10 @@ impl<F: Firewall, C: Conntrack> Daemon<F, C> {
                 }
             });
         }
-        // Installed before the pid file exists: SIGUSR1's default action would end the process.
-        let mut wake =
-            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::user_defined1()).ok();
+        // Installed before the pid file exists: SIGUSR1's and SIGHUP's default action would
+        // end the process.
+        let mut wake = signal(SignalKind::user_defined1()).ok();
+        let mut hangup = signal(SignalKind::hangup()).ok();
         if let Err(e) = super::role::write_pid(&self.config.state_dir) {
             tracing::warn!(error = %e, "cannot write the pid file; promote/demote will wait for the next poll");
         }
@@ -414,50 +527,81 @@ impl<F: Firewall, C: Conntrack> Daemon<F, C> {
         }
         let step = self.start().await;
         tracing::info!(?step, "started");
-        let mut audit = tokio::time::interval(self.config.audit_interval);
-        audit.tick().await; // the first tick is immediate; start-up has just reconciled
+        let mut audit = new_audit_timer(self.config.audit_interval).await;
+        let mut poll_now = false;
         loop {
-            let woken = async {
-                match wake.as_mut() {
-                    Some(s) => {
-                        s.recv().await;
-                    }
-                    None => std::future::pending::<()>().await,
-                }
+            enum Event {
+                Shutdown,
+                Wake,
+                Reload,
+                Audit,
+                Polled(Step),
+            }
+            let delay = if poll_now {
+                Duration::ZERO
+            } else {
+                self.next_delay()
             };
-            tokio::select! {
-                _ = &mut shutdown => {
+            poll_now = false;
+            let event = tokio::select! {
+                _ = &mut shutdown => Event::Shutdown,
+                _ = recv(&mut wake) => Event::Wake,
+                _ = recv(&mut hangup) => Event::Reload,
+                _ = audit.tick() => Event::Audit,
+                step = async {
+                    tokio::time::sleep(delay).await;
+                    self.poll_once().await
+                } => Event::Polled(step),
+            };
+            match event {
+                Event::Shutdown => {
                     tracing::info!("shutting down; rules stay in place");
                     return;
                 }
-                _ = tokio::time::sleep(self.next_delay()) => {}
-                _ = woken => tracing::info!("woken by SIGUSR1"),
-                _ = audit.tick() => {
-                    self.audit();
-                    continue;
-                }
-            }
-            // A SIGUSR1 during the poll abandons it: a promotion must not wait out the request
-            // timeout of an ADMIN that went down (the failover case warm standby is for).
-            // Only the fetch awaits, so nothing is left half-done.
-            let interrupted = match wake.as_mut() {
-                Some(s) => tokio::select! {
-                    step = self.poll_once() => {
-                        tracing::debug!(?step, "poll");
-                        false
+                Event::Wake => {
+                    tracing::info!("woken by SIGUSR1");
+                    // The switch is local (a promotion applies the cached export); the poll
+                    // that follows must stay interruptible, so it happens in the select.
+                    if let Some(step) = self.switch_if_asked() {
+                        tracing::info!(?step, "role switched");
+                        self.write_status();
                     }
-                    _ = s.recv() => true,
-                },
-                None => {
-                    self.poll_once().await;
-                    false
+                    poll_now = true;
                 }
-            };
-            if interrupted {
-                tracing::info!("woken by SIGUSR1 during a poll; poll abandoned");
-                let step = self.poll_once().await;
-                tracing::debug!(?step, "poll");
+                Event::Reload => {
+                    let audit_before = self.config.audit_interval;
+                    match reload_config().and_then(|(c, o)| self.reload(c, o)) {
+                        Ok(changed) => tracing::info!(?changed, "configuration reloaded"),
+                        Err(e) => {
+                            tracing::error!(error = %e, "configuration not reloaded; the running one stays")
+                        }
+                    }
+                    if self.config.audit_interval != audit_before {
+                        audit = new_audit_timer(self.config.audit_interval).await;
+                    }
+                }
+                Event::Audit => {
+                    self.audit();
+                }
+                Event::Polled(step) => tracing::debug!(?step, "poll"),
             }
         }
+    }
+}
+
+/// An audit timer whose first tick is one period away (start-up has just reconciled).
+async fn new_audit_timer(period: Duration) -> tokio::time::Interval {
+    let mut timer = tokio::time::interval(period);
+    timer.tick().await;
+    timer
+}
+
+/// The next delivery of a signal; never, when the handler could not be installed.
+async fn recv(signal: &mut Option<tokio::signal::unix::Signal>) {
+    match signal {
+        Some(s) => {
+            s.recv().await;
+        }
+        None => std::future::pending::<()>().await,
     }
 }

@@ -2,6 +2,7 @@
 #![allow(dead_code)]
 
 pub mod lab;
+pub mod stub_admin;
 
 use portcullis::model::DesiredState;
 use portcullis::render::nft::{Backend, BasePolicy, Ifname, RenderOptions, DEFAULT_POLICY};
@@ -25,8 +26,23 @@ pub fn render_options(backend: Backend, ifaces: &[&str]) -> RenderOptions {
             .iter()
             .map(|i| Ifname::parse(i).expect("test ifname"))
             .collect(),
+        internal_interfaces: Vec::new(),
         policy: BasePolicy::parse(DEFAULT_POLICY).expect("shipped policy parses"),
     }
+}
+
+/// Whether `tool` (from Debian package `package`) can run; like [`require_nft`], a missing
+/// tool fails the test under `CI=true` and skips it, loudly, elsewhere.
+pub fn require_tool(tool: &str, package: &str) -> bool {
+    if Command::new(tool).arg("version").output().is_ok() {
+        return true;
+    }
+    let problem = format!("needs `{tool}` (Debian package {package}); scripts/test installs it");
+    if std::env::var("CI").is_ok_and(|v| v == "true") {
+        panic!("this test {problem}; it must run in CI")
+    }
+    eprintln!("SKIPPED: this test {problem}.");
+    false
 }
 
 /// Tests that need root and the `nft` tool. Outside CI they are skipped with a loud message;

@@ -208,7 +208,7 @@ boot_node() {
 		mount --bind $d/var-lib-portcullis /var/lib/portcullis
 		mount --bind $d/var-log-portcullis /var/log/portcullis
 		mount --bind $d/hosts /etc/hosts
-		mount --bind $PORTCULLIS /usr/sbin/portcullis
+		mount --bind $PORTCULLIS /usr/bin/portcullis
 		mount -t tmpfs tmpfs /run
 		mount -t tmpfs tmpfs /dev/shm
 		corosync -f &
@@ -318,7 +318,7 @@ fmt() { if [ -z "$1" ]; then printf -- -; else printf '%d.%02d' $(($1 / 1000)) $
 say "== setup"
 install_agent
 install -m 0755 "$REPO/tests/pacemaker/fence_netns" "$FENCE"
-placeholder file /usr/sbin/portcullis
+placeholder file /usr/bin/portcullis
 for dir in /etc/portcullis /var/lib/portcullis /var/log/portcullis /var/log/corosync; do placeholder dir "$dir"; done
 mkdir -p "$REG"
 corosync-keygen -l -k "$TMP/authkey" >/dev/null 2>&1 || { fail "corosync-keygen"; exit 1; }

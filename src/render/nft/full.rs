@@ -24,7 +24,11 @@ pub fn full_ruleset(state: &DesiredState, opts: &RenderOptions) -> Transaction {
     for (chain, _) in &opts.policy.chains {
         tx.add(Object::Chain(chain.clone()));
     }
-    let static_chains = chains(opts.backend, opts.policy.has_chain("base_input"));
+    let static_chains = chains(
+        opts.backend,
+        opts.policy.has_chain("base_input"),
+        !opts.internal_interfaces.is_empty(),
+    );
     for (chain, _) in &static_chains {
         tx.add(Object::Chain(chain.clone()));
     }
@@ -39,7 +43,16 @@ pub fn full_ruleset(state: &DesiredState, opts: &RenderOptions) -> Transaction {
         }
     }
     for name in &opts.external_interfaces {
-        tx.add(Object::Element(interface_element(name)));
+        tx.add(Object::Element(interface_element(
+            layout::EXTERNAL_IFACES,
+            name,
+        )));
+    }
+    for name in &opts.internal_interfaces {
+        tx.add(Object::Element(interface_element(
+            layout::INTERNAL_IFACES,
+            name,
+        )));
     }
     // Elements grouped per set (stable sort keeps service order), one statement per set.
     let mut elements = Vec::new();

@@ -14,6 +14,7 @@ pub const FRONTENDS_V6: &str = "frontends_v6";
 pub const FWMARKS_V4: &str = "fwmarks_v4";
 pub const FWMARKS_V6: &str = "fwmarks_v6";
 pub const EXTERNAL_IFACES: &str = "external_ifaces";
+pub const INTERNAL_IFACES: &str = "internal_ifaces";
 
 pub const TABLE_COMMENT: &str =
     "managed by portcullis: regenerated from the ADMIN export, do not edit";
@@ -53,17 +54,23 @@ pub fn sets(backend: Backend) -> Vec<Set> {
             }
         }
     }
-    sets.push(Set {
-        name: EXTERNAL_IFACES.into(),
+    let ifnames = |name: &str, comment: &'static str| Set {
+        name: name.into(),
         decl: SetDecl::Type {
             key: "ifname",
             value: None,
         },
         interval: false,
-        comment: Some(
-            "interfaces facing clients: new inbound traffic not accepted here is dropped",
-        ),
-    });
+        comment: Some(comment),
+    };
+    sets.push(ifnames(
+        EXTERNAL_IFACES,
+        "interfaces facing clients: new inbound traffic not accepted here is dropped",
+    ));
+    sets.push(ifnames(
+        INTERNAL_IFACES,
+        "interfaces facing real servers: the only way out for translated traffic, when set",
+    ));
     sets
 }
 
@@ -80,8 +87,13 @@ fn base(name: &str, kind: &'static str, hook: &'static str, priority: &'static s
 }
 
 /// The static base chains and their rules. `jump_base_input` adds the hand-off to the
-/// operator's policy chain when the policy file defines one.
-pub fn chains(backend: Backend, jump_base_input: bool) -> Vec<(Chain, Vec<String>)> {
+/// operator's policy chain when the policy file defines one; `internal_only` confines
+/// translated traffic to the internal interfaces (configured ones exist).
+pub fn chains(
+    backend: Backend,
+    jump_base_input: bool,
+    internal_only: bool,
+) -> Vec<(Chain, Vec<String>)> {
     let own = |rules: &[&str]| rules.iter().map(|r| (*r).to_owned()).collect::<Vec<_>>();
     let mut input = own(&[
         "ct state established,related accept",
@@ -100,7 +112,11 @@ pub fn chains(backend: Backend, jump_base_input: bool) -> Vec<(Chain, Vec<String
     let forward = own(&[
         "ct state established,related accept",
         "ct state invalid drop",
-        "ct status dnat accept",
+        if internal_only {
+            "ct status dnat oifname @internal_ifaces accept"
+        } else {
+            "ct status dnat accept"
+        },
         "iifname @external_ifaces counter drop",
     ]);
     let mut chains = Vec::new();
@@ -191,9 +207,10 @@ impl Ifname {
     }
 }
 
-pub fn interface_element(name: &Ifname) -> Element {
+/// `name` as an element of `set` ([`EXTERNAL_IFACES`] or [`INTERNAL_IFACES`]).
+pub fn interface_element(set: &str, name: &Ifname) -> Element {
     Element {
-        set: EXTERNAL_IFACES.into(),
+        set: set.into(),
         key: format!("\"{}\"", name.0),
         value: None,
     }

@@ -25,11 +25,15 @@ pub enum Backend {
 }
 
 /// What the table needs besides the desired state: host-specific settings from the config.
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct RenderOptions {
     pub backend: Backend,
     /// Interfaces facing clients. New inbound traffic arriving on them that is not an exported
     /// frontend, nor allowed by the base policy, is dropped. Empty: nothing is dropped.
     pub external_interfaces: Vec<Ifname>,
+    /// Interfaces facing the real servers. When given, traffic we translated (DNAT) may only
+    /// be forwarded out through them, so a real-server address that routes elsewhere cannot
+    /// turn the gateway into an open relay. Empty: any interface.
+    pub internal_interfaces: Vec<Ifname>,
     pub policy: BasePolicy,
 }

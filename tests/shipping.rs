@@ -1,0 +1,108 @@
+//! What the package ships: man pages and completions generated from the CLI, the systemd
+//! unit (checked by systemd-analyze), and every asset the .deb lists actually present.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+fn generated() -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("pc-assets-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let out = Command::new(env!("CARGO_BIN_EXE_portcullis"))
+        .arg("generate")
+        .arg(&dir)
+        .output()
+        .expect("portcullis generate");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    dir
+}
+
+#[test]
+fn man_pages_and_completions_cover_every_visible_command() {
+    let dir = generated();
+    for cmd in [
+        "check", "render", "diff", "apply", "confirm", "flush", "status", "log", "promote",
+        "demote", "run",
+    ] {
+        let page = dir.join("man").join(format!("portcullis-{cmd}.1"));
+        let text = std::fs::read_to_string(&page).unwrap_or_else(|e| panic!("{page:?}: {e}"));
+        assert!(text.contains(".TH"), "{page:?} is a man page");
+    }
+    let run = std::fs::read_to_string(dir.join("man/portcullis-run.1")).expect("run page");
+    assert!(run.contains("long\\-poll"), "flags are documented");
+    assert!(
+        !dir.join("man/portcullis-synth.1").exists(),
+        "hidden commands get no page"
+    );
+    let bash = std::fs::read_to_string(dir.join("completions/portcullis.bash")).expect("bash");
+    assert!(bash.contains("confirm") && bash.contains("--confirm-within"));
+    assert!(dir.join("completions/_portcullis").exists());
+    assert!(dir.join("completions/portcullis.fish").exists());
+}
+
+#[test]
+fn the_systemd_unit_verifies() {
+    if !common::require_tool("systemd-analyze", "systemd") {
+        return;
+    }
+    let unit =
+        std::fs::read_to_string(common::repo().join("dist/portcullis.service")).expect("unit");
+    // The packaged path does not exist on a build machine: point at the built binary.
+    let local = unit.replace("/usr/bin/portcullis", env!("CARGO_BIN_EXE_portcullis"));
+    let dir = std::env::temp_dir().join(format!("pc-unit-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("dir");
+    let path = dir.join("portcullis.service");
+    std::fs::write(&path, local).expect("write unit");
+    let out = Command::new("systemd-analyze")
+        .args(["verify", "--man=no"])
+        .arg(&path)
+        .output()
+        .expect("systemd-analyze");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success() && stderr.trim().is_empty(), "{stderr}");
+}
+
+/// Every `assets` source of `[package.metadata.deb]` exists once `generate` has run, so
+/// `scripts/package` cannot fail on a renamed file.
+#[test]
+fn every_packaged_asset_exists() {
+    let manifest: toml::Value = toml::from_str(
+        &std::fs::read_to_string(common::repo().join("Cargo.toml")).expect("Cargo.toml"),
+    )
+    .expect("toml");
+    let assets = manifest["package"]["metadata"]["deb"]["assets"]
+        .as_array()
+        .expect("assets");
+    let generated = generated();
+    for asset in assets {
+        let source = asset[0].as_str().expect("source");
+        if source == "target/release/portcullis" {
+            continue; // built by scripts/package itself
+        }
+        let path = match source.strip_prefix("target/assets/") {
+            Some(rest) => generated.join(rest),
+            None => common::repo().join(source),
+        };
+        assert!(matches(&path), "{source}: nothing at {}", path.display());
+    }
+}
+
+/// `path` exists, or (with a `*` in its file name) matches at least one file.
+fn matches(path: &Path) -> bool {
+    let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("");
+    let Some((prefix, suffix)) = name.split_once('*') else {
+        return path.exists();
+    };
+    let dir = path.parent().expect("parent");
+    std::fs::read_dir(dir).is_ok_and(|entries| {
+        entries.flatten().any(|e| {
+            let n = e.file_name().to_string_lossy().into_owned();
+            n.starts_with(prefix) && n.ends_with(suffix)
+        })
+    })
+}
