@@ -31,6 +31,10 @@ cat >"$TMP/portcullis.toml" <<EOF
 source = "file://$TMP/export.csv"
 interval = "500ms"
 backend = "nft"
+
+[interfaces]
+external = ["ext0"]
+internal = ["int0"]
 EOF
 
 # ra ACTION [NAME=VALUE...]: the agent as Pacemaker would run it, in the namespace;
