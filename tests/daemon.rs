@@ -492,3 +492,78 @@ async fn the_audit_repairs_hand_edits_and_leaves_a_clean_table_alone() {
         "repaired by a full regeneration"
     );
 }
+
+/// A promotion reaches a standby daemon whose poll is stuck on an ADMIN that stopped answering
+/// (the host died with the other gateway): the poll is abandoned and the cached export applied
+/// at once, not after the request timeout.
+#[test]
+fn promote_interrupts_a_poll_stuck_on_a_silent_admin() {
+    if !common::require_nft() {
+        return;
+    }
+    use std::process::{Command, Stdio};
+    let ns = common::Netns::new("stuck");
+    ns.command("ip")
+        .args(["link", "set", "lo", "up"])
+        .status()
+        .expect("lo up");
+    let dir = tmp("promote-stuck");
+    let state = dir.join("state");
+    portcullis::daemon::cache::StateDir::new(&state)
+        .save(&export(3), Some("\"v1\""), 0)
+        .expect("seed the cache");
+    // ADMIN inside the namespace: the first request is refused at once (start-up falls back to
+    // the cache), every later one is accepted and never answered.
+    let listener = common::lab::in_netns(&ns.name, || {
+        std::net::TcpListener::bind("127.0.0.1:0").expect("bind in the namespace")
+    });
+    let port = listener.local_addr().expect("addr").port();
+    let stalled = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let held = stalled.clone();
+    std::thread::spawn(move || {
+        for (i, conn) in listener.incoming().flatten().enumerate() {
+            if i > 0 {
+                held.lock().expect("lock").push(conn);
+            }
+        }
+    });
+    let mut daemon = ns
+        .command(env!("CARGO_BIN_EXE_portcullis"))
+        .args(["run", "--role", "standby"])
+        .arg("--source")
+        .arg(format!("http://127.0.0.1:{port}/export.csv"))
+        .arg("--state-dir")
+        .arg(&state)
+        .args(["--interval", "100ms", "--request-timeout", "60s"])
+        .args(["--external-iface", "lo"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start portcullis run");
+    let stuck = common::wait_until(10, || {
+        (!stalled.lock().expect("lock").is_empty() && state.join("portcullis.pid").exists())
+            .then_some(())
+    });
+    let table = || {
+        ns.command("nft")
+            .args(["list", "table", "inet", "portcullis"])
+            .output()
+            .is_ok_and(|o| o.status.success())
+    };
+    let standby_untouched = !table();
+    Command::new(env!("CARGO_BIN_EXE_portcullis"))
+        .args(["promote", "--state-dir", state.to_str().expect("utf-8")])
+        .output()
+        .expect("promote");
+    let applied = common::wait_until(5, || table().then_some(())).is_some();
+    common::terminate(&mut daemon);
+    assert!(
+        stuck.is_some(),
+        "the daemon's second poll reached the silent ADMIN"
+    );
+    assert!(standby_untouched, "standby does not touch the kernel");
+    assert!(
+        applied,
+        "promoted daemon applied its cache within 5 s although its poll waits up to 60 s"
+    );
+}
