@@ -5,7 +5,9 @@
 //! 2. new TCP connections per second from a client namespace through the gateway, with 10
 //!    and 50k services in the map design, beside a naive chain of one DNAT rule per service.
 //!
-//! `cargo bench --bench nft_apply` prints a table; `-- --quick` skips 100k services.
+//! `cargo bench --bench nft_apply` prints a table; `-- --quick` skips 100k services;
+//! `-- --svg FILE` also plots apply time against services. The baseline — the seed's
+//! one-iptables-rule-per-row file reloaded by `iptables-restore` — needs Debian's `iptables`.
 
 #[path = "../tests/common/mod.rs"]
 mod common;
@@ -43,10 +45,78 @@ fn flipped(
     rows
 }
 
-fn apply_table(reps: usize, sizes: &[usize]) {
+/// The seed's way, the baseline: one iptables DNAT rule per export row, the whole file loaded
+/// by `iptables-restore` every time something changes (a 3-second cron job regenerating it).
+/// A cost baseline, not an equivalent: rows after the first of a service never match.
+fn iptables_file(rows: &[portcullis_export::ExportRow]) -> String {
+    let mut out = String::from("*nat\n:PREROUTING ACCEPT [0:0]\n");
+    for r in rows {
+        let ports = if r.vport.first == r.vport.last {
+            r.vport.first.to_string()
+        } else {
+            format!("{}:{}", r.vport.first, r.vport.last)
+        };
+        let to = match r.rport {
+            Some(p) => format!("{}:{p}", r.rip),
+            None => r.rip.to_string(),
+        };
+        out.push_str(&format!(
+            "-A PREROUTING -d {}/32 -p {} --dport {ports} -j DNAT --to-destination {to}\n",
+            r.vip, r.proto
+        ));
+    }
+    out.push_str("COMMIT\n");
+    out
+}
+
+/// `iptables-restore FILE` in namespace `ns`; its time.
+fn iptables_restore(ns: &Netns, file: &std::path::Path) -> Duration {
+    let t = Instant::now();
+    let out = Command::new("ip")
+        .args(["netns", "exec", &ns.name, "iptables-restore"])
+        .arg(file)
+        .output()
+        .expect("iptables-restore (Debian package iptables)");
+    let took = t.elapsed();
+    assert!(
+        out.status.success(),
+        "iptables-restore: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    took
+}
+
+/// Times of the baseline at `n` services: a cold load, and the reload of the whole file with
+/// one row changed that the cron job does for every change.
+fn baseline(
+    reps: usize,
+    rows: &[portcullis_export::ExportRow],
+    tag: usize,
+) -> (Duration, Duration) {
+    let file = std::env::temp_dir().join(format!("pc-bench-{}-{tag}.ipt", std::process::id()));
+    std::fs::write(&file, iptables_file(rows)).expect("write");
+    let mut cold = Vec::new();
+    for rep in 0..reps {
+        let ns = Netns::new(&format!("ipt{rep}"));
+        cold.push(iptables_restore(&ns, &file));
+    }
+    let ns = Netns::new("iptreload");
+    iptables_restore(&ns, &file);
+    let mut reload = Vec::new();
+    for round in 0..reps {
+        std::fs::write(&file, iptables_file(&flipped(rows, round))).expect("write");
+        reload.push(iptables_restore(&ns, &file));
+    }
+    let _ = std::fs::remove_file(&file);
+    (median(cold), median(reload))
+}
+
+fn apply_table(reps: usize, sizes: &[usize]) -> Vec<ApplyRow> {
     println!("\n## Apply (nft backend, one namespace per cold run, median of {reps})\n");
-    println!("| services | cold: raw `nft -f` floor | cold: portcullis full | ratio | sync floor: nft add / delete 1 element | sync: drain 1 server (delete+add) | sync: add 1 service (adds) |");
-    println!("|---:|---:|---:|---:|---:|---:|---:|");
+    println!("Baseline: the seed's way — one iptables DNAT rule per export row, the whole file reloaded by `iptables-restore` on every change.\n");
+    println!("| services | cold: raw `nft -f` floor | cold: portcullis full | ratio | cold: baseline iptables-restore | sync floor: nft add / delete 1 element | sync: drain 1 server (delete+add) | sync: add 1 service (adds) | 1 change: baseline reload | baseline ÷ portcullis (1 change) |");
+    println!("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
+    let mut results = Vec::new();
     let opts = common::render_options(Backend::Nft, &["eth0"]);
     for &n in sizes {
         let rows = portcullis::synth::rows_with_services(n);
@@ -141,18 +211,116 @@ fn apply_table(reps: usize, sizes: &[usize]) {
             }
         }
         let (f, c) = (median(floor), median(cold));
+        let (base_cold, base_reload) = baseline(reps, &rows, n);
+        let drain = median(drain);
         println!(
-            "| {n} | {} | {} | {:.2}× | {} / {} | {} | {} |",
+            "| {n} | {} | {} | {:.2}× | {} | {} / {} | {} | {} | {} | {:.0}× |",
             ms(f),
             ms(c),
             c.as_secs_f64() / f.as_secs_f64(),
+            ms(base_cold),
             ms(median(raw_add)),
             ms(median(raw_del)),
-            ms(median(drain)),
-            ms(median(add))
+            ms(drain),
+            ms(median(add)),
+            ms(base_reload),
+            base_reload.as_secs_f64() / drain.as_secs_f64()
         );
+        results.push(ApplyRow {
+            services: n,
+            floor: f,
+            cold: c,
+            baseline_cold: base_cold,
+            one_change: drain,
+            baseline_one_change: base_reload,
+        });
         let _ = std::fs::remove_file(&file);
     }
+    results
+}
+
+/// One size's results, for the plots.
+struct ApplyRow {
+    services: usize,
+    floor: Duration,
+    cold: Duration,
+    baseline_cold: Duration,
+    one_change: Duration,
+    baseline_one_change: Duration,
+}
+
+/// Apply time against the number of services, log-log: portcullis, the raw nft floor and the
+/// iptables-restore baseline, cold and for one change.
+fn plot(results: &[ApplyRow], path: &std::path::Path) {
+    use plotters::prelude::*;
+    let root = SVGBackend::new(path, (820, 480)).into_drawing_area();
+    root.fill(&WHITE).expect("fill");
+    let secs = |d: Duration| d.as_secs_f64().max(1e-4);
+    let max_n = results.iter().map(|r| r.services).max().unwrap_or(1) as f64;
+    let max_t = results
+        .iter()
+        .map(|r| {
+            secs(r.baseline_cold)
+                .max(secs(r.baseline_one_change))
+                .max(secs(r.cold))
+        })
+        .fold(0.01, f64::max);
+    let mut chart = ChartBuilder::on(&root)
+        .caption("Apply time vs services (nft backend)", ("sans-serif", 20))
+        .margin(12)
+        .x_label_area_size(40)
+        .y_label_area_size(60)
+        .build_cartesian_2d(
+            (500f64..max_n * 1.5).log_scale(),
+            (0.001f64..max_t * 2.0).log_scale(),
+        )
+        .expect("chart");
+    chart
+        .configure_mesh()
+        .x_desc("virtual services")
+        .y_desc("seconds")
+        .draw()
+        .expect("mesh");
+    let series: [(&str, RGBColor, fn(&ApplyRow) -> Duration); 5] = [
+        ("baseline: iptables-restore, cold", RED, |r| r.baseline_cold),
+        ("baseline: iptables-restore, 1 change", MAGENTA, |r| {
+            r.baseline_one_change
+        }),
+        ("raw nft -f floor, cold", BLACK, |r| r.floor),
+        ("portcullis, cold full", BLUE, |r| r.cold),
+        ("portcullis, 1 change (incremental)", GREEN, |r| {
+            r.one_change
+        }),
+    ];
+    for (label, color, get) in series {
+        let points: Vec<(f64, f64)> = results
+            .iter()
+            .map(|r| (r.services as f64, secs(get(r))))
+            .collect();
+        chart
+            .draw_series(LineSeries::new(points.clone(), color.stroke_width(2)))
+            .expect("line")
+            .label(label)
+            .legend(move |(x, y)| {
+                PathElement::new(vec![(x, y), (x + 18, y)], color.stroke_width(2))
+            });
+        chart
+            .draw_series(
+                points
+                    .into_iter()
+                    .map(|p| Circle::new(p, 3, color.filled())),
+            )
+            .expect("points");
+    }
+    chart
+        .configure_series_labels()
+        .position(SeriesLabelPosition::UpperLeft)
+        .background_style(WHITE.mix(0.85))
+        .border_style(BLACK)
+        .draw()
+        .expect("legend");
+    root.present().expect("write svg");
+    println!("\nplot: {}", path.display());
 }
 
 /// Connections per second from the client through the gateway during `window`.
@@ -272,7 +440,10 @@ fn main() {
     } else {
         &[1_000, 10_000, 100_000]
     };
-    apply_table(3, sizes);
+    let results = apply_table(3, sizes);
+    if let Some(path) = std::env::args().skip_while(|a| a != "--svg").nth(1) {
+        plot(&results, std::path::Path::new(&path));
+    }
     rate_table(
         &[10, 50_000],
         Duration::from_secs(if quick { 1 } else { 3 }),
