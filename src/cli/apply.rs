@@ -5,12 +5,9 @@ use crate::apply::{drift, ConntrackCli, Firewall, NftCli, SyncOutcome, Syncer};
 use crate::render::nft::{full_ruleset, Backend, RenderOptions};
 use std::path::Path;
 
-pub fn apply_once(source: &Path, opts: RenderOptions, dry_run: bool) -> u8 {
-    if opts.backend == Backend::Ipvs {
-        eprintln!(
-            "portcullis: the IPVS backend is not available in this version; use --backend nft"
-        );
-        return FAILED;
+pub fn apply_once(source: &Path, opts: RenderOptions, dry_run: bool, state_dir: &Path) -> u8 {
+    if opts.backend == Backend::Ipvs && dry_run {
+        eprintln!("portcullis: --dry-run covers the nftables side only; run `portcullis diff --live` and `ipvsadm-save -n` against `portcullis render --format ipvsadm` for IPVS");
     }
     let state = match load_state(source) {
         Ok(s) => s,
@@ -20,8 +17,31 @@ pub fn apply_once(source: &Path, opts: RenderOptions, dry_run: bool) -> u8 {
     if dry_run {
         return dry_run_report(&mut syncer, &state, &opts);
     }
+    if opts.backend == Backend::Ipvs {
+        match crate::apply::ipvs::IpvsSync::open(state_dir, crate::apply::ipvs::DEFAULT_DRAIN_GRACE)
+        {
+            Ok(ipvs) => syncer.set_ipvs(ipvs),
+            Err(e) => {
+                eprintln!("portcullis: {e}");
+                return FAILED;
+            }
+        }
+    }
     let (services, reals) = (state.services.len(), state.real_server_count());
-    match syncer.reconcile(state) {
+    let outcome = syncer.reconcile(state);
+    if let Some(ipvs) = syncer.ipvs() {
+        for op in ipvs.journal() {
+            println!("ipvs: {op}");
+        }
+        let r = ipvs.last_report();
+        if r.draining > 0 {
+            println!(
+                "ipvs: {} destination(s)/service(s) drained at weight 0 still have connections; the next apply (or the daemon) deletes them once idle",
+                r.draining
+            );
+        }
+    }
+    match outcome {
         Ok(SyncOutcome::Adopted) => {
             println!("nothing to do: the live table already matches ({services} services)");
             OK

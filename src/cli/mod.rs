@@ -105,6 +105,10 @@ pub enum Command {
         policy: Option<PathBuf>,
         #[arg(long = "external-iface", value_name = "IFNAME")]
         external_ifaces: Vec<String>,
+        /// Where the IPVS backend records which IPVS services portcullis owns
+        /// (`ipvs-owned.json`); the daemon's state_dir.
+        #[arg(long, default_value = "/var/lib/portcullis")]
+        state_dir: PathBuf,
     },
     /// Remove everything portcullis put in the kernel (its nftables table; nothing else).
     Flush,
@@ -238,8 +242,9 @@ pub fn run(cli: Cli) -> ExitCode {
             dry_run,
             policy,
             external_ifaces,
+            state_dir,
         } => match render_options(policy.as_deref(), &external_ifaces, backend.into()) {
-            Ok(opts) => apply::apply_once(&source, opts, dry_run),
+            Ok(opts) => apply::apply_once(&source, opts, dry_run, &state_dir),
             Err(msg) => {
                 eprintln!("portcullis: {msg}");
                 INVALID

@@ -25,7 +25,10 @@ pub use dest::{Dest, DestId};
 pub use message::{SyncDaemon, Timeouts};
 pub use netlink::{IpvsError, IpvsNetlink};
 pub use ownership::Ownership;
-pub use reconcile::{desired_table, IpvsSync, IpvsSyncError, IpvsSyncReport, Table};
+pub use reconcile::{
+    desired_table, IpvsSync, IpvsSyncError, IpvsSyncReport, Table, DEFAULT_DRAIN_GRACE,
+    OWNERSHIP_FILE,
+};
 pub use service::{Service, ServiceId};
 pub use twin::TwinBalancer;
 

@@ -198,10 +198,25 @@ impl IpvsNetlink {
             .unwrap_or(Ok(()))
     }
 
-    /// A dump (or a get with a multi-part answer): every reply message until done.
+    /// A dump: every reply message until done.
     pub fn dump(&mut self, op: &str, msg: IpvsMessage) -> Result<Vec<IpvsMessage>, IpvsError> {
+        self.exchange(op, msg, NLM_F_REQUEST | NLM_F_DUMP)
+    }
+
+    /// A single get (commands without a dump handler, e.g. `GET_CONFIG`): the reply and
+    /// the acknowledgement.
+    pub fn get(&mut self, op: &str, msg: IpvsMessage) -> Result<Vec<IpvsMessage>, IpvsError> {
+        self.exchange(op, msg, NLM_F_REQUEST | NLM_F_ACK)
+    }
+
+    fn exchange(
+        &mut self,
+        op: &str,
+        msg: IpvsMessage,
+        flags: u16,
+    ) -> Result<Vec<IpvsMessage>, IpvsError> {
         let mut out = Vec::new();
-        let seq = self.encode(msg, NLM_F_REQUEST | NLM_F_DUMP, &mut out);
+        let seq = self.encode(msg, flags, &mut out);
         self.socket.send(&out, 0)?;
         let mut replies = Vec::new();
         loop {
@@ -273,7 +288,7 @@ impl IpvsNetlink {
         self.call(&format!("delete {svc} -> {d:?}"), Request::del_dest(svc, d))
     }
     pub fn timeouts(&mut self) -> Result<Timeouts, IpvsError> {
-        let replies = self.dump("get timeouts", Request::get_config())?;
+        let replies = self.get("get timeouts", Request::get_config())?;
         let first = replies
             .first()
             .ok_or_else(|| IpvsError::Decode("no reply to get timeouts".into()))?;

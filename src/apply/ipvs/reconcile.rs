@@ -84,7 +84,15 @@ pub struct IpvsSync {
     /// Take over a foreign service whose identity the export claims, instead of refusing.
     pub adopt: bool,
     last: IpvsSyncReport,
+    /// The operations acknowledged since the last `before_swap`, for logs and `apply --once`.
+    journal: Vec<String>,
 }
+
+/// How long a drained destination may keep connections before the daemon deletes it anyway.
+pub const DEFAULT_DRAIN_GRACE: Duration = Duration::from_secs(300);
+
+/// Name of the ownership state file inside the state directory.
+pub const OWNERSHIP_FILE: &str = "ipvs-owned.json";
 
 impl IpvsSync {
     pub fn new(balancer: Box<dyn Balancer>, ownership: Ownership, grace: Duration) -> IpvsSync {
@@ -97,7 +105,20 @@ impl IpvsSync {
             grace,
             adopt: false,
             last: IpvsSyncReport::default(),
+            journal: Vec::new(),
         }
+    }
+
+    /// The kernel's IPVS, with ownership recorded in `state_dir`.
+    pub fn open(state_dir: &std::path::Path, grace: Duration) -> Result<IpvsSync, IpvsSyncError> {
+        let netlink = super::IpvsNetlink::open()?;
+        let ownership = Ownership::load(&state_dir.join(OWNERSHIP_FILE))?;
+        Ok(IpvsSync::new(Box::new(netlink), ownership, grace))
+    }
+
+    /// What the last sync changed, one line per acknowledged operation.
+    pub fn journal(&self) -> &[String] {
+        &self.journal
     }
 
     /// Forgets the in-memory view: the next step dumps the kernel (audits, refusals).
@@ -128,6 +149,7 @@ impl IpvsSync {
     /// Step 1: adds and edits, before the nft swap. Refuses (changing nothing) when the
     /// desired state claims a foreign service and adoption is off.
     pub fn before_swap(&mut self, state: &DesiredState) -> Result<Plan, IpvsSyncError> {
+        self.journal.clear();
         if self.view.is_none() {
             self.load()?;
         }
@@ -327,7 +349,10 @@ impl IpvsSync {
         let mut first_error = None;
         for (op, result) in ops.iter().zip(results) {
             match result {
-                Ok(()) => self.mirror(op),
+                Ok(()) => {
+                    self.journal.push(op.to_string());
+                    self.mirror(op)
+                }
                 Err(e) => {
                     first_error.get_or_insert(e);
                 }
@@ -350,7 +375,10 @@ impl IpvsSync {
         let results = self.balancer.apply(ops)?;
         for (op, result) in ops.iter().zip(results) {
             match result {
-                Ok(()) => self.mirror(op),
+                Ok(()) => {
+                    self.journal.push(op.to_string());
+                    self.mirror(op)
+                }
                 Err(e) if matches!(e.errno(), Some(2) | Some(3)) => self.mirror(op),
                 Err(e) => {
                     self.view = None;
