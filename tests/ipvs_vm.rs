@@ -349,8 +349,7 @@ fn sync_daemon() -> Result<(), String> {
         .output()
         .map_err(e("ip"))?;
     ensure(out.status.success(), "ip link add sync0".into())?;
-    // The sync thread needs an address on its interface: without one it gives up at once,
-    // and stopping it then hung this kernel (6.1) under emulation.
+    // The sync thread needs an address on its interface to send from.
     for args in [
         &["link", "set", "sync0", "multicast", "on", "up"][..],
         &["addr", "add", "10.255.255.1/24", "dev", "sync0"][..],
@@ -370,6 +369,9 @@ fn sync_daemon() -> Result<(), String> {
     nl.start_daemon(&d).map_err(e("start"))?;
     let running = nl.daemons().map_err(e("list"))?;
     ensure(running == [d.clone()], format!("running {running:?}"))?;
+    // Stopping a sync thread that has not run yet hung this kernel (6.1, one emulated CPU)
+    // in kthread_stop: let it start first.
+    std::thread::sleep(Duration::from_secs(1));
     nl.stop_daemon(false).map_err(e("stop"))?;
     let running = nl.daemons().map_err(e("list"))?;
     ensure(running.is_empty(), format!("still running {running:?}"))

@@ -105,8 +105,9 @@ fn dry_run_report(
     }
 }
 
-pub fn flush() -> u8 {
-    match NftCli::default().delete_table() {
+pub fn flush(state_dir: &Path) -> u8 {
+    let ipvs = flush_ipvs(state_dir);
+    let nft = match NftCli::default().delete_table() {
         Ok(true) => {
             println!("deleted table inet portcullis");
             OK
@@ -117,6 +118,68 @@ pub fn flush() -> u8 {
         }
         Err(e) => {
             eprintln!("portcullis: flush failed: {e}");
+            FAILED
+        }
+    };
+    nft.max(ipvs)
+}
+
+/// Deletes the IPVS services the ownership file lists (none without the file: then nothing
+/// in IPVS is known to be ours).
+fn flush_ipvs(state_dir: &Path) -> u8 {
+    use crate::apply::ipvs::{Balancer, IpvsNetlink, Op, Ownership, OWNERSHIP_FILE};
+    let path = state_dir.join(OWNERSHIP_FILE);
+    if !path.exists() {
+        return OK;
+    }
+    let mut ownership = match Ownership::load(&path) {
+        Ok(o) => o,
+        Err(e) => {
+            eprintln!("portcullis: {e}");
+            return FAILED;
+        }
+    };
+    if ownership.owned.is_empty() {
+        return OK;
+    }
+    let mut netlink = match IpvsNetlink::open() {
+        Ok(n) => n,
+        Err(e) => {
+            eprintln!("portcullis: {e}");
+            return FAILED;
+        }
+    };
+    let ops: Vec<Op> = ownership
+        .owned
+        .iter()
+        .map(|id| Op::DelService(*id))
+        .collect();
+    let results = match netlink.apply(&ops) {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("portcullis: flush of IPVS failed: {e}");
+            return FAILED;
+        }
+    };
+    let mut failed = false;
+    for (op, r) in ops.iter().zip(results) {
+        match r {
+            // Already gone (deleted by hand) is as good as deleted.
+            Ok(()) => println!("{op}"),
+            Err(e) if e.errno() == Some(3) => {}
+            Err(e) => {
+                eprintln!("portcullis: {e}");
+                failed = true;
+            }
+        }
+    }
+    if failed {
+        return FAILED;
+    }
+    match ownership.retain(|_| false) {
+        Ok(()) => OK,
+        Err(e) => {
+            eprintln!("portcullis: {e}");
             FAILED
         }
     }

@@ -110,8 +110,12 @@ pub enum Command {
         #[arg(long, default_value = "/var/lib/portcullis")]
         state_dir: PathBuf,
     },
-    /// Remove everything portcullis put in the kernel (its nftables table; nothing else).
-    Flush,
+    /// Remove everything portcullis put in the kernel: its nftables table and the IPVS
+    /// services listed in `<state-dir>/ipvs-owned.json`; nothing else.
+    Flush {
+        #[arg(long, default_value = "/var/lib/portcullis")]
+        state_dir: PathBuf,
+    },
     /// What the daemon is doing: role, source, last poll and apply, counts, last error.
     Status {
         #[arg(long, default_value = "/var/lib/portcullis")]
@@ -250,7 +254,7 @@ pub fn run(cli: Cli) -> ExitCode {
                 INVALID
             }
         },
-        Command::Flush => apply::flush(),
+        Command::Flush { state_dir } => apply::flush(&state_dir),
         Command::Run(args) => run::run(&args),
         Command::Status { state_dir, json } => inspect::status(&state_dir, json),
         Command::Promote { state_dir } => {

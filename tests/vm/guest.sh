@@ -14,7 +14,8 @@ check() { # NAME COMMAND...: runs the command, prints PASS or FAIL with its outp
 	local t0=$EPOCHREALTIME
 	# In a child bash so that `set -e` holds inside the check functions (it is ignored
 	# in the condition of an `if`): every failing step fails the check.
-	if bash -e -o pipefail -c '"$@"' "$name" "$@" >"$out" 2>&1; then
+	# A stuck check fails by itself after 60 s instead of hanging the whole guest.
+	if timeout 60 bash -e -o pipefail -c '"$@"' "$name" "$@" >"$out" 2>&1; then
 		printf '%s PASS (%ss)\n' "$name" "$(awk "BEGIN { printf \"%.2f\", $EPOCHREALTIME - $t0 }")"
 	else
 		echo "$name FAIL"
@@ -24,8 +25,13 @@ check() { # NAME COMMAND...: runs the command, prints PASS or FAIL with its outp
 }
 
 # --- the client, driven by the Rust test binary -----------------------------------------
-if PORTCULLIS_VM_GUEST=1 /t/ipvs_vm >"$out" 2>&1; then :; else failed=$((failed + 1)); fi
+PORTCULLIS_VM_GUEST=1 timeout 120 /t/ipvs_vm >"$out" 2>&1
+client_rc=$?
 cat "$out"
+if [ "$client_rc" != 0 ]; then
+	failed=$((failed + 1))
+	echo "client-checks FAIL (exit status $client_rc)"
+fi
 ipvsadm -C
 
 # --- portcullis apply --once --backend ipvs of the example exports ----------------------
@@ -64,7 +70,14 @@ stuck_weight_restored() {
 }
 export -f stuck_weight_restored
 check restart-restores-a-weight-stuck-at-zero stuck_weight_restored
-"$pc" flush >/dev/null
+flush_removes_only_ours() {
+	"$pc" flush --state-dir "$state"
+	ipvsadm-save -n >/tmp/left
+	printf '%s\n' '-A -t 203.0.113.9:25 -s rr' '-a -t 203.0.113.9:25 -r 10.99.0.1:25 -g -w 3' | diff -u - /tmp/left
+	if nft list table inet portcullis >/dev/null 2>&1; then echo "nft table left"; return 1; fi
+}
+export -f flush_removes_only_ours
+check flush-removes-only-ours flush_removes_only_ours
 ipvsadm -C
 rm -rf "$state"
 
