@@ -63,9 +63,11 @@ fn host() -> ExitCode {
     }
 }
 
+type Check = fn() -> Result<(), String>;
+
 /// Runs in the guest, as root, with IPVS loaded and an empty table.
 fn guest() -> ExitCode {
-    let checks: &[(&str, fn() -> Result<(), String>)] = &[
+    let checks: &[(&str, Check)] = &[
         ("client-tcp-service-and-dests", tcp_service_and_dests),
         ("client-udp-ipv6-service", udp_ipv6_service),
         ("client-fwmark-services-v4-v6", fwmark_services),

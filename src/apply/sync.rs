@@ -419,6 +419,46 @@ mod tests {
     }
 
     #[test]
+    fn an_export_claiming_a_foreign_ipvs_service_changes_neither_table() {
+        let opts = RenderOptions {
+            backend: Backend::Ipvs,
+            external_interfaces: Vec::new(),
+            policy: BasePolicy::parse(DEFAULT_POLICY).expect("policy"),
+        };
+        let mut s = Syncer::new(TwinFirewall::default(), RecordingConntrack::default(), opts);
+        s.sync(state(5)).expect("first sync");
+        let nft_before = s.firewall.table.clone();
+        // Someone adds by hand the very service the next export brings.
+        let next = state(6);
+        let mut claimed = crate::apply::ipvs::desired_table(&next);
+        let first = crate::apply::ipvs::desired_table(&state(5));
+        claimed.retain(|id, _| !first.contains_key(id));
+        let shared = Arc::new(Mutex::new(TwinBalancer {
+            table: first.into_iter().chain(claimed).collect(),
+            ..Default::default()
+        }));
+        let mut own = Ownership::in_memory();
+        own.extend(crate::apply::ipvs::desired_table(&state(5)).into_keys())
+            .expect("in memory");
+        s.set_ipvs(IpvsSync::new(
+            Box::new(shared.clone()),
+            own,
+            Duration::from_secs(60),
+        ));
+        let ipvs_before = shared.lock().expect("lock").table.clone();
+        assert!(matches!(
+            s.sync(next),
+            Err(SyncError::Ipvs(IpvsSyncError::Foreign(_)))
+        ));
+        assert_eq!(s.firewall.table, nft_before, "nft untouched");
+        assert_eq!(
+            shared.lock().expect("lock").table,
+            ipvs_before,
+            "IPVS untouched"
+        );
+    }
+
+    #[test]
     fn the_guard_refuses_and_changes_nothing() {
         let mut s = syncer();
         s.set_guard(Some(Guard::default()));
