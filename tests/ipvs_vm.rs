@@ -444,8 +444,13 @@ fn bench(csv: &std::path::Path) -> ExitCode {
         let plan = sync.before_swap(&base).map_err(e("cold"))?;
         sync.after_swap(plan).map_err(e("cold"))?;
         println!("bench cold {:.3}", t.elapsed().as_secs_f64());
+        // The daemon's hot path: diff the two states, step only through what changed.
         let t = Instant::now();
-        let plan = sync.before_swap(&changed).map_err(e("change"))?;
+        let diff = portcullis::diff::StateDiff::between(&base, &changed);
+        let keys: Vec<_> = diff.changes.iter().map(|c| *c.key()).collect();
+        let plan = sync
+            .before_swap_keys(&changed, &keys)
+            .map_err(e("change"))?;
         let ops = plan.changed();
         sync.after_swap(plan).map_err(e("change"))?;
         println!("bench one_weight {:.4}", t.elapsed().as_secs_f64());

@@ -183,7 +183,10 @@ impl<F: Firewall, C: Conntrack> Syncer<F, C> {
         let tx = incremental(&diff, old, &state, self.opts.backend);
         let entries = removed_reals(&diff, old);
         let plan = match self.ipvs.as_mut() {
-            Some(ipvs) => Some(ipvs.before_swap(&state)?),
+            Some(ipvs) => {
+                let keys: Vec<_> = diff.changes.iter().map(|c| *c.key()).collect();
+                Some(ipvs.before_swap_keys(&state, &keys)?)
+            }
             None => None,
         };
         if let Err(e) = self.firewall.apply(&tx) {

@@ -149,11 +149,45 @@ impl IpvsSync {
     /// Step 1: adds and edits, before the nft swap. Refuses (changing nothing) when the
     /// desired state claims a foreign service and adoption is off.
     pub fn before_swap(&mut self, state: &DesiredState) -> Result<Plan, IpvsSyncError> {
+        self.before_swap_scoped(state, None)
+    }
+
+    /// [`IpvsSync::before_swap`] looking only at the services `keys` name (those a diff
+    /// says changed): O(changes) instead of O(services). Falls back to the whole state when
+    /// the kernel has to be read first.
+    pub fn before_swap_keys(
+        &mut self,
+        state: &DesiredState,
+        keys: &[ServiceKey],
+    ) -> Result<Plan, IpvsSyncError> {
+        self.before_swap_scoped(state, Some(keys))
+    }
+
+    fn before_swap_scoped(
+        &mut self,
+        state: &DesiredState,
+        keys: Option<&[ServiceKey]>,
+    ) -> Result<Plan, IpvsSyncError> {
         self.journal.clear();
-        if self.view.is_none() {
-            self.load()?;
-        }
-        let desired = desired_table(state);
+        let keys = match keys {
+            Some(k) if self.view.is_some() => Some(k),
+            _ => {
+                if self.view.is_none() {
+                    self.load()?;
+                }
+                None
+            }
+        };
+        let (desired, scope) = match keys {
+            None => (desired_table(state), None),
+            Some(keys) => (
+                keys.iter()
+                    .filter_map(|k| state.services.get_key_value(k))
+                    .map(|(k, svc)| entry(k, svc))
+                    .collect(),
+                Some(keys.iter().flat_map(candidates).collect::<BTreeSet<_>>()),
+            ),
+        };
         let claimed: Vec<ServiceId> = desired
             .keys()
             .filter(|id| self.foreign.contains(id))
@@ -174,7 +208,7 @@ impl IpvsSync {
                 }
             }
         }
-        let (ops, drains) = self.plan(&desired);
+        let (ops, drains) = self.plan(&desired, scope.as_ref());
         let added: Vec<ServiceId> = ops
             .iter()
             .filter_map(|op| match op {
@@ -187,7 +221,8 @@ impl IpvsSync {
         if let Err(e) = self.send(&ops) {
             tracing::warn!(error = %e, "IPVS refused a change; re-reading the kernel's table and retrying once");
             self.load()?;
-            let (ops, _) = self.plan(&desired);
+            let desired = desired_table(state);
+            let (ops, _) = self.plan(&desired, None);
             let added: Vec<ServiceId> = ops
                 .iter()
                 .filter_map(|op| match op {
@@ -297,8 +332,9 @@ impl IpvsSync {
         Ok((deleted, self.draining.len()))
     }
 
-    /// The changes that bring the owned view to `desired`, and what to drain.
-    fn plan(&self, desired: &Table) -> (Vec<Op>, Vec<Drain>) {
+    /// The changes that bring the owned view to `desired`, and what to drain. With a
+    /// `scope`, only those services of the view are considered.
+    fn plan(&self, desired: &Table, scope: Option<&BTreeSet<ServiceId>>) -> (Vec<Op>, Vec<Drain>) {
         let empty = Table::new();
         let view = self.view.as_ref().unwrap_or(&empty);
         let mut ops = Vec::new();
@@ -331,11 +367,11 @@ impl IpvsSync {
                 }
             }
         }
-        drains.extend(
-            view.keys()
-                .filter(|id| !desired.contains_key(id))
-                .map(|id| (*id, None)),
-        );
+        let gone = |id: &&ServiceId| view.contains_key(id) && !desired.contains_key(id);
+        match scope {
+            None => drains.extend(view.keys().filter(gone).map(|id| (*id, None))),
+            Some(ids) => drains.extend(ids.iter().filter(gone).map(|id| (*id, None))),
+        }
         (ops, drains)
     }
 
@@ -425,41 +461,64 @@ pub fn desired_table(state: &DesiredState) -> Table {
     state
         .services
         .iter()
-        .map(|(key, svc)| {
-            let ipv6 = svc.is_ipv6();
-            let id = match key {
-                ServiceKey::Addr { proto, vip, port } => ServiceId::Addr {
-                    proto: *proto,
-                    addr: *vip,
-                    port: *port,
-                },
-                ServiceKey::Fwmark { mark } => ServiceId::Fwmark { mark: *mark, ipv6 },
-            };
-            let service = Service {
-                id,
-                scheduler: svc.params.scheduler.to_string(),
-                flags: if svc.params.persistence.is_some() {
-                    IP_VS_SVC_F_PERSISTENT
-                } else {
-                    0
-                },
-                timeout: svc.params.persistence.unwrap_or(0),
-                netmask: if ipv6 { 128 } else { u32::MAX },
-            };
-            let dests = svc
-                .reals
-                .iter()
-                .map(|(rk, rs)| {
-                    let did = DestId {
-                        addr: rk.addr,
-                        port: rk.port.unwrap_or(0),
-                    };
-                    (did, Dest::new(did, svc.params.method, u32::from(rs.weight)))
-                })
-                .collect();
-            (id, Entry { service, dests })
-        })
+        .map(|(k, svc)| entry(k, svc))
         .collect()
+}
+
+/// The IPVS identities a model key can stand for (an fwmark service exists per family).
+fn candidates(key: &ServiceKey) -> Vec<ServiceId> {
+    match key {
+        ServiceKey::Addr { proto, vip, port } => vec![ServiceId::Addr {
+            proto: *proto,
+            addr: *vip,
+            port: *port,
+        }],
+        ServiceKey::Fwmark { mark } => vec![
+            ServiceId::Fwmark {
+                mark: *mark,
+                ipv6: false,
+            },
+            ServiceId::Fwmark {
+                mark: *mark,
+                ipv6: true,
+            },
+        ],
+    }
+}
+
+fn entry(key: &ServiceKey, svc: &crate::model::VirtualService) -> (ServiceId, Entry) {
+    let ipv6 = svc.is_ipv6();
+    let id = match key {
+        ServiceKey::Addr { proto, vip, port } => ServiceId::Addr {
+            proto: *proto,
+            addr: *vip,
+            port: *port,
+        },
+        ServiceKey::Fwmark { mark } => ServiceId::Fwmark { mark: *mark, ipv6 },
+    };
+    let service = Service {
+        id,
+        scheduler: svc.params.scheduler.to_string(),
+        flags: if svc.params.persistence.is_some() {
+            IP_VS_SVC_F_PERSISTENT
+        } else {
+            0
+        },
+        timeout: svc.params.persistence.unwrap_or(0),
+        netmask: if ipv6 { 128 } else { u32::MAX },
+    };
+    let dests = svc
+        .reals
+        .iter()
+        .map(|(rk, rs)| {
+            let did = DestId {
+                addr: rk.addr,
+                port: rk.port.unwrap_or(0),
+            };
+            (did, Dest::new(did, svc.params.method, u32::from(rs.weight)))
+        })
+        .collect();
+    (id, Entry { service, dests })
 }
 
 #[cfg(test)]

@@ -374,3 +374,41 @@ fn an_audit_repairs_a_weight_edited_by_hand() {
     assert_eq!(step(&mut s, &st).changed, 1, "the audit repairs it");
     assert_eq!(kernel(&t), desired_table(&st));
 }
+
+#[test]
+fn a_step_scoped_to_the_diff_ends_where_a_full_one_does() {
+    use crate::diff::StateDiff;
+    let t = twin();
+    let mut s = sync_with(&t, Ownership::in_memory());
+    let before = state(40);
+    step(&mut s, &before);
+    // Some services go, some come, one weight changes.
+    let mut after = state(44);
+    let gone: Vec<_> = after.services.keys().take(3).copied().collect();
+    for k in &gone {
+        after.services.remove(k);
+    }
+    let (_, svc, rk) = first_real(&after);
+    let key = *after
+        .services
+        .iter()
+        .find(|(_, v)| v.reals.contains_key(&rk))
+        .expect("key")
+        .0;
+    let mut svc = svc.clone();
+    let mut rs = svc.reals.get(&rk).expect("real").clone();
+    rs.weight = 3;
+    svc.reals.insert(rk, rs);
+    after.services.insert(key, svc);
+    let diff = StateDiff::between(&before, &after);
+    let keys: Vec<_> = diff.changes.iter().map(|c| *c.key()).collect();
+    assert!(keys.len() < after.services.len() / 2, "the scope is small");
+    let plan = s.before_swap_keys(&after, &keys).expect("scoped");
+    s.after_swap(plan).expect("after");
+    assert_eq!(kernel(&t), desired_table(&after));
+    assert_eq!(
+        t.lock().expect("lock").dumps,
+        1,
+        "no listing on the hot path"
+    );
+}
