@@ -46,6 +46,10 @@ pub fn apply_once(source: &Path, opts: RenderOptions, dry_run: bool, state_dir: 
             println!("nothing to do: the live table already matches ({services} services)");
             OK
         }
+        Ok(SyncOutcome::Full { drift }) if drift.iter().all(|d| d.starts_with("IPVS:")) => {
+            println!("applied: IPVS services changed; the nft table already matched ({services} services, {reals} real servers)");
+            OK
+        }
         Ok(SyncOutcome::Full { drift }) => {
             println!(
                 "applied: table regenerated ({services} services, {reals} real servers; {} differences)",

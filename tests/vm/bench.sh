@@ -2,12 +2,12 @@
 # IPVS load costs in the guest, UNDER EMULATION (qemu TCG, 1 vCPU): portcullis over netlink
 # against ipvsadm in the same run. Each measurement starts in a fresh network namespace
 # (IPVS tables are per namespace, and a cleared table loads slower than a fresh one).
-# Run with: PORTCULLIS_VM_MODE=bench cargo test --release --test ipvs_vm
+# Run with: PORTCULLIS_VM_MODE=bench [BENCH_REPS=3] cargo test --release --test ipvs_vm
 set -uo pipefail
 export PATH=/usr/sbin:/usr/bin:/sbin:/bin
 cd /t
 pc=/t/portcullis
-reps="${BENCH_REPS:-1}"
+reps="$(cat /t/bench_reps 2>/dev/null || echo 1)"
 
 now() { echo "$EPOCHREALTIME"; }
 since() { awk "BEGIN { printf \"%.3f\", $(now) - $1 }"; }

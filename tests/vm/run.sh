@@ -144,6 +144,7 @@ strip_copy "$portcullis_exe" "$p/t/portcullis"
 cp "$here/guest.sh" "$here/bench.sh" "$here/expected-next-ops.txt" "$p/t/"
 cp "$repo"/rules/examples/*.csv "$p/t/examples/"
 echo "$mode" > "$p/t/mode"
+echo "${BENCH_REPS:-3}" > "$p/t/bench_reps"
 # Libraries the Rust binaries need beyond the base image's.
 for b in "$guest_exe" "$portcullis_exe"; do
 	{ ldd "$b" 2>/dev/null || true; } | { grep -o '/[^ ]*' || true; } | while read -r lib; do
