@@ -142,16 +142,15 @@ pub fn run(args: &RunArgs) -> u8 {
     };
     // The IPVS backend: IPVS services are kept in step around every nft transaction.
     let ipvs = match config.backend {
-        BackendName::Ipvs => match crate::apply::ipvs::IpvsSync::open(
-            &config.state_dir,
-            crate::apply::ipvs::DEFAULT_DRAIN_GRACE,
-        ) {
-            Ok(i) => Some(i),
-            Err(e) => {
-                eprintln!("portcullis: {e}");
-                return FAILED;
+        BackendName::Ipvs => {
+            match crate::apply::ipvs::IpvsSync::open(&config.state_dir, config.drain_grace) {
+                Ok(i) => Some(i),
+                Err(e) => {
+                    eprintln!("portcullis: {e}");
+                    return FAILED;
+                }
             }
-        },
+        }
         BackendName::Nft => None,
     };
     let mut daemon = match Daemon::new(config, NftCli::default(), ConntrackCli::default(), opts) {

@@ -78,6 +78,37 @@ flush_removes_only_ours() {
 }
 export -f flush_removes_only_ours
 check flush-removes-only-ours flush_removes_only_ours
+# The daemon with the IPVS backend follows its source: the first export, then the next.
+wait_equal() { # EXPORT: until the kernel's table is what render says (15 s at most)
+	for _ in $(seq 1 30); do
+		saved_equals_render "$1" >/dev/null 2>&1 && return 0
+		sleep 0.5
+	done
+	saved_equals_render "$1"
+}
+daemon_follows_the_export() {
+	rm -rf /tmp/dstate /tmp/dsrc
+	mkdir -p /tmp/dsrc
+	cp examples/export.csv /tmp/dsrc/export.csv
+	"$pc" run --source file:///tmp/dsrc/export.csv --backend ipvs --state-dir /tmp/dstate \
+		--interval 1s >/tmp/daemon.log 2>&1 &
+	local pid=$!
+	if ! wait_equal examples/export.csv || ! {
+		cp examples/export-next.csv /tmp/dsrc/next.tmp && mv /tmp/dsrc/next.tmp /tmp/dsrc/export.csv &&
+			wait_equal examples/export-next.csv
+	}; then
+		kill "$pid" 2>/dev/null || echo "the daemon had exited"
+		cat /tmp/daemon.log
+		return 1
+	fi
+	kill -TERM "$pid"
+	wait "$pid" || true
+	foreign_intact
+	grep -q 192.0.2.30 /tmp/dstate/ipvs-owned.json
+}
+export -f wait_equal daemon_follows_the_export
+check daemon-backend-ipvs-follows-the-export daemon_follows_the_export
+"$pc" flush --state-dir /tmp/dstate >/dev/null
 ipvsadm -C
 rm -rf "$state"
 

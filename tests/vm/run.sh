@@ -108,6 +108,12 @@ if [ ! -f "$base" ]; then
 		cp -L "$lib" "$root$lib"
 	done
 	cp /etc/protocols /etc/services "$root/etc/"
+	# The daemon's HTTP client loads the system CA store when it is built, even for a
+	# file:// source: without one, `portcullis run` fails at start ("builder error").
+	if [ -f /etc/ssl/certs/ca-certificates.crt ]; then
+		mkdir -p "$root/etc/ssl/certs"
+		cp /etc/ssl/certs/ca-certificates.crt "$root/etc/ssl/certs/"
+	fi
 	ln -sf /usr/bin/bash "$root/bin/bash"
 	# modules with their dependency closure (the package ships no modules.dep)
 	mroot="$kdir/pkg"
