@@ -175,8 +175,15 @@ impl<F: Firewall, C: Conntrack> Syncer<F, C> {
         let diff = StateDiff::between(old, &state);
         if diff.is_empty() {
             if let Some(ipvs) = self.ipvs.as_mut() {
-                // Finish drains whose connections ended since the last sync.
-                ipvs.reap()?;
+                if ipvs.needs_reload() {
+                    // The last IPVS step was refused half-way (after the nft swap): finish
+                    // it from a fresh dump rather than wait for the next export change.
+                    let plan = ipvs.before_swap(&state)?;
+                    ipvs.after_swap(plan)?;
+                } else {
+                    // Finish drains whose connections ended since the last sync.
+                    ipvs.reap()?;
+                }
             }
             return Ok(SyncOutcome::Unchanged);
         }
@@ -458,6 +465,39 @@ mod tests {
             shared.lock().expect("lock").table,
             ipvs_before,
             "IPVS untouched"
+        );
+    }
+
+    #[test]
+    fn an_ipvs_drain_refused_after_the_swap_is_finished_by_the_next_sync() {
+        let opts = RenderOptions {
+            backend: Backend::Ipvs,
+            external_interfaces: Vec::new(),
+            policy: BasePolicy::parse(DEFAULT_POLICY).expect("policy"),
+        };
+        let mut s = Syncer::new(TwinFirewall::default(), RecordingConntrack::default(), opts);
+        let twin = Arc::new(Mutex::new(TwinBalancer::default()));
+        s.set_ipvs(IpvsSync::new(
+            Box::new(twin.clone()),
+            Ownership::in_memory(),
+            Duration::from_secs(60),
+        ));
+        s.sync(state(10)).expect("first sync");
+        // The drain of the removed service is refused (e.g. ENOMEM): nft has swapped.
+        let mut next = state(10);
+        let gone = *next.services.keys().next().expect("a service");
+        next.services.remove(&gone);
+        twin.lock().expect("lock").fail_next = Some(12);
+        assert!(matches!(s.sync(next.clone()), Err(SyncError::Ipvs(_))));
+        assert_ne!(
+            twin.lock().expect("lock").table,
+            crate::apply::ipvs::desired_table(&next)
+        );
+        // Same export again: no nft change, but IPVS is finished from a fresh dump.
+        assert_eq!(s.sync(next.clone()).expect("sync"), SyncOutcome::Unchanged);
+        assert_eq!(
+            twin.lock().expect("lock").table,
+            crate::apply::ipvs::desired_table(&next)
         );
     }
 

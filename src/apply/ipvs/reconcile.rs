@@ -126,6 +126,11 @@ impl IpvsSync {
         self.view = None;
     }
 
+    /// True after a refused operation: the view no longer says what the kernel has.
+    pub fn needs_reload(&self) -> bool {
+        self.view.is_none()
+    }
+
     pub fn last_report(&self) -> IpvsSyncReport {
         self.last
     }

@@ -14,6 +14,8 @@ pub struct TwinBalancer {
     pub batches: Vec<Vec<Op>>,
     /// Full-table dumps served.
     pub dumps: usize,
+    /// When set, the next operation is refused with this errno (and changes nothing).
+    pub fail_next: Option<i32>,
 }
 
 const ENOENT: i32 = 2;
@@ -44,6 +46,9 @@ impl TwinBalancer {
     }
 
     fn apply_one(&mut self, op: &Op) -> Result<(), IpvsError> {
+        if let Some(errno) = self.fail_next.take() {
+            return Err(refuse(op, errno));
+        }
         match op {
             Op::AddService(s) => {
                 if self.table.contains_key(&s.id) {
