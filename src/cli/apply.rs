@@ -5,7 +5,13 @@ use crate::apply::{drift, ConntrackCli, Firewall, NftCli, SyncOutcome, Syncer};
 use crate::render::nft::{full_ruleset, Backend, RenderOptions};
 use std::path::Path;
 
-pub fn apply_once(source: &Path, opts: RenderOptions, dry_run: bool, state_dir: &Path) -> u8 {
+pub fn apply_once(
+    source: &Path,
+    opts: RenderOptions,
+    dry_run: bool,
+    state_dir: &Path,
+    adopt_ipvs: bool,
+) -> u8 {
     if opts.backend == Backend::Ipvs && dry_run {
         eprintln!("portcullis: --dry-run covers the nftables side only; run `portcullis diff --live` and `ipvsadm-save -n` against `portcullis render --format ipvsadm` for IPVS");
     }
@@ -20,7 +26,10 @@ pub fn apply_once(source: &Path, opts: RenderOptions, dry_run: bool, state_dir: 
     if opts.backend == Backend::Ipvs {
         match crate::apply::ipvs::IpvsSync::open(state_dir, crate::apply::ipvs::DEFAULT_DRAIN_GRACE)
         {
-            Ok(ipvs) => syncer.set_ipvs(ipvs),
+            Ok(mut ipvs) => {
+                ipvs.adopt = adopt_ipvs;
+                syncer.set_ipvs(ipvs)
+            }
             Err(e) => {
                 eprintln!("portcullis: {e}");
                 return FAILED;

@@ -109,6 +109,10 @@ pub enum Command {
         /// (`ipvs-owned.json`); the daemon's state_dir.
         #[arg(long, default_value = "/var/lib/portcullis")]
         state_dir: PathBuf,
+        /// IPVS backend: take over IPVS services the export names that portcullis did not
+        /// create (e.g. after losing the state file), instead of refusing.
+        #[arg(long)]
+        adopt_ipvs: bool,
     },
     /// Remove everything portcullis put in the kernel: its nftables table and the IPVS
     /// services listed in `<state-dir>/ipvs-owned.json`; nothing else.
@@ -247,8 +251,9 @@ pub fn run(cli: Cli) -> ExitCode {
             policy,
             external_ifaces,
             state_dir,
+            adopt_ipvs,
         } => match render_options(policy.as_deref(), &external_ifaces, backend.into()) {
-            Ok(opts) => apply::apply_once(&source, opts, dry_run, &state_dir),
+            Ok(opts) => apply::apply_once(&source, opts, dry_run, &state_dir, adopt_ipvs),
             Err(msg) => {
                 eprintln!("portcullis: {msg}");
                 INVALID

@@ -60,6 +60,21 @@ export -f second_apply_is_the_difference
 check apply-next-sends-only-the-difference second_apply_is_the_difference
 check ipvsadm-save-equals-render-next saved_equals_render examples/export-next.csv
 check foreign-service-survives foreign_intact
+# Losing the state file makes our services look foreign: applies are refused, changing
+# nothing, until --adopt-ipvs takes them over.
+lost_state_file() {
+	mv "$state/ipvs-owned.json" /tmp/owned.bak
+	ipvsadm-save -n >/tmp/before
+	if apply examples/export-next.csv >/tmp/refused 2>&1; then echo "not refused"; return 1; fi
+	grep -q 'not created by portcullis' /tmp/refused
+	ipvsadm-save -n | diff -u /tmp/before -
+	"$pc" apply --once --backend ipvs --state-dir "$state" --adopt-ipvs --source examples/export-next.csv
+	saved_equals_render examples/export-next.csv
+	foreign_intact
+	! grep -q 203.0.113.9 "$state/ipvs-owned.json"
+}
+export -f lost_state_file
+check lost-state-file-refuses-then-adopts lost_state_file
 check ownership-file-lists-only-ours bash -c "! grep -q 203.0.113.9 $state/ipvs-owned.json && grep -q 192.0.2.10 $state/ipvs-owned.json"
 check nft-table-is-the-ipvs-backends bash -c "nft list table inet portcullis | grep -q fwmarks_v4"
 # A restart after a hand edit: weights set to 0 by hand are restored, nothing else changes.
