@@ -75,6 +75,7 @@ base_key="$(printf '%s\n' "$kver" "${modules[@]}" | cat - "$here/run.sh" | sha25
 base="$cache/base-$base_key.cpio.gz"
 if [ ! -f "$base" ]; then
 	log "building the base initramfs"
+	rm -f "$cache"/base-*.cpio.gz # images of older scripts or kernels
 	root="$(mktemp -d "$cache/root.XXXXXX")"
 	trap 'rm -rf "$root"' EXIT
 	mkdir -p "$root"/{bin,sbin,etc,proc,sys,dev,tmp,run,var/lib,lib64,usr/bin,usr/sbin}
