@@ -281,7 +281,8 @@ fn plot(results: &[ApplyRow], path: &std::path::Path) {
         .y_desc("seconds")
         .draw()
         .expect("mesh");
-    let series: [(&str, RGBColor, fn(&ApplyRow) -> Duration); 5] = [
+    type Series = (&'static str, RGBColor, fn(&ApplyRow) -> Duration);
+    let series: [Series; 5] = [
         ("baseline: iptables-restore, cold", RED, |r| r.baseline_cold),
         ("baseline: iptables-restore, 1 change", MAGENTA, |r| {
             r.baseline_one_change

@@ -11,6 +11,7 @@
 mod conntrack;
 mod error;
 mod guard;
+pub mod ipvs;
 mod nft_cli;
 mod readback;
 mod sync;

@@ -1,10 +1,15 @@
 //! Keeping the kernel in step with the desired state: a full regeneration when the live table
 //! is not what we expect (start-up, drift, a failed incremental), an incremental transaction
 //! otherwise. The hot path ([`Syncer::sync`]) never lists the table: it costs O(changes).
+//!
+//! With the IPVS backend the Syncer also drives an [`IpvsSync`], ordered around the nft
+//! swap so traffic never meets a hole: IPVS adds and edits first, then the nft transaction,
+//! then drains (weight 0) and deletes of idle drained destinations.
 
 use super::conntrack::{Conntrack, ConntrackFlush};
 use super::error::NftError;
 use super::guard::Guard;
+use super::ipvs::{IpvsSync, IpvsSyncError};
 use super::table::{drift, TableState};
 use super::Firewall;
 use crate::diff::{DiffSummary, ServiceChange, StateDiff};
@@ -35,6 +40,9 @@ pub enum SyncError {
     /// The export would withdraw too much at once; nothing was changed.
     #[error(transparent)]
     Guard(#[from] super::guard::GuardRefusal),
+    /// IPVS refused (or the export claims a service portcullis does not own).
+    #[error(transparent)]
+    Ipvs(#[from] IpvsSyncError),
     /// A rendered full table did not even apply to an empty model: a bug, never the input's
     /// fault (the input was validated).
     #[error("internal error: rendered table is inconsistent at `{0}`: {1}")]
@@ -47,6 +55,7 @@ pub struct Syncer<F, C> {
     opts: RenderOptions,
     applied: Option<DesiredState>,
     guard: Option<Guard>,
+    ipvs: Option<IpvsSync>,
 }
 
 impl<F: Firewall, C: Conntrack> Syncer<F, C> {
@@ -57,7 +66,18 @@ impl<F: Firewall, C: Conntrack> Syncer<F, C> {
             opts,
             applied: None,
             guard: None,
+            ipvs: None,
         }
+    }
+
+    /// Balance with IPVS (the `ipvs` backend): every sync then keeps the owned IPVS
+    /// services in step, ordered around the nft transaction.
+    pub fn set_ipvs(&mut self, ipvs: IpvsSync) {
+        self.ipvs = Some(ipvs);
+    }
+
+    pub fn ipvs(&self) -> Option<&IpvsSync> {
+        self.ipvs.as_ref()
     }
 
     /// Refuse syncs that withdraw more than `guard` allows (`None`: no limit, i.e. `--force`).
@@ -88,19 +108,54 @@ impl<F: Firewall, C: Conntrack> Syncer<F, C> {
     /// Reads the live table and compares it with `state`'s: adopts it when equal, regenerates
     /// it whole otherwise. For start-up and the slow periodic audit, not the hot path.
     /// Takes the state (it becomes the applied one) rather than copying it.
+    /// With IPVS, the kernel's IPVS table is dumped again and repaired the same way.
     pub fn reconcile(&mut self, state: DesiredState) -> Result<SyncOutcome, SyncError> {
         let expected = self.expected_table(&state)?;
         let live = self.firewall.read_table()?;
         let differences = drift(&expected, &live);
-        if differences.is_empty() {
+        let plan = match self.ipvs.as_mut() {
+            Some(ipvs) => {
+                ipvs.invalidate();
+                Some(ipvs.before_swap(&state)?)
+            }
+            None => None,
+        };
+        let mut ipvs_changes = Vec::new();
+        if let Some(p) = &plan {
+            if p.changed() > 0 {
+                ipvs_changes.push(format!(
+                    "IPVS: {} services/destinations added or repaired",
+                    p.changed()
+                ));
+            }
+        }
+        let outcome = if differences.is_empty() {
             self.applied = Some(state);
-            return Ok(SyncOutcome::Adopted);
+            SyncOutcome::Adopted
+        } else {
+            if live.is_some() {
+                tracing::warn!(differences = differences.len(), first = %differences[0], "live table differs from the expected one; regenerating it whole");
+            }
+            self.full(state)?;
+            SyncOutcome::Full { drift: differences }
+        };
+        self.ipvs_after(plan)?;
+        Ok(match outcome {
+            SyncOutcome::Adopted if !ipvs_changes.is_empty() => SyncOutcome::Full {
+                drift: ipvs_changes,
+            },
+            other => other,
+        })
+    }
+
+    fn ipvs_after(&mut self, plan: Option<super::ipvs::reconcile::Plan>) -> Result<(), SyncError> {
+        if let (Some(ipvs), Some(plan)) = (self.ipvs.as_mut(), plan) {
+            let report = ipvs.after_swap(plan)?;
+            if report != Default::default() {
+                tracing::info!(?report, "IPVS synced");
+            }
         }
-        if live.is_some() {
-            tracing::warn!(differences = differences.len(), first = %differences[0], "live table differs from the expected one; regenerating it whole");
-        }
-        self.full(state)?;
-        Ok(SyncOutcome::Full { drift: differences })
+        Ok(())
     }
 
     fn full(&mut self, state: DesiredState) -> Result<(), SyncError> {
@@ -128,18 +183,38 @@ impl<F: Firewall, C: Conntrack> Syncer<F, C> {
         }
         let diff = StateDiff::between(old, &state);
         if diff.is_empty() {
+            if let Some(ipvs) = self.ipvs.as_mut() {
+                if ipvs.needs_reload() {
+                    // The last IPVS step was refused half-way (after the nft swap): finish
+                    // it from a fresh dump rather than wait for the next export change.
+                    let plan = ipvs.before_swap(&state)?;
+                    ipvs.after_swap(plan)?;
+                } else {
+                    // Finish drains whose connections ended since the last sync.
+                    ipvs.reap()?;
+                }
+            }
             return Ok(SyncOutcome::Unchanged);
         }
         let tx = incremental(&diff, old, &state, self.opts.backend);
+        let entries = removed_reals(&diff, old);
+        let plan = match self.ipvs.as_mut() {
+            Some(ipvs) => {
+                let keys: Vec<_> = diff.changes.iter().map(|c| *c.key()).collect();
+                Some(ipvs.before_swap_keys(&state, &keys)?)
+            }
+            None => None,
+        };
         if let Err(e) = self.firewall.apply(&tx) {
             tracing::warn!(error = %e, "incremental transaction refused; regenerating the table whole");
             self.full(state)?;
+            self.ipvs_after(plan)?;
             return Ok(SyncOutcome::Full {
                 drift: vec![format!("incremental transaction refused: {e}")],
             });
         }
-        let entries = removed_reals(&diff, old);
         self.applied = Some(state);
+        self.ipvs_after(plan)?;
         let conntrack_flushed = self.flush_conntrack(&entries);
         Ok(SyncOutcome::Incremental {
             summary: diff.summary(),
@@ -199,8 +274,13 @@ pub fn removed_reals(diff: &StateDiff, old: &DesiredState) -> Vec<ConntrackFlush
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::apply::ipvs::{
+        Balancer, Dest, IpvsError, Op, Ownership, ServiceId, Table, TwinBalancer,
+    };
     use crate::apply::{RecordingConntrack, TwinFirewall};
     use crate::render::nft::{BasePolicy, DEFAULT_POLICY};
+    use std::sync::{Arc, Mutex};
+    use std::time::Duration;
 
     fn syncer() -> Syncer<TwinFirewall, RecordingConntrack> {
         let opts = RenderOptions {
@@ -272,6 +352,165 @@ mod tests {
         assert_eq!(
             s.firewall.table,
             s.expected_table(&state(6)).expect("render")
+        );
+    }
+
+    /// Records the order in which the two kernels were changed.
+    struct Logged<T> {
+        inner: T,
+        log: Arc<Mutex<Vec<String>>>,
+    }
+
+    impl Firewall for Logged<TwinFirewall> {
+        fn apply(&mut self, tx: &crate::render::nft::Transaction) -> Result<(), NftError> {
+            self.log.lock().expect("lock").push("nft".into());
+            self.inner.apply(tx)
+        }
+        fn check(&mut self, tx: &crate::render::nft::Transaction) -> Result<(), NftError> {
+            self.inner.check(tx)
+        }
+        fn read_table(&mut self) -> Result<Option<TableState>, NftError> {
+            self.inner.read_table()
+        }
+    }
+
+    impl Balancer for Logged<TwinBalancer> {
+        fn table(&mut self) -> Result<Table, IpvsError> {
+            self.inner.table()
+        }
+        fn dests(&mut self, svc: ServiceId) -> Result<Vec<Dest>, IpvsError> {
+            self.inner.dests(svc)
+        }
+        fn apply(&mut self, ops: &[Op]) -> Result<Vec<Result<(), IpvsError>>, IpvsError> {
+            let mut log = self.log.lock().expect("lock");
+            for op in ops {
+                log.push(match op {
+                    Op::AddService(_) | Op::AddDest(..) => "ipvs add".into(),
+                    Op::EditDest(_, d) if d.weight == 0 => "ipvs drain".into(),
+                    Op::EditService(_) | Op::EditDest(..) => "ipvs edit".into(),
+                    Op::DelService(_) | Op::DelDest(..) => "ipvs delete".into(),
+                });
+            }
+            drop(log);
+            self.inner.apply(ops)
+        }
+    }
+
+    #[test]
+    fn ipvs_adds_before_the_nft_swap_and_drains_and_deletes_after_it() {
+        let log = Arc::new(Mutex::new(Vec::new()));
+        let opts = RenderOptions {
+            backend: Backend::Ipvs,
+            external_interfaces: Vec::new(),
+            internal_interfaces: Vec::new(),
+            policy: BasePolicy::parse(DEFAULT_POLICY).expect("policy"),
+        };
+        let firewall = Logged {
+            inner: TwinFirewall::default(),
+            log: log.clone(),
+        };
+        let mut s = Syncer::new(firewall, RecordingConntrack::default(), opts);
+        let balancer = Logged {
+            inner: TwinBalancer::default(),
+            log: log.clone(),
+        };
+        s.set_ipvs(IpvsSync::new(
+            Box::new(balancer),
+            Ownership::in_memory(),
+            Duration::from_secs(60),
+        ));
+        s.sync(state(10)).expect("first sync");
+        let mut seen = log.lock().expect("lock").clone();
+        seen.dedup();
+        assert_eq!(
+            seen,
+            ["ipvs add", "nft"],
+            "services exist before nft marks for them"
+        );
+
+        log.lock().expect("lock").clear();
+        // One service goes, others come: the new ones first, the old one after the swap.
+        let mut next = state(12);
+        let gone = *next.services.keys().next().expect("a service");
+        next.services.remove(&gone);
+        s.sync(next).expect("second sync");
+        let mut seen = log.lock().expect("lock").clone();
+        seen.dedup();
+        assert_eq!(seen, ["ipvs add", "nft", "ipvs drain", "ipvs delete"]);
+    }
+
+    #[test]
+    fn an_export_claiming_a_foreign_ipvs_service_changes_neither_table() {
+        let opts = RenderOptions {
+            backend: Backend::Ipvs,
+            external_interfaces: Vec::new(),
+            internal_interfaces: Vec::new(),
+            policy: BasePolicy::parse(DEFAULT_POLICY).expect("policy"),
+        };
+        let mut s = Syncer::new(TwinFirewall::default(), RecordingConntrack::default(), opts);
+        s.sync(state(5)).expect("first sync");
+        let nft_before = s.firewall.table.clone();
+        // Someone adds by hand the very service the next export brings.
+        let next = state(6);
+        let mut claimed = crate::apply::ipvs::desired_table(&next);
+        let first = crate::apply::ipvs::desired_table(&state(5));
+        claimed.retain(|id, _| !first.contains_key(id));
+        let shared = Arc::new(Mutex::new(TwinBalancer {
+            table: first.into_iter().chain(claimed).collect(),
+            ..Default::default()
+        }));
+        let mut own = Ownership::in_memory();
+        own.extend(crate::apply::ipvs::desired_table(&state(5)).into_keys())
+            .expect("in memory");
+        s.set_ipvs(IpvsSync::new(
+            Box::new(shared.clone()),
+            own,
+            Duration::from_secs(60),
+        ));
+        let ipvs_before = shared.lock().expect("lock").table.clone();
+        assert!(matches!(
+            s.sync(next),
+            Err(SyncError::Ipvs(IpvsSyncError::Foreign(_)))
+        ));
+        assert_eq!(s.firewall.table, nft_before, "nft untouched");
+        assert_eq!(
+            shared.lock().expect("lock").table,
+            ipvs_before,
+            "IPVS untouched"
+        );
+    }
+
+    #[test]
+    fn an_ipvs_drain_refused_after_the_swap_is_finished_by_the_next_sync() {
+        let opts = RenderOptions {
+            backend: Backend::Ipvs,
+            external_interfaces: Vec::new(),
+            internal_interfaces: Vec::new(),
+            policy: BasePolicy::parse(DEFAULT_POLICY).expect("policy"),
+        };
+        let mut s = Syncer::new(TwinFirewall::default(), RecordingConntrack::default(), opts);
+        let twin = Arc::new(Mutex::new(TwinBalancer::default()));
+        s.set_ipvs(IpvsSync::new(
+            Box::new(twin.clone()),
+            Ownership::in_memory(),
+            Duration::from_secs(60),
+        ));
+        s.sync(state(10)).expect("first sync");
+        // The drain of the removed service is refused (e.g. ENOMEM): nft has swapped.
+        let mut next = state(10);
+        let gone = *next.services.keys().next().expect("a service");
+        next.services.remove(&gone);
+        twin.lock().expect("lock").fail_next = Some(12);
+        assert!(matches!(s.sync(next.clone()), Err(SyncError::Ipvs(_))));
+        assert_ne!(
+            twin.lock().expect("lock").table,
+            crate::apply::ipvs::desired_table(&next)
+        );
+        // Same export again: no nft change, but IPVS is finished from a fresh dump.
+        assert_eq!(s.sync(next.clone()).expect("sync"), SyncOutcome::Unchanged);
+        assert_eq!(
+            twin.lock().expect("lock").table,
+            crate::apply::ipvs::desired_table(&next)
         );
     }
 

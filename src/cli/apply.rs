@@ -1,5 +1,5 @@
 //! `portcullis apply --once` (with the guard, `--force` and commit-confirm), `confirm` and
-//! `flush`: the one-shot, kernel-facing commands.
+//! `flush` (our nft table and owned IPVS services): the one-shot, kernel-facing commands.
 
 use super::{confirm, load_state, FAILED, INVALID, OK};
 use crate::apply::{drift, ConntrackCli, Firewall, Guard, NftCli, SyncOutcome, Syncer};
@@ -20,15 +20,19 @@ pub struct ApplyOnce<'a> {
     /// Roll back unless `portcullis confirm` follows within this time.
     pub confirm_within: Option<Duration>,
     /// Where the last-known-good export (the guard's baseline and the rollback target), the
-    /// journal and the pending confirmation live: the daemon's state directory.
+    /// journal, the pending confirmation and the IPVS ownership file live: the daemon's
+    /// state directory.
     pub state_dir: &'a Path,
+    /// IPVS backend: take over IPVS services the export names that portcullis did not create.
+    pub adopt_ipvs: bool,
 }
 
 pub fn apply_once(args: ApplyOnce) -> u8 {
-    if args.opts.backend == Backend::Ipvs {
-        eprintln!(
-            "portcullis: the IPVS backend is not available in this version; use --backend nft"
-        );
+    if args.opts.backend == Backend::Ipvs && args.dry_run {
+        eprintln!("portcullis: --dry-run covers the nftables side only; run `portcullis diff --live` and `ipvsadm-save -n` against `portcullis render --format ipvsadm` for IPVS");
+    }
+    if args.opts.backend == Backend::Ipvs && args.confirm_within.is_some() {
+        eprintln!("portcullis: --confirm-within covers the nft backend only for now (an IPVS rollback is not implemented); nothing was changed");
         return FAILED;
     }
     let bytes = match super::input::read_source(args.source) {
@@ -52,6 +56,19 @@ pub fn apply_once(args: ApplyOnce) -> u8 {
     );
     if args.dry_run {
         return dry_run_report(&mut syncer, &state, &args.opts);
+    }
+    if args.opts.backend == Backend::Ipvs {
+        use crate::apply::ipvs::{IpvsSync, DEFAULT_DRAIN_GRACE};
+        match IpvsSync::open(args.state_dir, DEFAULT_DRAIN_GRACE) {
+            Ok(mut ipvs) => {
+                ipvs.adopt = args.adopt_ipvs;
+                syncer.set_ipvs(ipvs)
+            }
+            Err(e) => {
+                eprintln!("portcullis: {e}");
+                return FAILED;
+            }
+        }
     }
     let cache = StateDir::new(args.state_dir);
     let journal = Journal::new(args.state_dir);
@@ -90,12 +107,18 @@ pub fn apply_once(args: ApplyOnce) -> u8 {
     warn_if_the_daemon_is_active(args.state_dir);
     let started = Instant::now();
     let (services, reals) = (state.services.len(), state.real_server_count());
-    let detail = match syncer.reconcile(state) {
+    let outcome = syncer.reconcile(state);
+    report_ipvs(&syncer);
+    let detail = match outcome {
         Ok(SyncOutcome::Adopted) => {
             confirm::say(&format!(
                 "nothing to do: the live table already matches ({services} services)"
             ));
             "adopted".to_owned()
+        }
+        Ok(SyncOutcome::Full { drift }) if drift.iter().all(|d| d.starts_with("IPVS:")) => {
+            confirm::say(&format!("applied: IPVS services changed; the nft table already matched ({services} services, {reals} real servers)"));
+            format!("apply --once: IPVS ({} changes)", drift.len())
         }
         Ok(SyncOutcome::Full { drift }) => {
             confirm::say(&format!(
@@ -255,8 +278,25 @@ fn dry_run_report(
     }
 }
 
-pub fn flush() -> u8 {
-    match NftCli::default().delete_table() {
+/// What the IPVS side sent, and what still drains.
+fn report_ipvs(syncer: &Syncer<NftCli, ConntrackCli>) {
+    if let Some(ipvs) = syncer.ipvs() {
+        for op in ipvs.journal() {
+            confirm::say(&format!("ipvs: {op}"));
+        }
+        let r = ipvs.last_report();
+        if r.draining > 0 {
+            confirm::say(&format!(
+                "ipvs: {} destination(s)/service(s) drained at weight 0 still have connections; the next apply (or the daemon) deletes them once idle",
+                r.draining
+            ));
+        }
+    }
+}
+
+pub fn flush(state_dir: &Path) -> u8 {
+    let ipvs = flush_ipvs(state_dir);
+    let nft = match NftCli::default().delete_table() {
         Ok(true) => {
             println!("deleted table inet portcullis");
             OK
@@ -267,6 +307,68 @@ pub fn flush() -> u8 {
         }
         Err(e) => {
             eprintln!("portcullis: flush failed: {e}");
+            FAILED
+        }
+    };
+    nft.max(ipvs)
+}
+
+/// Deletes the IPVS services the ownership file lists (none without the file: then nothing
+/// in IPVS is known to be ours).
+fn flush_ipvs(state_dir: &Path) -> u8 {
+    use crate::apply::ipvs::{Balancer, IpvsNetlink, Op, Ownership, OWNERSHIP_FILE};
+    let path = state_dir.join(OWNERSHIP_FILE);
+    if !path.exists() {
+        return OK;
+    }
+    let mut ownership = match Ownership::load(&path) {
+        Ok(o) => o,
+        Err(e) => {
+            eprintln!("portcullis: {e}");
+            return FAILED;
+        }
+    };
+    if ownership.owned.is_empty() {
+        return OK;
+    }
+    let mut netlink = match IpvsNetlink::open() {
+        Ok(n) => n,
+        Err(e) => {
+            eprintln!("portcullis: {e}");
+            return FAILED;
+        }
+    };
+    let ops: Vec<Op> = ownership
+        .owned
+        .iter()
+        .map(|id| Op::DelService(*id))
+        .collect();
+    let results = match netlink.apply(&ops) {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("portcullis: flush of IPVS failed: {e}");
+            return FAILED;
+        }
+    };
+    let mut failed = false;
+    for (op, r) in ops.iter().zip(results) {
+        match r {
+            // Already gone (deleted by hand) is as good as deleted.
+            Ok(()) => println!("{op}"),
+            Err(e) if e.errno() == Some(3) => {}
+            Err(e) => {
+                eprintln!("portcullis: {e}");
+                failed = true;
+            }
+        }
+    }
+    if failed {
+        return FAILED;
+    }
+    match ownership.retain(|_| false) {
+        Ok(()) => OK,
+        Err(e) => {
+            eprintln!("portcullis: {e}");
             FAILED
         }
     }

@@ -109,9 +109,14 @@ pub enum Command {
         #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration)]
         confirm_within: Option<std::time::Duration>,
         /// The daemon's state directory: last-known-good export (the guard's baseline and the
-        /// rollback target) and journal.
+        /// rollback target), journal, and which IPVS services portcullis owns
+        /// (`ipvs-owned.json`).
         #[arg(long, default_value = "/var/lib/portcullis")]
         state_dir: PathBuf,
+        /// IPVS backend: take over IPVS services the export names that portcullis did not
+        /// create (e.g. after losing the state file), instead of refusing.
+        #[arg(long)]
+        adopt_ipvs: bool,
         #[command(flatten)]
         table: TableArgs,
     },
@@ -120,8 +125,12 @@ pub enum Command {
         #[arg(long, default_value = "/var/lib/portcullis")]
         state_dir: PathBuf,
     },
-    /// Remove everything portcullis put in the kernel (its nftables table; nothing else).
-    Flush,
+    /// Remove everything portcullis put in the kernel: its nftables table and the IPVS
+    /// services listed in `<state-dir>/ipvs-owned.json`; nothing else.
+    Flush {
+        #[arg(long, default_value = "/var/lib/portcullis")]
+        state_dir: PathBuf,
+    },
     /// What the daemon is doing: role, source, last poll and apply, counts, last error.
     Status {
         #[arg(long, default_value = "/var/lib/portcullis")]
@@ -265,6 +274,7 @@ pub fn run(cli: Cli) -> ExitCode {
             force,
             confirm_within,
             state_dir,
+            adopt_ipvs,
             table,
         } => match table.options() {
             Ok(opts) => apply::apply_once(apply::ApplyOnce {
@@ -274,6 +284,7 @@ pub fn run(cli: Cli) -> ExitCode {
                 force,
                 confirm_within,
                 state_dir: &state_dir,
+                adopt_ipvs,
             }),
             Err(msg) => {
                 eprintln!("portcullis: {msg}");
@@ -281,7 +292,7 @@ pub fn run(cli: Cli) -> ExitCode {
             }
         },
         Command::Confirm { state_dir } => apply::confirm(&state_dir),
-        Command::Flush => apply::flush(),
+        Command::Flush { state_dir } => apply::flush(&state_dir),
         Command::Run(args) => run::run(&args),
         Command::Status { state_dir, json } => inspect::status(&state_dir, json),
         Command::Promote { state_dir } => {

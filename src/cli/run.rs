@@ -133,12 +133,6 @@ pub fn run(args: &RunArgs) -> u8 {
         print!("{}", config.to_toml());
         return OK;
     }
-    if config.backend == BackendName::Ipvs {
-        eprintln!(
-            "portcullis: the IPVS backend is not available in this version; use --backend nft"
-        );
-        return FAILED;
-    }
     let opts = match super::render_options(
         config.policy_file.as_deref(),
         &config.interfaces.external,
@@ -151,6 +145,19 @@ pub fn run(args: &RunArgs) -> u8 {
             return INVALID;
         }
     };
+    // The IPVS backend: IPVS services are kept in step around every nft transaction.
+    let ipvs = match config.backend {
+        BackendName::Ipvs => {
+            match crate::apply::ipvs::IpvsSync::open(&config.state_dir, config.drain_grace) {
+                Ok(i) => Some(i),
+                Err(e) => {
+                    eprintln!("portcullis: {e}");
+                    return FAILED;
+                }
+            }
+        }
+        BackendName::Nft => None,
+    };
     let mut daemon = match Daemon::new(config, NftCli::default(), ConntrackCli::default(), opts) {
         Ok(d) => d,
         Err(e) => {
@@ -158,6 +165,9 @@ pub fn run(args: &RunArgs) -> u8 {
             return INVALID;
         }
     };
+    if let Some(ipvs) = ipvs {
+        daemon.syncer.set_ipvs(ipvs);
+    }
     let runtime = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()

@@ -57,6 +57,10 @@ pub struct Config {
     pub request_timeout: Duration,
     pub max_body_bytes: u64,
     pub backend: BackendName,
+    /// IPVS backend: how long a removed real server drained at weight 0 may keep its
+    /// connections before it is deleted anyway (it goes as soon as they end).
+    #[serde(with = "duration")]
+    pub drain_grace: Duration,
     pub state_dir: PathBuf,
     pub role: Role,
     /// Address of the Prometheus `/metrics` and `/healthz` listener; none when absent.
@@ -97,6 +101,7 @@ impl Default for Config {
             request_timeout: Duration::from_secs(10),
             max_body_bytes: 64 << 20,
             backend: BackendName::Nft,
+            drain_grace: Duration::from_secs(300),
             state_dir: PathBuf::from("/var/lib/portcullis"),
             role: Role::Active,
             metrics: None,
@@ -219,6 +224,13 @@ mod tests {
     }
 
     #[test]
+    fn the_drain_grace_is_a_duration() {
+        let c = Config::parse("backend = \"ipvs\"\ndrain_grace = \"90s\"\n", "p.toml").expect("ok");
+        assert_eq!(c.drain_grace, Duration::from_secs(90));
+        assert_eq!(Config::default().drain_grace, Duration::from_secs(300));
+    }
+
+    #[test]
     fn values_are_checked() {
         for bad in [
             "interval = \"often\"",
@@ -226,6 +238,7 @@ mod tests {
             "long_poll = \"1h\"",
             "source = \"ftp://x\"",
             "backend = \"iptables\"",
+            "drain_grace = \"soon\"",
             "role = \"leader\"",
             "[guards]\nmax_removed_share = 1.5",
             "[interfaces]\nexternal = [\"eth0; flush\"]",

@@ -1,0 +1,130 @@
+//! Which IPVS services portcullis owns. IPVS has no comment or tag on a service, so ownership
+//! lives in a state file (`<state_dir>/ipvs-owned.json`): the identities portcullis created.
+//! Everything else in the kernel is foreign and never touched, so services an operator adds
+//! with ipvsadm (or keepalived manages) survive every sync.
+//!
+//! The file is written *before* services are added (an intent log: a crash between the write
+//! and the add leaves an owned identity that simply is not in the kernel, which the next
+//! start-up forgets) and after services are deleted. Writes are atomic (temp file + rename).
+
+use super::ServiceId;
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeSet;
+use std::io;
+use std::path::{Path, PathBuf};
+
+#[derive(Debug, Default)]
+pub struct Ownership {
+    /// `None`: in memory only (tests, dry runs).
+    path: Option<PathBuf>,
+    pub owned: BTreeSet<ServiceId>,
+}
+
+#[derive(Serialize, Deserialize)]
+struct File {
+    version: u32,
+    services: BTreeSet<ServiceId>,
+}
+
+impl Ownership {
+    pub fn in_memory() -> Ownership {
+        Ownership::default()
+    }
+
+    /// Loads the state file; a missing file means nothing is owned yet.
+    pub fn load(path: &Path) -> io::Result<Ownership> {
+        let owned = match std::fs::read(path) {
+            Ok(bytes) => {
+                let file: File = serde_json::from_slice(&bytes).map_err(|e| {
+                    io::Error::new(
+                        io::ErrorKind::InvalidData,
+                        format!("{}: {e}", path.display()),
+                    )
+                })?;
+                file.services
+            }
+            Err(e) if e.kind() == io::ErrorKind::NotFound => BTreeSet::new(),
+            Err(e) => return Err(e),
+        };
+        Ok(Ownership {
+            path: Some(path.to_path_buf()),
+            owned,
+        })
+    }
+
+    pub fn contains(&self, id: &ServiceId) -> bool {
+        self.owned.contains(id)
+    }
+
+    /// Records `ids` as owned and persists when that changed anything.
+    pub fn extend(&mut self, ids: impl IntoIterator<Item = ServiceId>) -> io::Result<()> {
+        let before = self.owned.len();
+        self.owned.extend(ids);
+        if self.owned.len() != before {
+            self.save()?;
+        }
+        Ok(())
+    }
+
+    /// Keeps only the identities `keep` accepts, persisting when that changed anything.
+    pub fn retain(&mut self, keep: impl FnMut(&ServiceId) -> bool) -> io::Result<()> {
+        let before = self.owned.len();
+        self.owned.retain(keep);
+        if self.owned.len() != before {
+            self.save()?;
+        }
+        Ok(())
+    }
+
+    fn save(&self) -> io::Result<()> {
+        let Some(path) = &self.path else {
+            return Ok(());
+        };
+        if let Some(dir) = path.parent() {
+            std::fs::create_dir_all(dir)?;
+        }
+        let tmp = path.with_extension("json.tmp");
+        let body = serde_json::to_vec_pretty(&File {
+            version: 1,
+            services: self.owned.clone(),
+        })
+        .map_err(io::Error::other)?;
+        std::fs::write(&tmp, body)?;
+        std::fs::rename(&tmp, path)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use portcullis_export::Proto;
+
+    #[test]
+    fn survives_a_reload_and_a_missing_file_is_empty() {
+        let dir = std::env::temp_dir().join(format!("portcullis-own-{}", std::process::id()));
+        let path = dir.join("ipvs-owned.json");
+        let _ = std::fs::remove_file(&path);
+        let mut own = Ownership::load(&path).expect("load");
+        assert!(own.owned.is_empty());
+        let a = ServiceId::Addr {
+            proto: Proto::Tcp,
+            addr: "192.0.2.1".parse().expect("ip"),
+            port: 80,
+        };
+        let b = ServiceId::Fwmark {
+            mark: 7,
+            ipv6: true,
+        };
+        own.extend([a, b]).expect("save");
+        let again = Ownership::load(&path).expect("reload");
+        assert_eq!(again.owned, [a, b].into_iter().collect());
+        own.retain(|id| *id != a).expect("save");
+        assert_eq!(
+            Ownership::load(&path).expect("reload").owned,
+            [b].into_iter().collect()
+        );
+        std::fs::write(&path, "{not json").expect("write");
+        assert!(Ownership::load(&path).is_err());
+        let _ = std::fs::remove_dir_all(dir);
+    }
+}
