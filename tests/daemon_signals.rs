@@ -401,3 +401,44 @@ async fn tls_uses_the_configured_ca_and_client_certificate() {
         "a missing CA file fails at start-up, naming the file"
     );
 }
+
+/// SIGTERM leaves the rules in place by default (traffic flows through a restart); with
+/// `--flush-on-exit true` it removes them, as `portcullis flush` does.
+#[test]
+fn sigterm_leaves_the_rules_unless_flush_on_exit() {
+    if !common::require_nft() {
+        return;
+    }
+    let dir = tmp("exit");
+    let source = dir.join("export.csv");
+    std::fs::write(&source, export(3)).expect("export");
+    for (flush, table_after) in [("false", true), ("true", false)] {
+        let ns = common::Netns::new(&format!("exit-{flush}"));
+        let state = dir.join(format!("state-{flush}"));
+        let mut child = ns
+            .command(env!("CARGO_BIN_EXE_portcullis"))
+            .args(["run", "--external-iface", "lo", "--flush-on-exit", flush])
+            .arg("--source")
+            .arg(format!("file://{}", source.display()))
+            .arg("--state-dir")
+            .arg(&state)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("portcullis run");
+        let table = || {
+            ns.command("nft")
+                .args(["list", "table", "inet", "portcullis"])
+                .output()
+                .is_ok_and(|o| o.status.success())
+        };
+        let applied = common::wait_until(10, || table().then_some(())).is_some();
+        let status = common::terminate(&mut child);
+        assert!(applied, "flush_on_exit={flush}: applied");
+        assert!(
+            status.success(),
+            "flush_on_exit={flush}: clean exit {status:?}"
+        );
+        assert_eq!(table(), table_after, "flush_on_exit={flush}");
+    }
+}

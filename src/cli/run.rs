@@ -36,6 +36,12 @@ pub struct RunArgs {
     pub max_body_bytes: Option<u64>,
     #[arg(long, value_enum)]
     pub backend: Option<BackendName>,
+    /// IPVS backend: longest a removed real server drains before it is deleted, e.g. `5m`.
+    #[arg(long, value_parser = humantime::parse_duration)]
+    pub drain_grace: Option<Duration>,
+    /// Remove our table (and owned IPVS services) on SIGTERM instead of leaving the rules.
+    #[arg(long)]
+    pub flush_on_exit: Option<bool>,
     #[arg(long)]
     pub state_dir: Option<PathBuf>,
     #[arg(long, value_enum)]
@@ -92,6 +98,8 @@ pub fn effective_config(args: &RunArgs) -> Result<Config, String> {
     set!(request_timeout <- args.request_timeout);
     set!(max_body_bytes <- args.max_body_bytes);
     set!(backend <- args.backend);
+    set!(drain_grace <- args.drain_grace);
+    set!(flush_on_exit <- args.flush_on_exit);
     set!(state_dir <- args.state_dir);
     set!(role <- args.role);
     set!(guards.max_removed_share <- args.max_removed_share);
@@ -189,22 +197,36 @@ pub fn run(args: &RunArgs) -> u8 {
         )?;
         Ok((config, opts))
     };
-    runtime.block_on(daemon.run(shutdown_signal(), reload));
+    runtime.block_on(async {
+        let shutdown = shutdown_signal();
+        daemon.run(shutdown, reload).await
+    });
+    if daemon.config.flush_on_exit {
+        tracing::warn!("flush_on_exit: removing the rules");
+        return super::apply::flush(&daemon.config.state_dir);
+    }
     OK
 }
 
-/// SIGTERM or SIGINT: stop polling; the rules stay in place.
-async fn shutdown_signal() {
+/// SIGTERM or SIGINT: stop polling; the rules stay in place unless `flush_on_exit`. The
+/// handlers are installed here, at once (inside the runtime), not when the future is first
+/// polled: a SIGTERM during the start-up apply must stop the daemon cleanly too.
+fn shutdown_signal() -> impl std::future::Future<Output = ()> {
     use tokio::signal::unix::{signal, SignalKind};
-    match signal(SignalKind::terminate()) {
-        Ok(mut term) => {
-            tokio::select! {
-                _ = term.recv() => {}
-                _ = tokio::signal::ctrl_c() => {}
+    let term = signal(SignalKind::terminate()).ok();
+    let int = signal(SignalKind::interrupt()).ok();
+    async move {
+        let wait = |s: Option<tokio::signal::unix::Signal>| async move {
+            match s {
+                Some(mut s) => {
+                    s.recv().await;
+                }
+                None => std::future::pending::<()>().await,
             }
-        }
-        Err(_) => {
-            let _ = tokio::signal::ctrl_c().await;
+        };
+        tokio::select! {
+            _ = wait(term) => {}
+            _ = wait(int) => {}
         }
     }
 }

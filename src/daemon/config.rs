@@ -61,6 +61,9 @@ pub struct Config {
     /// connections before it is deleted anyway (it goes as soon as they end).
     #[serde(with = "duration")]
     pub drain_grace: Duration,
+    /// On SIGTERM, remove everything portcullis put in the kernel (as `portcullis flush`)
+    /// instead of leaving the rules in place for the next start.
+    pub flush_on_exit: bool,
     pub state_dir: PathBuf,
     pub role: Role,
     /// Address of the Prometheus `/metrics` and `/healthz` listener; none when absent.
@@ -102,6 +105,7 @@ impl Default for Config {
             max_body_bytes: 64 << 20,
             backend: BackendName::Nft,
             drain_grace: Duration::from_secs(300),
+            flush_on_exit: false,
             state_dir: PathBuf::from("/var/lib/portcullis"),
             role: Role::Active,
             metrics: None,
