@@ -32,6 +32,8 @@
 pub mod catalog;
 mod checks;
 pub mod config;
+#[cfg(feature = "db")]
+pub mod db;
 pub mod error;
 pub mod export;
 pub mod inventory;

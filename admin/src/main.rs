@@ -2,6 +2,8 @@
 //! or an instance's combined configuration, or serve them over HTTP.
 
 use clap::{Parser, Subcommand};
+#[cfg(feature = "db")]
+use portcullis_admin::db;
 use portcullis_admin::{config, serve, Catalog};
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -64,6 +66,54 @@ enum Command {
         #[arg(long, requires = "tls_cert")]
         tls_client_ca: Option<PathBuf>,
     },
+    /// Database patching: status and patch runs (docs/versions-and-db.md).
+    #[cfg(feature = "db")]
+    Db {
+        #[command(subcommand)]
+        command: DbCommand,
+    },
+}
+
+#[cfg(feature = "db")]
+#[derive(Subcommand)]
+enum DbCommand {
+    /// Applied, pending, drifted and missing patches and gaps. Exit 0 clean, 2 when a patch
+    /// run would be refused or the database cannot be read.
+    Status {
+        #[command(flatten)]
+        target: DbTarget,
+    },
+    /// Apply pending patches in order. Exit 0 done or nothing to do, 1 a patch failed and was
+    /// rolled back, 2 refused (drift, missing file, gap, lock timeout, bad input).
+    Patch {
+        #[command(flatten)]
+        target: DbTarget,
+        /// Proceed despite these refusals: drift, missing, gap (comma-separated or repeated).
+        #[arg(long, value_delimiter = ',', value_parser = ["drift", "missing", "gap"])]
+        allow: Vec<String>,
+        /// How long to wait for a concurrent run to finish, e.g. 30s.
+        #[arg(long, default_value = "30s")]
+        lock_timeout: String,
+    },
+}
+
+#[cfg(feature = "db")]
+#[derive(clap::Args)]
+struct DbTarget {
+    #[arg(long)]
+    catalog: PathBuf,
+    /// An instance id (`type.server.index`); its URL is `database.url` of its combined config.
+    #[arg(required_unless_present = "url", conflicts_with_all = ["type_name", "url"])]
+    instance: Option<String>,
+    /// The service type whose patches/<TYPE>/ to use (with --url).
+    #[arg(long = "type", value_name = "TYPE", requires = "url")]
+    type_name: Option<String>,
+    /// postgres://… or sqlite://PATH (with --type).
+    #[arg(long, requires = "type_name")]
+    url: Option<String>,
+    /// Print the report as JSON on stdout.
+    #[arg(long)]
+    json: bool,
 }
 
 fn load(dir: &std::path::Path) -> Result<Catalog, ExitCode> {
@@ -83,6 +133,8 @@ fn main() -> ExitCode {
 
 fn run(cli: Cli) -> Result<(), ExitCode> {
     match cli.command {
+        #[cfg(feature = "db")]
+        Command::Db { command } => db_command(command),
         Command::Check { dir, json } => match Catalog::load(&dir) {
             Ok(c) => {
                 if json {
@@ -223,6 +275,91 @@ fn run(cli: Cli) -> Result<(), ExitCode> {
                         ExitCode::FAILURE
                     })
             })
+        }
+    }
+}
+
+#[cfg(feature = "db")]
+fn db_target(t: &DbTarget) -> Result<db::Target, db::DbError> {
+    match (&t.instance, &t.type_name, &t.url) {
+        (Some(id), _, _) => {
+            let c = Catalog::load(&t.catalog).map_err(|e| db::DbError::BadInput(e.to_string()))?;
+            db::Target::instance(&c, &t.catalog, id)
+        }
+        (None, Some(ty), Some(url)) => db::Target::explicit(&t.catalog, ty, url),
+        _ => Err(db::DbError::BadInput(
+            "name an INSTANCE, or --type TYPE with --url URL".into(),
+        )),
+    }
+}
+
+#[cfg(feature = "db")]
+fn db_command(command: DbCommand) -> Result<(), ExitCode> {
+    let (target, json) = match &command {
+        DbCommand::Status { target } | DbCommand::Patch { target, .. } => (target, target.json),
+    };
+    let fail = |e: db::DbError| {
+        if json {
+            println!(
+                "{}",
+                serde_json::json!({ "error": e.to_string(), "kind": e.kind() })
+            );
+        } else {
+            eprintln!("{e}");
+        }
+        ExitCode::from(e.exit_code())
+    };
+    let t = db_target(target).map_err(fail)?;
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| {
+            eprintln!("starting the runtime: {e}");
+            ExitCode::FAILURE
+        })?;
+    match command {
+        DbCommand::Status { .. } => {
+            let r = rt.block_on(db::status(&t)).map_err(fail)?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&r).unwrap_or_default());
+            } else {
+                print!("{}", db::text::status(&r));
+            }
+            if r.clean {
+                Ok(())
+            } else {
+                Err(ExitCode::from(2))
+            }
+        }
+        DbCommand::Patch {
+            allow,
+            lock_timeout,
+            ..
+        } => {
+            let lock_timeout = serve::parse_duration(&lock_timeout).ok_or_else(|| {
+                fail(db::DbError::BadInput(
+                    "--lock-timeout: expected a duration such as 30s or 500ms".into(),
+                ))
+            })?;
+            let opts = db::RunOptions {
+                allow: db::plan::Allow {
+                    drift: allow.iter().any(|a| a == "drift"),
+                    missing: allow.iter().any(|a| a == "missing"),
+                    gap: allow.iter().any(|a| a == "gap"),
+                },
+                lock_timeout,
+            };
+            let r = rt.block_on(db::patch(&t, opts)).map_err(fail)?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&r).unwrap_or_default());
+            } else {
+                print!("{}", db::text::patch(&r));
+            }
+            if r.failed.is_some() {
+                Err(ExitCode::from(1))
+            } else {
+                Ok(())
+            }
         }
     }
 }

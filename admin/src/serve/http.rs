@@ -17,7 +17,10 @@ use std::time::Duration;
 /// The API router over `state` (add it to your own server, or use [`super::spawn`]).
 pub fn router(state: AdminState) -> Router {
     let body_limit = state.options().body_limit;
-    let reads = Router::new()
+    let reads = Router::new();
+    #[cfg(feature = "db")]
+    let reads = reads.route("/v1/db/{instance}", get(super::db_api::status));
+    let reads = reads
         .route("/v1/export.csv", get(export))
         .route("/v1/config/{type}/{server}/{index}", get(config))
         .route("/v1/services", get(services))
@@ -26,9 +29,10 @@ pub fn router(state: AdminState) -> Router {
         .route("/v1/servers", get(servers))
         .route("/v1/status", get(status))
         .route_layer(middleware::from_fn_with_state(state.clone(), auth_reads));
-    let writes = Router::new()
-        .route("/v1/instances/{id}/{action}", post(mutate))
-        .route_layer(middleware::from_fn_with_state(state.clone(), auth_writes));
+    let writes = Router::new().route("/v1/instances/{id}/{action}", post(mutate));
+    #[cfg(feature = "db")]
+    let writes = writes.route("/v1/db/{instance}/patch", post(super::db_api::patch));
+    let writes = writes.route_layer(middleware::from_fn_with_state(state.clone(), auth_writes));
     reads
         .merge(writes)
         .fallback(|| async { ApiError::new(StatusCode::NOT_FOUND, "no such endpoint") })
@@ -50,7 +54,20 @@ pub(crate) struct ApiError {
 }
 
 impl ApiError {
-    fn new(status: StatusCode, message: impl Into<String>) -> ApiError {
+    #[cfg_attr(not(feature = "db"), allow(dead_code))]
+    pub(crate) fn with_details(
+        status: StatusCode,
+        message: impl Into<String>,
+        details: serde_json::Value,
+    ) -> ApiError {
+        ApiError {
+            status,
+            message: message.into(),
+            details: Some(details),
+        }
+    }
+
+    pub(crate) fn new(status: StatusCode, message: impl Into<String>) -> ApiError {
         ApiError {
             status,
             message: message.into(),

@@ -7,6 +7,8 @@
 //! [`AdminState::set_state`] — long-polling gateways see the new export within milliseconds.
 
 mod conn;
+#[cfg(feature = "db")]
+mod db_api;
 mod http;
 mod state;
 pub mod tls;
