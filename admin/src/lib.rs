@@ -42,6 +42,7 @@ mod read;
 pub mod serve;
 pub mod synth;
 pub mod value;
+pub mod versions;
 pub mod yaml;
 
 pub use catalog::{Catalog, Sources};

@@ -4,6 +4,7 @@
 use clap::{Parser, Subcommand};
 #[cfg(feature = "db")]
 use portcullis_admin::db;
+use portcullis_admin::versions::{self, Action, VersionError};
 use portcullis_admin::{config, serve, Catalog};
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -66,12 +67,77 @@ enum Command {
         #[arg(long, requires = "tls_cert")]
         tls_client_ca: Option<PathBuf>,
     },
+    /// The version store: build, list, show, rm, gc (docs/versions-and-db.md).
+    Version {
+        /// ADMIN's state directory (the version store and instance records).
+        #[arg(long, global = true, default_value = DEFAULT_STATE)]
+        state: PathBuf,
+        #[command(subcommand)]
+        command: VersionCommand,
+    },
+    /// Install a version into an instance that has none, then run its type's tests.
+    Install(DeployArgs),
+    /// Switch an instance to another version; a failing test switches it back (exit 1).
+    Upgrade(DeployArgs),
+    /// Like upgrade; without --to, back to the version before the current one.
+    Downgrade(DeployArgs),
     /// Database patching: status and patch runs (docs/versions-and-db.md).
     #[cfg(feature = "db")]
     Db {
         #[command(subcommand)]
         command: DbCommand,
     },
+}
+
+const DEFAULT_STATE: &str = "/var/lib/portcullis-admin";
+
+#[derive(Subcommand)]
+enum VersionCommand {
+    /// Pack every file under DIR as a version of TYPE; prints its id.
+    Build {
+        #[arg(value_name = "TYPE")]
+        type_name: String,
+        dir: PathBuf,
+        /// Readable part of the id, e.g. tg-2026.11.21-1 (default: the type).
+        #[arg(long)]
+        label: Option<String>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Versions in the store, optionally of one type.
+    List {
+        #[arg(value_name = "TYPE")]
+        type_name: Option<String>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// A version's manifest (path, mode, size, sha256 of every file).
+    Show { id: String },
+    /// Remove a version no instance uses (its blobs go at the next gc).
+    Rm { id: String },
+    /// Delete blobs no version uses.
+    Gc,
+}
+
+#[derive(clap::Args)]
+struct DeployArgs {
+    instance: String,
+    /// The version id (required for install and upgrade).
+    #[arg(long)]
+    to: Option<String>,
+    #[arg(long)]
+    catalog: PathBuf,
+    /// ADMIN's state directory (the version store and instance records).
+    #[arg(long, default_value = DEFAULT_STATE)]
+    state: PathBuf,
+    /// Where instance roots live (<ROOTS>/<instance id>); default <STATE>/roots.
+    #[arg(long)]
+    roots: Option<PathBuf>,
+    /// How long the type's tests are retried after the switch, e.g. 30s.
+    #[arg(long, default_value = "30s")]
+    test_timeout: String,
+    #[arg(long)]
+    json: bool,
 }
 
 #[cfg(feature = "db")]
@@ -133,6 +199,10 @@ fn main() -> ExitCode {
 
 fn run(cli: Cli) -> Result<(), ExitCode> {
     match cli.command {
+        Command::Version { state, command } => version_command(&state, command),
+        Command::Install(a) => deploy_command(Action::Install, a),
+        Command::Upgrade(a) => deploy_command(Action::Upgrade, a),
+        Command::Downgrade(a) => deploy_command(Action::Downgrade, a),
         #[cfg(feature = "db")]
         Command::Db { command } => db_command(command),
         Command::Check { dir, json } => match Catalog::load(&dir) {
@@ -276,6 +346,144 @@ fn run(cli: Cli) -> Result<(), ExitCode> {
                     })
             })
         }
+    }
+}
+
+fn version_fail(e: VersionError) -> ExitCode {
+    eprintln!("{e}");
+    ExitCode::from(2)
+}
+
+fn version_command(state: &std::path::Path, command: VersionCommand) -> Result<(), ExitCode> {
+    let store = versions::Store::new(state);
+    match command {
+        VersionCommand::Build {
+            type_name,
+            dir,
+            label,
+            json,
+        } => {
+            let r = store
+                .build(&type_name, &dir, label.as_deref())
+                .map_err(version_fail)?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&r).unwrap_or_default());
+            } else {
+                println!("{}", r.id);
+                eprintln!(
+                    "{} files, {} bytes; {} new blobs ({} bytes){}",
+                    r.files,
+                    r.bytes,
+                    r.new_blobs,
+                    r.new_bytes,
+                    if r.created {
+                        ""
+                    } else {
+                        "; the version already existed"
+                    }
+                );
+            }
+            Ok(())
+        }
+        VersionCommand::List { type_name, json } => {
+            let list = store.list(type_name.as_deref()).map_err(version_fail)?;
+            if json {
+                let v: Vec<_> = list
+                    .iter()
+                    .map(|m| {
+                        serde_json::json!({ "id": m.id, "type": m.type_name, "label": m.label,
+                            "files": m.files.len(), "bytes": m.total_size() })
+                    })
+                    .collect();
+                println!("{}", serde_json::to_string_pretty(&v).unwrap_or_default());
+            } else {
+                for m in list {
+                    println!(
+                        "{}\t{}\t{} files\t{} bytes",
+                        m.id,
+                        m.type_name,
+                        m.files.len(),
+                        m.total_size()
+                    );
+                }
+            }
+            Ok(())
+        }
+        VersionCommand::Show { id } => {
+            let m = store.manifest(&id).map_err(version_fail)?;
+            println!("{}", serde_json::to_string_pretty(&m).unwrap_or_default());
+            Ok(())
+        }
+        VersionCommand::Rm { id } => {
+            let d = versions::Deployer::new(state, &state.join("roots"));
+            let users: Vec<String> = d
+                .versions_in_use()
+                .map_err(version_fail)?
+                .into_iter()
+                .filter(|(_, v)| *v == id)
+                .map(|(i, _)| i)
+                .collect();
+            if !users.is_empty() {
+                eprintln!(
+                    "{id} is in use by {} (current or downgrade target)",
+                    users.join(", ")
+                );
+                return Err(ExitCode::from(2));
+            }
+            store.remove(&id).map_err(version_fail)
+        }
+        VersionCommand::Gc => {
+            let (n, bytes) = store.gc().map_err(version_fail)?;
+            eprintln!("removed {n} blobs ({bytes} bytes)");
+            Ok(())
+        }
+    }
+}
+
+fn deploy_command(action: Action, a: DeployArgs) -> Result<(), ExitCode> {
+    let c = load(&a.catalog)?;
+    let roots = a.roots.clone().unwrap_or_else(|| a.state.join("roots"));
+    let mut d = versions::Deployer::new(&a.state, &roots);
+    d.test_deadline = serve::parse_duration(&a.test_timeout).ok_or_else(|| {
+        eprintln!("--test-timeout: expected a duration such as 30s");
+        ExitCode::from(2)
+    })?;
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| {
+            eprintln!("starting the runtime: {e}");
+            ExitCode::FAILURE
+        })?;
+    let r = rt
+        .block_on(d.deploy(&c, &a.instance, action, a.to.as_deref()))
+        .map_err(version_fail)?;
+    if a.json {
+        println!("{}", serde_json::to_string_pretty(&r).unwrap_or_default());
+    } else {
+        for t in &r.tests {
+            println!(
+                "  test {:<12} {}  {} ({} attempts)",
+                t.name,
+                if t.ok { "ok  " } else { "FAIL" },
+                t.detail,
+                t.attempts
+            );
+        }
+        let from = r.from.as_deref().unwrap_or("nothing");
+        match r.outcome.as_str() {
+            "unchanged" => println!("{}: already at {}", r.instance, r.to),
+            "ok" => println!("{}: {from} -> {} ({})", r.instance, r.to, r.root),
+            _ => println!(
+                "{}: {} failed its tests; switched back to {from}",
+                r.instance, r.to
+            ),
+        }
+    }
+    if r.outcome == "rolled-back" {
+        Err(ExitCode::from(1))
+    } else {
+        Ok(())
     }
 }
 
