@@ -66,6 +66,12 @@ enum Command {
         /// Require client certificates signed by these PEM CA certificates.
         #[arg(long, requires = "tls_cert")]
         tls_client_ca: Option<PathBuf>,
+        /// ADMIN's state directory: enables the version endpoints (store and deploys).
+        #[arg(long)]
+        state: Option<PathBuf>,
+        /// Where instance roots live (<ROOTS>/<instance id>); default <STATE>/roots.
+        #[arg(long, requires = "state")]
+        roots: Option<PathBuf>,
     },
     /// The version store: build, list, show, rm, gc (docs/versions-and-db.md).
     Version {
@@ -281,6 +287,8 @@ fn run(cli: Cli) -> Result<(), ExitCode> {
             tls_cert,
             tls_key,
             tls_client_ca,
+            state,
+            roots,
         } => {
             tracing_subscriber::fmt()
                 .with_env_filter(
@@ -322,6 +330,10 @@ fn run(cli: Cli) -> Result<(), ExitCode> {
                         key,
                         client_ca: tls_client_ca,
                     }),
+                versions: state.map(|s| {
+                    let roots = roots.unwrap_or_else(|| s.join("roots"));
+                    versions::Deployer::new(&s, &roots)
+                }),
                 ..serve::Options::default()
             };
             let rt = tokio::runtime::Runtime::new().map_err(|e| {

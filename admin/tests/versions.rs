@@ -427,3 +427,98 @@ async fn concurrent_upgrades_of_one_instance_are_serialized() {
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stdout).contains("failed its tests; switched back"));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rest_endpoints_deploy_with_the_token() {
+    use portcullis_admin::serve::{self, AdminState, Options};
+    let tmp = tempfile::tempdir().unwrap();
+    let svc = service().await;
+    let cat_dir = tmp.path().join("catalog");
+    catalog(&cat_dir, &svc);
+    let d = deployer(&tmp.path().join("state"));
+    let one = d
+        .store
+        .build("web", &tree(tmp.path(), "one"), Some("web-1"))
+        .unwrap()
+        .id;
+    let two = d
+        .store
+        .build("web", &tree(tmp.path(), "two"), Some("web-2"))
+        .unwrap()
+        .id;
+    let state = AdminState::open(
+        &cat_dir,
+        Options {
+            token: Some("tok".into()),
+            versions: Some(d.clone()),
+            ..Options::default()
+        },
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let server = serve::spawn(state, listener).unwrap();
+    let base = server.url();
+    let c = reqwest::Client::builder().no_proxy().build().unwrap();
+
+    let v: serde_json::Value = c
+        .get(format!("{base}/v1/versions?type=web"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(v.as_array().unwrap().len(), 2);
+    let m: serde_json::Value = c
+        .get(format!("{base}/v1/versions/{one}"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(m["files"].as_array().unwrap().len(), 3);
+    assert_eq!(
+        c.get(format!("{base}/v1/versions/web_0123456789ab"))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        404
+    );
+
+    let install = format!("{base}/v1/instances/web.s1.1/install?to={one}");
+    assert_eq!(c.post(&install).send().await.unwrap().status(), 401);
+    let r = c.post(&install).bearer_auth("tok").send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(current(&d), format!("releases/{one}"));
+
+    svc.status.store(503, Ordering::SeqCst);
+    let r = c
+        .post(format!("{base}/v1/instances/web.s1.1/upgrade?to={two}"))
+        .bearer_auth("tok")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 422);
+    assert_eq!(current(&d), format!("releases/{one}"));
+    let h: serde_json::Value = c
+        .get(format!("{base}/v1/instances/web.s1.1/versions"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(h["current"], one.as_str());
+    assert_eq!(h["history"][1]["outcome"], "rolled-back");
+    assert_eq!(h["history"][1]["tests"][0]["ok"], false);
+    let r = c
+        .post(format!("{base}/v1/instances/web.s1.1/upgrade"))
+        .bearer_auth("tok")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 400, "upgrade needs ?to=");
+    server.stop().await.unwrap();
+}

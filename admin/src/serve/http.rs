@@ -28,6 +28,12 @@ pub fn router(state: AdminState) -> Router {
         .route("/v1/instances/{id}", get(instance))
         .route("/v1/servers", get(servers))
         .route("/v1/status", get(status))
+        .route("/v1/versions", get(super::versions_api::list))
+        .route("/v1/versions/{id}", get(super::versions_api::show))
+        .route(
+            "/v1/instances/{id}/versions",
+            get(super::versions_api::instance_versions),
+        )
         .route_layer(middleware::from_fn_with_state(state.clone(), auth_reads));
     let writes = Router::new().route("/v1/instances/{id}/{action}", post(mutate));
     #[cfg(feature = "db")]
@@ -455,7 +461,11 @@ async fn status(Ext(state): Ext<AdminState>) -> Json<serde_json::Value> {
 async fn mutate(
     Ext(state): Ext<AdminState>,
     Path((id, action)): Path<(String, String)>,
-) -> Result<Json<super::Mutation>, ApiError> {
+    Query(q): Query<super::versions_api::DeployQuery>,
+) -> Result<Response, ApiError> {
+    if let Some(a) = crate::versions::Action::parse(&action) {
+        return super::versions_api::deploy(&state, &id, a, q).await;
+    }
     let target = match action.as_str() {
         "drain" => State::Drained,
         "undrain" => State::Production,
@@ -463,12 +473,12 @@ async fn mutate(
         _ => {
             return Err(ApiError::new(
                 StatusCode::NOT_FOUND,
-                format!("unknown action {action:?}: drain, undrain or maintenance"),
+                format!("unknown action {action:?}: drain, undrain, maintenance, install, upgrade or downgrade"),
             ))
         }
     };
     match state.set_state(&id, target).await {
-        Ok(m) => Ok(Json(m)),
+        Ok(m) => Ok(Json(m).into_response()),
         Err(MutationError::NotFound(id)) => Err(ApiError::new(
             StatusCode::NOT_FOUND,
             format!("no instance {id}"),

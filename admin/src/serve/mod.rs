@@ -12,6 +12,7 @@ mod db_api;
 mod http;
 mod state;
 pub mod tls;
+mod versions_api;
 
 pub use http::router;
 pub use state::{AdminState, Mutation, MutationError, Options, ReloadStatus, Snapshot};
