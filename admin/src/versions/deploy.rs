@@ -492,3 +492,23 @@ pub fn now_utc() -> String {
         rem % 60
     )
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn manifest_paths_stay_inside() {
+        assert!(safe_join(Path::new("/r"), "bin/x").is_ok());
+        for bad in ["", "/etc/passwd", "../x", "a/../../x", "./x"] {
+            assert!(safe_join(Path::new("/r"), bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn timestamps_are_utc_rfc3339() {
+        let t = now_utc();
+        assert_eq!(t.len(), 20);
+        assert!(t.starts_with("20") && t.ends_with('Z') && t.as_bytes()[10] == b'T');
+    }
+}

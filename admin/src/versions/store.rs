@@ -361,3 +361,32 @@ fn walk(base: &Path, dir: &Path, out: &mut Vec<String>) -> Result<(), VersionErr
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn labels_and_ids() {
+        assert!(is_label("tg-2026.11.21-1"));
+        assert!(!is_label("") && !is_label("-x") && !is_label("a b") && !is_label("a_b"));
+        assert!(is_id("tg-2026.11.21-1_3f2a9c1b7e4d"));
+        assert!(!is_id("tg_3F2A9C1B7E4D") && !is_id("tg_3f2a") && !is_id("3f2a9c1b7e4d"));
+        assert!(!is_id("../x_3f2a9c1b7e4d"));
+    }
+
+    #[test]
+    fn digest_covers_type_mode_and_path() {
+        let f = |path: &str, mode| FileEntry {
+            path: path.into(),
+            mode,
+            size: 1,
+            sha256: "00".into(),
+        };
+        let base = canonical_digest("web", &[f("a", 0o644)]);
+        assert_eq!(base, canonical_digest("web", &[f("a", 0o644)]));
+        assert_ne!(base, canonical_digest("api", &[f("a", 0o644)]));
+        assert_ne!(base, canonical_digest("web", &[f("a", 0o755)]));
+        assert_ne!(base, canonical_digest("web", &[f("b", 0o644)]));
+    }
+}
