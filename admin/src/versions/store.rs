@@ -171,23 +171,39 @@ impl Store {
         })
     }
 
-    /// Copies `src` into the store under its sha256; returns (sha256, size, newly stored).
+    /// Stores `src` under its sha256; returns (sha256, size, newly stored). The file is hashed
+    /// first, so a blob already in the store costs one read and no write.
     fn put_blob(&self, src: &Path) -> Result<(String, u64, bool), VersionError> {
+        let file = std::fs::File::open(src).map_err(|e| io(src, e))?;
+        let sha = super::hash::sha256_of(file).map_err(|e| io(src, e))?;
+        let dst = self.blob_path(&sha);
+        if dst.exists() {
+            let size = std::fs::metadata(src).map_err(|e| io(src, e))?.len();
+            return Ok((sha, size, false));
+        }
         let blobs = self.root.join("blobs");
         let tmp = blobs.join(format!(".tmp-{}-{}", std::process::id(), unique()));
         let mut input = std::fs::File::open(src).map_err(|e| io(src, e))?;
         let out = std::fs::File::create(&tmp).map_err(|e| io(&tmp, e))?;
         let mut w = Sha256Writer::new(out);
-        let size = std::io::copy(&mut input, &mut w).map_err(|e| io(src, e))?;
+        let copied = std::io::copy(&mut input, &mut w).map_err(|e| io(src, e));
         let (out, digest) = w.finish();
+        let size = match copied {
+            Ok(n) if hex(&digest) == sha => n,
+            Ok(_) => {
+                let _ = std::fs::remove_file(&tmp);
+                return Err(VersionError::BadInput(format!(
+                    "{}: changed while it was being packed",
+                    src.display()
+                )));
+            }
+            Err(e) => {
+                let _ = std::fs::remove_file(&tmp);
+                return Err(e);
+            }
+        };
         out.sync_all().map_err(|e| io(&tmp, e))?;
         drop(out);
-        let sha = hex(&digest);
-        let dst = self.blob_path(&sha);
-        if dst.exists() {
-            let _ = std::fs::remove_file(&tmp);
-            return Ok((sha, size, false));
-        }
         let parent = dst.parent().unwrap_or(&blobs);
         std::fs::create_dir_all(parent).map_err(|e| io(parent, e))?;
         std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o444))
