@@ -32,6 +32,8 @@
 pub mod catalog;
 mod checks;
 pub mod config;
+#[cfg(feature = "db")]
+pub mod db;
 pub mod error;
 pub mod export;
 pub mod inventory;
@@ -40,6 +42,7 @@ mod read;
 pub mod serve;
 pub mod synth;
 pub mod value;
+pub mod versions;
 pub mod yaml;
 
 pub use catalog::{Catalog, Sources};

@@ -71,7 +71,7 @@ impl Value {
 }
 
 fn indent(out: &mut String, n: usize) {
-    out.extend(std::iter::repeat(' ').take(n));
+    out.extend(std::iter::repeat_n(' ', n));
 }
 
 fn write_map(out: &mut String, m: &IndexMap<String, Value>, depth: usize) {

@@ -17,7 +17,10 @@ use std::time::Duration;
 /// The API router over `state` (add it to your own server, or use [`super::spawn`]).
 pub fn router(state: AdminState) -> Router {
     let body_limit = state.options().body_limit;
-    let reads = Router::new()
+    let reads = Router::new();
+    #[cfg(feature = "db")]
+    let reads = reads.route("/v1/db/{instance}", get(super::db_api::status));
+    let reads = reads
         .route("/v1/export.csv", get(export))
         .route("/v1/config/{type}/{server}/{index}", get(config))
         .route("/v1/services", get(services))
@@ -25,10 +28,17 @@ pub fn router(state: AdminState) -> Router {
         .route("/v1/instances/{id}", get(instance))
         .route("/v1/servers", get(servers))
         .route("/v1/status", get(status))
+        .route("/v1/versions", get(super::versions_api::list))
+        .route("/v1/versions/{id}", get(super::versions_api::show))
+        .route(
+            "/v1/instances/{id}/versions",
+            get(super::versions_api::instance_versions),
+        )
         .route_layer(middleware::from_fn_with_state(state.clone(), auth_reads));
-    let writes = Router::new()
-        .route("/v1/instances/{id}/{action}", post(mutate))
-        .route_layer(middleware::from_fn_with_state(state.clone(), auth_writes));
+    let writes = Router::new().route("/v1/instances/{id}/{action}", post(mutate));
+    #[cfg(feature = "db")]
+    let writes = writes.route("/v1/db/{instance}/patch", post(super::db_api::patch));
+    let writes = writes.route_layer(middleware::from_fn_with_state(state.clone(), auth_writes));
     reads
         .merge(writes)
         .fallback(|| async { ApiError::new(StatusCode::NOT_FOUND, "no such endpoint") })
@@ -50,7 +60,20 @@ pub(crate) struct ApiError {
 }
 
 impl ApiError {
-    fn new(status: StatusCode, message: impl Into<String>) -> ApiError {
+    #[cfg_attr(not(feature = "db"), allow(dead_code))]
+    pub(crate) fn with_details(
+        status: StatusCode,
+        message: impl Into<String>,
+        details: serde_json::Value,
+    ) -> ApiError {
+        ApiError {
+            status,
+            message: message.into(),
+            details: Some(details),
+        }
+    }
+
+    pub(crate) fn new(status: StatusCode, message: impl Into<String>) -> ApiError {
         ApiError {
             status,
             message: message.into(),
@@ -438,7 +461,11 @@ async fn status(Ext(state): Ext<AdminState>) -> Json<serde_json::Value> {
 async fn mutate(
     Ext(state): Ext<AdminState>,
     Path((id, action)): Path<(String, String)>,
-) -> Result<Json<super::Mutation>, ApiError> {
+    Query(q): Query<super::versions_api::DeployQuery>,
+) -> Result<Response, ApiError> {
+    if let Some(a) = crate::versions::Action::parse(&action) {
+        return super::versions_api::deploy(&state, &id, a, q).await;
+    }
     let target = match action.as_str() {
         "drain" => State::Drained,
         "undrain" => State::Production,
@@ -446,12 +473,12 @@ async fn mutate(
         _ => {
             return Err(ApiError::new(
                 StatusCode::NOT_FOUND,
-                format!("unknown action {action:?}: drain, undrain or maintenance"),
+                format!("unknown action {action:?}: drain, undrain, maintenance, install, upgrade or downgrade"),
             ))
         }
     };
     match state.set_state(&id, target).await {
-        Ok(m) => Ok(Json(m)),
+        Ok(m) => Ok(Json(m).into_response()),
         Err(MutationError::NotFound(id)) => Err(ApiError::new(
             StatusCode::NOT_FOUND,
             format!("no instance {id}"),

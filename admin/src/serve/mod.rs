@@ -7,9 +7,12 @@
 //! [`AdminState::set_state`] — long-polling gateways see the new export within milliseconds.
 
 mod conn;
+#[cfg(feature = "db")]
+mod db_api;
 mod http;
 mod state;
 pub mod tls;
+mod versions_api;
 
 pub use http::router;
 pub use state::{AdminState, Mutation, MutationError, Options, ReloadStatus, Snapshot};

@@ -26,6 +26,9 @@ pub struct Options {
     pub body_limit: usize,
     /// Serve HTTPS with these files.
     pub tls: Option<super::tls::TlsFiles>,
+    /// The version store and instance roots (`/v1/versions`, install/upgrade/downgrade);
+    /// `None`: those endpoints answer 404.
+    pub versions: Option<crate::versions::Deployer>,
     /// Open connections at most; more are closed at once.
     pub max_connections: usize,
     /// Time a client has to send a request's headers (and to finish a TLS handshake).
@@ -42,6 +45,7 @@ impl Default for Options {
             max_waiters: 10_000,
             body_limit: 16 * 1024,
             tls: None,
+            versions: None,
             max_connections: 16_384,
             header_timeout: Duration::from_secs(20),
         }

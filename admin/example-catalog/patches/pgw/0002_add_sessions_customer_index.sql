@@ -1,0 +1,1 @@
+CREATE INDEX sessions_customer ON sessions (customer);
