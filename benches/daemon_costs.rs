@@ -1,23 +1,29 @@
 //! What the running daemon costs and how fast it is, measured on the real binary in a network
-//! namespace (needs root), against a stand-in ADMIN that long-polls:
+//! namespace (needs root):
 //!
-//! 1. propagation: an export change on the server → the change applied in the kernel (the
-//!    daemon's journal line is written right after `nft` returns), p50/p99 over N changes,
-//!    with plain polling at 1 s and with long-polling, in the same run;
+//! 1. propagation: an operator drains an instance through the real ADMIN's HTTP API
+//!    (`portcullis-admin`'s server, in-process, on a generated 10k-instance catalog) → the
+//!    change applied in the kernel (the daemon's journal line is written right after `nft`
+//!    returns), p50/p99 over N drains and undrains, with plain polling at 1 s and with
+//!    long-polling, in the same run;
 //! 2. steady state at 100k rows: CPU time per unchanged poll (a 304) beside the same poll
 //!    without a conditional GET (the whole export re-fetched, parsed and diffed each time),
-//!    and the daemon's resident memory.
+//!    and the daemon's resident memory. This part uses the stand-in ADMIN of the tests,
+//!    which can be told to ignore ETags (the baseline).
 //!
-//! `cargo bench --bench daemon_costs` prints tables; `-- --quick` does 20 changes, 10k rows;
-//! `-- --steady-only` only the 100k-row steady state.
+//! `cargo bench --bench daemon_costs` prints tables; `-- --quick` does 20 changes and a 10k
+//! steady state; `-- --steady-only` only the 100k-row steady state.
 
 #[path = "../tests/common/mod.rs"]
 mod common;
+#[path = "summary.rs"]
+mod summary;
 
 use common::lab::in_netns;
 use common::stub_admin::{self, Mode, Stub};
 use common::Netns;
-use std::path::PathBuf;
+use portcullis_admin::serve::{self, AdminState, Options, RunningServer};
+use std::path::{Path, PathBuf};
 use std::process::{Child, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -28,19 +34,110 @@ fn body(rows: &[portcullis_export::ExportRow]) -> Vec<u8> {
         .into_bytes()
 }
 
-/// A gateway namespace with the stub ADMIN inside it and the daemon polling it.
+const TOKEN: &str = "bench-token";
+
+/// The real ADMIN server on a generated catalog, listening inside the gateway's namespace
+/// (the socket is bound there; the server's tasks run on this process's runtime).
+struct Admin {
+    runtime: tokio::runtime::Runtime,
+    server: Option<RunningServer>,
+    state: AdminState,
+    dir: PathBuf,
+}
+
+impl Admin {
+    fn start(ns: &str, instances: usize) -> (String, Admin) {
+        let dir = std::env::temp_dir().join(format!("pc-costs-admin-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        write_catalog(&dir, &portcullis_admin::synth::sources(instances, 7));
+        let listener = in_netns(ns, || std::net::TcpListener::bind("127.0.0.1:0"))
+            .expect("bind in the namespace");
+        listener.set_nonblocking(true).expect("nonblocking");
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()
+            .expect("runtime");
+        let options = Options {
+            token: Some(TOKEN.into()),
+            ..Options::default()
+        };
+        let state = AdminState::open(&dir, options).expect("the generated catalog is valid");
+        let server = runtime
+            .block_on(async {
+                serve::spawn(state.clone(), tokio::net::TcpListener::from_std(listener)?)
+            })
+            .expect("serve");
+        let url = format!("{}/v1/export.csv", server.url());
+        let admin = Admin {
+            runtime,
+            server: Some(server),
+            state,
+            dir,
+        };
+        (url, admin)
+    }
+
+    /// The first instance in production of a type that exports a port: draining it changes
+    /// one real server's weight.
+    fn drainable_instance(&self) -> String {
+        let snap = self.state.snapshot();
+        snap.catalog
+            .inventory
+            .instances
+            .iter()
+            .find(|i| i.type_name == "t00" && i.state == portcullis_admin::State::Production)
+            .map(|i| i.id.clone())
+            .expect("a production instance of t00")
+    }
+
+    fn export_rows(&self) -> usize {
+        let snap = self.state.snapshot();
+        snap.csv
+            .split(|b| *b == b'\n')
+            .filter(|l| !l.is_empty() && !l.starts_with(b"#"))
+            .count()
+            .saturating_sub(1)
+    }
+}
+
+impl Drop for Admin {
+    fn drop(&mut self) {
+        if let Some(server) = self.server.take() {
+            let _ = self.runtime.block_on(server.stop());
+        }
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+fn write_catalog(dir: &Path, sources: &portcullis_admin::catalog::Sources) {
+    std::fs::create_dir_all(dir.join("meta")).expect("catalog dir");
+    std::fs::write(dir.join("inventory.yaml"), &sources.inventory).expect("inventory");
+    for (stem, text) in &sources.metas {
+        std::fs::write(dir.join("meta").join(format!("{stem}.yaml")), text).expect("meta");
+    }
+}
+
+/// What the daemon polls: the real ADMIN, or the tests' stand-in.
+enum Server {
+    Admin(Admin),
+    Stub(Arc<Stub>),
+}
+
+/// A gateway namespace with an ADMIN inside it and the daemon polling it.
 struct Rig {
-    _ns: Netns,
-    stub: Arc<Stub>,
+    // Dropped in this order: the daemon first, then its server, then the namespace.
     daemon: Child,
+    server: Server,
     state: PathBuf,
+    _ns: Netns,
 }
 
 impl Rig {
-    fn start(tag: &str, export: Vec<u8>, flags: &[&str]) -> Rig {
+    fn start(tag: &str, server: impl FnOnce(&str) -> (String, Server), flags: &[&str]) -> Rig {
         let ns = Netns::new(tag);
         ns.exec(&["ip", "link", "set", "lo", "up"]);
-        let (url, stub) = in_netns(&ns.name, move || stub_admin::start(&export));
+        let (url, server) = server(&ns.name);
         let state = std::env::temp_dir().join(format!("pc-costs-{tag}-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&state);
         let daemon = ns
@@ -60,14 +157,33 @@ impl Rig {
             .spawn()
             .expect("portcullis run");
         let rig = Rig {
-            _ns: ns,
-            stub,
             daemon,
+            server,
             state,
+            _ns: ns,
         };
         let started = common::wait_until(120, || (rig.journal_lines() >= 1).then_some(()));
         assert!(started.is_some(), "the daemon applied the first export");
         rig
+    }
+
+    fn stub(&self) -> &Stub {
+        match &self.server {
+            Server::Stub(s) => s,
+            Server::Admin(_) => panic!("this rig runs the real ADMIN"),
+        }
+    }
+
+    /// The daemon's own time for its last apply (parse, diff, nft), from its journal.
+    fn last_apply(&self) -> Duration {
+        std::fs::read_to_string(self.state.join("journal.jsonl"))
+            .ok()
+            .and_then(|t| {
+                let last = t.lines().last()?.to_owned();
+                serde_json::from_str::<serde_json::Value>(&last).ok()
+            })
+            .and_then(|v| v["duration_ms"].as_f64())
+            .map_or(Duration::ZERO, |ms| Duration::from_secs_f64(ms / 1000.0))
     }
 
     fn journal_lines(&self) -> usize {
@@ -130,36 +246,86 @@ fn jitter(max: Duration, i: usize) -> Duration {
     Duration::from_nanos(nanos % max.as_nanos() as u64)
 }
 
-/// Publishes `changes` exports (one weight flipped each time) and times each until the
-/// daemon's journal shows it applied.
-fn propagation(
-    rows: &[portcullis_export::ExportRow],
-    changes: usize,
-    flags: &[&str],
-) -> Vec<Duration> {
-    let rig = Rig::start("prop", body(rows), flags);
-    let mut rows = rows.to_vec();
+/// Sorted times of one propagation run.
+struct Propagation {
+    /// POST sent → the daemon's journal shows the change applied.
+    end_to_end: Vec<Duration>,
+    /// POST sent → ADMIN answered.
+    admin: Vec<Duration>,
+    /// The daemon's own time per apply (parse, diff, nft).
+    apply: Vec<Duration>,
+    rows: usize,
+}
+
+/// Drains and undrains one instance through ADMIN's HTTP API `changes` times and times each
+/// from the request until the daemon's journal shows the change applied. Returns the sorted
+/// end-to-end times with ADMIN's share (answering the POST: rewrite inventory.yaml, re-derive
+/// and publish the export) and the daemon's apply time.
+fn propagation(instances: usize, changes: usize, flags: &[&str]) -> Propagation {
+    let rig = Rig::start(
+        "prop",
+        |ns| {
+            let (url, admin) = Admin::start(ns, instances);
+            (url, Server::Admin(admin))
+        },
+        flags,
+    );
+    let Server::Admin(admin) = &rig.server else {
+        unreachable!("started with the real ADMIN")
+    };
+    let url = base_url(admin);
+    let id = admin.drainable_instance();
+    // A socket belongs to the namespace of the thread that creates it: the blocking client
+    // connects from its own thread, spawned here inside the gateway's namespace.
+    let client = in_netns(&rig._ns.name, reqwest::blocking::Client::new);
     let mut times = Vec::with_capacity(changes);
+    let mut admin_times = Vec::with_capacity(changes);
+    let mut apply_times = Vec::with_capacity(changes);
     for i in 1..=changes {
         std::thread::sleep(jitter(Duration::from_millis(1000), i));
-        rows[0].weight = if rows[0].weight == 0 { 100 } else { 0 };
-        let published = body(&rows);
+        let action = if i % 2 == 1 { "drain" } else { "undrain" };
         let before = rig.journal_lines();
         let t0 = Instant::now();
-        rig.stub.publish(published, &format!("\"c{i}\""));
+        let answer = client
+            .post(format!("{url}/v1/instances/{id}/{action}"))
+            .bearer_auth(TOKEN)
+            .send()
+            .expect("ADMIN answers");
+        admin_times.push(t0.elapsed());
+        assert!(
+            answer.status().is_success(),
+            "{action} {id}: {}",
+            answer.status()
+        );
         // Probed every millisecond (a stat and a read of a small file): the wait_until of the
         // tests polls every 50 ms, too coarse to time this.
         while rig.journal_lines() <= before {
             assert!(
                 t0.elapsed() < Duration::from_secs(30),
-                "change {i} was applied"
+                "{action} {i} was applied"
             );
             std::thread::sleep(Duration::from_millis(1));
         }
         times.push(t0.elapsed());
+        apply_times.push(rig.last_apply());
     }
     times.sort();
-    times
+    admin_times.sort();
+    apply_times.sort();
+    Propagation {
+        end_to_end: times,
+        admin: admin_times,
+        apply: apply_times,
+        rows: admin.export_rows(),
+    }
+}
+
+fn base_url(admin: &Admin) -> String {
+    admin
+        .server
+        .as_ref()
+        .map(|s| s.url())
+        .expect("the server runs")
 }
 
 fn steady_state(rows: &[portcullis_export::ExportRow], window: Duration) {
@@ -170,6 +336,7 @@ fn steady_state(rows: &[portcullis_export::ExportRow], window: Duration) {
     println!("| poll | polls | CPU per poll | RSS after |");
     println!("|---|---:|---:|---:|");
     let mut per_poll = Vec::new();
+    let mut rss = (0.0, 0.0);
     for (label, mode) in [
         ("conditional GET (304)", Mode::Normal),
         (
@@ -177,12 +344,16 @@ fn steady_state(rows: &[portcullis_export::ExportRow], window: Duration) {
             Mode::Unconditional,
         ),
     ] {
+        let export = body(rows);
         let rig = Rig::start(
             "steady",
-            body(rows),
+            |ns| {
+                let (url, stub) = in_netns(ns, move || stub_admin::start(&export));
+                (url, Server::Stub(stub))
+            },
             &["--interval", "100ms", "--long-poll", "0s"],
         );
-        rig.stub.lock().expect("lock").mode = mode;
+        rig.stub().lock().expect("lock").mode = mode;
         std::thread::sleep(Duration::from_millis(500));
         let (cpu0, polls0) = (rig.cpu(), rig.counter("polls"));
         std::thread::sleep(window);
@@ -190,16 +361,39 @@ fn steady_state(rows: &[portcullis_export::ExportRow], window: Duration) {
         let polls = polls1.saturating_sub(polls0).max(1);
         let each = (cpu1 - cpu0) / polls as u32;
         per_poll.push(each);
-        println!(
-            "| {label} | {polls} | {:.3} ms | {:.1} MiB (peak {:.1} MiB) |",
-            each.as_secs_f64() * 1000.0,
+        let (now, peak) = (
             rig.memory_kib("VmRSS:") as f64 / 1024.0,
-            rig.memory_kib("VmHWM:") as f64 / 1024.0
+            rig.memory_kib("VmHWM:") as f64 / 1024.0,
+        );
+        if mode == Mode::Normal {
+            rss = (now, peak);
+        }
+        println!(
+            "| {label} | {polls} | {:.3} ms | {now:.1} MiB (peak {peak:.1} MiB) |",
+            each.as_secs_f64() * 1000.0,
         );
     }
     println!(
         "\nA 304 costs {:.1}x less CPU than re-fetching and re-parsing the export.",
         per_poll[1].as_secs_f64() / per_poll[0].as_secs_f64().max(1e-9)
+    );
+    summary::record(
+        "daemon",
+        &format!("CPU per unchanged poll, {} rows", rows.len()),
+        &format!("{} (304)", summary::ms(per_poll[0])),
+        Some(("unconditional GET, parse, diff", &summary::ms(per_poll[1]))),
+        summary::factor(
+            per_poll[0].as_secs_f64(),
+            per_poll[1].as_secs_f64(),
+            summary::Better::Lower,
+        ),
+    );
+    summary::record(
+        "daemon",
+        &format!("resident memory between changes, {} rows", rows.len()),
+        &format!("{:.1} MiB (peak {:.1} MiB)", rss.0, rss.1),
+        None,
+        None,
     );
 }
 
@@ -209,20 +403,24 @@ fn main() {
         eprintln!("daemon_costs: needs root and nft; nothing measured");
         return;
     }
-    let (changes, rows) = if quick { (20, 10_000) } else { (100, 10_000) };
+    let (changes, instances) = if quick { (20, 10_000) } else { (100, 10_000) };
     println!("# portcullis daemon: propagation latency and steady-state cost");
     println!(
-        "machine: {} cores; release build; stand-in ADMIN in the gateway's namespace",
+        "machine: {} cores; release build; ADMIN in the gateway's namespace, on loopback",
         std::thread::available_parallelism().map_or(1, |n| n.get())
     );
     if std::env::args().any(|a| a == "--steady-only") {
         steady_state(&portcullis::synth::rows(100_000), Duration::from_secs(10));
         return;
     }
-    let export = portcullis::synth::rows(rows);
-    println!("\n## Propagation: export changed on the server → applied in the kernel ({changes} changes, {rows} rows)\n");
-    println!("| mode | p50 | p99 | max |");
-    println!("|---|---:|---:|---:|");
+    println!(
+        "\n## Propagation: `POST /v1/instances/ID/drain` (or undrain) on ADMIN → applied in the kernel\n"
+    );
+    println!("{changes} changes, alternately drain and undrain of one instance of a generated {instances}-instance catalog, at random moments.\n");
+    println!("| mode | p50 | p99 | max | of which ADMIN answering the POST, p50 | of which the daemon's apply, p50 |");
+    println!("|---|---:|---:|---:|---:|---:|");
+    let mut p50s = Vec::new();
+    let mut rows = 0;
     for (label, flags) in [
         (
             "plain polling, 1 s",
@@ -233,12 +431,32 @@ fn main() {
             ["--interval", "1s", "--long-poll", "30s"],
         ),
     ] {
-        let t = propagation(&export, changes, &flags);
+        let p = propagation(instances, changes, &flags);
+        rows = p.rows;
+        let t = &p.end_to_end;
         println!(
-            "| {label} | {} | {} | {} |",
-            ms(percentile(&t, 0.5)),
-            ms(percentile(&t, 0.99)),
-            ms(t[t.len() - 1])
+            "| {label} | {} | {} | {} | {} | {} |",
+            ms(percentile(t, 0.5)),
+            ms(percentile(t, 0.99)),
+            ms(t[t.len() - 1]),
+            ms(percentile(&p.admin, 0.5)),
+            ms(percentile(&p.apply, 0.5)),
+        );
+        p50s.push((percentile(t, 0.5), percentile(t, 0.99)));
+    }
+    println!("\nThe export had {rows} rows. ADMIN's share is the POST's round trip: it rewrites inventory.yaml, re-derives the export and wakes the held polls before answering. The daemon's apply is its journal's duration: parse, validate, diff and the nft transaction.");
+    for (what, pick) in [("p50", 0usize), ("p99", 1usize)] {
+        let get = |i: usize| if pick == 0 { p50s[i].0 } else { p50s[i].1 };
+        summary::record(
+            "daemon",
+            &format!("ADMIN drain → applied in the kernel, {what} ({instances} instances)"),
+            &format!("{} (long-poll)", summary::ms(get(1))),
+            Some(("plain polling every 1 s", &summary::ms(get(0)))),
+            summary::factor(
+                get(1).as_secs_f64(),
+                get(0).as_secs_f64(),
+                summary::Better::Lower,
+            ),
         );
     }
     steady_state(

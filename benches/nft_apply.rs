@@ -11,6 +11,8 @@
 
 #[path = "../tests/common/mod.rs"]
 mod common;
+#[path = "summary.rs"]
+mod summary;
 
 use common::lab::{Lab, VIP1};
 use common::Netns;
@@ -226,6 +228,34 @@ fn apply_table(reps: usize, sizes: &[usize]) -> Vec<ApplyRow> {
             ms(base_reload),
             base_reload.as_secs_f64() / drain.as_secs_f64()
         );
+        let secs = Duration::as_secs_f64;
+        summary::record(
+            "nft apply",
+            &format!("cold full apply, {n} services"),
+            &summary::ms(c),
+            Some(("raw `nft -f` of the same script", &summary::ms(f))),
+            summary::factor(secs(&c), secs(&f), summary::Better::Lower),
+        );
+        summary::record(
+            "nft apply",
+            &format!("cold full apply, {n} services"),
+            &summary::ms(c),
+            Some((
+                "seed: iptables-restore, one rule per row",
+                &summary::ms(base_cold),
+            )),
+            summary::factor(secs(&c), secs(&base_cold), summary::Better::Lower),
+        );
+        summary::record(
+            "nft apply",
+            &format!("one change (drain a server), {n} services"),
+            &summary::ms(drain),
+            Some((
+                "seed: reload everything with iptables-restore",
+                &summary::ms(base_reload),
+            )),
+            summary::factor(secs(&drain), secs(&base_reload), summary::Better::Lower),
+        );
         results.push(ApplyRow {
             services: n,
             floor: f,
@@ -237,6 +267,85 @@ fn apply_table(reps: usize, sizes: &[usize]) -> Vec<ApplyRow> {
         let _ = std::fs::remove_file(&file);
     }
     results
+}
+
+/// `n` rows of persistent services with 40 real servers each (the shape of a web tier with
+/// sticky sessions); real server `drained` of the first service at weight 0.
+fn persistent_rows(n: usize, drained: Option<usize>) -> Vec<portcullis_export::ExportRow> {
+    let mut text = String::from(
+        "service,instance,proto,vip,vport,fwmark,rip,rport,weight,scheduler,method,persistence\n",
+    );
+    for row in 0..n {
+        let (svc, real) = (row / 40, row % 40);
+        let weight = if svc == 0 && drained == Some(real) {
+            0
+        } else {
+            100
+        };
+        text.push_str(&format!(
+            "p{svc},p{svc}.s{real}.1,tcp,198.51.{}.{},443,,10.{}.{}.{},8443,{weight},wlc,nat,300\n",
+            100 + svc / 250,
+            svc % 250 + 1,
+            svc / 256,
+            svc % 256,
+            real + 1,
+        ));
+    }
+    portcullis_export::parse(text.as_bytes())
+        .expect("valid persistent rows")
+        .rows()
+}
+
+/// The worst case for the map design: draining one of 40 servers of a persistent service
+/// moves every slot boundary of that service (~40 element deletions), and a deletion from an
+/// interval map costs in proportion to the whole map (the kernel's `pipapo` backend rebuilds
+/// its lookup tables), whose persistent slot ranges split into many rules each.
+fn persistent_drain_table(reps: usize, sizes: &[usize]) {
+    println!("\n## Worst case: drain 1 of 40 servers of a persistent service (nft backend, median of {reps})\n");
+    println!("| rows (40 servers per service) | portcullis: the drain | baseline: iptables-restore reload | baseline ÷ portcullis |");
+    println!("|---:|---:|---:|---:|");
+    let opts = common::render_options(Backend::Nft, &["eth0"]);
+    for &n in sizes {
+        let rows = persistent_rows(n, None);
+        let drained = DesiredState::from_rows(&persistent_rows(n, Some(1)));
+        let ns = Netns::new("persist");
+        let mut s = Syncer::new(
+            NftCli::in_netns(&ns.name),
+            ConntrackCli::in_netns(&ns.name),
+            opts.clone(),
+        );
+        s.sync(DesiredState::from_rows(&rows)).expect("load");
+        let mut times = Vec::new();
+        for _ in 0..reps {
+            let t = Instant::now();
+            s.sync(drained.clone()).expect("drain");
+            times.push(t.elapsed());
+            s.sync(DesiredState::from_rows(&rows)).expect("undrain");
+        }
+        drop(ns);
+        let ours = median(times);
+        let (_, reload) = baseline(reps, &rows, n + 1);
+        println!(
+            "| {n} | {} | {} | {:.2}× |",
+            ms(ours),
+            ms(reload),
+            reload.as_secs_f64() / ours.as_secs_f64()
+        );
+        summary::record(
+            "nft apply",
+            &format!("worst case: drain 1 of 40 servers of a persistent service, {n} rows"),
+            &summary::ms(ours),
+            Some((
+                "seed: reload everything with iptables-restore",
+                &summary::ms(reload),
+            )),
+            summary::factor(
+                ours.as_secs_f64(),
+                reload.as_secs_f64(),
+                summary::Better::Lower,
+            ),
+        );
+    }
 }
 
 /// One size's results, for the plots.
@@ -279,6 +388,8 @@ fn plot(results: &[ApplyRow], path: &std::path::Path) {
         .configure_mesh()
         .x_desc("virtual services")
         .y_desc("seconds")
+        .x_label_formatter(&|n| human_count(*n))
+        .y_label_formatter(&|s| human_seconds(*s))
         .draw()
         .expect("mesh");
     type Series = (&'static str, RGBColor, fn(&ApplyRow) -> Duration);
@@ -322,6 +433,25 @@ fn plot(results: &[ApplyRow], path: &std::path::Path) {
         .expect("legend");
     root.present().expect("write svg");
     println!("\nplot: {}", path.display());
+}
+
+/// 1000 → "1k", 100000 → "100k": plotters' log axis otherwise prints raw floats.
+fn human_count(n: f64) -> String {
+    if n >= 1e6 {
+        format!("{:.0}M", n / 1e6)
+    } else if n >= 1e3 {
+        format!("{:.0}k", n / 1e3)
+    } else {
+        format!("{n:.0}")
+    }
+}
+
+fn human_seconds(s: f64) -> String {
+    if s >= 1.0 {
+        format!("{s:.0} s")
+    } else {
+        format!("{:.0} ms", s * 1000.0)
+    }
 }
 
 /// Connections per second from the client through the gateway during `window`.
@@ -414,6 +544,13 @@ fn rate_table(sizes: &[usize], window: Duration) {
             connection_rate(&lab, VIP1, 80, window)
         };
         println!("| {n} | {map:.0}/s | {naive:.0}/s | {:.2}× |", map / naive);
+        summary::record(
+            "data plane",
+            &format!("new TCP connections/s through the gateway, {n} services"),
+            &format!("{map:.0}/s (maps)"),
+            Some(("one DNAT rule per service", &format!("{naive:.0}/s"))),
+            summary::factor(map, naive, summary::Better::Higher),
+        );
     }
 }
 
@@ -445,6 +582,7 @@ fn main() {
     if let Some(path) = std::env::args().skip_while(|a| a != "--svg").nth(1) {
         plot(&results, std::path::Path::new(&path));
     }
+    persistent_drain_table(3, sizes);
     rate_table(
         &[10, 50_000],
         Duration::from_secs(if quick { 1 } else { 3 }),

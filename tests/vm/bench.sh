@@ -84,4 +84,16 @@ for k in "1000 tcp" "10000 tcp" "10000 fwmark"; do
 	echo "ratio $k: ipvsadm -R / portcullis cold = $(ratio "$(cell "$k" ipvsadm_R)" "$(cell "$k" pc_cold)")," \
 		"ipvsadm-save / portcullis dump = $(ratio "$(cell "$k" ipvsadm_save)" "$(cell "$k" pc_dump)")"
 done
+# Headlines for the one-table summary of benches/run (`;`-separated: the serial console may
+# expand tabs). Factor: how many times faster portcullis is.
+msec() { awk "BEGIN { v = $1 * 1000; if (v >= 100) printf \"%.0f ms\", v; else if (v >= 10) printf \"%.1f ms\", v; else printf \"%.2f ms\", v }"; }
+factor() { awk "BEGIN { f = $2 / $1; if (f >= 10) printf \"%.0f×\", f; else printf \"%.2f×\", f }"; }
+summary() { # MEASUREMENT KEY OURS BASELINE_NAME BASELINE
+	echo "summary;IPVS (under emulation);$1, $2 services;$(msec "$(cell "$2" "$3")");$4;$(msec "$(cell "$2" "$5")");$(factor "$(cell "$2" "$3")" "$(cell "$2" "$5")")"
+}
+for k in "1000 tcp" "10000 tcp" "10000 fwmark"; do
+	summary "cold load" "$k" pc_cold "ipvsadm -R of the same table" ipvsadm_R
+	summary "one weight change: apply --once (reads the table back)" "$k" pc_apply_change "seed: reload everything with ipvsadm -R" ipvsadm_R
+	summary "one weight change: the daemon's netlink sync" "$k" pc_weight "ipvsadm -e of that one server" ipvsadm_e
+done
 echo "bench PASS"
