@@ -2,8 +2,8 @@
 //! namespace (needs root):
 //!
 //! 1. propagation: an operator drains an instance through the real ADMIN's HTTP API
-//!    (`portcullis-admin`'s server, in-process, on a generated 10k-instance catalog) → the
-//!    change applied in the kernel (the daemon's journal line is written right after `nft`
+//!    (`portcullis-admin`'s server, in-process, on the example catalog and on a generated
+//!    10k-instance one) → the change applied in the kernel (the daemon's journal line is written right after `nft`
 //!    returns), p50/p99 over N drains and undrains, with plain polling at 1 s and with
 //!    long-polling, in the same run;
 //! 2. steady state at 100k rows: CPU time per unchanged poll (a 304) beside the same poll
@@ -36,6 +36,51 @@ fn body(rows: &[portcullis_export::ExportRow]) -> Vec<u8> {
 
 const TOKEN: &str = "bench-token";
 
+/// The catalog ADMIN serves, and the instance the bench drains in it.
+#[derive(Clone, Copy)]
+enum Catalog {
+    /// `admin/example-catalog`: a handful of small services (the demo's).
+    Example,
+    /// `portcullis_admin::synth` with this many instances: 40 servers per service type, most
+    /// of them persistent — the nft backend's worst case for a drain.
+    Generated(usize),
+}
+
+impl Catalog {
+    fn label(self) -> String {
+        match self {
+            Catalog::Example => "the example catalog".into(),
+            Catalog::Generated(n) => format!("a generated {n}-instance catalog"),
+        }
+    }
+
+    fn write(self, dir: &Path) {
+        match self {
+            Catalog::Example => portcullis_admin::catalog::copy_files(
+                &Path::new(env!("CARGO_MANIFEST_DIR")).join("admin/example-catalog"),
+                dir,
+            )
+            .expect("copy the example catalog"),
+            Catalog::Generated(n) => write_catalog(dir, &portcullis_admin::synth::sources(n, 7)),
+        }
+    }
+
+    /// An instance in production whose drain changes a real server's weight.
+    fn instance(self, catalog: &portcullis_admin::Catalog) -> String {
+        let type_name = match self {
+            Catalog::Example => "pgw",
+            Catalog::Generated(_) => "t00",
+        };
+        catalog
+            .inventory
+            .instances
+            .iter()
+            .find(|i| i.type_name == type_name && i.state == portcullis_admin::State::Production)
+            .map(|i| i.id.clone())
+            .expect("a production instance to drain")
+    }
+}
+
 /// The real ADMIN server on a generated catalog, listening inside the gateway's namespace
 /// (the socket is bound there; the server's tasks run on this process's runtime).
 struct Admin {
@@ -46,10 +91,10 @@ struct Admin {
 }
 
 impl Admin {
-    fn start(ns: &str, instances: usize) -> (String, Admin) {
+    fn start(ns: &str, catalog: Catalog) -> (String, Admin) {
         let dir = std::env::temp_dir().join(format!("pc-costs-admin-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
-        write_catalog(&dir, &portcullis_admin::synth::sources(instances, 7));
+        catalog.write(&dir);
         let listener = in_netns(ns, || std::net::TcpListener::bind("127.0.0.1:0"))
             .expect("bind in the namespace");
         listener.set_nonblocking(true).expect("nonblocking");
@@ -76,19 +121,6 @@ impl Admin {
             dir,
         };
         (url, admin)
-    }
-
-    /// The first instance in production of a type that exports a port: draining it changes
-    /// one real server's weight.
-    fn drainable_instance(&self) -> String {
-        let snap = self.state.snapshot();
-        snap.catalog
-            .inventory
-            .instances
-            .iter()
-            .find(|i| i.type_name == "t00" && i.state == portcullis_admin::State::Production)
-            .map(|i| i.id.clone())
-            .expect("a production instance of t00")
     }
 
     fn export_rows(&self) -> usize {
@@ -261,11 +293,11 @@ struct Propagation {
 /// from the request until the daemon's journal shows the change applied. Returns the sorted
 /// end-to-end times with ADMIN's share (answering the POST: rewrite inventory.yaml, re-derive
 /// and publish the export) and the daemon's apply time.
-fn propagation(instances: usize, changes: usize, flags: &[&str]) -> Propagation {
+fn propagation(catalog: Catalog, changes: usize, flags: &[&str]) -> Propagation {
     let rig = Rig::start(
         "prop",
         |ns| {
-            let (url, admin) = Admin::start(ns, instances);
+            let (url, admin) = Admin::start(ns, catalog);
             (url, Server::Admin(admin))
         },
         flags,
@@ -274,7 +306,7 @@ fn propagation(instances: usize, changes: usize, flags: &[&str]) -> Propagation 
         unreachable!("started with the real ADMIN")
     };
     let url = base_url(admin);
-    let id = admin.drainable_instance();
+    let id = catalog.instance(&admin.state.snapshot().catalog);
     // A socket belongs to the namespace of the thread that creates it: the blocking client
     // connects from its own thread, spawned here inside the gateway's namespace.
     let client = in_netns(&rig._ns.name, reqwest::blocking::Client::new);
@@ -403,7 +435,7 @@ fn main() {
         eprintln!("daemon_costs: needs root and nft; nothing measured");
         return;
     }
-    let (changes, instances) = if quick { (20, 10_000) } else { (100, 10_000) };
+    let changes = if quick { 20 } else { 100 };
     println!("# portcullis daemon: propagation latency and steady-state cost");
     println!(
         "machine: {} cores; release build; ADMIN in the gateway's namespace, on loopback",
@@ -416,48 +448,55 @@ fn main() {
     println!(
         "\n## Propagation: `POST /v1/instances/ID/drain` (or undrain) on ADMIN → applied in the kernel\n"
     );
-    println!("{changes} changes, alternately drain and undrain of one instance of a generated {instances}-instance catalog, at random moments.\n");
-    println!("| mode | p50 | p99 | max | of which ADMIN answering the POST, p50 | of which the daemon's apply, p50 |");
-    println!("|---|---:|---:|---:|---:|---:|");
-    let mut p50s = Vec::new();
-    let mut rows = 0;
-    for (label, flags) in [
-        (
-            "plain polling, 1 s",
-            ["--interval", "1s", "--long-poll", "0s"],
-        ),
-        (
-            "long-poll (30 s hold)",
-            ["--interval", "1s", "--long-poll", "30s"],
-        ),
-    ] {
-        let p = propagation(instances, changes, &flags);
-        rows = p.rows;
-        let t = &p.end_to_end;
-        println!(
-            "| {label} | {} | {} | {} | {} | {} |",
-            ms(percentile(t, 0.5)),
-            ms(percentile(t, 0.99)),
-            ms(t[t.len() - 1]),
-            ms(percentile(&p.admin, 0.5)),
-            ms(percentile(&p.apply, 0.5)),
-        );
-        p50s.push((percentile(t, 0.5), percentile(t, 0.99)));
-    }
-    println!("\nThe export had {rows} rows. ADMIN's share is the POST's round trip: it rewrites inventory.yaml, re-derives the export and wakes the held polls before answering. The daemon's apply is its journal's duration: parse, validate, diff and the nft transaction.");
-    for (what, pick) in [("p50", 0usize), ("p99", 1usize)] {
-        let get = |i: usize| if pick == 0 { p50s[i].0 } else { p50s[i].1 };
-        summary::record(
-            "daemon",
-            &format!("ADMIN drain → applied in the kernel, {what} ({instances} instances)"),
-            &format!("{} (long-poll)", summary::ms(get(1))),
-            Some(("plain polling every 1 s", &summary::ms(get(0)))),
-            summary::factor(
-                get(1).as_secs_f64(),
-                get(0).as_secs_f64(),
-                summary::Better::Lower,
+    println!("{changes} changes per line, alternately drain and undrain of one instance, at random moments. ADMIN's share is the POST's round trip: it rewrites inventory.yaml, re-derives the export and wakes the held polls before answering. The daemon's apply is its journal's duration: parse, validate, diff and the nft transaction.\n");
+    println!("| catalog | export rows | mode | p50 | p99 | max | of which ADMIN answering the POST, p50 | of which the daemon's apply, p50 |");
+    println!("|---|---:|---|---:|---:|---:|---:|---:|");
+    for catalog in [Catalog::Example, Catalog::Generated(10_000)] {
+        // (p50, p99) of plain polling, then of long-poll.
+        let mut cells = Vec::new();
+        for (label, flags) in [
+            (
+                "plain polling, 1 s",
+                ["--interval", "1s", "--long-poll", "0s"],
             ),
-        );
+            (
+                "long-poll (30 s hold)",
+                ["--interval", "1s", "--long-poll", "30s"],
+            ),
+        ] {
+            let p = propagation(catalog, changes, &flags);
+            let t = &p.end_to_end;
+            println!(
+                "| {} | {} | {label} | {} | {} | {} | {} | {} |",
+                catalog.label(),
+                p.rows,
+                ms(percentile(t, 0.5)),
+                ms(percentile(t, 0.99)),
+                ms(t[t.len() - 1]),
+                ms(percentile(&p.admin, 0.5)),
+                ms(percentile(&p.apply, 0.5)),
+            );
+            cells.push((percentile(t, 0.5), percentile(t, 0.99)));
+        }
+        for (what, plain, long) in [
+            ("p50", cells[0].0, cells[1].0),
+            ("p99", cells[0].1, cells[1].1),
+        ] {
+            summary::record(
+                "daemon",
+                &format!(
+                    "ADMIN drain → applied in the kernel, {what}, {}",
+                    catalog.label()
+                ),
+                &format!("{} (long-poll)", summary::ms(long)),
+                Some(("plain polling every 1 s", &summary::ms(plain))),
+                summary::factor(
+                    long.as_secs_f64(),
+                    plain.as_secs_f64(),
+                    summary::Better::Lower,
+                ),
+            );
+        }
     }
     steady_state(
         &portcullis::synth::rows(if quick { 10_000 } else { 100_000 }),

@@ -216,7 +216,7 @@ fn apply_table(reps: usize, sizes: &[usize]) -> Vec<ApplyRow> {
         let (base_cold, base_reload) = baseline(reps, &rows, n);
         let drain = median(drain);
         println!(
-            "| {n} | {} | {} | {:.2}× | {} | {} / {} | {} | {} | {} | {:.0}× |",
+            "| {n} | {} | {} | {:.2}× | {} | {} / {} | {} | {} | {} | {:.1}× |",
             ms(f),
             ms(c),
             c.as_secs_f64() / f.as_secs_f64(),
@@ -228,34 +228,24 @@ fn apply_table(reps: usize, sizes: &[usize]) -> Vec<ApplyRow> {
             ms(base_reload),
             base_reload.as_secs_f64() / drain.as_secs_f64()
         );
-        let secs = Duration::as_secs_f64;
-        summary::record(
-            "nft apply",
-            &format!("cold full apply, {n} services"),
-            &summary::ms(c),
-            Some(("raw `nft -f` of the same script", &summary::ms(f))),
-            summary::factor(secs(&c), secs(&f), summary::Better::Lower),
-        );
-        summary::record(
-            "nft apply",
-            &format!("cold full apply, {n} services"),
-            &summary::ms(c),
-            Some((
+        for (what, ours, baseline, theirs) in [
+            ("cold full apply", c, "raw `nft -f` of the same script", f),
+            (
+                "cold full apply",
+                c,
                 "seed: iptables-restore, one rule per row",
-                &summary::ms(base_cold),
-            )),
-            summary::factor(secs(&c), secs(&base_cold), summary::Better::Lower),
-        );
-        summary::record(
-            "nft apply",
-            &format!("one change (drain a server), {n} services"),
-            &summary::ms(drain),
-            Some((
+                base_cold,
+            ),
+            (
+                "one change (drain a server)",
+                drain,
                 "seed: reload everything with iptables-restore",
-                &summary::ms(base_reload),
-            )),
-            summary::factor(secs(&drain), secs(&base_reload), summary::Better::Lower),
-        );
+                base_reload,
+            ),
+        ] {
+            let what = format!("{what}, {n} services");
+            summary::times("nft apply", &what, ours, baseline, theirs);
+        }
         results.push(ApplyRow {
             services: n,
             floor: f,
@@ -331,19 +321,12 @@ fn persistent_drain_table(reps: usize, sizes: &[usize]) {
             ms(reload),
             reload.as_secs_f64() / ours.as_secs_f64()
         );
-        summary::record(
+        summary::times(
             "nft apply",
             &format!("worst case: drain 1 of 40 servers of a persistent service, {n} rows"),
-            &summary::ms(ours),
-            Some((
-                "seed: reload everything with iptables-restore",
-                &summary::ms(reload),
-            )),
-            summary::factor(
-                ours.as_secs_f64(),
-                reload.as_secs_f64(),
-                summary::Better::Lower,
-            ),
+            ours,
+            "seed: reload everything with iptables-restore",
+            reload,
         );
     }
 }

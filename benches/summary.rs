@@ -47,6 +47,17 @@ pub fn record(
     }
 }
 
+/// A time of portcullis beside the time of `baseline` (smaller is better).
+pub fn times(area: &str, measurement: &str, ours: Duration, baseline: &str, theirs: Duration) {
+    record(
+        area,
+        measurement,
+        &ms(ours),
+        Some((baseline, &ms(theirs))),
+        factor(ours.as_secs_f64(), theirs.as_secs_f64(), Better::Lower),
+    );
+}
+
 /// The factor by which portcullis is better than the baseline.
 pub fn factor(portcullis: f64, baseline: f64, better: Better) -> Option<f64> {
     let f = match better {
