@@ -3,9 +3,9 @@
 //!
 //! 1. propagation: an operator drains an instance through the real ADMIN's HTTP API
 //!    (`portcullis-admin`'s server, in-process, on the example catalog and on a generated
-//!    10k-instance one) → the change applied in the kernel (the daemon's journal line is written right after `nft`
-//!    returns), p50/p99 over N drains and undrains, with plain polling at 1 s and with
-//!    long-polling, in the same run;
+//!    10k-instance one) → the change applied in the kernel (the daemon's journal line is
+//!    written right after `nft` returns), p50/p99 over N drains and undrains, with plain
+//!    polling at 1 s and with long-polling, in the same run;
 //! 2. steady state at 100k rows: CPU time per unchanged poll (a 304) beside the same poll
 //!    without a conditional GET (the whole export re-fetched, parsed and diffed each time),
 //!    and the daemon's resident memory. This part uses the stand-in ADMIN of the tests,
