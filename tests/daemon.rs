@@ -6,7 +6,7 @@ mod common;
 
 use portcullis::apply::{RecordingConntrack, SyncOutcome, TwinFirewall};
 use portcullis::daemon::config::{Config, Role};
-use portcullis::daemon::poll::{Daemon, Step};
+use portcullis::daemon::{Daemon, Step};
 use portcullis::render::nft::Backend;
 use std::sync::Arc;
 use std::time::Duration;
@@ -243,7 +243,9 @@ async fn a_restart_with_admin_down_starts_from_the_last_known_good_export() {
     std::fs::write(&file, bytes).expect("write");
     let mut third = daemon(&url, &dir, Role::Active);
     match third.start().await {
-        Step::NothingToStartFrom(why) => assert!(why.contains("corrupt"), "{why}"),
+        Step::NothingToStartFrom(why) => {
+            assert!(why.to_string().contains("corrupt"), "{why}")
+        }
         other => panic!("expected a refusal, got {other:?}"),
     }
     assert_eq!(third.syncer.firewall.table, None, "nothing applied");

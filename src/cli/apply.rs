@@ -222,15 +222,14 @@ fn journal_entry(journal: &Journal, result: &str, detail: String, took: Duration
 
 /// A running active daemon would put ADMIN's export back at its next change: say so.
 fn warn_if_the_daemon_is_active(state_dir: &Path) {
-    let Some(pid) = crate::daemon::role::read_pid(state_dir) else {
+    let Some(pid) = crate::daemon::control::running_daemon(state_dir) else {
         return;
     };
-    let running = Path::new(&format!("/proc/{pid}")).exists();
     let standby = crate::daemon::role::read_role(state_dir)
         .ok()
         .flatten()
         .is_some_and(|r| r == crate::daemon::config::Role::Standby);
-    if running && !standby {
+    if !standby {
         eprintln!(
             "portcullis: warning: the daemon (pid {pid}) is active and will apply ADMIN's export again at its next change; `portcullis demote` it first to keep a manual change"
         );

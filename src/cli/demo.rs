@@ -8,7 +8,7 @@
 use super::{FAILED, OK};
 use crate::apply::{Firewall, NftCli, NoConntrack, SyncOutcome, TwinFirewall};
 use crate::daemon::config::{Config, Role};
-use crate::daemon::poll::{Daemon, Step};
+use crate::daemon::{Daemon, Step};
 use crate::diff::{StateDiff, Style};
 use crate::model::DesiredState;
 use portcullis_admin::serve::{self, AdminState, Options};
@@ -116,7 +116,8 @@ async fn run(dir: &Path, args: &DemoArgs) -> Result<(), String> {
             "GATEWAY applying for real with nft in network namespace {}",
             ns.0
         ));
-        let daemon = Daemon::new(config, NftCli::in_netns(&ns.0), NoConntrack, opts)?;
+        let daemon = Daemon::new(config, NftCli::in_netns(&ns.0), NoConntrack, opts)
+            .map_err(|e| e.to_string())?;
         let outcome = gateway(daemon, script).await;
         if outcome.is_ok() {
             let out = Command::new("ip")
@@ -141,7 +142,8 @@ async fn run(dir: &Path, args: &DemoArgs) -> Result<(), String> {
         outcome
     } else {
         say("GATEWAY dry run: applying to the in-memory twin of the kernel (root and --netns: a real namespace)");
-        let daemon = Daemon::new(config, TwinFirewall::default(), NoConntrack, opts)?;
+        let daemon = Daemon::new(config, TwinFirewall::default(), NoConntrack, opts)
+            .map_err(|e| e.to_string())?;
         gateway(daemon, script).await
     };
     let _ = server.stop().await;

@@ -94,13 +94,13 @@ pub fn set_role(state_dir: &Path, role: crate::daemon::config::Role) -> u8 {
         );
         return FAILED;
     }
-    let woke = role::read_pid(state_dir).is_some_and(|pid| {
-        std::process::Command::new("kill")
-            .args(["-USR1", &pid.to_string()])
-            .stderr(std::process::Stdio::null())
-            .status()
-            .is_ok_and(|s| s.success())
-    });
+    let woke = match crate::daemon::control::wake(state_dir) {
+        Ok(woke) => woke,
+        Err(e) => {
+            eprintln!("portcullis: the role is recorded, but the daemon was not woken: {e}");
+            return FAILED;
+        }
+    };
     let role = format!("{role:?}").to_lowercase();
     if woke {
         println!("{role}: the daemon was woken and switches now");

@@ -191,21 +191,6 @@ pub enum Format {
     Json,
 }
 
-#[derive(Clone, Copy, ValueEnum, PartialEq, Eq)]
-pub enum BackendArg {
-    Ipvs,
-    Nft,
-}
-
-impl From<BackendArg> for nft::Backend {
-    fn from(b: BackendArg) -> Self {
-        match b {
-            BackendArg::Ipvs => nft::Backend::Ipvs,
-            BackendArg::Nft => nft::Backend::Nft,
-        }
-    }
-}
-
 #[derive(Clone, Copy, ValueEnum)]
 pub enum Color {
     Auto,
@@ -377,8 +362,8 @@ pub(crate) fn load_state(file: &std::path::Path) -> Result<DesiredState, u8> {
 #[derive(clap::Args)]
 pub struct TableArgs {
     /// Which data plane balances: IPVS (the table marks and filters) or nftables alone.
-    #[arg(long, value_enum, default_value_t = BackendArg::Nft)]
-    backend: BackendArg,
+    #[arg(long, value_enum, default_value_t = nft::Backend::Nft)]
+    backend: nft::Backend,
     /// Static base policy to plug in (default: the rules/base.nft built into the binary).
     #[arg(long, value_name = "FILE")]
     policy: Option<PathBuf>,
@@ -397,7 +382,7 @@ impl TableArgs {
             self.policy.as_deref(),
             &self.external_ifaces,
             &self.internal_ifaces,
-            self.backend.into(),
+            self.backend,
         )
     }
 }

@@ -3,8 +3,9 @@
 
 use super::{FAILED, INVALID, OK};
 use crate::apply::{ConntrackCli, NftCli};
-use crate::daemon::config::{BackendName, Config, Role, DEFAULT_PATH};
-use crate::daemon::poll::Daemon;
+use crate::daemon::config::{Config, Role, DEFAULT_PATH};
+use crate::daemon::Daemon;
+use crate::render::nft::Backend;
 use clap::Args;
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -35,7 +36,7 @@ pub struct RunArgs {
     #[arg(long)]
     pub max_body_bytes: Option<u64>,
     #[arg(long, value_enum)]
-    pub backend: Option<BackendName>,
+    pub backend: Option<Backend>,
     /// IPVS backend: longest a removed real server drains before it is deleted, e.g. `5m`.
     #[arg(long, value_parser = humantime::parse_duration)]
     pub drain_grace: Option<Duration>,
@@ -145,7 +146,7 @@ pub fn run(args: &RunArgs) -> u8 {
         config.policy_file.as_deref(),
         &config.interfaces.external,
         &config.interfaces.internal,
-        config.backend.into(),
+        config.backend,
     ) {
         Ok(o) => o,
         Err(e) => {
@@ -155,7 +156,7 @@ pub fn run(args: &RunArgs) -> u8 {
     };
     // The IPVS backend: IPVS services are kept in step around every nft transaction.
     let ipvs = match config.backend {
-        BackendName::Ipvs => {
+        Backend::Ipvs => {
             match crate::apply::ipvs::IpvsSync::open(&config.state_dir, config.drain_grace) {
                 Ok(i) => Some(i),
                 Err(e) => {
@@ -164,7 +165,7 @@ pub fn run(args: &RunArgs) -> u8 {
                 }
             }
         }
-        BackendName::Nft => None,
+        Backend::Nft => None,
     };
     let mut daemon = match Daemon::new(config, NftCli::default(), ConntrackCli::default(), opts) {
         Ok(d) => d,
@@ -176,7 +177,10 @@ pub fn run(args: &RunArgs) -> u8 {
     if let Some(ipvs) = ipvs {
         daemon.syncer.set_ipvs(ipvs);
     }
-    let runtime = match tokio::runtime::Builder::new_current_thread()
+    // Two workers: while one is inside a blocking apply (nft, netlink), the other keeps
+    // answering /healthz, /metrics and the control socket.
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
         .enable_all()
         .build()
     {
@@ -193,14 +197,18 @@ pub fn run(args: &RunArgs) -> u8 {
             config.policy_file.as_deref(),
             &config.interfaces.external,
             &config.interfaces.internal,
-            config.backend.into(),
+            config.backend,
         )?;
-        Ok((config, opts))
+        Ok::<_, String>((config, opts))
     };
-    runtime.block_on(async {
+    let ran = runtime.block_on(async {
         let shutdown = shutdown_signal();
         daemon.run(shutdown, reload).await
     });
+    if let Err(e) = ran {
+        eprintln!("portcullis: {e}");
+        return FAILED;
+    }
     if daemon.config.flush_on_exit {
         tracing::warn!("flush_on_exit: removing the rules");
         return super::apply::flush(&daemon.config.state_dir);

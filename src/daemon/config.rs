@@ -21,22 +21,6 @@ pub enum Role {
     Standby,
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
-#[serde(rename_all = "lowercase")]
-pub enum BackendName {
-    Ipvs,
-    Nft,
-}
-
-impl From<BackendName> for Backend {
-    fn from(b: BackendName) -> Backend {
-        match b {
-            BackendName::Ipvs => Backend::Ipvs,
-            BackendName::Nft => Backend::Nft,
-        }
-    }
-}
-
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Config {
@@ -56,7 +40,7 @@ pub struct Config {
     #[serde(with = "duration")]
     pub request_timeout: Duration,
     pub max_body_bytes: u64,
-    pub backend: BackendName,
+    pub backend: Backend,
     /// IPVS backend: how long a removed real server drained at weight 0 may keep its
     /// connections before it is deleted anyway (it goes as soon as they end).
     #[serde(with = "duration")]
@@ -103,7 +87,7 @@ impl Default for Config {
             audit_interval: Duration::from_secs(600),
             request_timeout: Duration::from_secs(10),
             max_body_bytes: 64 << 20,
-            backend: BackendName::Nft,
+            backend: Backend::Nft,
             drain_grace: Duration::from_secs(300),
             flush_on_exit: false,
             state_dir: PathBuf::from("/var/lib/portcullis"),

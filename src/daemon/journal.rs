@@ -1,7 +1,7 @@
 //! What the daemon did, for netops: a journal of changes (JSON lines, rotated) and a status
 //! snapshot, both in the state directory, read by `portcullis log` and `portcullis status`.
 
-use super::poll::Counters;
+use super::core::Counters;
 use crate::diff::DiffSummary;
 use serde::{Deserialize, Serialize};
 use std::fs::{self, OpenOptions};

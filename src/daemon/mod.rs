@@ -1,20 +1,36 @@
-//! The long-running gateway (`portcullis run`), built from parts that are each tested alone:
+//! The long-running gateway (`portcullis run`), one job per file:
 //!
 //! - [`config`]: the TOML configuration, overridable flag by flag;
-//! - [`cache`]: the last-known-good export in the state directory (atomic, checksummed);
-//!
-//! Refusing exports that withdraw too much at once is [`crate::apply::Guard`], enforced by
-//! the syncer.
-//!
-//! - [`fetch`]: conditional GET of the export;
-//! - [`poll`]: the cycle that ties them to [`crate::apply::Syncer`];
-//! - [`journal`]: the change journal and status snapshot netops read;
-//! - [`role`]: active/standby as asked by `promote` and `demote`.
+//! - [`fetch`]: conditional GET (and long-poll) of the export;
+//! - [`cache`]: the last-known-good export in the state directory (durable, checksummed);
+//! - [`core`]: the daemon's state ([`Daemon`]);
+//! - [`step`]: one poll and what follows — validate, guard (in [`crate::apply::Syncer`]),
+//!   sync, save — plus start-up, role switches and the drift audit;
+//! - [`pacing`]: when the next poll goes (long-poll, interval, backoff with jitter);
+//! - [`record`]: metrics, the change journal and the status snapshot ([`journal`],
+//!   [`metrics`]);
+//! - [`reload`]: taking a new configuration on SIGHUP;
+//! - [`event_loop`]: the loop tying signals, the control socket and timers together;
+//! - [`control`]: the state-directory lock and the control socket `promote`/`demote` use;
+//!   [`role`]: the role file they write.
 
 pub mod cache;
 pub mod config;
+pub mod control;
+pub mod core;
+pub mod event_loop;
 pub mod fetch;
 pub mod journal;
 pub mod metrics;
-pub mod poll;
+pub mod pacing;
+pub mod record;
+pub mod reload;
 pub mod role;
+pub mod step;
+
+pub use self::core::{Counters, Daemon, DaemonError};
+pub use reload::ReloadError;
+pub use step::{NoStart, Step, StepError};
+
+#[cfg(test)]
+mod step_tests;

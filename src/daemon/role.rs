@@ -1,6 +1,6 @@
-//! Switching between active and standby without a control socket: `portcullis promote` and
-//! `demote` (run by operators or the Pacemaker agent) write the wanted role into the state
-//! directory and wake the daemon with SIGUSR1; the daemon reads the file before every poll.
+//! The role `portcullis promote` and `demote` ask for (run by operators or the Pacemaker
+//! agent): written into the state directory, read by the daemon before every poll and at
+//! start, and announced to a running daemon over the control socket ([`super::control`]).
 //! The file outlives restarts, so a promoted node stays active after a daemon restart.
 
 use super::config::Role;
@@ -8,7 +8,6 @@ use std::fs;
 use std::path::Path;
 
 const ROLE: &str = "role";
-const PID: &str = "portcullis.pid";
 
 pub fn write_role(dir: &Path, role: Role) -> std::io::Result<()> {
     fs::create_dir_all(dir)?;
@@ -35,13 +34,4 @@ pub fn read_role(dir: &Path) -> std::io::Result<Option<Role>> {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
         Err(e) => Err(e),
     }
-}
-
-pub fn write_pid(dir: &Path) -> std::io::Result<()> {
-    fs::create_dir_all(dir)?;
-    fs::write(dir.join(PID), format!("{}\n", std::process::id()))
-}
-
-pub fn read_pid(dir: &Path) -> Option<u32> {
-    fs::read_to_string(dir.join(PID)).ok()?.trim().parse().ok()
 }

@@ -14,8 +14,20 @@ pub use layout::Ifname;
 pub use policy::{BasePolicy, PolicyError, DEFAULT_POLICY};
 pub use transaction::Transaction;
 
-/// Which data plane balances the virtual services.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+/// Which data plane balances the virtual services: the one spelling of the choice, for the
+/// configuration file (`backend = "ipvs"`), the flags (`--backend ipvs`) and the renderer.
+#[derive(
+    Clone,
+    Copy,
+    Debug,
+    Default,
+    PartialEq,
+    Eq,
+    serde::Serialize,
+    serde::Deserialize,
+    clap::ValueEnum,
+)]
+#[serde(rename_all = "lowercase")]
 pub enum Backend {
     /// IPVS does the balancing; the table marks fwmark frontends and filters.
     Ipvs,

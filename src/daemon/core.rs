@@ -1,0 +1,88 @@
+//! The daemon's state: what it applies with (the [`Syncer`]), where it keeps its files, what
+//! it last fetched, and its counters. The jobs that act on it live beside this file, one each:
+//! [`super::step`] (one poll and what follows), [`super::pacing`] (when the next poll goes),
+//! [`super::record`] (metrics, journal, status), [`super::reload`] (SIGHUP) and
+//! [`super::event_loop`] (signals, control socket, timers).
+
+use super::cache::StateDir;
+use super::config::Config;
+use super::fetch::{FetchError, Fetcher};
+use super::journal::Journal;
+use super::metrics::Metrics;
+use super::pacing::Pacing;
+use crate::apply::{Conntrack, Firewall, Syncer};
+use crate::render::nft::RenderOptions;
+use serde::{Deserialize, Serialize};
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
+
+/// What the daemon has done since it started, for `status` and the journal.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct Counters {
+    pub polls: u64,
+    pub not_modified: u64,
+    pub applied: u64,
+    pub rejected: u64,
+    pub refused: u64,
+    pub failed: u64,
+    pub consecutive_failures: u32,
+    pub last_error: Option<String>,
+    pub last_apply_unix: Option<u64>,
+}
+
+/// The daemon could not be set up from its configuration.
+#[derive(Debug, thiserror::Error)]
+pub enum DaemonError {
+    #[error("export source: {0}")]
+    Fetcher(#[from] FetchError),
+}
+
+pub struct Daemon<F, C> {
+    pub config: Config,
+    pub(super) fetcher: Fetcher,
+    pub(super) state_dir: StateDir,
+    pub(super) journal: Journal,
+    pub syncer: Syncer<F, C>,
+    /// The ETag of the export last fetched (applied, cached, or rejected).
+    pub(super) etag: Option<String>,
+    pub(super) last_poll: Option<u64>,
+    /// Whether the export behind `etag` is the one in force (false after it was rejected or
+    /// refused: a 304 for it must not count as "rules are current").
+    pub(super) etag_in_force: bool,
+    pub(super) pacing: Pacing,
+    pub(super) status_written: Option<Instant>,
+    pub counters: Counters,
+    pub metrics: Metrics,
+}
+
+pub(super) fn unix_now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+impl<F: Firewall, C: Conntrack> Daemon<F, C> {
+    pub fn new(
+        config: Config,
+        firewall: F,
+        conntrack: C,
+        opts: RenderOptions,
+    ) -> Result<Self, DaemonError> {
+        let fetcher = Fetcher::from_config(&config)?;
+        let mut syncer = Syncer::new(firewall, conntrack, opts);
+        syncer.set_guard(Some(config.guards));
+        Ok(Daemon {
+            state_dir: StateDir::new(&config.state_dir),
+            journal: Journal::new(&config.state_dir),
+            config,
+            fetcher,
+            syncer,
+            etag: None,
+            last_poll: None,
+            etag_in_force: false,
+            pacing: Pacing::default(),
+            status_written: None,
+            counters: Counters::default(),
+            metrics: Metrics::default(),
+        })
+    }
+}
