@@ -4,10 +4,15 @@
 //! - [`model`] groups rows into the desired virtual services;
 //! - [`diff`] computes what changes between two states;
 //! - [`render`] turns a state or a diff into nftables transactions and ipvsadm text;
-//! - `cli` is the netops command line on top.
+//! - [`apply`] is the only part that talks to the kernel (nft, IPVS and conntrack netlink),
+//!   each behind a narrow trait with an in-memory twin;
+//! - [`daemon`] is `portcullis run`: poll, validate, guard, sync, record;
+//! - [`cli`] is the netops command line on top, and the one place that prints errors.
 //!
-//! Model, diff and render do no I/O; only the CLI (and later `apply`) touches files or the
-//! kernel.
+//! Model, diff and render do no I/O. The one `unsafe` call (glibc's `malloc_trim`, in the
+//! daemon's step) is allowed where it stands; everything else is denied it.
+
+#![deny(unsafe_code)]
 
 pub mod apply;
 pub mod cli;

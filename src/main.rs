@@ -2,6 +2,8 @@
 //! `PORTCULLIS_LOG=debug`), as text or, with `--log-format json`, JSON lines; everything else
 //! is in the library.
 
+#![forbid(unsafe_code)]
+
 use clap::Parser;
 use std::process::ExitCode;
 

@@ -263,6 +263,21 @@ fn sighup_reloads_the_config_file_and_survives_a_bad_edit() {
         (cached(&export(3)) && state.join("portcullis.pid").exists()).then_some(())
     });
 
+    // A second daemon on the same state directory refuses to start (it would apply every
+    // change a second time and overwrite the first one's files).
+    let second = Command::new(env!("CARGO_BIN_EXE_portcullis"))
+        .arg("run")
+        .arg("--config")
+        .arg(&conf)
+        .output()
+        .expect("second portcullis run");
+    let second_err = String::from_utf8_lossy(&second.stderr);
+    assert_eq!(second.status.code(), Some(1), "{second_err}");
+    assert!(
+        second_err.contains(&format!("already runs on {} (pid {pid})", state.display())),
+        "{second_err}"
+    );
+
     write_conf(&b);
     hup();
     let reloaded =
@@ -296,6 +311,10 @@ fn sighup_reloads_the_config_file_and_survives_a_bad_edit() {
         "the running configuration stays"
     );
     assert!(status.success() || status.code().is_none(), "{status:?}");
+    assert!(
+        !state.join("portcullis.pid").exists() && !state.join("control.sock").exists(),
+        "a daemon that stopped leaves no pid file or socket behind"
+    );
 }
 
 /// A private CA and a client certificate: ADMIN behind mutual TLS, served by

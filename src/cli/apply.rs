@@ -1,7 +1,10 @@
 //! `portcullis apply --once` (with the guard, `--force` and commit-confirm), `confirm` and
 //! `flush` (our nft table and owned IPVS services): the one-shot, kernel-facing commands.
 
-use super::{confirm, load_state, FAILED, INVALID, OK};
+use super::confirm;
+use super::error::{report, CliError, CHANGES, FAILED, INVALID, OK};
+use super::input::load_state;
+use super::pipeline::print_json;
 use crate::apply::{drift, ConntrackCli, Firewall, Guard, NftCli, SyncOutcome, Syncer};
 use crate::daemon::cache::StateDir;
 use crate::daemon::journal::{Entry, Journal};
@@ -37,16 +40,15 @@ pub fn apply_once(args: ApplyOnce) -> u8 {
     }
     let bytes = match super::input::read_source(args.source) {
         Ok(b) => b,
-        Err(msg) => {
-            eprintln!("portcullis: {msg}");
-            return INVALID;
-        }
+        Err(e) => return report(&e),
     };
     let state = match portcullis_export::parse(&bytes) {
         Ok(export) => DesiredState::from_export(&export),
         Err(errors) => {
-            super::input::report(args.source, &errors);
-            return INVALID;
+            return report(&CliError::Rejected {
+                name: super::input::display_name(args.source),
+                errors,
+            });
         }
     };
     let mut syncer = Syncer::new(
@@ -378,7 +380,7 @@ fn flush_ipvs(state_dir: &Path) -> u8 {
 pub fn diff_live(export: &Path, opts: &RenderOptions, json: bool) -> u8 {
     let state = match load_state(export) {
         Ok(s) => s,
-        Err(code) => return code,
+        Err(e) => return report(&e),
     };
     let mut syncer = Syncer::new(NftCli::default(), ConntrackCli::default(), opts.clone());
     let (expected, live) = match (syncer.expected_table(&state), syncer.firewall.read_table()) {
@@ -394,7 +396,9 @@ pub fn diff_live(export: &Path, opts: &RenderOptions, json: bool) -> u8 {
     };
     let differences = drift(&expected, &live);
     if json {
-        super::print_json(&serde_json::json!({ "differences": differences }));
+        if let Err(e) = print_json(&serde_json::json!({ "differences": differences })) {
+            return report(&e);
+        }
     } else {
         for d in &differences {
             println!("~ {d}");
@@ -403,6 +407,6 @@ pub fn diff_live(export: &Path, opts: &RenderOptions, json: bool) -> u8 {
     if differences.is_empty() {
         OK
     } else {
-        super::CHANGES
+        CHANGES
     }
 }

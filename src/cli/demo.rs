@@ -5,7 +5,7 @@
 //! is drained through ADMIN, put back, then taken out for maintenance, so a user sees changes
 //! flow from the catalog to the rules.
 
-use super::{FAILED, OK};
+use super::error::{FAILED, OK};
 use crate::apply::{Firewall, NftCli, NoConntrack, SyncOutcome, TwinFirewall};
 use crate::daemon::config::{Config, Role};
 use crate::daemon::{Daemon, Step};
@@ -108,7 +108,8 @@ async fn run(dir: &Path, args: &DemoArgs) -> Result<(), String> {
         role: Role::Active,
         ..Config::default()
     };
-    let opts = super::render_options(None, &[], &[], crate::render::nft::Backend::Nft)?;
+    let opts = super::pipeline::render_options(None, &[], &[], crate::render::nft::Backend::Nft)
+        .map_err(|e| e.to_string())?;
     let script = scripted_changes(admin, args.pace);
     let outcome = if args.netns {
         let ns = Namespace::create()?;

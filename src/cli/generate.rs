@@ -2,7 +2,8 @@
 //! fish completions, generated from the same clap definitions the binary parses with, so the
 //! packaged documentation can never disagree with the flags. Run by `scripts/package`.
 
-use super::{Cli, FAILED, OK};
+use super::error::{FAILED, OK};
+use super::Cli;
 use clap::CommandFactory;
 use clap_complete::Shell;
 use std::path::Path;

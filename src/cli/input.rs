@@ -1,95 +1,91 @@
-//! Reading an export (file, standard input or URL) for the CLI and reporting its errors the way editors and humans like:
+//! Reading an export (file, standard input or URL) for the CLI. URLs go through the daemon's own
+//! [`Fetcher`], with the TLS (CA, client certificate), bearer token, timeout and size cap of the
+//! configuration file when there is one, so `portcullis check https://…` reaches an ADMIN the
+//! daemon reaches. Errors are typed; [`super::error::report`] prints them located:
 //! `FILE: line L, column C (name): expected …, found …`.
 
-use portcullis_export::{Export, ExportErrors};
+use super::error::{CliError, SourceError};
+use super::run::{effective_config, RunArgs};
+use crate::daemon::fetch::{Fetched, Fetcher};
+use crate::model::DesiredState;
+use portcullis_export::Export;
 use std::io::Read;
 use std::path::Path;
 
-pub enum Loaded {
-    Valid(Export),
-    Invalid(ExportErrors),
-    Unreadable(String),
+/// How the CLI names an input in messages.
+pub fn display_name(path: &Path) -> String {
+    if path == Path::new("-") {
+        "<stdin>".into()
+    } else {
+        path.display().to_string()
+    }
 }
 
-/// Largest export accepted from a URL: far above any real one (100k rows is 7 MB), small
-/// enough that a broken server cannot exhaust the gateway's memory.
-const MAX_EXPORT_BYTES: u64 = 64 << 20;
-
 /// Reads an export from a file, `-` (standard input), or an `http(s)://` / `file://` URL.
-pub(crate) fn read_source(path: &Path) -> Result<Vec<u8>, String> {
+pub(crate) fn read_source(path: &Path) -> Result<Vec<u8>, CliError> {
     let text = path.to_string_lossy();
     if path == Path::new("-") {
         let mut buf = Vec::new();
         std::io::stdin()
             .lock()
             .read_to_end(&mut buf)
-            .map_err(|e| format!("cannot read standard input: {e}"))?;
+            .map_err(|source| SourceError::Read {
+                what: "standard input".into(),
+                source,
+            })?;
         return Ok(buf);
     }
     if text.starts_with("http://") || text.starts_with("https://") {
         return fetch(&text);
     }
     let file = text.strip_prefix("file://").map_or(path, Path::new);
-    std::fs::read(file).map_err(|e| format!("cannot read {}: {e}", file.display()))
+    Ok(std::fs::read(file).map_err(|source| SourceError::Read {
+        what: file.display().to_string(),
+        source,
+    })?)
 }
 
-fn fetch(url: &str) -> Result<Vec<u8>, String> {
-    let client = reqwest::blocking::Client::builder()
-        .timeout(std::time::Duration::from_secs(10))
-        .build()
-        .map_err(|e| format!("cannot set up HTTP: {e}"))?;
-    let response = client
-        .get(url)
-        .send()
-        .map_err(|e| format!("cannot fetch {url}: {e}"))?;
-    let status = response.status();
-    if !status.is_success() {
-        return Err(format!("cannot fetch {url}: HTTP {status}"));
-    }
-    let mut body = Vec::new();
-    response
-        .take(MAX_EXPORT_BYTES + 1)
-        .read_to_end(&mut body)
-        .map_err(|e| format!("cannot read {url}: {e}"))?;
-    if body.len() as u64 > MAX_EXPORT_BYTES {
-        return Err(format!(
-            "{url}: export larger than {MAX_EXPORT_BYTES} bytes, refused"
-        ));
-    }
-    Ok(body)
-}
-
-pub fn load_export(path: &Path) -> Loaded {
-    let bytes = match read_source(path) {
-        Ok(b) => b,
-        Err(msg) => return Loaded::Unreadable(msg),
+fn fetch(url: &str) -> Result<Vec<u8>, CliError> {
+    let failed = |reason: String| SourceError::Fetch {
+        url: url.to_owned(),
+        reason,
     };
+    let config = effective_config(&RunArgs {
+        source: Some(url.to_owned()),
+        ..RunArgs::default()
+    })?;
+    let fetcher = Fetcher::from_config(&config).map_err(|e| failed(e.to_string()))?;
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| failed(format!("cannot start the runtime: {e}")))?;
+    match runtime.block_on(fetcher.fetch(None)) {
+        Ok(Fetched::New { body, .. }) => Ok(body),
+        // Asked without an ETag, a 304 is the server's error.
+        Ok(Fetched::NotModified { .. }) => Err(failed("HTTP 304 to an unconditional GET".into()))?,
+        Err(e) => Err(failed(e.to_string()))?,
+    }
+}
+
+/// Reads and validates an export; warnings are logged.
+pub fn load_export(path: &Path) -> Result<Export, CliError> {
+    let bytes = read_source(path)?;
     match portcullis_export::parse(&bytes) {
         Ok(export) => {
             for w in &export.warnings {
                 tracing::warn!("{}: {w}", path.display());
             }
             tracing::debug!(rows = export.records.len(), file = %path.display(), "export parsed");
-            Loaded::Valid(export)
+            Ok(export)
         }
-        Err(errors) => Loaded::Invalid(errors),
+        Err(errors) => Err(CliError::Rejected {
+            name: display_name(path),
+            errors,
+        }),
     }
 }
 
-pub fn report(path: &Path, errors: &ExportErrors) {
-    let name = if path == Path::new("-") {
-        "<stdin>".into()
-    } else {
-        path.display().to_string()
-    };
-    for e in &errors.errors {
-        eprintln!("{name}: {e}");
-    }
-    if errors.truncated {
-        eprintln!(
-            "{name}: more errors not shown (first {} listed)",
-            errors.errors.len()
-        );
-    }
-    eprintln!("{name}: rejected: {} error(s)", errors.errors.len());
+/// The desired state an export describes.
+pub fn load_state(path: &Path) -> Result<DesiredState, CliError> {
+    load_export(path).map(|e| DesiredState::from_export(&e))
 }

@@ -1,7 +1,9 @@
 //! `portcullis status` and `portcullis log`: what the daemon did, read from its state directory
 //! (so they work whether or not the daemon is running).
 
-use super::{print_json, FAILED, OK};
+use super::error::{CliError, Exit, OK};
+use super::pipeline::print_json;
+use crate::daemon::config::Role;
 use crate::daemon::journal::{Journal, Status};
 use std::path::Path;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -19,17 +21,11 @@ fn ago(unix: Option<u64>) -> String {
     )
 }
 
-pub fn status(state_dir: &Path, json: bool) -> u8 {
-    let s: Status = match Journal::read_status(state_dir) {
-        Ok(s) => s,
-        Err(e) => {
-            eprintln!(
-                "portcullis: no status in {} ({e}); is the daemon running with this --state-dir?",
-                state_dir.display()
-            );
-            return FAILED;
-        }
-    };
+pub fn status(state_dir: &Path, json: bool) -> Result<Exit, CliError> {
+    let s: Status = Journal::read_status(state_dir).map_err(CliError::io(format!(
+        "no status in {} (is the daemon running with this --state-dir?)",
+        state_dir.display()
+    )))?;
     if json {
         return print_json(&s);
     }
@@ -53,20 +49,16 @@ pub fn status(state_dir: &Path, json: bool) -> u8 {
             c.consecutive_failures
         );
     }
-    OK
+    Ok(OK)
 }
 
-pub fn log(state_dir: &Path, n: usize, json: bool) -> u8 {
-    let entries = match Journal::new(state_dir).tail(n) {
-        Ok(e) => e,
-        Err(e) => {
-            eprintln!(
-                "portcullis: cannot read the journal in {}: {e}",
-                state_dir.display()
-            );
-            return FAILED;
-        }
-    };
+pub fn log(state_dir: &Path, n: usize, json: bool) -> Result<Exit, CliError> {
+    let entries = Journal::new(state_dir)
+        .tail(n)
+        .map_err(CliError::io(format!(
+            "cannot read the journal in {}",
+            state_dir.display()
+        )))?;
     if json {
         return print_json(&entries);
     }
@@ -81,31 +73,22 @@ pub fn log(state_dir: &Path, n: usize, json: bool) -> u8 {
             e.duration_ms
         );
     }
-    OK
+    Ok(OK)
 }
 
-/// `portcullis promote` / `demote`: records the wanted role and wakes the daemon.
-pub fn set_role(state_dir: &Path, role: crate::daemon::config::Role) -> u8 {
-    use crate::daemon::role;
-    if let Err(e) = role::write_role(state_dir, role) {
-        eprintln!(
-            "portcullis: cannot record the role in {}: {e}",
-            state_dir.display()
-        );
-        return FAILED;
-    }
-    let woke = match crate::daemon::control::wake(state_dir) {
-        Ok(woke) => woke,
-        Err(e) => {
-            eprintln!("portcullis: the role is recorded, but the daemon was not woken: {e}");
-            return FAILED;
-        }
-    };
+/// `portcullis promote` / `demote`: records the wanted role and wakes the daemon through its
+/// control socket.
+pub fn set_role(state_dir: &Path, role: Role) -> Result<Exit, CliError> {
+    crate::daemon::role::write_role(state_dir, role).map_err(CliError::io(format!(
+        "cannot record the role in {}",
+        state_dir.display()
+    )))?;
+    let woke = crate::daemon::control::wake(state_dir)?;
     let role = format!("{role:?}").to_lowercase();
     if woke {
         println!("{role}: the daemon was woken and switches now");
     } else {
         println!("{role}: recorded; no running daemon was found, it applies at the next start");
     }
-    OK
+    Ok(OK)
 }

@@ -1,9 +1,10 @@
 //! `portcullis run`: configuration from the file, then flag by flag from the command line, then
 //! the polling daemon (or, with `--check-config`, the effective configuration printed).
 
-use super::{FAILED, INVALID, OK};
+use super::error::{CliError, Exit, OK};
+use super::pipeline::render_options;
 use crate::apply::{ConntrackCli, NftCli};
-use crate::daemon::config::{Config, Role, DEFAULT_PATH};
+use crate::daemon::config::{Config, ConfigError, Role, DEFAULT_PATH};
 use crate::daemon::Daemon;
 use crate::render::nft::Backend;
 use clap::Args;
@@ -73,7 +74,7 @@ pub struct RunArgs {
 }
 
 /// The file (if any), then every flag given on top of it, then validation.
-pub fn effective_config(args: &RunArgs) -> Result<Config, String> {
+pub fn effective_config(args: &RunArgs) -> Result<Config, ConfigError> {
     let (path, must_exist) = match &args.config {
         Some(p) => (p.clone(), true),
         None => (PathBuf::from(DEFAULT_PATH), false),
@@ -81,7 +82,7 @@ pub fn effective_config(args: &RunArgs) -> Result<Config, String> {
     let mut c = match std::fs::read_to_string(&path) {
         Ok(text) => Config::parse(&text, &path.display().to_string())?,
         Err(e) if !must_exist && e.kind() == std::io::ErrorKind::NotFound => Config::default(),
-        Err(e) => return Err(format!("cannot read {}: {e}", path.display())),
+        Err(source) => return Err(ConfigError::Read { path, source }),
     };
     macro_rules! set {
         ($($field:ident).+ <- $value:expr) => {
@@ -125,95 +126,64 @@ pub fn effective_config(args: &RunArgs) -> Result<Config, String> {
     if !args.internal.is_empty() {
         c.interfaces.internal = args.internal.clone();
     }
-    c.validate()
-        .map_err(|e| format!("effective configuration: {e}"))?;
+    c.validate().map_err(|setting| ConfigError::Invalid {
+        origin: "effective configuration".into(),
+        setting,
+    })?;
     Ok(c)
 }
 
-pub fn run(args: &RunArgs) -> u8 {
-    let config = match effective_config(args) {
-        Ok(c) => c,
-        Err(e) => {
-            eprintln!("portcullis: {e}");
-            return INVALID;
-        }
-    };
-    if args.check_config {
-        print!("{}", config.to_toml());
-        return OK;
-    }
-    let opts = match super::render_options(
+/// The render options the configuration asks for.
+fn options_of(config: &Config) -> Result<crate::render::nft::RenderOptions, CliError> {
+    Ok(render_options(
         config.policy_file.as_deref(),
         &config.interfaces.external,
         &config.interfaces.internal,
         config.backend,
-    ) {
-        Ok(o) => o,
-        Err(e) => {
-            eprintln!("portcullis: {e}");
-            return INVALID;
-        }
-    };
+    )?)
+}
+
+pub fn run(args: &RunArgs) -> Result<Exit, CliError> {
+    let config = effective_config(args)?;
+    if args.check_config {
+        print!("{}", config.to_toml());
+        return Ok(OK);
+    }
+    let opts = options_of(&config)?;
     // The IPVS backend: IPVS services are kept in step around every nft transaction.
     let ipvs = match config.backend {
-        Backend::Ipvs => {
-            match crate::apply::ipvs::IpvsSync::open(&config.state_dir, config.drain_grace) {
-                Ok(i) => Some(i),
-                Err(e) => {
-                    eprintln!("portcullis: {e}");
-                    return FAILED;
-                }
-            }
-        }
+        Backend::Ipvs => Some(crate::apply::ipvs::IpvsSync::open(
+            &config.state_dir,
+            config.drain_grace,
+        )?),
         Backend::Nft => None,
     };
-    let mut daemon = match Daemon::new(config, NftCli::default(), ConntrackCli::default(), opts) {
-        Ok(d) => d,
-        Err(e) => {
-            eprintln!("portcullis: {e}");
-            return INVALID;
-        }
-    };
+    let mut daemon = Daemon::new(config, NftCli::default(), ConntrackCli::default(), opts)?;
     if let Some(ipvs) = ipvs {
         daemon.syncer.set_ipvs(ipvs);
     }
-    // Two workers: while one is inside a blocking apply (nft, netlink), the other keeps
-    // answering /healthz, /metrics and the control socket.
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
+    // Two workers: the listeners (/metrics, /healthz, the control socket) run on them while
+    // the daemon's own future, on this thread, waits for nft or netlink.
+    let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
         .build()
-    {
-        Ok(r) => r,
-        Err(e) => {
-            eprintln!("portcullis: cannot start the runtime: {e}");
-            return FAILED;
-        }
-    };
+        .map_err(CliError::io("cannot start the runtime"))?;
     // SIGHUP re-reads the same file with the same flags on top, as at start.
     let reload = || {
-        let config = effective_config(args)?;
-        let opts = super::render_options(
-            config.policy_file.as_deref(),
-            &config.interfaces.external,
-            &config.interfaces.internal,
-            config.backend,
-        )?;
-        Ok::<_, String>((config, opts))
+        let config = effective_config(args).map_err(CliError::from)?;
+        let opts = options_of(&config)?;
+        Ok::<_, CliError>((config, opts))
     };
-    let ran = runtime.block_on(async {
+    runtime.block_on(async {
         let shutdown = shutdown_signal();
         daemon.run(shutdown, reload).await
-    });
-    if let Err(e) = ran {
-        eprintln!("portcullis: {e}");
-        return FAILED;
-    }
+    })?;
     if daemon.config.flush_on_exit {
         tracing::warn!("flush_on_exit: removing the rules");
-        return super::apply::flush(&daemon.config.state_dir);
+        return Ok(super::apply::flush(&daemon.config.state_dir));
     }
-    OK
+    Ok(OK)
 }
 
 /// SIGTERM or SIGINT: stop polling; the rules stay in place unless `flush_on_exit`. The

@@ -11,6 +11,39 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 pub const DEFAULT_PATH: &str = "/etc/portcullis/portcullis.toml";
+/// Where the daemon keeps its state (last-known-good export, journal, status, role, lock,
+/// control socket, IPVS ownership); every command's `--state-dir` defaults to it.
+pub const DEFAULT_STATE_DIR: &str = "/var/lib/portcullis";
+
+/// A configuration that cannot be used; says where and what was expected.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read {path}: {source}")]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{origin}: {source}")]
+    Syntax {
+        origin: String,
+        #[source]
+        source: Box<toml::de::Error>,
+    },
+    #[error("{origin}: {setting}")]
+    Invalid {
+        origin: String,
+        setting: InvalidSetting,
+    },
+}
+
+/// A value its type allows but the daemon cannot run with.
+#[derive(Debug, PartialEq, Eq, thiserror::Error)]
+#[error("{key}: expected {expected}")]
+pub struct InvalidSetting {
+    pub key: &'static str,
+    pub expected: String,
+}
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "lowercase")]
@@ -90,7 +123,7 @@ impl Default for Config {
             backend: Backend::Nft,
             drain_grace: Duration::from_secs(300),
             flush_on_exit: false,
-            state_dir: PathBuf::from("/var/lib/portcullis"),
+            state_dir: PathBuf::from(DEFAULT_STATE_DIR),
             role: Role::Active,
             metrics: None,
             bearer_token_file: None,
@@ -123,38 +156,50 @@ mod duration {
 impl Config {
     /// Parses a config file's text; `origin` names it in errors. The error text carries the
     /// line and column toml reports, and the offending line.
-    pub fn parse(text: &str, origin: &str) -> Result<Config, String> {
-        let config: Config = toml::from_str(text).map_err(|e| format!("{origin}: {e}"))?;
-        config.validate().map_err(|e| format!("{origin}: {e}"))?;
+    pub fn parse(text: &str, origin: &str) -> Result<Config, ConfigError> {
+        let config: Config = toml::from_str(text).map_err(|source| ConfigError::Syntax {
+            origin: origin.to_owned(),
+            source: Box::new(source),
+        })?;
+        config.validate().map_err(|setting| ConfigError::Invalid {
+            origin: origin.to_owned(),
+            setting,
+        })?;
         Ok(config)
     }
 
     /// Checks what types alone cannot.
-    pub fn validate(&self) -> Result<(), String> {
+    pub fn validate(&self) -> Result<(), InvalidSetting> {
+        let bad = |key: &'static str, expected: String| Err(InvalidSetting { key, expected });
         if let Some(s) = &self.source {
             if !(s.starts_with("http://") || s.starts_with("https://") || s.starts_with("file://"))
             {
-                return Err(format!(
-                    "source: expected an http(s):// or file:// URL, found {s:?}"
-                ));
+                return bad(
+                    "source",
+                    format!("an http(s):// or file:// URL, found {s:?}"),
+                );
             }
         }
         if self.interval < Duration::from_millis(100) {
-            return Err("interval: expected at least 100ms".into());
+            return bad("interval", "at least 100ms".into());
         }
         if self.long_poll > Duration::from_secs(300) {
-            return Err("long_poll: expected at most 5m (proxies drop idle requests)".into());
+            return bad(
+                "long_poll",
+                "at most 5m (proxies drop idle requests)".into(),
+            );
         }
         if self.audit_interval < Duration::from_secs(10) {
-            return Err(
-                "audit_interval: expected at least 10s (each audit lists the whole table)".into(),
+            return bad(
+                "audit_interval",
+                "at least 10s (each audit lists the whole table)".into(),
             );
         }
         if self.request_timeout.is_zero() {
-            return Err("request_timeout: expected more than 0s".into());
+            return bad("request_timeout", "more than 0s".into());
         }
         if !(self.guards.max_removed_share > 0.0 && self.guards.max_removed_share <= 1.0) {
-            return Err("guards.max_removed_share: expected a share in (0, 1]".into());
+            return bad("guards.max_removed_share", "a share in (0, 1]".into());
         }
         for name in self
             .interfaces
@@ -162,10 +207,12 @@ impl Config {
             .iter()
             .chain(&self.interfaces.internal)
         {
-            Ifname::parse(name).map_err(|e| format!("interfaces: {e}"))?;
+            if let Err(e) = Ifname::parse(name) {
+                return bad("interfaces", e.expected());
+            }
         }
         if self.tls.client_cert.is_some() != self.tls.client_key.is_some() {
-            return Err("tls: client_cert and client_key go together".into());
+            return bad("tls", "client_cert and client_key together".into());
         }
         Ok(())
     }
@@ -203,11 +250,13 @@ mod tests {
     fn unknown_keys_are_located_errors() {
         let e =
             Config::parse("interval = \"1s\"\nintervall = \"2s\"\n", "p.toml").expect_err("typo");
+        let e = e.to_string();
         assert!(e.contains("p.toml"), "{e}");
         assert!(e.contains("line 2"), "{e}");
         assert!(e.contains("intervall"), "{e}");
         let e =
             Config::parse("[guards]\nmax_removed = 0.3\n", "p.toml").expect_err("typo in a table");
+        let e = e.to_string();
         assert!(e.contains("line 2") && e.contains("max_removed"), "{e}");
     }
 

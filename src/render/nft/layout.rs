@@ -183,13 +183,29 @@ pub fn fwmark_element(proto: Proto, f: &Frontend, mark: u32) -> Element {
     }
 }
 
+/// A string the kernel would not take as an interface name (or that could break out of a
+/// quoted nft string).
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("expected {}", self.expected())]
+pub struct IfnameError(pub String);
+
+impl IfnameError {
+    /// What was expected, and what was found instead.
+    pub fn expected(&self) -> String {
+        format!(
+            "an interface name of 1-15 characters A-Z a-z 0-9 . _ - @, found {:?}",
+            self.0
+        )
+    }
+}
+
 /// A validated interface name: what the kernel accepts (IFNAMSIZ) and nothing that could
 /// break out of a quoted nft string.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
 pub struct Ifname(String);
 
 impl Ifname {
-    pub fn parse(s: &str) -> Result<Ifname, String> {
+    pub fn parse(s: &str) -> Result<Ifname, IfnameError> {
         let ok = !s.is_empty()
             && s.len() <= 15
             && s.bytes()
@@ -197,9 +213,7 @@ impl Ifname {
         if ok {
             Ok(Ifname(s.to_owned()))
         } else {
-            Err(format!(
-                "expected an interface name of 1-15 characters A-Z a-z 0-9 . _ - @, found {s:?}"
-            ))
+            Err(IfnameError(s.to_owned()))
         }
     }
     pub fn as_str(&self) -> &str {

@@ -10,7 +10,7 @@ pub mod transaction;
 
 pub use full::full_ruleset;
 pub use incremental::incremental;
-pub use layout::Ifname;
+pub use layout::{Ifname, IfnameError};
 pub use policy::{BasePolicy, PolicyError, DEFAULT_POLICY};
 pub use transaction::Transaction;
 
