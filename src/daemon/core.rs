@@ -49,9 +49,22 @@ pub struct Daemon<F, C> {
     /// refused: a 304 for it must not count as "rules are current").
     pub(super) etag_in_force: bool,
     pub(super) pacing: Pacing,
+    /// The last-known-good export's state, as the guard's baseline while nothing is applied
+    /// (a restart, a standby); loaded from the cache on first use, dropped once the syncer
+    /// holds an applied state (which is then the baseline).
+    pub(super) baseline: Baseline,
     pub(super) status_written: Option<Instant>,
     pub counters: Counters,
     pub metrics: Metrics,
+}
+
+/// The guard's baseline when the syncer has none.
+#[derive(Debug)]
+pub(super) enum Baseline {
+    NotLoaded,
+    /// No usable last-known-good export: nothing to guard against.
+    Nothing,
+    Loaded(Box<crate::model::DesiredState>),
 }
 
 pub(super) fn unix_now() -> u64 {
@@ -80,6 +93,7 @@ impl<F: Firewall, C: Conntrack> Daemon<F, C> {
             last_poll: None,
             etag_in_force: false,
             pacing: Pacing::default(),
+            baseline: Baseline::NotLoaded,
             status_written: None,
             counters: Counters::default(),
             metrics: Metrics::default(),

@@ -8,7 +8,7 @@
 
 use super::cache::CacheError;
 use super::config::Role;
-use super::core::{unix_now, Daemon};
+use super::core::{unix_now, Baseline, Daemon};
 use super::fetch::{FetchError, Fetched};
 use crate::apply::{Conntrack, Firewall, GuardRefusal, SyncError, SyncOutcome};
 use crate::model::DesiredState;
@@ -100,6 +100,27 @@ impl<F: Firewall, C: Conntrack> Daemon<F, C> {
     /// so a gateway rebooted while ADMIN is down still forwards traffic.
     pub async fn start(&mut self) -> Step {
         let step = match self.poll_step().await {
+            // ADMIN serves an export the guard refuses and nothing is applied (a reboot, a
+            // flush): forward with the last-known-good meanwhile, and keep refusing.
+            refused @ Step::Refused(_) if self.config.role == Role::Active => {
+                match self.state_dir.load() {
+                    Ok(Some(cached)) => {
+                        let refused_etag = self.etag.take();
+                        let step = self.handle(cached.export, cached.etag, false);
+                        tracing::warn!(
+                            ?step,
+                            "export refused at start-up; the last-known-good export is applied"
+                        );
+                        // Polls go on asking for news against the refused export, so the same
+                        // refusal is not fetched and journaled again every interval.
+                        self.etag = refused_etag;
+                        self.etag_in_force = false;
+                    }
+                    Ok(None) => {}
+                    Err(e) => tracing::error!(error = %e, "last-known-good export refused"),
+                }
+                refused
+            }
             Step::Failed(why) => {
                 tracing::warn!(%why, "ADMIN unreachable at start-up; trying the last-known-good export");
                 match self.state_dir.load() {
@@ -251,8 +272,12 @@ impl<F: Firewall, C: Conntrack> Daemon<F, C> {
             }
         };
         let state = DesiredState::from_export(&export);
+        if let Err(refusal) = self.check_against_last_good(&state) {
+            return self.refused(refusal, etag);
+        }
         if self.config.role == Role::Standby {
             self.store(&body, etag.as_deref(), save);
+            self.baseline = Baseline::Loaded(Box::new(state));
             self.etag = etag;
             self.etag_in_force = true;
             return Step::Cached;
@@ -272,15 +297,44 @@ impl<F: Firewall, C: Conntrack> Daemon<F, C> {
                 }
                 Step::Applied(outcome)
             }
-            Err(SyncError::Guard(refusal)) => {
-                self.counters.refused += 1;
-                self.counters.last_error = Some(refusal.to_string());
-                tracing::error!(%refusal, "export refused by the guard");
-                self.etag = etag;
-                self.etag_in_force = false;
-                Step::Refused(refusal)
-            }
+            Err(SyncError::Guard(refusal)) => self.refused(refusal, etag),
             Err(e) => self.failed(e.into()),
+        }
+    }
+
+    fn refused(&mut self, refusal: GuardRefusal, etag: Option<String>) -> Step {
+        self.counters.refused += 1;
+        self.counters.last_error = Some(refusal.to_string());
+        tracing::error!(%refusal, "export refused by the guard");
+        self.etag = etag;
+        self.etag_in_force = false;
+        Step::Refused(refusal)
+    }
+
+    /// The guard, while the syncer has nothing applied to hold an export against (after a
+    /// restart, a reboot or a flush; always on a standby): the last-known-good export is the
+    /// baseline, as for `apply --once`. Otherwise the syncer guards against what it applied.
+    fn check_against_last_good(&mut self, state: &DesiredState) -> Result<(), GuardRefusal> {
+        if self.syncer.applied().is_some() {
+            self.baseline = Baseline::NotLoaded;
+            return Ok(());
+        }
+        if let Baseline::NotLoaded = self.baseline {
+            self.baseline = match self.state_dir.load() {
+                Ok(Some(cached)) => match portcullis_export::parse(&cached.export) {
+                    Ok(export) => Baseline::Loaded(Box::new(DesiredState::from_export(&export))),
+                    Err(_) => Baseline::Nothing,
+                },
+                Ok(None) => Baseline::Nothing,
+                Err(e) => {
+                    tracing::error!(error = %e, "last-known-good export unusable; the guard has no baseline");
+                    Baseline::Nothing
+                }
+            };
+        }
+        match &self.baseline {
+            Baseline::Loaded(base) => self.config.guards.check(base, state),
+            Baseline::NotLoaded | Baseline::Nothing => Ok(()),
         }
     }
 

@@ -307,3 +307,58 @@ async fn health_answers_during_a_long_apply() {
     );
     assert_eq!(d.status().services, 3);
 }
+
+/// Issue 16, item 2: a restart must not apply (nor cache) what the running daemon refused.
+#[tokio::test]
+async fn the_guard_holds_across_a_restart_and_keeps_the_last_good_export() {
+    let b = Bench::new("guard-restart");
+    b.publish(&export(10));
+    let mut first = b.daemon(Role::Active, TwinFirewall::default());
+    first.start().await;
+    let good = table(&first);
+    b.publish(&export(2));
+    assert!(matches!(first.poll_once().await, Step::Refused(_)));
+    drop(first);
+
+    // Restarted with nothing applied (a reboot): the same export is refused again, the
+    // last-known-good export is applied instead and stays the last-known-good.
+    let mut restarted = b.daemon(Role::Active, TwinFirewall::default());
+    assert!(matches!(restarted.start().await, Step::Refused(_)));
+    assert_eq!(table(&restarted), good, "forwarding as before the restart");
+    assert_eq!(
+        restarted.state_dir.load().expect("cache").map(|c| c.export),
+        Some(export(10))
+    );
+    assert_eq!(
+        restarted.poll_once().await,
+        Step::NotModified,
+        "refused once, not every poll"
+    );
+
+    // ADMIN fixes its export: it applies as usual.
+    b.publish(&export(9));
+    assert!(matches!(
+        restarted.poll_once().await,
+        Step::Applied(SyncOutcome::Incremental { .. })
+    ));
+}
+
+#[tokio::test]
+async fn a_standby_does_not_cache_a_mass_withdrawal_so_promotion_applies_the_last_good() {
+    let b = Bench::new("guard-standby");
+    b.publish(&export(10));
+    let mut d = b.daemon(Role::Standby, TwinFirewall::default());
+    assert_eq!(d.start().await, Step::Cached);
+    b.publish(&export(1));
+    assert!(matches!(d.poll_once().await, Step::Refused(_)));
+    super::role::write_role(&d.config.state_dir, Role::Active).expect("promote");
+    assert!(matches!(
+        d.poll_once().await,
+        Step::Applied(SyncOutcome::Full { .. })
+    ));
+    assert_eq!(
+        d.status().services,
+        10,
+        "the last good export, not the refused one"
+    );
+}
