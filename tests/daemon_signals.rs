@@ -464,3 +464,70 @@ fn sigterm_leaves_the_rules_unless_flush_on_exit() {
         assert_eq!(table(), table_after, "flush_on_exit={flush}");
     }
 }
+
+/// Issue 16, item 3: idle connections to the metrics port must not take the descriptors the
+/// daemon needs. The daemon runs with 256 descriptors; 400 idle connections used to exhaust
+/// them, and the next export change could not be saved ("Too many open files").
+#[test]
+fn a_flood_of_idle_metrics_connections_does_not_stop_the_daemon() {
+    let dir = tmp("flood");
+    let source = dir.join("export.csv");
+    std::fs::write(&source, export(3)).expect("export");
+    let state = dir.join("state");
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("free port")
+        .port();
+    let mut child = Command::new("sh")
+        .arg("-c")
+        .arg(r#"ulimit -n 256 && exec "$@""#)
+        .arg("sh")
+        .arg(env!("CARGO_BIN_EXE_portcullis"))
+        .args(["run", "--role", "standby", "--interval", "200ms"])
+        .arg(format!("--source=file://{}", source.display()))
+        .arg(format!("--state-dir={}", state.display()))
+        .arg(format!("--metrics=127.0.0.1:{port}"))
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("portcullis run");
+    let cached = |want: &[u8]| {
+        StateDir::new(&state)
+            .load()
+            .ok()
+            .flatten()
+            .is_some_and(|c| c.export == want)
+    };
+    let started = common::wait_until(10, || cached(&export(3)).then_some(()));
+    let mut idle = Vec::new();
+    for _ in 0..400 {
+        // Once the kernel's backlog is full, connecting waits for SYN retries: stop there.
+        let addr = std::net::SocketAddr::from(([127, 0, 0, 1], port));
+        match std::net::TcpStream::connect_timeout(&addr, Duration::from_millis(300)) {
+            Ok(c) => idle.push(c),
+            Err(_) => break,
+        }
+    }
+    std::thread::sleep(Duration::from_millis(500));
+    let descriptors = std::fs::read_dir(format!("/proc/{}/fd", child.id()))
+        .map(|d| d.count())
+        .unwrap_or(0);
+    std::fs::write(&source, export(5)).expect("new export");
+    let followed = common::wait_until(10, || cached(&export(5)).then_some(()));
+    drop(idle);
+    let _ = common::terminate(&mut child);
+    let mut stderr = String::new();
+    if let Some(mut e) = child.stderr.take() {
+        use std::io::Read;
+        let _ = e.read_to_string(&mut stderr);
+    }
+    assert!(started.is_some(), "daemon started: {stderr}");
+    assert!(
+        descriptors < 100,
+        "{descriptors} descriptors open under the flood: {stderr}"
+    );
+    assert!(
+        followed.is_some(),
+        "the export change was cached under the flood: {stderr}"
+    );
+}

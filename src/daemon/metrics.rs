@@ -148,7 +148,7 @@ impl Metrics {
                 }),
             );
         let listener = tokio::net::TcpListener::bind(addr).await?;
-        axum::serve(listener, app).await
+        super::listener::serve_bounded(listener, app).await
     }
 }
 

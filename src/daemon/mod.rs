@@ -8,7 +8,7 @@
 //!   sync, save — plus start-up, role switches and the drift audit;
 //! - [`pacing`]: when the next poll goes (long-poll, interval, backoff with jitter);
 //! - [`record`]: metrics, the change journal and the status snapshot ([`journal`],
-//!   [`metrics`]);
+//!   [`metrics`], served within the bounds of [`listener`]);
 //! - [`reload`]: taking a new configuration on SIGHUP;
 //! - [`event_loop`]: the loop tying signals, the control socket and timers together;
 //! - [`control`]: the state-directory lock and the control socket `promote`/`demote` use;
@@ -21,6 +21,7 @@ pub mod core;
 pub mod event_loop;
 pub mod fetch;
 pub mod journal;
+pub mod listener;
 pub mod metrics;
 pub mod pacing;
 pub mod record;
