@@ -29,6 +29,8 @@
 //! # Ok(()) }
 //! ```
 
+#![forbid(unsafe_code)]
+
 pub mod catalog;
 mod checks;
 pub mod config;

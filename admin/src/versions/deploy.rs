@@ -44,7 +44,7 @@ impl Action {
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
-pub struct Record {
+pub struct DeploymentRecord {
     /// UTC, `YYYY-MM-DDTHH:MM:SSZ`.
     pub at: String,
     pub action: Action,
@@ -65,7 +65,7 @@ pub struct InstanceVersions {
     pub current: Option<String>,
     /// Successful activations, newest last; `downgrade` without `--to` pops back through it.
     pub stack: Vec<String>,
-    pub history: Vec<Record>,
+    pub history: Vec<DeploymentRecord>,
 }
 
 #[derive(Clone, Debug, Serialize)]
@@ -255,7 +255,7 @@ impl Deployer {
             report.outcome = "unchanged".into();
             return Ok(report);
         }
-        let mut record = Record {
+        let mut record = DeploymentRecord {
             at: now_utc(),
             action,
             from: from.clone(),
