@@ -86,3 +86,42 @@ fn export_and_config_print_the_derivations() {
         .unwrap();
     assert_eq!(out.status.code(), Some(1));
 }
+
+#[test]
+fn duration_flags_take_humantime_and_name_the_flag_when_refused() {
+    // humantime wants a unit: the plain number the old parser read as seconds is refused by
+    // clap, with the flag named, before anything starts.
+    let out = bin()
+        .args(["serve", "--catalog", example(), "--reload-interval", "30"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("'--reload-interval <RELOAD_INTERVAL>'"),
+        "{err}"
+    );
+    // A zero interval parses but would make the reloader spin.
+    let out = bin()
+        .args(["serve", "--catalog", example(), "--reload-interval", "0s"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("portcullis-admin: --reload-interval: must be more than zero"),
+        "{err}"
+    );
+}
+
+#[test]
+fn failures_are_reported_once_with_the_program_name() {
+    let out = bin()
+        .args(["config", example(), "pgw", "app9", "1"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(err.matches("portcullis-admin: ").count(), 1, "{err}");
+    assert!(err.contains("no instance pgw.app9.1 in "), "{err}");
+}
