@@ -36,6 +36,7 @@ mod checks;
 pub mod config;
 #[cfg(feature = "db")]
 pub mod db;
+mod durable;
 pub mod error;
 pub mod export;
 pub mod inventory;
