@@ -1,6 +1,6 @@
 //! The ADMIN server: the catalog's current snapshot (catalog, export CSV, ETag), its reload
 //! when files change, state changes written back to `inventory.yaml`, and the HTTP API over
-//! them (`http.rs`).
+//! them (`http.rs`; the export and its long-poll in `export_poll.rs`).
 //!
 //! Embedding (what `portcullis demo` does): open an [`AdminState`], hand a bound listener to
 //! [`spawn`] (or build [`router`] into your own server), and change instances with
