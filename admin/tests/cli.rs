@@ -90,11 +90,21 @@ fn export_and_config_print_the_derivations() {
 #[test]
 fn duration_flags_take_humantime_and_name_the_flag_when_refused() {
     // humantime wants a unit: the plain number the old parser read as seconds is refused by
-    // clap, with the flag named, before anything starts.
-    let out = bin()
-        .args(["serve", "--catalog", example(), "--reload-interval", "30"])
-        .output()
-        .unwrap();
+    // clap, with the flag named, before anything starts. (The missing token file makes a
+    // regression fail with another message instead of serving forever.)
+    let serve = |interval: &str| {
+        bin()
+            .args(["serve", "--catalog", example(), "--listen", "127.0.0.1:0"])
+            .args([
+                "--token-file",
+                "/nonexistent/token",
+                "--reload-interval",
+                interval,
+            ])
+            .output()
+            .unwrap()
+    };
+    let out = serve("30");
     assert_eq!(out.status.code(), Some(2));
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(
@@ -102,10 +112,7 @@ fn duration_flags_take_humantime_and_name_the_flag_when_refused() {
         "{err}"
     );
     // A zero interval parses but would make the reloader spin.
-    let out = bin()
-        .args(["serve", "--catalog", example(), "--reload-interval", "0s"])
-        .output()
-        .unwrap();
+    let out = serve("0s");
     assert_eq!(out.status.code(), Some(2));
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(
