@@ -29,11 +29,14 @@
 //! # Ok(()) }
 //! ```
 
+#![forbid(unsafe_code)]
+
 pub mod catalog;
 mod checks;
 pub mod config;
 #[cfg(feature = "db")]
 pub mod db;
+mod durable;
 pub mod error;
 pub mod export;
 pub mod inventory;

@@ -86,3 +86,49 @@ fn export_and_config_print_the_derivations() {
         .unwrap();
     assert_eq!(out.status.code(), Some(1));
 }
+
+#[test]
+fn duration_flags_take_humantime_and_name_the_flag_when_refused() {
+    // humantime wants a unit: the plain number the old parser read as seconds is refused by
+    // clap, with the flag named, before anything starts. (The missing token file makes a
+    // regression fail with another message instead of serving forever.)
+    let serve = |interval: &str| {
+        bin()
+            .args(["serve", "--catalog", example(), "--listen", "127.0.0.1:0"])
+            .args([
+                "--token-file",
+                "/nonexistent/token",
+                "--reload-interval",
+                interval,
+            ])
+            .output()
+            .unwrap()
+    };
+    let out = serve("30");
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("'--reload-interval <RELOAD_INTERVAL>'"),
+        "{err}"
+    );
+    // A zero interval parses but would make the reloader spin.
+    let out = serve("0s");
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("portcullis-admin: --reload-interval: must be more than zero"),
+        "{err}"
+    );
+}
+
+#[test]
+fn failures_are_reported_once_with_the_program_name() {
+    let out = bin()
+        .args(["config", example(), "pgw", "app9", "1"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(err.matches("portcullis-admin: ").count(), 1, "{err}");
+    assert!(err.contains("no instance pgw.app9.1 in "), "{err}");
+}

@@ -13,6 +13,8 @@
 //! assert_eq!(portcullis_export::parse(written.as_bytes()).unwrap().rows(), export.rows());
 //! ```
 
+#![forbid(unsafe_code)]
+
 mod error;
 mod fields;
 mod parse;

@@ -15,7 +15,7 @@ use crate::catalog::Catalog;
 use crate::value::Value;
 use engine::{Conn, Decision, EngineError, StepSql, Url};
 use patches::PatchSet;
-use plan::{Allow, Status, Step};
+use plan::{Allow, DbStatus, PatchStep};
 use serde::Serialize;
 use std::path::Path;
 use std::time::Duration;
@@ -139,7 +139,7 @@ pub struct StatusReport {
     pub engine: &'static str,
     pub url: String,
     #[serde(flatten)]
-    pub status: Status,
+    pub status: DbStatus,
     /// True when `db patch` would run without an override.
     pub clean: bool,
 }
@@ -185,7 +185,7 @@ impl Default for RunOptions {
     }
 }
 
-fn report(t: &Target, status: Status) -> StatusReport {
+fn report(t: &Target, status: DbStatus) -> StatusReport {
     StatusReport {
         instance: t.instance.clone(),
         type_name: t.type_name.clone(),
@@ -269,7 +269,7 @@ async fn run_locked(
                 }
                 match plan::next_step(set, &s, opts.allow) {
                     None => Decision::Stop(Next::Done),
-                    Some(Step::Baseline { upto }) => {
+                    Some(PatchStep::Baseline { upto }) => {
                         let Some(b) = &set.baseline else {
                             return Decision::Stop(Next::Done);
                         };
@@ -289,7 +289,7 @@ async fn run_locked(
                             Next::Ran(upto, patches::SCHEMA_FILE.to_owned(), "baseline"),
                         )
                     }
-                    Some(Step::Patch(p)) => {
+                    Some(PatchStep::Patch(p)) => {
                         attempted = Some((p.number, p.name.clone()));
                         Decision::Run(
                             StepSql {

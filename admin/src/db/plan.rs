@@ -45,7 +45,7 @@ pub struct DbState {
 }
 
 #[derive(Clone, Debug, Default, Serialize)]
-pub struct Status {
+pub struct DbStatus {
     pub applied: Vec<Applied>,
     pub pending: Vec<PatchRef>,
     /// Applied patches whose file changed since.
@@ -58,7 +58,7 @@ pub struct Status {
     pub baseline: Option<u32>,
 }
 
-impl Status {
+impl DbStatus {
     pub fn is_clean(&self) -> bool {
         self.drifted.is_empty() && self.missing.is_empty() && self.gaps.is_empty()
     }
@@ -73,7 +73,7 @@ pub struct Allow {
 }
 
 #[derive(Clone, Debug)]
-pub enum Step<'a> {
+pub enum PatchStep<'a> {
     /// Run `schema.sql` and record patches 1..=upto as applied by it.
     Baseline {
         upto: u32,
@@ -89,12 +89,12 @@ fn pref(p: &PatchFile) -> PatchRef {
     }
 }
 
-pub fn status(set: &PatchSet, db: &DbState) -> Status {
+pub fn status(set: &PatchSet, db: &DbState) -> DbStatus {
     let recorded: BTreeMap<u32, &Applied> = db.applied.iter().map(|a| (a.number, a)).collect();
     let newest = recorded.keys().next_back().copied().unwrap_or(0);
-    let mut s = Status {
+    let mut s = DbStatus {
         applied: db.applied.clone(),
-        ..Status::default()
+        ..DbStatus::default()
     };
     for a in &db.applied {
         match set.get(a.number) {
@@ -127,7 +127,7 @@ pub fn status(set: &PatchSet, db: &DbState) -> Status {
 }
 
 /// Why a run refuses to start; `None` when it may go on.
-pub fn refusal(s: &Status, allow: Allow) -> Option<String> {
+pub fn refusal(s: &DbStatus, allow: Allow) -> Option<String> {
     let mut why = Vec::new();
     if !s.drifted.is_empty() && !allow.drift {
         for d in &s.drifted {
@@ -161,14 +161,14 @@ pub fn refusal(s: &Status, allow: Allow) -> Option<String> {
 }
 
 /// The next step of a run, given a status that `refusal` accepted.
-pub fn next_step<'a>(set: &'a PatchSet, s: &Status, allow: Allow) -> Option<Step<'a>> {
+pub fn next_step<'a>(set: &'a PatchSet, s: &DbStatus, allow: Allow) -> Option<PatchStep<'a>> {
     if let Some(upto) = s.baseline {
-        return Some(Step::Baseline { upto });
+        return Some(PatchStep::Baseline { upto });
     }
     let gap = s.gaps.first().filter(|_| allow.gap);
     gap.or(s.pending.first())
         .and_then(|p| set.get(p.number))
-        .map(Step::Patch)
+        .map(PatchStep::Patch)
 }
 
 #[cfg(test)]
@@ -233,7 +233,7 @@ mod tests {
             gap: true,
         };
         assert!(refusal(&s, all).is_none());
-        assert!(matches!(next_step(&set, &s, all), Some(Step::Patch(p)) if p.number == 2));
+        assert!(matches!(next_step(&set, &s, all), Some(PatchStep::Patch(p)) if p.number == 2));
         let no_gap = Allow { gap: false, ..all };
         assert!(refusal(&s, no_gap).is_some());
     }
@@ -250,7 +250,7 @@ mod tests {
         assert_eq!(s.baseline, Some(2));
         assert!(matches!(
             next_step(&set, &s, Allow::default()),
-            Some(Step::Baseline { upto: 2 })
+            Some(PatchStep::Baseline { upto: 2 })
         ));
         let used = DbState {
             empty: false,
@@ -259,7 +259,7 @@ mod tests {
         let s = status(&set, &used);
         assert_eq!(s.baseline, None);
         assert!(
-            matches!(next_step(&set, &s, Allow::default()), Some(Step::Patch(p)) if p.number == 1)
+            matches!(next_step(&set, &s, Allow::default()), Some(PatchStep::Patch(p)) if p.number == 1)
         );
     }
 }

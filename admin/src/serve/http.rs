@@ -1,7 +1,9 @@
-//! The HTTP API (docs/admin-api.yaml): the export with ETag and long-poll, combined configs,
-//! listings, status, and the instance state changes. Errors are JSON `{"error": ...}`.
+//! The HTTP API (docs/admin-api.yaml): the routes and their auth, combined configs, listings,
+//! status, and the instance state changes; the export with its ETag and long-poll is in
+//! `export_poll.rs`. Errors are JSON `{"error": ...}`.
 
-use super::state::{AdminState, MutationError, Snapshot};
+use super::export_poll::{export, none_match, not_modified};
+use super::state::{AdminState, MutationError};
 use crate::inventory::State;
 use axum::extract::{DefaultBodyLimit, Path, Query, Request, State as Ext};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
@@ -11,8 +13,6 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use serde::Deserialize;
 use serde_json::json;
-use std::sync::Arc;
-use std::time::Duration;
 
 /// The API router over `state` (add it to your own server, or use [`super::spawn`]).
 pub fn router(state: AdminState) -> Router {
@@ -149,133 +149,6 @@ async fn auth_writes(Ext(state): Ext<AdminState>, req: Request, next: Next) -> R
         }
         Some(_) => next.run(req).await,
     }
-}
-
-/// Whether an `If-None-Match` value matches `etag` (weak comparison, as RFC 9110 asks for
-/// If-None-Match; `*` matches anything).
-fn none_match(header: Option<&str>, etag: &str) -> bool {
-    let Some(h) = header else { return false };
-    h.split(',')
-        .map(str::trim)
-        .any(|t| t == "*" || t.strip_prefix("W/").unwrap_or(t) == etag)
-}
-
-#[derive(Deserialize)]
-struct ExportQuery {
-    wait: Option<String>,
-}
-
-fn not_modified(etag: &str) -> Response {
-    let mut r = StatusCode::NOT_MODIFIED.into_response();
-    if let Ok(v) = HeaderValue::from_str(etag) {
-        r.headers_mut().insert(header::ETAG, v);
-    }
-    r
-}
-
-fn csv_response(snap: &Snapshot) -> Response {
-    let mut r = (StatusCode::OK, snap.csv.clone()).into_response();
-    let h = r.headers_mut();
-    h.insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("text/csv; charset=utf-8"),
-    );
-    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
-    if let Ok(v) = HeaderValue::from_str(&snap.etag) {
-        h.insert(header::ETAG, v);
-    }
-    r
-}
-
-/// `GET /v1/export.csv[?wait=30s]`. With `If-None-Match` equal to the current ETag: 304 at
-/// once, or — with `wait` — as soon as the export changes (200) or at the timeout (304).
-async fn export(
-    Ext(state): Ext<AdminState>,
-    Query(q): Query<ExportQuery>,
-    headers: HeaderMap,
-) -> Result<Response, ApiError> {
-    let inm = headers
-        .get(header::IF_NONE_MATCH)
-        .and_then(|v| v.to_str().ok())
-        .map(str::to_owned);
-    // `?wait=30s`, or RFC 7240's `Prefer: wait=30` (seconds) when there is no query.
-    let requested = match &q.wait {
-        Some(w) => Some(super::parse_duration(w).ok_or_else(|| {
-            ApiError::new(
-                StatusCode::BAD_REQUEST,
-                format!("wait: expected a duration such as 30s, 500ms or 30, found {w:?}"),
-            )
-        })?),
-        None => prefer_wait(&headers),
-    };
-    let wait = requested
-        .unwrap_or(Duration::ZERO)
-        .min(state.options().max_wait);
-    // Subscribe before looking, so a change between the look and the wait is not missed.
-    let mut rx = state.subscribe();
-    let snap = rx.borrow_and_update().clone();
-    if wait.is_zero() {
-        return Ok(if none_match(inm.as_deref(), &snap.etag) {
-            not_modified(&snap.etag)
-        } else {
-            csv_response(&snap)
-        });
-    }
-    let Ok(_permit) = state.waiters().clone().try_acquire_owned() else {
-        // Too many held polls: answer now, without Preference-Applied, so the client falls
-        // back to its poll interval instead of coming straight back.
-        return Ok(if none_match(inm.as_deref(), &snap.etag) {
-            not_modified(&snap.etag)
-        } else {
-            csv_response(&snap)
-        });
-    };
-    // The server long-polls: say so (RFC 7240), so a client can tell a 200 after a hold from
-    // one at once and poll again immediately.
-    let applied = |mut r: Response| {
-        if let Ok(v) = HeaderValue::from_str(&format!("wait={}", wait.as_secs().max(1))) {
-            r.headers_mut().insert("preference-applied", v);
-        }
-        r
-    };
-    if !none_match(inm.as_deref(), &snap.etag) {
-        return Ok(applied(csv_response(&snap)));
-    }
-    let mut shutdown = state.shutdown_signal();
-    let deadline = tokio::time::Instant::now() + wait;
-    let mut current: Arc<Snapshot> = snap;
-    loop {
-        tokio::select! {
-            changed = rx.changed() => {
-                if changed.is_err() {
-                    break;
-                }
-                current = rx.borrow_and_update().clone();
-                if !none_match(inm.as_deref(), &current.etag) {
-                    return Ok(applied(csv_response(&current)));
-                }
-            }
-            _ = tokio::time::sleep_until(deadline) => break,
-            _ = shutdown.wait_for(|s| *s) => break,
-        }
-    }
-    Ok(applied(not_modified(&current.etag)))
-}
-
-/// `Prefer: wait=N` (seconds, RFC 7240), among other preferences.
-fn prefer_wait(headers: &HeaderMap) -> Option<Duration> {
-    headers
-        .get_all("prefer")
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split([',', ';']))
-        .find_map(|p| {
-            let (k, v) = p.trim().split_once('=')?;
-            (k.trim().eq_ignore_ascii_case("wait"))
-                .then(|| v.trim().trim_matches('"').parse::<u64>().ok())
-                .flatten()
-                .map(Duration::from_secs)
-        })
 }
 
 #[derive(Deserialize)]
@@ -495,20 +368,5 @@ async fn mutate(
                 e.to_string(),
             ))
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::none_match;
-
-    #[test]
-    fn if_none_match_forms() {
-        assert!(none_match(Some("\"a\""), "\"a\""));
-        assert!(none_match(Some("W/\"a\""), "\"a\""));
-        assert!(none_match(Some("\"b\", \"a\""), "\"a\""));
-        assert!(none_match(Some("*"), "\"a\""));
-        assert!(!none_match(Some("\"b\""), "\"a\""));
-        assert!(!none_match(None, "\"a\""));
     }
 }

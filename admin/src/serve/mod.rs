@@ -1,6 +1,6 @@
 //! The ADMIN server: the catalog's current snapshot (catalog, export CSV, ETag), its reload
 //! when files change, state changes written back to `inventory.yaml`, and the HTTP API over
-//! them (`http.rs`).
+//! them (`http.rs`; the export and its long-poll in `export_poll.rs`).
 //!
 //! Embedding (what `portcullis demo` does): open an [`AdminState`], hand a bound listener to
 //! [`spawn`] (or build [`router`] into your own server), and change instances with
@@ -9,6 +9,7 @@
 mod conn;
 #[cfg(feature = "db")]
 mod db_api;
+mod export_poll;
 mod http;
 mod state;
 pub mod tls;
@@ -18,21 +19,6 @@ pub use http::router;
 pub use state::{AdminState, Mutation, MutationError, Options, ReloadStatus, Snapshot};
 
 use std::future::Future;
-use std::time::Duration;
-
-/// Parses `30s`, `500ms`, `2m` or plain seconds (`30`).
-pub fn parse_duration(s: &str) -> Option<Duration> {
-    let s = s.trim();
-    let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
-    let (num, unit) = s.split_at(split);
-    let n: u64 = num.parse().ok()?;
-    match unit {
-        "" | "s" => Some(Duration::from_secs(n)),
-        "ms" => Some(Duration::from_millis(n)),
-        "m" => n.checked_mul(60).map(Duration::from_secs),
-        _ => None,
-    }
-}
 
 /// Serves `state` on `listener` until `shutdown` completes, reloading the catalog when its
 /// files change. Long-polls are released at shutdown.
@@ -103,21 +89,4 @@ pub fn spawn(
         stop: Some(tx),
         task,
     })
-}
-
-#[cfg(test)]
-mod tests {
-    use super::parse_duration;
-    use std::time::Duration;
-
-    #[test]
-    fn durations() {
-        assert_eq!(parse_duration("30s"), Some(Duration::from_secs(30)));
-        assert_eq!(parse_duration("500ms"), Some(Duration::from_millis(500)));
-        assert_eq!(parse_duration("30"), Some(Duration::from_secs(30)));
-        assert_eq!(parse_duration("2m"), Some(Duration::from_secs(120)));
-        assert_eq!(parse_duration("-1s"), None);
-        assert_eq!(parse_duration("1h"), None);
-        assert_eq!(parse_duration(""), None);
-    }
 }

@@ -342,9 +342,11 @@ impl AdminState {
             }
         };
         let path = dir.join(INVENTORY_FILE);
-        write_atomically(&path, text.as_bytes()).map_err(|source| MutationError::Io {
-            path: path.display().to_string(),
-            source,
+        crate::durable::write_atomically(&path, text.as_bytes()).map_err(|source| {
+            MutationError::Io {
+                path: path.display().to_string(),
+                source,
+            }
         })?;
         tracing::info!(
             id,
@@ -398,31 +400,4 @@ fn verified(
         && before.inventory.servers.len() == after.inventory.servers.len()
         && before.inventory.locations.len() == after.inventory.locations.len();
     same.then_some((src.inventory, after))
-}
-
-/// Temp file in the same directory, fsync, rename over, fsync the directory: readers (and a
-/// crash) see the old file or the new one, never half of one.
-pub(crate) fn write_atomically(path: &Path, data: &[u8]) -> std::io::Result<()> {
-    use std::io::Write;
-    let dir = path.parent().unwrap_or(Path::new("."));
-    let name = path
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default();
-    let tmp = dir.join(format!(".{name}.tmp-{}", std::process::id()));
-    let result = (|| {
-        let mut f = std::fs::File::create(&tmp)?;
-        if let Ok(md) = std::fs::metadata(path) {
-            let _ = f.set_permissions(md.permissions());
-        }
-        f.write_all(data)?;
-        f.sync_all()?;
-        drop(f);
-        std::fs::rename(&tmp, path)?;
-        std::fs::File::open(dir)?.sync_all()
-    })();
-    if result.is_err() {
-        let _ = std::fs::remove_file(&tmp);
-    }
-    result
 }

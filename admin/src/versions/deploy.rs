@@ -11,16 +11,14 @@
 //! After the switch the type's `tests` run; if one fails, `current` goes back to the previous
 //! release and the attempt is recorded as rolled back. A release is built in a temporary
 //! directory and renamed into place only when every file's sha256 matched, so a partial or
-//! corrupt copy never becomes `current`.
+//! corrupt copy never becomes `current` (that disk side is `release.rs`).
 
-use super::hash::Sha256Writer;
 use super::probe::{self, TestResult};
-use super::store::{write_atomic, Manifest, Store};
+use super::release;
+use super::store::{write_atomic, Store};
 use super::VersionError;
 use crate::catalog::Catalog;
-use crate::meta::LinkTarget;
 use serde::{Deserialize, Serialize};
-use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant, SystemTime};
 
@@ -44,7 +42,7 @@ impl Action {
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
-pub struct Record {
+pub struct DeploymentRecord {
     /// UTC, `YYYY-MM-DDTHH:MM:SSZ`.
     pub at: String,
     pub action: Action,
@@ -65,7 +63,7 @@ pub struct InstanceVersions {
     pub current: Option<String>,
     /// Successful activations, newest last; `downgrade` without `--to` pops back through it.
     pub stack: Vec<String>,
-    pub history: Vec<Record>,
+    pub history: Vec<DeploymentRecord>,
 }
 
 #[derive(Clone, Debug, Serialize)]
@@ -255,7 +253,7 @@ impl Deployer {
             report.outcome = "unchanged".into();
             return Ok(report);
         }
-        let mut record = Record {
+        let mut record = DeploymentRecord {
             at: now_utc(),
             action,
             from: from.clone(),
@@ -264,8 +262,8 @@ impl Deployer {
             tests: Vec::new(),
             error: None,
         };
-        let prepared = prepare_root(&root, meta, server, inst.index)
-            .and_then(|()| self.materialise(&root, &manifest));
+        let prepared = release::prepare_root(&root, meta, server, inst.index)
+            .and_then(|()| release::materialise(&self.store, &root, &manifest));
         if let Err(e) = prepared {
             record.outcome = "failed".into();
             record.error = Some(e.to_string());
@@ -273,7 +271,7 @@ impl Deployer {
             self.save(instance, &versions)?;
             return Err(e);
         }
-        switch_current(&root, Some(&target))?;
+        release::switch_current(&root, Some(&target))?;
         let results = probe::run(
             server.address,
             &meta.tests,
@@ -298,7 +296,7 @@ impl Deployer {
                 _ => versions.stack.push(target.clone()),
             }
         } else {
-            switch_current(&root, from.as_deref())?;
+            release::switch_current(&root, from.as_deref())?;
             record.outcome = "rolled-back".into();
         }
         report.outcome = record.outcome.clone();
@@ -306,166 +304,9 @@ impl Deployer {
         self.save(instance, &versions)?;
         Ok(report)
     }
-
-    /// Builds `releases/<id>` from the store unless a verified copy is already there.
-    fn materialise(&self, root: &Path, m: &Manifest) -> Result<(), VersionError> {
-        let releases = root.join("releases");
-        let dst = releases.join(&m.id);
-        if dst.exists() {
-            match verify_tree(&dst, m) {
-                Ok(()) => return Ok(()),
-                Err(why) => {
-                    // Someone changed a materialised release: keep it for inspection, rebuild.
-                    let aside = releases.join(format!(".broken-{}-{}", m.id, unix_now()));
-                    tracing::warn!(release = %dst.display(), %why, "rebuilding a modified release");
-                    std::fs::rename(&dst, &aside).map_err(|e| ioe(&dst, e))?;
-                }
-            }
-        }
-        let tmp = releases.join(format!(".tmp-{}-{}", m.id, std::process::id()));
-        let _ = std::fs::remove_dir_all(&tmp);
-        let result = self.copy_out(&tmp, m);
-        if let Err(e) = result {
-            let _ = std::fs::remove_dir_all(&tmp);
-            return Err(e);
-        }
-        std::fs::rename(&tmp, &dst).map_err(|e| ioe(&dst, e))
-    }
-
-    fn copy_out(&self, tmp: &Path, m: &Manifest) -> Result<(), VersionError> {
-        std::fs::create_dir_all(tmp).map_err(|e| ioe(tmp, e))?;
-        for f in &m.files {
-            let path = safe_join(tmp, &f.path)?;
-            if let Some(parent) = path.parent() {
-                std::fs::create_dir_all(parent).map_err(|e| ioe(parent, e))?;
-            }
-            let mut blob = self.store.open_blob(&f.sha256)?;
-            let out = std::fs::File::create(&path).map_err(|e| ioe(&path, e))?;
-            let mut w = Sha256Writer::new(out);
-            let n = std::io::copy(&mut blob, &mut w).map_err(|e| ioe(&path, e))?;
-            let (out, digest) = w.finish();
-            let got = super::hash::hex(&digest);
-            if got != f.sha256 || n != f.size {
-                return Err(VersionError::Corrupt(format!(
-                    "blob {} for {} is corrupt: {n} bytes hashing to {got} (manifest: {} bytes)",
-                    f.sha256, f.path, f.size
-                )));
-            }
-            out.sync_all().map_err(|e| ioe(&path, e))?;
-            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(f.mode))
-                .map_err(|e| ioe(&path, e))?;
-        }
-        Ok(())
-    }
 }
 
-fn ioe(p: &Path, e: std::io::Error) -> VersionError {
-    VersionError::Io(format!("{}: {e}", p.display()))
-}
-
-/// `base/rel`, refusing absolute paths and `..` (a manifest is data, not trusted paths).
-fn safe_join(base: &Path, rel: &str) -> Result<PathBuf, VersionError> {
-    let p = Path::new(rel);
-    let ok = p
-        .components()
-        .all(|c| matches!(c, std::path::Component::Normal(_)));
-    if !ok || rel.is_empty() {
-        return Err(VersionError::Corrupt(format!(
-            "manifest path {rel:?} escapes the release"
-        )));
-    }
-    Ok(base.join(p))
-}
-
-fn verify_tree(dir: &Path, m: &Manifest) -> Result<(), String> {
-    for f in &m.files {
-        let p = safe_join(dir, &f.path).map_err(|e| e.to_string())?;
-        let file = std::fs::File::open(&p).map_err(|e| format!("{}: {e}", p.display()))?;
-        let got = super::hash::sha256_of(file).map_err(|e| format!("{}: {e}", p.display()))?;
-        if got != f.sha256 {
-            return Err(format!(
-                "{}: sha256 {got}, expected {}",
-                p.display(),
-                f.sha256
-            ));
-        }
-    }
-    Ok(())
-}
-
-/// Creates the install section's directories and links in the root.
-fn prepare_root(
-    root: &Path,
-    meta: &crate::meta::Meta,
-    server: &crate::inventory::Server,
-    index: u32,
-) -> Result<(), VersionError> {
-    std::fs::create_dir_all(root.join("releases")).map_err(|e| ioe(root, e))?;
-    for d in &meta.install.mkdir {
-        let p = safe_join(root, d).map_err(|_| {
-            VersionError::BadInput(format!("install.mkdir {d:?}: must stay inside the root"))
-        })?;
-        std::fs::create_dir_all(&p).map_err(|e| ioe(&p, e))?;
-    }
-    for l in &meta.install.link {
-        let target = match &l.target {
-            LinkTarget::Path(p) => PathBuf::from(p),
-            LinkTarget::Db => {
-                if server.drives.is_empty() {
-                    return Err(VersionError::BadInput(format!(
-                        "server {} has no drives",
-                        server.name
-                    )));
-                }
-                PathBuf::from(&server.drives[(index as usize - 1) % server.drives.len()])
-            }
-            LinkTarget::Archive => PathBuf::from(server.archive.as_deref().ok_or_else(|| {
-                VersionError::BadInput(format!("server {} has no archive mount", server.name))
-            })?),
-        };
-        let p = safe_join(root, &l.path).map_err(|_| {
-            VersionError::BadInput(format!(
-                "install.link {:?}: must stay inside the root",
-                l.path
-            ))
-        })?;
-        match std::fs::read_link(&p) {
-            Ok(t) if t == target => continue,
-            Ok(_) => std::fs::remove_file(&p).map_err(|e| ioe(&p, e))?,
-            Err(_) if p.symlink_metadata().is_ok() => {
-                return Err(VersionError::BadInput(format!(
-                    "{}: exists and is not a symlink (install.link {})",
-                    p.display(),
-                    l.path
-                )))
-            }
-            Err(_) => {}
-        }
-        std::os::unix::fs::symlink(&target, &p).map_err(|e| ioe(&p, e))?;
-    }
-    Ok(())
-}
-
-/// Points `root/current` at `releases/<id>` (or removes it) by renaming a new symlink over
-/// the old one: readers see the old or the new release, never neither.
-fn switch_current(root: &Path, id: Option<&str>) -> Result<(), VersionError> {
-    let current = root.join("current");
-    match id {
-        Some(id) => {
-            let tmp = root.join(format!(".current.tmp-{}", std::process::id()));
-            let _ = std::fs::remove_file(&tmp);
-            std::os::unix::fs::symlink(Path::new("releases").join(id), &tmp)
-                .map_err(|e| ioe(&tmp, e))?;
-            std::fs::rename(&tmp, &current).map_err(|e| ioe(&current, e))
-        }
-        None => match std::fs::remove_file(&current) {
-            Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(ioe(&current, e)),
-            _ => Ok(()),
-        },
-    }
-}
-
-fn unix_now() -> u64 {
+pub(super) fn unix_now() -> u64 {
     SystemTime::now()
         .duration_since(SystemTime::UNIX_EPOCH)
         .map(|d| d.as_secs())
@@ -496,14 +337,6 @@ pub fn now_utc() -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn manifest_paths_stay_inside() {
-        assert!(safe_join(Path::new("/r"), "bin/x").is_ok());
-        for bad in ["", "/etc/passwd", "../x", "a/../../x", "./x"] {
-            assert!(safe_join(Path::new("/r"), bad).is_err(), "{bad}");
-        }
-    }
 
     #[test]
     fn timestamps_are_utc_rfc3339() {

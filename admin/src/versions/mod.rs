@@ -6,6 +6,7 @@
 pub mod deploy;
 mod hash;
 pub mod probe;
+mod release;
 pub mod store;
 
 pub use deploy::{Action, DeployReport, Deployer, InstanceVersions};

@@ -11,6 +11,7 @@
 
 use super::hash::{hex, Sha256Writer};
 use super::VersionError;
+use crate::durable::unique;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeSet;
 use std::io::Write;
@@ -319,20 +320,12 @@ impl Store {
     }
 }
 
-fn unique() -> u64 {
-    use std::sync::atomic::{AtomicU64, Ordering};
-    static N: AtomicU64 = AtomicU64::new(0);
-    N.fetch_add(1, Ordering::Relaxed)
-}
-
+/// A version's manifest or an instance record: parents created, then the crate's one durable
+/// atomic write.
 pub(crate) fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), VersionError> {
     let dir = path.parent().unwrap_or(Path::new("."));
     std::fs::create_dir_all(dir).map_err(|e| io(dir, e))?;
-    let tmp = dir.join(format!(".tmp-{}-{}", std::process::id(), unique()));
-    let mut f = std::fs::File::create(&tmp).map_err(|e| io(&tmp, e))?;
-    f.write_all(bytes).map_err(|e| io(&tmp, e))?;
-    f.sync_all().map_err(|e| io(&tmp, e))?;
-    std::fs::rename(&tmp, path).map_err(|e| io(path, e))
+    crate::durable::write_atomically(path, bytes).map_err(|e| io(path, e))
 }
 
 fn canonical_digest(type_name: &str, files: &[FileEntry]) -> String {

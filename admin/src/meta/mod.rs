@@ -1,11 +1,16 @@
 //! One meta-configuration (`meta/<type>.yaml`): how a service type is installed, what it
 //! depends on, the configuration it contributes (to itself and to other types), the ports it
-//! exports through the gateway, and the checks run after install or upgrade.
+//! exports through the gateway (`gateway.rs`), and the checks run after install or upgrade.
+
+mod gateway;
+
+pub use gateway::{GatewayEntry, To};
 
 use crate::error::ErrorKind;
-use crate::read::{find, index, is_name, join, Reader};
+use crate::read::{find, index, join, Reader};
 use crate::yaml::{Kind, Node, Pos};
-use portcullis_export::{Method, PortRange, Proto, Scheduler, ServiceType};
+use gateway::read_gateway;
+use portcullis_export::ServiceType;
 use serde::Serialize;
 
 pub const META_KEYS: &[&str] = &[
@@ -92,38 +97,6 @@ pub struct ConfigSections {
     pub for_types: Vec<(String, Pos, Node)>,
     /// Every other key: instances of this file's own type.
     pub own: Vec<(crate::yaml::Key, Node)>,
-}
-
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
-#[serde(untagged)]
-pub enum To {
-    /// Absent: the real server port is the external one.
-    Same,
-    One(u16),
-    /// External → internal, one entry per external port.
-    Map(Vec<(u16, u16)>),
-}
-
-#[derive(Clone, Debug, Serialize)]
-pub struct GatewayEntry {
-    pub name: String,
-    pub ip: String,
-    pub proto: Proto,
-    pub ports: Vec<PortRange>,
-    pub to: To,
-    pub fwm: Option<u32>,
-    pub scheduler: Scheduler,
-    pub method: Method,
-    pub persistence: Option<u32>,
-    pub weight: u16,
-    #[serde(skip)]
-    pub pos: Pos,
-    #[serde(skip)]
-    pub ip_pos: Pos,
-    #[serde(skip)]
-    pub ports_pos: Pos,
-    #[serde(skip)]
-    pub fwm_pos: Pos,
 }
 
 #[derive(Clone, Debug, Serialize)]
@@ -305,229 +278,6 @@ fn read_config(r: &mut Reader, node: &Node) -> ConfigSections {
         }
     }
     c
-}
-
-const GATEWAY_KEYS: &[&str] = &[
-    "name",
-    "ip",
-    "proto",
-    "ports",
-    "to",
-    "fwm",
-    "scheduler",
-    "method",
-    "persistence",
-    "weight",
-];
-
-fn read_gateway(r: &mut Reader, node: &Node, path: &str) -> Option<GatewayEntry> {
-    let e = r.map(node, path, GATEWAY_KEYS)?;
-    let name_n = r.require(node, &e, path, "name");
-    let ip_n = r.require(node, &e, path, "ip");
-    let ports_n = r.require(node, &e, path, "ports");
-    let name = name_n.and_then(|n| r.string(n, &join(path, "name")));
-    if let (Some(n), Some(s)) = (name_n, &name) {
-        if !is_name(s) {
-            r.bad(
-                n,
-                &join(path, "name"),
-                "a name of 1-32 letters, digits, - or _",
-            );
-        }
-    }
-    let ip = ip_n.and_then(|n| r.string(n, &join(path, "ip")));
-    let mut ok = true;
-    let mut field = |r: &mut Reader, key: &str, f: &dyn Fn(&str) -> Result<(), String>| {
-        if let Some(n) = find(&e, key) {
-            let text = match &n.kind {
-                Kind::Str(s) => s.clone(),
-                Kind::Int(i) => i.to_string(),
-                _ => String::new(),
-            };
-            if let Err(exp) = f(&text) {
-                r.bad(n, &join(path, key), &exp);
-                ok = false;
-            }
-        }
-    };
-    let text = |key: &str| -> Option<String> {
-        find(&e, key).map(|n| match &n.kind {
-            Kind::Str(s) => s.clone(),
-            Kind::Int(i) => i.to_string(),
-            _ => String::new(),
-        })
-    };
-    field(r, "proto", &|s| Proto::parse(s).map(drop));
-    field(r, "scheduler", &|s| Scheduler::parse(s).map(drop));
-    field(r, "method", &|s| Method::parse(s).map(drop));
-    let proto = text("proto")
-        .and_then(|s| Proto::parse(&s).ok())
-        .unwrap_or(Proto::Tcp);
-    let scheduler = text("scheduler")
-        .and_then(|s| Scheduler::parse(&s).ok())
-        .unwrap_or(Scheduler::Wlc);
-    let method = text("method")
-        .and_then(|s| Method::parse(&s).ok())
-        .unwrap_or(Method::Nat);
-    let fwm = match find(&e, "fwm") {
-        Some(n) => Some(r.int(n, &join(path, "fwm"), 1, u32::MAX as i64)? as u32),
-        None => None,
-    };
-    let persistence = match find(&e, "persistence") {
-        Some(n) => Some(r.int(
-            n,
-            &join(path, "persistence"),
-            1,
-            portcullis_export::MAX_PERSISTENCE as i64,
-        )? as u32),
-        None => None,
-    };
-    let weight = match find(&e, "weight") {
-        Some(n) => r.int(n, &join(path, "weight"), 0, 65535)? as u16,
-        None => 1,
-    };
-    let ports_key = join(path, "ports");
-    let mut ports = Vec::new();
-    if let Some(pn) = ports_n {
-        let items: Vec<&Node> = match &pn.kind {
-            Kind::Seq(items) => items.iter().collect(),
-            _ => vec![pn],
-        };
-        for (i, n) in items.into_iter().enumerate() {
-            let text = match &n.kind {
-                Kind::Int(p) => p.to_string(),
-                Kind::Str(s) => s.clone(),
-                _ => String::new(),
-            };
-            match PortRange::parse(&text) {
-                Ok(p) if !p.is_single() && fwm.is_none() => {
-                    r.error(
-                        n.pos,
-                        &index(&ports_key, i),
-                        ErrorKind::BadValue,
-                        format!("the port range {p} needs an fwm: only an fwmark service can balance a range"),
-                    );
-                    ok = false;
-                }
-                Ok(p) => ports.push(p),
-                Err(exp) => {
-                    r.bad(n, &index(&ports_key, i), &exp);
-                    ok = false;
-                }
-            }
-        }
-        if ports.is_empty() && ok {
-            r.bad(pn, &ports_key, "at least one port or range");
-            ok = false;
-        }
-    }
-    let to_key = join(path, "to");
-    let to = match find(&e, "to") {
-        None => To::Same,
-        Some(n) => match &n.kind {
-            Kind::Int(p) if (1..=65535).contains(p) => To::One(*p as u16),
-            Kind::Map(m) => {
-                let mut pairs = Vec::new();
-                for (k, v) in m {
-                    let ext = k.name.parse::<u16>().ok().filter(|p| *p >= 1);
-                    let int = match v.kind {
-                        Kind::Int(p) if (1..=65535).contains(&p) => Some(p as u16),
-                        _ => None,
-                    };
-                    match (ext, int) {
-                        (Some(ext), Some(int)) if ports.contains(&PortRange::single(ext)) => {
-                            pairs.push((ext, int))
-                        }
-                        (Some(ext), Some(_)) => {
-                            r.error(
-                                k.pos,
-                                &join(&to_key, &k.name),
-                                ErrorKind::BadValue,
-                                format!("port {ext} is not one of this entry's ports"),
-                            );
-                            ok = false;
-                        }
-                        _ => {
-                            r.bad(
-                                v,
-                                &join(&to_key, &k.name),
-                                "EXTERNAL: INTERNAL ports 1-65535",
-                            );
-                            ok = false;
-                        }
-                    }
-                }
-                for p in &ports {
-                    if !pairs
-                        .iter()
-                        .any(|(ext, _)| p.is_single() && *ext == p.first)
-                    {
-                        r.error(
-                            n.pos,
-                            &to_key,
-                            ErrorKind::MissingKey,
-                            format!("no internal port for external port {p}"),
-                        );
-                        ok = false;
-                    }
-                }
-                To::Map(pairs)
-            }
-            _ => {
-                r.bad(n, &to_key, "an internal port or a map EXTERNAL: INTERNAL");
-                ok = false;
-                To::Same
-            }
-        },
-    };
-    if to != To::Same {
-        if let Some(range) = ports.iter().find(|p| !p.is_single()) {
-            let pos = find(&e, "to").map_or(node.pos, |n| n.pos);
-            r.error(
-                pos,
-                &to_key,
-                ErrorKind::BadValue,
-                format!("a port range ({range}) keeps each port: remove `to`"),
-            );
-            ok = false;
-        }
-        if matches!(method, Method::Dr | Method::Tun) {
-            let changes = match &to {
-                To::One(p) => ports.iter().any(|r| r.first != *p),
-                To::Map(m) => m.iter().any(|(a, b)| a != b),
-                To::Same => false,
-            };
-            if changes {
-                let pos = find(&e, "to").map_or(node.pos, |n| n.pos);
-                r.error(
-                    pos,
-                    &to_key,
-                    ErrorKind::BadValue,
-                    format!("method {method} cannot change the port: remove `to` or use nat"),
-                );
-                ok = false;
-            }
-        }
-    }
-    if !ok {
-        return None;
-    }
-    Some(GatewayEntry {
-        name: name?,
-        ip: ip?,
-        proto,
-        ports,
-        to,
-        fwm,
-        scheduler,
-        method,
-        persistence,
-        weight,
-        pos: node.pos,
-        ip_pos: ip_n.map_or(node.pos, |n| n.pos),
-        ports_pos: ports_n.map_or(node.pos, |n| n.pos),
-        fwm_pos: find(&e, "fwm").map_or(node.pos, |n| n.pos),
-    })
 }
 
 fn read_test(r: &mut Reader, node: &Node, path: &str) -> Option<TestSpec> {

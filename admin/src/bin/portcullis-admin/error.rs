@@ -1,0 +1,117 @@
+//! How a command ended: an [`Outcome`] when it ran to the end (its report is printed already),
+//! or a [`CliError`] that `main` prints — the only place that writes `portcullis-admin: …` — and
+//! turns into the exit code. The codes and messages are what scripts and tests rely on.
+
+#[cfg(feature = "db")]
+use portcullis_admin::db::DbError;
+use portcullis_admin::versions::VersionError;
+use portcullis_admin::{CatalogError, CatalogErrors};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+/// A command that ran to the end: what its exit code says about the result.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    /// Exit 0.
+    Done,
+    /// Exit 1: a switch whose tests failed was switched back, or a patch failed and was rolled
+    /// back.
+    RolledBack,
+    /// Exit 2: the answer is no — an invalid catalog (`check --json`), a database a patch run
+    /// would refuse (`db status`).
+    Refused,
+}
+
+impl Outcome {
+    pub fn exit_code(self) -> u8 {
+        match self {
+            Outcome::Done => 0,
+            Outcome::RolledBack => 1,
+            Outcome::Refused => 2,
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum CliError {
+    /// The catalog does not load; `print` shows every located error before this summary.
+    #[error("{}: catalog rejected: {} error(s)", dir.display(), errors.0.len())]
+    Catalog { dir: PathBuf, errors: CatalogErrors },
+    #[error("no instance {id} in {}", dir.display())]
+    NoInstance { id: String, dir: PathBuf },
+    /// The instance's combined configuration has errors; `print` shows each first.
+    #[error("{id}: {} error(s) in the combined configuration", errors.len())]
+    Config {
+        id: String,
+        errors: Vec<CatalogError>,
+    },
+    #[error(transparent)]
+    Export(#[from] portcullis_export::WriteError),
+    #[error("{}: {source}", path.display())]
+    TokenFile {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{}: empty token file", .0.display())]
+    EmptyTokenFile(PathBuf),
+    #[error("--reload-interval: must be more than zero, e.g. 1s or 500ms")]
+    ZeroReloadInterval,
+    #[error("starting the runtime: {0}")]
+    Runtime(std::io::Error),
+    #[error("listening on {addr}: {source}")]
+    Listen {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+    /// The server stopped on an error (accepting, TLS set-up).
+    #[error("{0}")]
+    Serve(std::io::Error),
+    #[error(transparent)]
+    Version(#[from] VersionError),
+    #[error("{id} is in use by {} (current or downgrade target)", users.join(", "))]
+    VersionInUse { id: String, users: Vec<String> },
+    /// `json`: the command was asked for JSON, so the error goes to stdout as
+    /// `{"error": …, "kind": …}` where the caller's parser expects it.
+    #[cfg(feature = "db")]
+    #[error("{error}")]
+    Db { error: DbError, json: bool },
+}
+
+impl CliError {
+    pub fn exit_code(&self) -> u8 {
+        match self {
+            CliError::NoInstance { .. } => 1,
+            CliError::Runtime(_) | CliError::Listen { .. } | CliError::Serve(_) => 1,
+            #[cfg(feature = "db")]
+            CliError::Db { error, .. } => error.exit_code(),
+            CliError::Catalog { .. }
+            | CliError::Config { .. }
+            | CliError::Export(_)
+            | CliError::TokenFile { .. }
+            | CliError::EmptyTokenFile(_)
+            | CliError::ZeroReloadInterval
+            | CliError::Version(_)
+            | CliError::VersionInUse { .. } => 2,
+        }
+    }
+
+    /// Writes the error where its reader looks: located catalog errors one per line as
+    /// `file:line:column: key: message` (what editors jump to), then the one-line summary.
+    pub fn print(&self) {
+        let located: &[CatalogError] = match self {
+            CliError::Catalog { errors, .. } => &errors.0,
+            CliError::Config { errors, .. } => errors,
+            #[cfg(feature = "db")]
+            CliError::Db { error, json: true } => {
+                let v = serde_json::json!({ "error": error.to_string(), "kind": error.kind() });
+                println!("{v}");
+                return;
+            }
+            _ => &[],
+        };
+        for e in located {
+            eprintln!("{e}");
+        }
+        eprintln!("portcullis-admin: {self}");
+    }
+}

@@ -1,0 +1,84 @@
+//! `portcullis-admin`: the ADMIN companion's command line. One module per family of
+//! subcommands — the catalog (`check`, `export`, `config`), `serve`, versions (`version …`,
+//! `install`, `upgrade`, `downgrade`) and `db` — each a function returning an
+//! [`Outcome`](error::Outcome) or a typed [`CliError`]. [`main`] is the one place that prints a
+//! failure (`portcullis-admin: …`) and turns either into the exit code: 0 success, 1 a failure
+//! that was rolled back (or an unknown instance in `config`), 2 refused or bad input
+//! (docs/versions-and-db.md lists them per command).
+
+#![forbid(unsafe_code)]
+
+mod catalog;
+#[cfg(feature = "db")]
+mod db;
+mod error;
+mod serve;
+mod versions;
+
+use clap::{Parser, Subcommand};
+use error::CliError;
+use std::process::ExitCode;
+
+#[derive(Parser)]
+#[command(
+    name = "portcullis-admin",
+    version,
+    about = "portcullis ADMIN service: service catalog, combined configurations and the export"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Validate a catalog: exit 0 when valid, 2 with every error (file:line:column: key) on stderr.
+    Check(catalog::CheckArgs),
+    /// Print the export CSV the gateways fetch.
+    Export(catalog::ExportArgs),
+    /// Print the combined configuration of one instance (YAML, or JSON with --json).
+    Config(catalog::ConfigArgs),
+    /// Serve the catalog over HTTP (see docs/admin-api.yaml).
+    Serve(serve::ServeArgs),
+    /// The version store: build, list, show, rm, gc (docs/versions-and-db.md).
+    Version(versions::VersionArgs),
+    /// Install a version into an instance that has none, then run its type's tests.
+    Install(versions::DeployArgs),
+    /// Switch an instance to another version; a failing test switches it back (exit 1).
+    Upgrade(versions::DeployArgs),
+    /// Like upgrade; without --to, back to the version before the current one.
+    Downgrade(versions::DeployArgs),
+    /// Database patching: status and patch runs (docs/versions-and-db.md).
+    #[cfg(feature = "db")]
+    Db(db::DbArgs),
+}
+
+fn main() -> ExitCode {
+    let outcome = match Cli::parse().command {
+        Command::Check(a) => catalog::check(a),
+        Command::Export(a) => catalog::export(a),
+        Command::Config(a) => catalog::config(a),
+        Command::Serve(a) => serve::serve(a),
+        Command::Version(a) => versions::version(a),
+        Command::Install(a) => versions::deploy(portcullis_admin::versions::Action::Install, a),
+        Command::Upgrade(a) => versions::deploy(portcullis_admin::versions::Action::Upgrade, a),
+        Command::Downgrade(a) => versions::deploy(portcullis_admin::versions::Action::Downgrade, a),
+        #[cfg(feature = "db")]
+        Command::Db(a) => db::db(a),
+    };
+    match outcome {
+        Ok(outcome) => ExitCode::from(outcome.exit_code()),
+        Err(e) => {
+            e.print();
+            ExitCode::from(e.exit_code())
+        }
+    }
+}
+
+/// The runtime of the one-shot async commands (deploys, DB runs): one thread is plenty.
+fn current_thread_runtime() -> Result<tokio::runtime::Runtime, CliError> {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(CliError::Runtime)
+}
