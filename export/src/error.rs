@@ -9,6 +9,39 @@ use std::fmt;
 /// rest would only drown the first, most useful messages.
 pub const MAX_ERRORS: usize = 100;
 
+/// Longest text an error quotes from the input. A value is at most an address, a name or a
+/// port range; quoting more only helps a hostile or broken export fill logs and memory (a
+/// 60 MiB one-line export once produced a 125 MB log line).
+pub const MAX_QUOTED_CHARS: usize = 64;
+/// Longest message kept, whatever produced it: the net under [`MAX_QUOTED_CHARS`].
+const MAX_MESSAGE_BYTES: usize = 512;
+
+/// Input text quoted in an error: `"…"` as Rust debug-quotes it, cut after
+/// [`MAX_QUOTED_CHARS`] characters with the whole length said.
+pub struct Quoted<'a>(pub &'a str);
+
+impl fmt::Display for Quoted<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.0.char_indices().nth(MAX_QUOTED_CHARS) {
+            None => write!(f, "{:?}", self.0),
+            Some((cut, _)) => write!(f, "{:?}… ({} bytes in all)", &self.0[..cut], self.0.len()),
+        }
+    }
+}
+
+/// `message` cut to [`MAX_MESSAGE_BYTES`] at a character boundary.
+fn bounded(mut message: String) -> String {
+    if message.len() > MAX_MESSAGE_BYTES {
+        let mut cut = MAX_MESSAGE_BYTES;
+        while !message.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        message.truncate(cut);
+        message.push_str("… (cut)");
+    }
+    message
+}
+
 /// What kind of rule an input broke. Stable names (`kebab-case` in JSON) for tests and tooling.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
 #[serde(rename_all = "kebab-case")]
@@ -71,8 +104,9 @@ pub struct ExportErrors {
 }
 
 impl ExportErrors {
-    pub(crate) fn push(&mut self, e: ExportError) {
+    pub(crate) fn push(&mut self, mut e: ExportError) {
         if self.errors.len() < MAX_ERRORS {
+            e.message = bounded(e.message);
             self.errors.push(e);
         } else {
             self.truncated = true;

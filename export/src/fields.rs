@@ -73,7 +73,8 @@ macro_rules! string_newtype_conversions {
         impl TryFrom<String> for $t {
             type Error = String;
             fn try_from(s: String) -> Result<Self, String> {
-                Self::parse(&s).map_err(|e| format!("expected {e}, found {s:?}"))
+                Self::parse(&s)
+                    .map_err(|e| format!("expected {e}, found {}", crate::error::Quoted(&s)))
             }
         }
         impl From<$t> for String {
@@ -174,7 +175,8 @@ impl From<PortRange> for String {
 impl TryFrom<String> for PortRange {
     type Error = String;
     fn try_from(s: String) -> Result<Self, String> {
-        PortRange::parse(&s).map_err(|e| format!("expected {e}, found {s:?}"))
+        PortRange::parse(&s)
+            .map_err(|e| format!("expected {e}, found {}", crate::error::Quoted(&s)))
     }
 }
 

@@ -1,7 +1,7 @@
 //! Reading an export: bytes → version directive → header → typed rows, collecting every field
 //! error with its location. Cross-row rules live in `validate`.
 
-use crate::error::{ErrorKind, ExportError, ExportErrors};
+use crate::error::{ErrorKind, ExportError, ExportErrors, Quoted};
 use crate::fields::{
     parse_fwmark, parse_ip, parse_persistence, parse_rport, parse_weight, InstanceId, Method,
     PortRange, Proto, Scheduler, ServiceType,
@@ -392,14 +392,17 @@ impl Header {
             if text.starts_with(char::is_whitespace) || text.ends_with(char::is_whitespace) {
                 (
                     ErrorKind::Whitespace,
-                    format!("expected no leading or trailing spaces, found {text:?}"),
+                    format!(
+                        "expected no leading or trailing spaces, found {}",
+                        Quoted(text)
+                    ),
                 )
             } else {
                 match parse(text) {
                     Ok(value) => return Some(value),
                     Err(expected) => (
                         ErrorKind::BadValue,
-                        format!("expected {expected}, found {text:?}"),
+                        format!("expected {expected}, found {}", Quoted(text)),
                     ),
                 }
             };

@@ -55,8 +55,9 @@ impl FormatVersion {
         };
         let Some((major, minor)) = parsed.filter(|_| rest.starts_with(' ')) else {
             return Err(fail(format!(
-                "expected `{DIRECTIVE} MAJOR.MINOR` (e.g. `{}`), found {first:?}",
-                Self::directive()
+                "expected `{DIRECTIVE} MAJOR.MINOR` (e.g. `{}`), found {}",
+                Self::directive(),
+                crate::error::Quoted(first)
             )));
         };
         let version = FormatVersion { major, minor };

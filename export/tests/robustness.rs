@@ -1,7 +1,7 @@
 //! The parser never panics, and whatever it rejects it rejects with located errors; whatever
 //! it accepts survives a write/parse round trip unchanged.
 
-use portcullis_export::{parse, to_string, ExportErrors};
+use portcullis_export::{parse, to_string, ErrorKind, ExportErrors};
 use proptest::prelude::*;
 
 const VALID: &str = "# portcullis-export 1.0
@@ -128,4 +128,33 @@ fn the_seed_export_is_valid() {
     let export = parse(VALID.as_bytes()).expect("valid");
     assert_eq!(export.records.len(), 5);
     assert_eq!(export.records[0].line, 3);
+}
+
+/// A huge value is quoted in part, with its length: a 16 MiB one-line export must not turn
+/// into 16 MiB log lines (issue 16).
+#[test]
+fn long_values_are_quoted_in_part() {
+    let huge = "9".repeat(16 << 20);
+    let padded = format!(" {huge}");
+    for (field, kind) in [
+        (&huge, ErrorKind::BadValue),
+        (&padded, ErrorKind::Whitespace),
+    ] {
+        let text = VALID.replacen("192.0.2.10,443", &format!("{field},443"), 1);
+        let errors = parse(text.as_bytes()).expect_err("rejected");
+        let first = &errors.errors[0];
+        assert_eq!(first.kind, kind);
+        let shown = first.to_string();
+        assert!(
+            shown.len() < 600,
+            "{} bytes: {}",
+            shown.len(),
+            &shown[..200]
+        );
+        assert!(
+            shown.contains(&format!("({} bytes in all)", field.len())),
+            "{shown}"
+        );
+        assert!(shown.starts_with("line 3, column 4 (vip)"), "{shown}");
+    }
 }
