@@ -132,3 +132,22 @@ fn failures_are_reported_once_with_the_program_name() {
     assert_eq!(err.matches("portcullis-admin: ").count(), 1, "{err}");
     assert!(err.contains("no instance pgw.app9.1 in "), "{err}");
 }
+
+/// `--auth-reads` without a token would serve every read to anyone: refused at start.
+#[test]
+fn auth_reads_without_a_token_file_is_refused() {
+    let out = bin()
+        .args([
+            "serve",
+            "--catalog",
+            example(),
+            "--auth-reads",
+            "--listen",
+            "127.0.0.1:0",
+        ])
+        .output()
+        .expect("run");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(err.contains("--token-file"), "{err}");
+}

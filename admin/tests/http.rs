@@ -324,6 +324,19 @@ async fn changes_need_the_token_and_reads_can_too() {
     );
     server.stop().await.unwrap();
 
+    // Reads tokened but no token to check against (a library user's mistake): closed.
+    let (_s, server) = start(
+        dir.path(),
+        Options {
+            auth_reads: true,
+            ..Options::default()
+        },
+    )
+    .await;
+    let url = format!("{}/v1/export.csv", server.url());
+    assert_eq!(c.get(&url).send().await.unwrap().status(), 503);
+    server.stop().await.unwrap();
+
     // No token configured: changes are off.
     let (_s, server) = start(dir.path(), Options::default()).await;
     let r = c

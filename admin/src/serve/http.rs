@@ -132,6 +132,12 @@ async fn auth_reads(Ext(state): Ext<AdminState>, req: Request, next: Next) -> Re
             ApiError::new(StatusCode::UNAUTHORIZED, "a valid bearer token is required")
                 .into_response()
         }
+        // Reads must be authenticated but there is no token to check against: fail closed.
+        (None, true) => ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "reads require a token, and the server has none configured (--token-file)",
+        )
+        .into_response(),
         _ => next.run(req).await,
     }
 }

@@ -16,8 +16,9 @@ pub struct ServeArgs {
     /// File holding the bearer token; without it, mutations are refused.
     #[arg(long)]
     token_file: Option<PathBuf>,
-    /// Require the token for reads too (the export, configs, listings).
-    #[arg(long)]
+    /// Require the token for reads too (the export, configs, listings). Needs --token-file:
+    /// without a token, reads would be served to anyone.
+    #[arg(long, requires = "token_file")]
     auth_reads: bool,
     /// How often the catalog files are checked for changes, e.g. 1s, 500ms.
     #[arg(long, default_value = "1s", value_parser = humantime::parse_duration)]
