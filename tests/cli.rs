@@ -289,3 +289,19 @@ fn sources_can_be_urls() {
     );
     assert_eq!(portcullis(&["check", &file_url]).status.code(), Some(0));
 }
+
+/// Issue 16 item 7: `check /dev/zero` grew without bound; a file over the cap is refused with
+/// exit 2 before it is read whole.
+#[test]
+fn inputs_over_the_size_cap_are_refused() {
+    let out = Command::new(env!("CARGO_BIN_EXE_portcullis"))
+        .args(["check", "/dev/zero"])
+        .output()
+        .expect("run");
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("/dev/zero: export larger than 67108864 bytes, refused"),
+        "{err}"
+    );
+}

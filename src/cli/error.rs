@@ -87,6 +87,8 @@ pub enum SourceError {
     },
     #[error("cannot fetch {url}: {reason}")]
     Fetch { url: String, reason: String },
+    #[error("{what}: export larger than {limit} bytes, refused")]
+    TooLarge { what: String, limit: u64 },
 }
 
 /// Rendering options (policy file, interface names) that cannot be used.

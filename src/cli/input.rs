@@ -21,28 +21,46 @@ pub fn display_name(path: &Path) -> String {
     }
 }
 
+/// Largest export read from a file or standard input: the daemon's default body cap. Far
+/// above any real export (100k rows is 7 MB); `check /dev/zero` or a 1 GB one-line file must
+/// end with a clear error, not an allocation failure.
+pub const MAX_EXPORT_BYTES: u64 = crate::daemon::config::DEFAULT_MAX_BODY_BYTES;
+
 /// Reads an export from a file, `-` (standard input), or an `http(s)://` / `file://` URL.
 pub(crate) fn read_source(path: &Path) -> Result<Vec<u8>, CliError> {
     let text = path.to_string_lossy();
     if path == Path::new("-") {
-        let mut buf = Vec::new();
-        std::io::stdin()
-            .lock()
-            .read_to_end(&mut buf)
-            .map_err(|source| SourceError::Read {
-                what: "standard input".into(),
-                source,
-            })?;
-        return Ok(buf);
+        return Ok(read_capped(std::io::stdin().lock(), "standard input")?);
     }
     if text.starts_with("http://") || text.starts_with("https://") {
         return fetch(&text);
     }
     let file = text.strip_prefix("file://").map_or(path, Path::new);
-    Ok(std::fs::read(file).map_err(|source| SourceError::Read {
-        what: file.display().to_string(),
+    let what = file.display().to_string();
+    let opened = std::fs::File::open(file).map_err(|source| SourceError::Read {
+        what: what.clone(),
         source,
-    })?)
+    })?;
+    Ok(read_capped(opened, &what)?)
+}
+
+/// Reads at most [`MAX_EXPORT_BYTES`]; more is refused without reading it.
+fn read_capped(input: impl Read, what: &str) -> Result<Vec<u8>, SourceError> {
+    let mut buf = Vec::new();
+    input
+        .take(MAX_EXPORT_BYTES + 1)
+        .read_to_end(&mut buf)
+        .map_err(|source| SourceError::Read {
+            what: what.to_owned(),
+            source,
+        })?;
+    if buf.len() as u64 > MAX_EXPORT_BYTES {
+        return Err(SourceError::TooLarge {
+            what: what.to_owned(),
+            limit: MAX_EXPORT_BYTES,
+        });
+    }
+    Ok(buf)
 }
 
 fn fetch(url: &str) -> Result<Vec<u8>, CliError> {

@@ -15,6 +15,11 @@ pub const DEFAULT_PATH: &str = "/etc/portcullis/portcullis.toml";
 /// control socket, IPVS ownership); every command's `--state-dir` defaults to it.
 pub const DEFAULT_STATE_DIR: &str = "/var/lib/portcullis";
 
+/// Largest export accepted by default (`max_body_bytes`, and the CLI's limit for files): far
+/// above any real one (100k rows is 7 MB), small enough that a broken source cannot exhaust
+/// the gateway's memory.
+pub const DEFAULT_MAX_BODY_BYTES: u64 = 64 << 20;
+
 /// A configuration that cannot be used; says where and what was expected.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -119,7 +124,7 @@ impl Default for Config {
             long_poll: Duration::from_secs(30),
             audit_interval: Duration::from_secs(600),
             request_timeout: Duration::from_secs(10),
-            max_body_bytes: 64 << 20,
+            max_body_bytes: DEFAULT_MAX_BODY_BYTES,
             backend: Backend::Nft,
             drain_grace: Duration::from_secs(300),
             flush_on_exit: false,
