@@ -2,7 +2,7 @@
 //! `flush` (our nft table and owned IPVS services): the one-shot, kernel-facing commands.
 
 use super::{confirm, load_state, FAILED, INVALID, OK};
-use crate::apply::{drift, ConntrackCli, Firewall, Guard, NftCli, SyncOutcome, Syncer};
+use crate::apply::{drift, ConntrackNetlink, Firewall, Guard, NftCli, SyncOutcome, Syncer};
 use crate::daemon::cache::StateDir;
 use crate::daemon::journal::{Entry, Journal};
 use crate::model::DesiredState;
@@ -51,7 +51,7 @@ pub fn apply_once(args: ApplyOnce) -> u8 {
     };
     let mut syncer = Syncer::new(
         NftCli::default(),
-        ConntrackCli::default(),
+        ConntrackNetlink::default(),
         args.opts.clone(),
     );
     if args.dry_run {
@@ -238,7 +238,7 @@ fn warn_if_the_daemon_is_active(state_dir: &Path) {
 }
 
 fn dry_run_report(
-    syncer: &mut Syncer<NftCli, ConntrackCli>,
+    syncer: &mut Syncer<NftCli, ConntrackNetlink>,
     state: &DesiredState,
     opts: &RenderOptions,
 ) -> u8 {
@@ -279,7 +279,7 @@ fn dry_run_report(
 }
 
 /// What the IPVS side sent, and what still drains.
-fn report_ipvs(syncer: &Syncer<NftCli, ConntrackCli>) {
+fn report_ipvs(syncer: &Syncer<NftCli, ConntrackNetlink>) {
     if let Some(ipvs) = syncer.ipvs() {
         for op in ipvs.journal() {
             confirm::say(&format!("ipvs: {op}"));
@@ -381,7 +381,7 @@ pub fn diff_live(export: &Path, opts: &RenderOptions, json: bool) -> u8 {
         Ok(s) => s,
         Err(code) => return code,
     };
-    let mut syncer = Syncer::new(NftCli::default(), ConntrackCli::default(), opts.clone());
+    let mut syncer = Syncer::new(NftCli::default(), ConntrackNetlink::default(), opts.clone());
     let (expected, live) = match (syncer.expected_table(&state), syncer.firewall.read_table()) {
         (Ok(e), Ok(l)) => (e, l),
         (Err(e), _) => {

@@ -2,7 +2,7 @@
 //! the polling daemon (or, with `--check-config`, the effective configuration printed).
 
 use super::{FAILED, INVALID, OK};
-use crate::apply::{ConntrackCli, NftCli};
+use crate::apply::{ConntrackNetlink, NftCli};
 use crate::daemon::config::{BackendName, Config, Role, DEFAULT_PATH};
 use crate::daemon::poll::Daemon;
 use clap::Args;
@@ -166,7 +166,8 @@ pub fn run(args: &RunArgs) -> u8 {
         }
         BackendName::Nft => None,
     };
-    let mut daemon = match Daemon::new(config, NftCli::default(), ConntrackCli::default(), opts) {
+    let mut daemon = match Daemon::new(config, NftCli::default(), ConntrackNetlink::default(), opts)
+    {
         Ok(d) => d,
         Err(e) => {
             eprintln!("portcullis: {e}");
