@@ -57,25 +57,20 @@ impl ConntrackNetlink {
     /// stays in the namespace it was created in, so it is created on a short-lived thread
     /// that entered `ns` (setns changes only the calling thread).
     pub fn in_netns(ns: &str) -> Result<ConntrackNetlink, ConntrackError> {
-        let path = format!("{NETNS_RUN_DIR}/{ns}");
-        let netns_error = |error| ConntrackError::Netns {
+        let netns_error = |ns: &str, error| ConntrackError::Netns {
             ns: ns.to_string(),
             error,
         };
-        let file = File::open(&path).map_err(netns_error)?;
+        let file = File::open(format!("{NETNS_RUN_DIR}/{ns}")).map_err(|e| netns_error(ns, e))?;
+        let name = ns.to_string();
         let socket = std::thread::spawn(move || {
             nix::sched::setns(&file, nix::sched::CloneFlags::CLONE_NEWNET)
-                .map_err(io::Error::from)
-                .map_err(Err)?;
-            new_socket().map_err(Ok)
+                .map_err(|e| netns_error(&name, e.into()))?;
+            Ok::<_, ConntrackError>(new_socket()?)
         })
         .join()
-        .map_err(|_| netns_error(io::Error::other("the setns thread panicked")))?;
-        match socket {
-            Ok(socket) => Ok(ConntrackNetlink::with_socket(socket)),
-            Err(Err(setns)) => Err(netns_error(setns)),
-            Err(Ok(socket)) => Err(socket.into()),
-        }
+        .map_err(|_| netns_error(ns, io::Error::other("the setns thread panicked")))??;
+        Ok(ConntrackNetlink::with_socket(socket))
     }
 
     fn with_socket(socket: Socket) -> ConntrackNetlink {
@@ -85,16 +80,16 @@ impl ConntrackNetlink {
         }
     }
 
-    fn socket(&mut self) -> Result<&mut Socket, ConntrackError> {
+    /// Opens the socket if [`Default`] left it for the first use.
+    fn ensure_open(&mut self) -> Result<(), ConntrackError> {
         if self.socket.is_none() {
             self.socket = Some(new_socket()?);
         }
         if self.buf.is_empty() {
+            // Dump replies come in datagrams of up to 32 KiB.
             self.buf = vec![0; 1 << 16];
         }
-        self.socket
-            .as_mut()
-            .ok_or_else(|| ConntrackError::Io(io::Error::other("no socket")))
+        Ok(())
     }
 
     fn next_seq(&mut self) -> u32 {
@@ -103,18 +98,21 @@ impl ConntrackNetlink {
     }
 
     fn send(&mut self, bytes: &[u8]) -> Result<(), ConntrackError> {
-        self.socket()?.send(bytes, 0)?;
+        self.ensure_open()?;
+        if let Some(socket) = &self.socket {
+            socket.send(bytes, 0)?;
+        }
         Ok(())
     }
 
     /// Receives one datagram into `self.buf`; returns its length.
     fn recv(&mut self) -> Result<usize, ConntrackError> {
-        self.socket()?;
-        let Some(socket) = self.socket.as_mut() else {
-            return Err(io::Error::other("no socket").into());
+        self.ensure_open()?;
+        let (Some(socket), buf) = (&self.socket, &mut self.buf) else {
+            return Err(io::Error::other("conntrack socket not open").into());
         };
         loop {
-            match socket.recv(&mut &mut self.buf[..], 0) {
+            match socket.recv(&mut &mut buf[..], 0) {
                 Ok(n) => return Ok(n),
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                 Err(e) => return Err(e.into()),
