@@ -16,7 +16,7 @@ mod summary;
 
 use common::lab::{Lab, VIP1};
 use common::Netns;
-use portcullis::apply::{ConntrackCli, NftCli, Syncer};
+use portcullis::apply::{ConntrackNetlink, NftCli, Syncer};
 use portcullis::model::DesiredState;
 use portcullis::render::nft::{full_ruleset, Backend};
 use std::io::{BufRead, BufReader, Write};
@@ -148,7 +148,7 @@ fn apply_table(reps: usize, sizes: &[usize]) -> Vec<ApplyRow> {
             let ns = Netns::new(&format!("cold{rep}"));
             let mut s = Syncer::new(
                 NftCli::in_netns(&ns.name),
-                ConntrackCli::in_netns(&ns.name),
+                ConntrackNetlink::in_netns(&ns.name).expect("conntrack socket"),
                 opts.clone(),
             );
             let st = state.clone();
@@ -160,7 +160,7 @@ fn apply_table(reps: usize, sizes: &[usize]) -> Vec<ApplyRow> {
         let ns = Netns::new("incr");
         let mut s = Syncer::new(
             NftCli::in_netns(&ns.name),
-            ConntrackCli::in_netns(&ns.name),
+            ConntrackNetlink::in_netns(&ns.name).expect("conntrack socket"),
             opts.clone(),
         );
         s.sync(state.clone()).expect("load");
@@ -301,7 +301,7 @@ fn persistent_drain_table(reps: usize, sizes: &[usize]) {
         let ns = Netns::new("persist");
         let mut s = Syncer::new(
             NftCli::in_netns(&ns.name),
-            ConntrackCli::in_netns(&ns.name),
+            ConntrackNetlink::in_netns(&ns.name).expect("conntrack socket"),
             opts.clone(),
         );
         s.sync(DesiredState::from_rows(&rows)).expect("load");
@@ -520,7 +520,7 @@ fn rate_table(sizes: &[usize], window: Duration) {
             );
             let mut s = Syncer::new(
                 NftCli::in_netns(&lab.gw.name),
-                ConntrackCli::in_netns(&lab.gw.name),
+                ConntrackNetlink::in_netns(&lab.gw.name).expect("conntrack socket"),
                 opts.clone(),
             );
             s.sync(DesiredState::from_rows(&rows)).expect("apply");

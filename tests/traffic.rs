@@ -5,7 +5,7 @@ mod common;
 
 use common::lab::{ask_line, udp_ask, Lab, VIP1, VIP2};
 use common::{render_options, require_nft};
-use portcullis::apply::{ConntrackCli, Firewall, NftCli, NoConntrack, SyncOutcome, Syncer};
+use portcullis::apply::{ConntrackNetlink, Firewall, NftCli, NoConntrack, SyncOutcome, Syncer};
 use portcullis::model::DesiredState;
 use portcullis::render::nft::Backend;
 use std::collections::{BTreeMap, BTreeSet};
@@ -30,10 +30,10 @@ fn row(proto: &str, vip: &str, port: u16, n: usize, weight: u16) -> String {
     )
 }
 
-fn syncer(lab: &Lab) -> Syncer<NftCli, ConntrackCli> {
+fn syncer(lab: &Lab) -> Syncer<NftCli, ConntrackNetlink> {
     Syncer::new(
         NftCli::in_netns(&lab.gw.name),
-        ConntrackCli::in_netns(&lab.gw.name),
+        ConntrackNetlink::in_netns(&lab.gw.name).expect("conntrack socket in the gateway"),
         render_options(Backend::Nft, &["g0"]),
     )
 }

@@ -18,7 +18,10 @@ mod sync;
 mod table;
 mod twin;
 
-pub use conntrack::{Conntrack, ConntrackCli, ConntrackFlush, NoConntrack, RecordingConntrack};
+pub use conntrack::{
+    Conntrack, ConntrackError, ConntrackFlush, ConntrackNetlink, Endpoints, Flow, NoConntrack,
+    RecordingConntrack,
+};
 pub use error::{parse_diagnostics, NftDiagnostic, NftError};
 pub use guard::{Guard, GuardRefusal};
 pub use nft_cli::NftCli;

@@ -5,7 +5,7 @@ use super::confirm;
 use super::error::{report, CliError, CHANGES, FAILED, INVALID, OK};
 use super::input::load_state;
 use super::pipeline::print_json;
-use crate::apply::{drift, ConntrackCli, Firewall, Guard, NftCli, SyncOutcome, Syncer};
+use crate::apply::{drift, ConntrackNetlink, Firewall, Guard, NftCli, SyncOutcome, Syncer};
 use crate::daemon::cache::StateDir;
 use crate::daemon::journal::{Entry, Journal};
 use crate::model::DesiredState;
@@ -53,7 +53,7 @@ pub fn apply_once(args: ApplyOnce) -> u8 {
     };
     let mut syncer = Syncer::new(
         NftCli::default(),
-        ConntrackCli::default(),
+        ConntrackNetlink::default(),
         args.opts.clone(),
     );
     if args.dry_run {
@@ -239,7 +239,7 @@ fn warn_if_the_daemon_is_active(state_dir: &Path) {
 }
 
 fn dry_run_report(
-    syncer: &mut Syncer<NftCli, ConntrackCli>,
+    syncer: &mut Syncer<NftCli, ConntrackNetlink>,
     state: &DesiredState,
     opts: &RenderOptions,
 ) -> u8 {
@@ -280,7 +280,7 @@ fn dry_run_report(
 }
 
 /// What the IPVS side sent, and what still drains.
-fn report_ipvs(syncer: &Syncer<NftCli, ConntrackCli>) {
+fn report_ipvs(syncer: &Syncer<NftCli, ConntrackNetlink>) {
     if let Some(ipvs) = syncer.ipvs() {
         for op in ipvs.journal() {
             confirm::say(&format!("ipvs: {op}"));
@@ -382,7 +382,7 @@ pub fn diff_live(export: &Path, opts: &RenderOptions, json: bool) -> u8 {
         Ok(s) => s,
         Err(e) => return report(&e),
     };
-    let mut syncer = Syncer::new(NftCli::default(), ConntrackCli::default(), opts.clone());
+    let mut syncer = Syncer::new(NftCli::default(), ConntrackNetlink::default(), opts.clone());
     let (expected, live) = match (syncer.expected_table(&state), syncer.firewall.read_table()) {
         (Ok(e), Ok(l)) => (e, l),
         (Err(e), _) => {

@@ -3,7 +3,7 @@
 
 use super::error::{CliError, Exit, OK};
 use super::pipeline::render_options;
-use crate::apply::{ConntrackCli, NftCli};
+use crate::apply::{ConntrackNetlink, NftCli};
 use crate::daemon::config::{Config, ConfigError, Role, DEFAULT_PATH};
 use crate::daemon::Daemon;
 use crate::render::nft::Backend;
@@ -158,7 +158,7 @@ pub fn run(args: &RunArgs) -> Result<Exit, CliError> {
         )?),
         Backend::Nft => None,
     };
-    let mut daemon = Daemon::new(config, NftCli::default(), ConntrackCli::default(), opts)?;
+    let mut daemon = Daemon::new(config, NftCli::default(), ConntrackNetlink::default(), opts)?;
     if let Some(ipvs) = ipvs {
         daemon.syncer.set_ipvs(ipvs);
     }
