@@ -95,6 +95,7 @@ impl NftCli {
     }
 
     /// Deletes our table if it exists: everything portcullis put in nftables, nothing else.
+    /// `false` when there was none.
     pub fn delete_table(&self) -> Result<bool, NftError> {
         if self.read_table()?.is_none() {
             return Ok(false);
@@ -134,5 +135,8 @@ impl Firewall for NftCli {
     }
     fn read_table(&mut self) -> Result<Option<TableState>, NftError> {
         NftCli::read_table(self)
+    }
+    fn delete_table(&mut self) -> Result<bool, NftError> {
+        NftCli::delete_table(self)
     }
 }
