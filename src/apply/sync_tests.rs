@@ -128,9 +128,10 @@ impl Balancer for Logged<TwinBalancer> {
     }
 }
 
-#[test]
-fn ipvs_adds_before_the_nft_swap_and_drains_and_deletes_after_it() {
-    let log = Arc::new(Mutex::new(Vec::new()));
+type LoggedSyncer = Syncer<Logged<TwinFirewall>, RecordingConntrack>;
+
+/// An IPVS-backend syncer whose two kernels record their changes, in order, in `log`.
+fn logged_ipvs_syncer(log: &Arc<Mutex<Vec<String>>>) -> LoggedSyncer {
     let opts = RenderOptions {
         backend: Backend::Ipvs,
         external_interfaces: Vec::new(),
@@ -151,6 +152,49 @@ fn ipvs_adds_before_the_nft_swap_and_drains_and_deletes_after_it() {
         Ownership::in_memory(),
         Duration::from_secs(60),
     ));
+    s
+}
+
+#[test]
+fn planning_changes_nothing_and_the_plan_lists_what_execute_does() {
+    let log = Arc::new(Mutex::new(Vec::new()));
+    let mut s = logged_ipvs_syncer(&log);
+    s.sync(state(10)).expect("first sync");
+    log.lock().expect("lock").clear();
+    let mut next = state(12);
+    let gone = *next.services.keys().next().expect("a service");
+    next.services.remove(&gone);
+
+    let plan = s.plan_sync(next.clone()).expect("plan");
+    assert!(
+        log.lock().expect("lock").is_empty(),
+        "planning sent nothing"
+    );
+    assert_eq!(s.applied(), Some(&state(10)), "nor moved the applied state");
+    let ipvs = plan.ipvs.as_ref().expect("an IPVS part");
+    assert!(ipvs
+        .before_swap()
+        .iter()
+        .all(|op| matches!(op, IpvsOp::AddService(_) | IpvsOp::AddDest(..))));
+    assert!(!ipvs.before_swap().is_empty());
+    assert!(ipvs
+        .after_swap()
+        .iter()
+        .all(|op| matches!(op, IpvsOp::EditDest(_, d) if d.weight == 0)));
+    assert!(!ipvs.after_swap().is_empty());
+    assert!(matches!(plan.nft, NftStep::Incremental { .. }));
+
+    s.execute(plan).expect("execute");
+    let mut seen = log.lock().expect("lock").clone();
+    seen.dedup();
+    assert_eq!(seen, ["ipvs add", "nft", "ipvs drain", "ipvs delete"]);
+    assert_eq!(s.applied(), Some(&next));
+}
+
+#[test]
+fn ipvs_adds_before_the_nft_swap_and_drains_and_deletes_after_it() {
+    let log = Arc::new(Mutex::new(Vec::new()));
+    let mut s = logged_ipvs_syncer(&log);
     s.sync(state(10)).expect("first sync");
     let mut seen = log.lock().expect("lock").clone();
     seen.dedup();
