@@ -4,7 +4,8 @@
 //! - [`model`] groups rows into the desired virtual services;
 //! - [`diff`] computes what changes between two states;
 //! - [`render`] turns a state or a diff into nftables transactions and ipvsadm text;
-//! - `cli` is the netops command line on top.
+//! - `cli` is the netops command line on top;
+//! - [`durable`] is the one way state files are written (atomic, fsynced).
 //!
 //! Model, diff and render do no I/O; only the CLI (and later `apply`) touches files or the
 //! kernel.
@@ -13,6 +14,7 @@ pub mod apply;
 pub mod cli;
 pub mod daemon;
 pub mod diff;
+pub mod durable;
 pub mod model;
 pub mod render;
 pub mod synth;
