@@ -29,6 +29,9 @@ pub enum FlushFailure {
     /// IPVS could not be reached at all.
     #[error("{0}")]
     Netlink(#[source] IpvsError),
+    /// The batch of deletes could not be sent or its answers not read.
+    #[error("flush of IPVS failed: {0}")]
+    Batch(#[source] IpvsError),
     /// The kernel refused to delete one owned service (it stays owned).
     #[error("{0}")]
     IpvsRefused(#[source] IpvsError),
@@ -97,7 +100,7 @@ fn flush_ipvs(
         .collect();
     let results = balancer
         .apply(&ops)
-        .map_err(|e| vec![FlushFailure::Netlink(e)])?;
+        .map_err(|e| vec![FlushFailure::Batch(e)])?;
     let mut failures = Vec::new();
     let mut removed = Vec::new();
     for (op, result) in ops.iter().zip(results) {

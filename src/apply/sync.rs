@@ -147,10 +147,7 @@ impl<F: Firewall, C: Conntrack> Syncer<F, C> {
     /// Without an applied state this is a [`Syncer::reconcile`]. If the kernel refuses the
     /// increment (someone edited our table), falls back to a full regeneration.
     pub fn sync(&mut self, state: DesiredState) -> Result<SyncOutcome, SyncError> {
-        let plan = match self.applied.is_some() {
-            true => self.plan_sync(state)?,
-            false => self.plan_reconcile(state)?,
-        };
+        let plan = self.plan_sync(state)?;
         self.execute(plan)
     }
 
@@ -193,7 +190,8 @@ impl<F: Firewall, C: Conntrack> Syncer<F, C> {
         })
     }
 
-    /// The hot path's plan: O(changes), nothing listed. Needs an applied state.
+    /// The hot path's plan: O(changes), nothing listed. Without an applied state, the
+    /// reconcile's plan.
     fn plan_sync(&mut self, state: DesiredState) -> Result<SyncPlan, SyncError> {
         let Some(old) = &self.applied else {
             return self.plan_reconcile(state);
