@@ -8,6 +8,7 @@
 //!   each behind a narrow trait with an in-memory twin;
 //! - [`daemon`] is `portcullis run`: poll, validate, guard, sync, record;
 //! - [`cli`] is the netops command line on top, and the one place that prints errors.
+//! - [`durable`] is the one way state files are written (atomic, fsynced).
 //!
 //! Model, diff and render do no I/O. The one `unsafe` call (glibc's `malloc_trim`, in the
 //! daemon's step) is allowed where it stands; everything else is denied it.
@@ -18,6 +19,7 @@ pub mod apply;
 pub mod cli;
 pub mod daemon;
 pub mod diff;
+pub mod durable;
 pub mod model;
 pub mod render;
 pub mod synth;

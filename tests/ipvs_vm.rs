@@ -4,8 +4,8 @@
 //! traffic between namespaces, drains). `PORTCULLIS_VM_MODE=bench` runs tests/vm/bench.sh.
 
 use portcullis::apply::ipvs::{
-    desired_table, Balancer, Dest, DestId, IpvsNetlink, IpvsSync, Op, Ownership, Service,
-    ServiceId, SyncDaemon, Timeouts,
+    desired_table, Balancer, Dest, DestId, IpvsNetlink, IpvsOp, IpvsSync, Ownership, Scope,
+    Service, ServiceId, SyncDaemon, Timeouts,
 };
 use portcullis::model::DesiredState;
 use portcullis_export::{Method, Proto};
@@ -313,10 +313,10 @@ fn batch_refusals() -> Result<(), String> {
         netmask: u32::MAX,
     };
     let ops = vec![
-        Op::AddService(svc(1)),
-        Op::AddService(svc(1)), // EEXIST
-        Op::AddService(svc(2)),
-        Op::DelService(svc(3).id), // ESRCH
+        IpvsOp::AddService(svc(1)),
+        IpvsOp::AddService(svc(1)), // EEXIST
+        IpvsOp::AddService(svc(2)),
+        IpvsOp::DelService(svc(3).id), // ESRCH
     ];
     let results = Balancer::apply(&mut nl, &ops).map_err(e("batch"))?;
     let errnos: Vec<Option<i32>> = results
@@ -392,8 +392,7 @@ fn reconcile_roundtrip() -> Result<(), String> {
     );
     for n in [200, 120] {
         let st = state(n);
-        let plan = sync.before_swap(&st).map_err(e("before swap"))?;
-        sync.after_swap(plan).map_err(e("after swap"))?;
+        sync.step(&st, Scope::Everything).map_err(e("step"))?;
         let mut live = IpvsNetlink::open()
             .map_err(e("open"))?
             .table()
@@ -441,18 +440,16 @@ fn bench(csv: &std::path::Path) -> ExitCode {
             Duration::from_secs(60),
         );
         let t = Instant::now();
-        let plan = sync.before_swap(&base).map_err(e("cold"))?;
-        sync.after_swap(plan).map_err(e("cold"))?;
+        sync.step(&base, Scope::Everything).map_err(e("cold"))?;
         println!("bench cold {:.3}", t.elapsed().as_secs_f64());
         // The daemon's hot path: diff the two states, step only through what changed.
         let t = Instant::now();
         let diff = portcullis::diff::StateDiff::between(&base, &changed);
         let keys: Vec<_> = diff.changes.iter().map(|c| *c.key()).collect();
-        let plan = sync
-            .before_swap_keys(&changed, &keys)
-            .map_err(e("change"))?;
-        let ops = plan.changed();
-        sync.after_swap(plan).map_err(e("change"))?;
+        let ops = sync
+            .step(&changed, Scope::Services(&keys))
+            .map_err(e("change"))?
+            .changed;
         println!("bench one_weight {:.4}", t.elapsed().as_secs_f64());
         ensure(ops == 1, format!("one weight change sent {ops} operations"))?;
         let t = Instant::now();

@@ -116,3 +116,88 @@ fn nft_errors_come_back_typed_and_located() {
         "a refused batch changes nothing"
     );
 }
+
+/// `apply --once` hands nft its script without a file anyone can name: a spy `nft` first on
+/// PATH records, at the moment nft runs, what the temporary directory holds and what its
+/// standard input is, then runs the real nft. Before, the script was a predictable
+/// `$TMPDIR/portcullis-<pid>-<seq>.nft` that another local user could plant (issue 16).
+#[test]
+fn apply_leaves_no_file_in_the_temp_dir_for_nft_to_read() {
+    if !require_nft() {
+        return;
+    }
+    use std::os::unix::fs::PermissionsExt;
+    let real_nft = std::process::Command::new("sh")
+        .args(["-c", "command -v nft"])
+        .output()
+        .expect("sh");
+    let real_nft = String::from_utf8_lossy(&real_nft.stdout).trim().to_owned();
+    let dir = std::env::temp_dir().join(format!("pc-nft-tmp-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let (spy_dir, tmp, log, state) = (
+        dir.join("bin"),
+        dir.join("tmp"),
+        dir.join("spy.log"),
+        dir.join("state"),
+    );
+    for d in [&spy_dir, &tmp, &state] {
+        std::fs::create_dir_all(d).expect("mkdir");
+    }
+    let spy = spy_dir.join("nft");
+    std::fs::write(
+        &spy,
+        format!(
+            "#!/bin/sh\n\
+             echo \"tmpdir=[$(ls -A \"$TMPDIR\")] stdin=$(readlink /proc/self/fd/0)\" >> '{}'\n\
+             exec '{real_nft}' \"$@\"\n",
+            log.display()
+        ),
+    )
+    .expect("spy");
+    std::fs::set_permissions(&spy, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+    let ns = Netns::new("tmpdir");
+    let path = format!(
+        "{}:{}",
+        spy_dir.display(),
+        std::env::var("PATH").unwrap_or_default()
+    );
+    let apply = |export: &str| {
+        let out = ns
+            .command("env")
+            .arg(format!("PATH={path}"))
+            .arg(format!("TMPDIR={}", tmp.display()))
+            .arg(env!("CARGO_BIN_EXE_portcullis"))
+            .args(["apply", "--once", "--external-iface", "lo", "--source"])
+            .arg(common::repo().join(export))
+            .arg("--state-dir")
+            .arg(&state)
+            .output()
+            .expect("run portcullis");
+        assert!(
+            out.status.success(),
+            "{export}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    apply("rules/examples/export.csv");
+    apply("rules/examples/export-next.csv");
+    let log = std::fs::read_to_string(&log).expect("the spy ran");
+    let batches: Vec<&str> = log.lines().filter(|l| l.contains("/memfd:")).collect();
+    assert!(
+        batches.len() >= 2,
+        "both applies sent their script on an in-memory stdin:\n{log}"
+    );
+    assert!(
+        log.lines().all(|l| l.starts_with("tmpdir=[] ")),
+        "nothing in TMPDIR while nft ran:\n{log}"
+    );
+    assert_eq!(
+        std::fs::read_dir(&tmp).expect("ls").count(),
+        0,
+        "nothing left behind"
+    );
+    assert!(ns
+        .exec(&["nft", "list", "table", "inet", "portcullis"])
+        .contains("chain"));
+    let _ = std::fs::remove_dir_all(&dir);
+}

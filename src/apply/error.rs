@@ -32,8 +32,11 @@ pub enum NftError {
     #[error("unexpected output from nft: {0}")]
     Output(String),
     /// The in-memory twin refused an operation (unit tests).
-    #[error("twin refused `{op}`: {reason}")]
-    Twin { op: String, reason: String },
+    #[error("twin refused {0}")]
+    Twin(#[from] super::table::TransactionRefused),
+    /// A refusal a unit test injected into the twin.
+    #[error("twin refused (injected): {0}")]
+    Injected(String),
 }
 
 fn render(diagnostics: &[NftDiagnostic], stderr: &str) -> String {

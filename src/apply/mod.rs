@@ -5,11 +5,15 @@
 //! - [`Firewall`]: apply / check a transaction on our table, read the table back;
 //!   [`NftCli`] drives the real `nft`, [`TwinFirewall`] applies to a [`TableState`];
 //! - [`Conntrack`]: forget connections to removed real servers;
+//! - [`ipvs`]: the IPVS services portcullis owns, over netlink;
 //! - [`Syncer`]: full regeneration at start and on drift, incremental syncs otherwise, and
-//!   the [`Guard`] against exports that withdraw too much at once.
+//!   the [`Guard`] against exports that withdraw too much at once — each sync planned
+//!   first (IPVS before, the nft transaction, IPVS after), then executed;
+//! - [`flush_owned`]: remove what portcullis put in the kernel, nothing else.
 
 mod conntrack;
 mod error;
+mod flush;
 mod guard;
 pub mod ipvs;
 mod nft_cli;
@@ -23,11 +27,12 @@ pub use conntrack::{
     RecordingConntrack,
 };
 pub use error::{parse_diagnostics, NftDiagnostic, NftError};
+pub use flush::{flush, flush_owned, FlushError, FlushFailure, FlushReport};
 pub use guard::{Guard, GuardRefusal};
 pub use nft_cli::NftCli;
 pub use readback::parse_table;
 pub use sync::{removed_reals, SyncError, SyncOutcome, Syncer};
-pub use table::{drift, ChainState, SetState, TableState};
+pub use table::{drift, ChainState, SetState, TableRefusal, TableState, TransactionRefused};
 pub use twin::TwinFirewall;
 
 use crate::render::nft::Transaction;
@@ -40,4 +45,7 @@ pub trait Firewall {
     fn check(&mut self, tx: &Transaction) -> Result<(), NftError>;
     /// Our table as it is now; `None` when it does not exist.
     fn read_table(&mut self) -> Result<Option<TableState>, NftError>;
+    /// Deletes our table — everything portcullis put in nftables, nothing else. `false` when
+    /// there was none.
+    fn delete_table(&mut self) -> Result<bool, NftError>;
 }

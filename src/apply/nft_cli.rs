@@ -1,5 +1,5 @@
-//! The real [`Firewall`]: hands rendered transactions to `nft -f FILE` (one batch = one kernel
-//! transaction), checks with `nft -c`, reads back with `nft -j list table inet portcullis`.
+//! The real [`Firewall`]: hands rendered transactions to `nft -f /dev/stdin` (one batch = one
+//! kernel transaction), checks with `nft -c`, reads back with `nft -j list table inet portcullis`.
 //!
 //! Why the `nft` text interface and not the `nftables` crate's JSON: measured here, JSON was
 //! ~2× slower for 10k rules, lost nft's error text, and could not express some of the maps we
@@ -12,8 +12,9 @@ use super::table::TableState;
 use super::Firewall;
 use crate::render::nft::transaction::{FAMILY, TABLE};
 use crate::render::nft::Transaction;
+use std::fs::File;
+use std::io::{Seek, Write};
 use std::process::{Command, Stdio};
-use std::sync::atomic::{AtomicU64, Ordering};
 
 /// Runs nft, optionally through a prefix such as `ip netns exec NS` (tests, benchmarks).
 #[derive(Clone, Debug)]
@@ -40,10 +41,18 @@ impl NftCli {
     }
 
     fn run(&self, args: &[&str]) -> Result<(bool, String, String), NftError> {
+        self.run_with_input(args, Stdio::null())
+    }
+
+    fn run_with_input(
+        &self,
+        args: &[&str],
+        stdin: Stdio,
+    ) -> Result<(bool, String, String), NftError> {
         let out = Command::new(&self.command[0])
             .args(&self.command[1..])
             .args(args)
-            .stdin(Stdio::null())
+            .stdin(stdin)
             .output()
             .map_err(|source| NftError::Spawn {
                 program: self.command.join(" "),
@@ -56,34 +65,28 @@ impl NftCli {
         ))
     }
 
-    /// Runs one transaction. The script goes to nft as a complete file, never through a pipe:
-    /// if portcullis dies while writing a pipe, nft reads end-of-file and applies whatever
-    /// prefix it got — for a full regeneration, a table without its elements. A file is either
-    /// not handed over yet (nothing happens) or complete.
+    /// Runs one transaction. nft must get the complete script or nothing, never a pipe: if
+    /// portcullis dies while writing a pipe, nft reads end-of-file and applies whatever prefix
+    /// it got — for a full regeneration, a table without its elements. So the script is
+    /// written whole into an anonymous in-memory file first, then that file, rewound, is
+    /// nft's standard input (`-f /dev/stdin`: nft reads it to the end before parsing, and its
+    /// diagnostics name `/dev/stdin:LINE:COL`). The file has no name in any directory, so
+    /// no other user can create, replace or read it, and a killed apply leaves nothing behind.
     fn batch(&self, check: bool, tx: &Transaction) -> Result<(), NftError> {
         if tx.is_empty() {
             return Ok(());
         }
         let script = tx.to_nft();
-        static SEQUENCE: AtomicU64 = AtomicU64::new(0);
-        let path = std::env::temp_dir().join(format!(
-            "portcullis-{}-{}.nft",
-            std::process::id(),
-            SEQUENCE.fetch_add(1, Ordering::Relaxed)
-        ));
-        std::fs::write(&path, &script).map_err(|source| NftError::Spawn {
-            program: format!("writing {}", path.display()),
+        let input = script_file(&script).map_err(|source| NftError::Spawn {
+            program: "an in-memory file for the nft script".into(),
             source,
         })?;
-        let file = path.to_string_lossy().into_owned();
-        let args: Vec<&str> = if check {
-            vec!["-c", "-f", &file]
+        let args: &[&str] = if check {
+            &["-c", "-f", "/dev/stdin"]
         } else {
-            vec!["-f", &file]
+            &["-f", "/dev/stdin"]
         };
-        let result = self.run(&args);
-        let _ = std::fs::remove_file(&path);
-        let (ok, _, stderr) = result?;
+        let (ok, _, stderr) = self.run_with_input(args, Stdio::from(input))?;
         if ok {
             Ok(())
         } else {
@@ -95,6 +98,7 @@ impl NftCli {
     }
 
     /// Deletes our table if it exists: everything portcullis put in nftables, nothing else.
+    /// `false` when there was none.
     pub fn delete_table(&self) -> Result<bool, NftError> {
         if self.read_table()?.is_none() {
             return Ok(false);
@@ -134,5 +138,42 @@ impl Firewall for NftCli {
     }
     fn read_table(&mut self) -> Result<Option<TableState>, NftError> {
         NftCli::read_table(self)
+    }
+    fn delete_table(&mut self) -> Result<bool, NftError> {
+        NftCli::delete_table(self)
+    }
+}
+
+/// `script` in an anonymous memory file (memfd), complete and rewound: a file only this
+/// process (and the child it is handed to) holds. Closed on exec except where it becomes
+/// the child's standard input.
+fn script_file(script: &str) -> std::io::Result<File> {
+    let fd = rustix::fs::memfd_create("portcullis-nft-script", rustix::fs::MemfdFlags::CLOEXEC)?;
+    let mut file = File::from(fd);
+    file.write_all(script.as_bytes())?;
+    file.rewind()?;
+    Ok(file)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Read;
+
+    #[test]
+    fn the_script_file_is_complete_rewound_and_nameless() {
+        let script = "add table inet portcullis\n".repeat(10_000);
+        let mut file = script_file(&script).expect("memfd");
+        let mut back = String::new();
+        file.read_to_string(&mut back).expect("read");
+        assert_eq!(back, script, "read from the start, to the end");
+        // A memfd lives in no directory: /proc shows `/memfd:NAME (deleted)`.
+        let fd = std::os::fd::AsRawFd::as_raw_fd(&file);
+        let target = std::fs::read_link(format!("/proc/self/fd/{fd}")).expect("readlink");
+        assert!(
+            target.to_string_lossy().starts_with("/memfd:"),
+            "{}",
+            target.display()
+        );
     }
 }

@@ -47,6 +47,40 @@ fn targets(expr: &str) -> impl Iterator<Item = &str> {
     out.into_iter()
 }
 
+/// Why the kernel's rules refuse one operation of a transaction on a table.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum TableRefusal {
+    #[error("no such table")]
+    NoTable,
+    #[error("no such chain")]
+    NoChain,
+    #[error("chain is not empty")]
+    ChainNotEmpty,
+    #[error("chain is still a jump/goto target")]
+    ChainReferenced,
+    #[error("{what} targets missing chain {chain}")]
+    MissingTarget { what: &'static str, chain: String },
+    #[error("no such set")]
+    NoSet,
+    #[error("no such element")]
+    NoElement,
+    #[error("element exists")]
+    ElementExists,
+    #[error("map elements need a value, set elements must not have one")]
+    MapValueMismatch,
+    #[error("not an operation portcullis uses")]
+    Unsupported,
+}
+
+/// A transaction refused: which operation, and why. Nothing of it applies.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("`{op}`: {reason}")]
+pub struct TransactionRefused {
+    /// The operation as nft text.
+    pub op: String,
+    pub reason: TableRefusal,
+}
+
 impl TableState {
     /// Applies `tx` to `table` (`None` = no table) as one all-or-nothing batch, with the
     /// kernel's rules: objects must exist to be flushed, deleted or filled; a chain must be
@@ -55,16 +89,19 @@ impl TableState {
     pub fn apply(
         table: &Option<TableState>,
         tx: &Transaction,
-    ) -> Result<Option<TableState>, (String, String)> {
+    ) -> Result<Option<TableState>, TransactionRefused> {
         let mut t = table.clone();
         for op in &tx.ops {
-            step(&mut t, op).map_err(|reason| (op.to_string(), reason))?;
+            step(&mut t, op).map_err(|reason| TransactionRefused {
+                op: op.to_string(),
+                reason,
+            })?;
         }
         Ok(t)
     }
 
     /// The table a transaction builds from nothing (what a full render describes).
-    pub fn from_transaction(tx: &Transaction) -> Result<Option<TableState>, (String, String)> {
+    pub fn from_transaction(tx: &Transaction) -> Result<Option<TableState>, TransactionRefused> {
         Self::apply(&None, tx)
     }
 
@@ -88,18 +125,15 @@ impl TableState {
     }
 }
 
-fn step(t: &mut Option<TableState>, op: &Op) -> Result<(), String> {
+fn step(t: &mut Option<TableState>, op: &Op) -> Result<(), TableRefusal> {
     if let Op::Add(Object::Table { .. }) = op {
         t.get_or_insert_with(TableState::default);
         return Ok(());
     }
     if let Op::Delete(Object::Table { .. }) = op {
-        return t
-            .take()
-            .map(|_| ())
-            .ok_or_else(|| "no such table".to_owned());
+        return t.take().map(|_| ()).ok_or(TableRefusal::NoTable);
     }
-    let table = t.as_mut().ok_or("no such table")?;
+    let table = t.as_mut().ok_or(TableRefusal::NoTable)?;
     match op {
         Op::Add(Object::Chain(c)) => {
             let hook = c
@@ -115,28 +149,31 @@ fn step(t: &mut Option<TableState>, op: &Op) -> Result<(), String> {
             table
                 .chains
                 .get_mut(&c.name)
-                .ok_or("no such chain")?
+                .ok_or(TableRefusal::NoChain)?
                 .rules
                 .clear();
         }
         Op::Delete(Object::Chain(c)) => {
-            let chain = table.chains.get(&c.name).ok_or("no such chain")?;
+            let chain = table.chains.get(&c.name).ok_or(TableRefusal::NoChain)?;
             if !chain.rules.is_empty() {
-                return Err("chain is not empty".into());
+                return Err(TableRefusal::ChainNotEmpty);
             }
             if table.referenced(&c.name) {
-                return Err("chain is still a jump/goto target".into());
+                return Err(TableRefusal::ChainReferenced);
             }
             table.chains.remove(&c.name);
         }
         Op::Add(Object::Rule(r)) => {
             if let Some(missing) = targets(&r.expr).find(|t| !table.chains.contains_key(*t)) {
-                return Err(format!("rule targets missing chain {missing}"));
+                return Err(TableRefusal::MissingTarget {
+                    what: "rule",
+                    chain: missing.to_owned(),
+                });
             }
             table
                 .chains
                 .get_mut(&r.chain)
-                .ok_or("no such chain")?
+                .ok_or(TableRefusal::NoChain)?
                 .rules
                 .push(r.expr.clone());
         }
@@ -149,22 +186,22 @@ fn step(t: &mut Option<TableState>, op: &Op) -> Result<(), String> {
         Op::Flush(Object::Set(s)) => table
             .sets
             .get_mut(&s.name)
-            .ok_or("no such set")?
+            .ok_or(TableRefusal::NoSet)?
             .elements
             .clear(),
         Op::Delete(Object::Set(s)) => {
-            table.sets.remove(&s.name).ok_or("no such set")?;
+            table.sets.remove(&s.name).ok_or(TableRefusal::NoSet)?;
         }
         Op::Add(Object::Element(e)) => add_element(table, e)?,
         Op::Delete(Object::Element(e)) => {
-            let set = table.sets.get_mut(&e.set).ok_or("no such set")?;
+            let set = table.sets.get_mut(&e.set).ok_or(TableRefusal::NoSet)?;
             set.elements
                 .remove(&normalize(&e.key))
-                .ok_or("no such element")?;
+                .ok_or(TableRefusal::NoElement)?;
         }
         Op::Flush(Object::Element(_))
         | Op::Flush(Object::Rule(_))
-        | Op::Delete(Object::Rule(_)) => return Err("not an operation portcullis uses".into()),
+        | Op::Delete(Object::Rule(_)) => return Err(TableRefusal::Unsupported),
         Op::Flush(Object::Table { .. }) => {
             for c in table.chains.values_mut() {
                 c.rules.clear();
@@ -180,19 +217,22 @@ fn step(t: &mut Option<TableState>, op: &Op) -> Result<(), String> {
     Ok(())
 }
 
-fn add_element(table: &mut TableState, e: &Element) -> Result<(), String> {
+fn add_element(table: &mut TableState, e: &Element) -> Result<(), TableRefusal> {
     if let Some(v) = &e.value {
         if let Some(missing) = targets(v).find(|t| !table.chains.contains_key(*t)) {
-            return Err(format!("element targets missing chain {missing}"));
+            return Err(TableRefusal::MissingTarget {
+                what: "element",
+                chain: missing.to_owned(),
+            });
         }
     }
-    let set = table.sets.get_mut(&e.set).ok_or("no such set")?;
+    let set = table.sets.get_mut(&e.set).ok_or(TableRefusal::NoSet)?;
     if set.is_map != e.value.is_some() {
-        return Err("map elements need a value, set elements must not have one".into());
+        return Err(TableRefusal::MapValueMismatch);
     }
     let key = normalize(&e.key);
     if set.elements.contains_key(&key) {
-        return Err("element exists".into());
+        return Err(TableRefusal::ElementExists);
     }
     set.elements.insert(key, e.value.as_deref().map(normalize));
     Ok(())

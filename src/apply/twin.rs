@@ -18,22 +18,20 @@ pub struct TwinFirewall {
 impl Firewall for TwinFirewall {
     fn apply(&mut self, tx: &Transaction) -> Result<(), NftError> {
         if let Some(reason) = self.fail_next.take() {
-            return Err(NftError::Twin {
-                op: "(injected)".into(),
-                reason,
-            });
+            return Err(NftError::Injected(reason));
         }
-        self.table = TableState::apply(&self.table, tx)
-            .map_err(|(op, reason)| NftError::Twin { op, reason })?;
+        self.table = TableState::apply(&self.table, tx)?;
         self.applied.push(tx.clone());
         Ok(())
     }
     fn check(&mut self, tx: &Transaction) -> Result<(), NftError> {
-        TableState::apply(&self.table, tx)
-            .map(|_| ())
-            .map_err(|(op, reason)| NftError::Twin { op, reason })
+        TableState::apply(&self.table, tx)?;
+        Ok(())
     }
     fn read_table(&mut self) -> Result<Option<TableState>, NftError> {
         Ok(self.table.clone())
+    }
+    fn delete_table(&mut self) -> Result<bool, NftError> {
+        Ok(self.table.take().is_some())
     }
 }

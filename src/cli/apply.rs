@@ -295,83 +295,32 @@ fn report_ipvs(syncer: &Syncer<NftCli, ConntrackNetlink>) {
     }
 }
 
+/// `portcullis flush`: our nft table and the IPVS services we own, nothing else.
 pub fn flush(state_dir: &Path) -> u8 {
-    let ipvs = flush_ipvs(state_dir);
-    let nft = match NftCli::default().delete_table() {
-        Ok(true) => {
-            println!("deleted table inet portcullis");
-            OK
-        }
-        Ok(false) => {
-            println!("nothing to flush: table inet portcullis does not exist");
-            OK
-        }
-        Err(e) => {
-            eprintln!("portcullis: flush failed: {e}");
-            FAILED
-        }
+    let (done, failures) = match crate::apply::flush_owned(state_dir) {
+        Ok(done) => (done, Vec::new()),
+        Err(e) => (e.done, e.failures),
     };
-    nft.max(ipvs)
-}
-
-/// Deletes the IPVS services the ownership file lists (none without the file: then nothing
-/// in IPVS is known to be ours).
-fn flush_ipvs(state_dir: &Path) -> u8 {
-    use crate::apply::ipvs::{Balancer, IpvsNetlink, Op, Ownership, OWNERSHIP_FILE};
-    let path = state_dir.join(OWNERSHIP_FILE);
-    if !path.exists() {
-        return OK;
+    for id in &done.ipvs_deleted {
+        println!("delete service {id}");
     }
-    let mut ownership = match Ownership::load(&path) {
-        Ok(o) => o,
-        Err(e) => {
-            eprintln!("portcullis: {e}");
-            return FAILED;
-        }
-    };
-    if ownership.owned.is_empty() {
-        return OK;
-    }
-    let mut netlink = match IpvsNetlink::open() {
-        Ok(n) => n,
-        Err(e) => {
-            eprintln!("portcullis: {e}");
-            return FAILED;
-        }
-    };
-    let ops: Vec<Op> = ownership
-        .owned
+    if !failures
         .iter()
-        .map(|id| Op::DelService(*id))
-        .collect();
-    let results = match netlink.apply(&ops) {
-        Ok(r) => r,
-        Err(e) => {
-            eprintln!("portcullis: flush of IPVS failed: {e}");
-            return FAILED;
-        }
-    };
-    let mut failed = false;
-    for (op, r) in ops.iter().zip(results) {
-        match r {
-            // Already gone (deleted by hand) is as good as deleted.
-            Ok(()) => println!("{op}"),
-            Err(e) if e.errno() == Some(3) => {}
-            Err(e) => {
-                eprintln!("portcullis: {e}");
-                failed = true;
-            }
+        .any(|f| matches!(f, crate::apply::FlushFailure::Nft(_)))
+    {
+        if done.nft_table_deleted {
+            println!("deleted table inet portcullis");
+        } else {
+            println!("nothing to flush: table inet portcullis does not exist");
         }
     }
-    if failed {
-        return FAILED;
+    for failure in &failures {
+        eprintln!("portcullis: {failure}");
     }
-    match ownership.retain(|_| false) {
-        Ok(()) => OK,
-        Err(e) => {
-            eprintln!("portcullis: {e}");
-            FAILED
-        }
+    if failures.is_empty() {
+        OK
+    } else {
+        FAILED
     }
 }
 

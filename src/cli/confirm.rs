@@ -95,7 +95,8 @@ pub fn wait_for_confirmation(dir: &Path, within: Duration) -> Result<Answer, Str
     let _ = std::fs::remove_file(&confirmed);
     let pending = dir.join(PENDING);
     let deadline = now_unix() + within.as_secs();
-    std::fs::write(&pending, format!("{} {deadline}\n", std::process::id()))
+    let pending_text = format!("{} {deadline}\n", std::process::id());
+    crate::durable::write_atomic(&pending, pending_text.as_bytes())
         .map_err(|e| format!("{}: {e}", pending.display()))?;
 
     let interrupted = Arc::new(AtomicBool::new(false));
@@ -146,7 +147,7 @@ pub fn confirm(dir: &Path) -> Result<u32, String> {
         ));
     }
     let marker = dir.join(CONFIRMED);
-    std::fs::write(&marker, b"").map_err(|e| format!("{}: {e}", marker.display()))?;
+    crate::durable::write_atomic(&marker, b"").map_err(|e| format!("{}: {e}", marker.display()))?;
     Ok(pid)
 }
 

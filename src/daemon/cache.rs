@@ -1,14 +1,13 @@
 //! The last-known-good export: the last export that applied successfully, kept in the state
 //! directory so a gateway that reboots while ADMIN is down still forwards traffic.
 //!
-//! One file, written atomically (temporary file, fsync, rename, fsync of the directory), whose
+//! One file, written atomically and durably ([`crate::durable`]), whose
 //! first line records the export's SHA-256, its ETag and when it was saved; the export bytes
 //! follow unchanged. A file whose checksum does not match is reported as corrupt and never
 //! applied.
 
 use sha2::{Digest, Sha256};
-use std::fs::{self, File};
-use std::io::Write;
+use std::fs;
 use std::path::{Path, PathBuf};
 
 const FILE: &str = "last-good.csv";
@@ -70,19 +69,8 @@ impl StateDir {
             "{MAGIC} sha256={} saved={saved_at} etag={etag}\n",
             sha256_hex(export)
         );
-        let tmp = self
-            .path
-            .join(format!(".{FILE}.tmp.{}", std::process::id()));
-        let mut f = File::create(&tmp).map_err(io(&tmp))?;
-        f.write_all(header.as_bytes()).map_err(io(&tmp))?;
-        f.write_all(export).map_err(io(&tmp))?;
-        f.sync_all().map_err(io(&tmp))?;
-        drop(f);
-        fs::rename(&tmp, self.file()).map_err(io(&self.file()))?;
-        // The rename is durable only once the directory entry is.
-        File::open(&self.path)
-            .and_then(|d| d.sync_all())
-            .map_err(io(&self.path))?;
+        crate::durable::write_atomic_parts(&self.file(), &[header.as_bytes(), export])
+            .map_err(io(&self.file()))?;
         Ok(())
     }
 

@@ -53,19 +53,27 @@ impl Journal {
         self.dir.join(JOURNAL)
     }
 
+    /// Appends one entry. Durable like the last-known-good export it accompanies: the entry
+    /// is fsynced (one flush per change the daemon makes, not per poll), and so is the
+    /// directory when the file is new or was just rotated. A crash can still tear the line
+    /// being written; [`Journal::tail`] skips a torn line.
     pub fn append(&self, entry: &Entry) -> std::io::Result<()> {
         fs::create_dir_all(&self.dir)?;
         let path = self.path();
+        let mut new_entry_in_dir = !path.exists();
         if fs::metadata(&path).is_ok_and(|m| m.len() > MAX_JOURNAL_BYTES) {
             fs::rename(&path, self.dir.join(format!("{JOURNAL}.1")))?;
+            new_entry_in_dir = true;
         }
         let mut line = serde_json::to_string(entry).map_err(std::io::Error::other)?;
         line.push('\n');
-        OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&path)?
-            .write_all(line.as_bytes())
+        let mut file = OpenOptions::new().create(true).append(true).open(&path)?;
+        file.write_all(line.as_bytes())?;
+        file.sync_data()?;
+        if new_entry_in_dir {
+            crate::durable::sync_dir(&self.dir)?;
+        }
+        Ok(())
     }
 
     /// The last `n` entries, oldest first. Unreadable lines are skipped, not fatal: the
@@ -85,15 +93,11 @@ impl Journal {
         Ok(entries.split_off(skip))
     }
 
-    /// Rewrites the status snapshot (temp file + rename: readers never see half of it).
+    /// Rewrites the status snapshot, atomically (readers never see half of it) and durably.
     pub fn write_status(&self, status: &Status) -> std::io::Result<()> {
         fs::create_dir_all(&self.dir)?;
-        let tmp = self.dir.join(format!(".{STATUS}.tmp"));
-        fs::write(
-            &tmp,
-            serde_json::to_vec_pretty(status).map_err(std::io::Error::other)?,
-        )?;
-        fs::rename(tmp, self.dir.join(STATUS))
+        let bytes = serde_json::to_vec_pretty(status).map_err(std::io::Error::other)?;
+        crate::durable::write_atomic(&self.dir.join(STATUS), &bytes)
     }
 
     pub fn read_status(dir: &Path) -> std::io::Result<Status> {

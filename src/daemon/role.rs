@@ -9,15 +9,14 @@ use std::path::Path;
 
 const ROLE: &str = "role";
 
+/// Records the wanted role, atomically and durably: a promotion survives a crash right after.
 pub fn write_role(dir: &Path, role: Role) -> std::io::Result<()> {
     fs::create_dir_all(dir)?;
-    let tmp = dir.join(format!(".{ROLE}.tmp"));
     let text = match role {
         Role::Active => "active\n",
         Role::Standby => "standby\n",
     };
-    fs::write(&tmp, text)?;
-    fs::rename(tmp, dir.join(ROLE))
+    crate::durable::write_atomic(&dir.join(ROLE), text.as_bytes())
 }
 
 /// The role asked for, if any; an unreadable or unknown value is an error, not a guess.

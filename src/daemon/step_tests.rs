@@ -236,10 +236,7 @@ struct Broken(TwinFirewall, bool);
 impl Firewall for Broken {
     fn apply(&mut self, tx: &Transaction) -> Result<(), NftError> {
         if self.1 {
-            return Err(NftError::Twin {
-                op: "(any)".into(),
-                reason: "kernel says no".into(),
-            });
+            return Err(NftError::Injected("kernel says no".into()));
         }
         self.0.apply(tx)
     }
@@ -248,6 +245,9 @@ impl Firewall for Broken {
     }
     fn read_table(&mut self) -> Result<Option<TableState>, NftError> {
         self.0.read_table()
+    }
+    fn delete_table(&mut self) -> Result<bool, NftError> {
+        self.0.delete_table()
     }
 }
 
@@ -264,6 +264,9 @@ impl Firewall for Slow {
     }
     fn read_table(&mut self) -> Result<Option<TableState>, NftError> {
         self.0.read_table()
+    }
+    fn delete_table(&mut self) -> Result<bool, NftError> {
+        self.0.delete_table()
     }
 }
 

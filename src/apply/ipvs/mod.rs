@@ -4,16 +4,21 @@
 //! - [`netlink`]: the socket ([`IpvsNetlink`]): family resolution, batched requests, dumps;
 //! - [`Balancer`]: the narrow trait the sync logic uses, implemented by [`IpvsNetlink`] and by
 //!   the in-memory [`TwinBalancer`];
+//! - [`desired`]: the IPVS [`Table`] a desired state asks for;
+//! - [`plan`]: [`IpvsPlan`], what one step will send, computed before anything is sent;
 //! - [`reconcile`]: [`IpvsSync`], which keeps the services portcullis owns in step with the
-//!   desired state: adds before the nft swap, drains (weight 0) after it, deletes once idle;
+//!   desired state: plans, then sends adds before the nft swap, drains (weight 0) after it,
+//!   deletes once idle;
 //! - [`ownership`]: the state file that says which services are ours.
 
 pub mod attr;
 pub mod constants;
+pub mod desired;
 pub mod dest;
 pub mod message;
 pub mod netlink;
 pub mod ownership;
+pub mod plan;
 pub mod reconcile;
 pub mod service;
 mod twin;
@@ -21,23 +26,34 @@ mod twin;
 #[cfg(test)]
 mod fixtures;
 
+pub use desired::desired_table;
 pub use dest::{Dest, DestId};
 pub use message::{SyncDaemon, Timeouts};
 pub use netlink::{IpvsError, IpvsNetlink};
 pub use ownership::Ownership;
-pub use reconcile::{
-    desired_table, IpvsSync, IpvsSyncError, IpvsSyncReport, Table, DEFAULT_DRAIN_GRACE,
-    OWNERSHIP_FILE,
-};
+pub use plan::{IpvsPlan, Scope};
+pub use reconcile::{IpvsSync, IpvsSyncError, IpvsSyncReport, DEFAULT_DRAIN_GRACE, OWNERSHIP_FILE};
 pub use service::{Service, ServiceId};
 pub use twin::TwinBalancer;
 
 use message::{IpvsMessage, Request};
+use std::collections::BTreeMap;
 use std::fmt;
 
-/// One change to the kernel's IPVS table.
+/// A table of virtual services with their destinations, by identity.
+pub type Table = BTreeMap<ServiceId, ServiceWithDests>;
+
+/// One IPVS virtual service and its destinations (real servers), as the kernel holds them.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Op {
+pub struct ServiceWithDests {
+    pub service: Service,
+    pub dests: BTreeMap<DestId, Dest>,
+}
+
+/// One change to the kernel's IPVS table. (Not to be confused with the nftables
+/// `render::nft::transaction::Op`.)
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum IpvsOp {
     AddService(Service),
     EditService(Service),
     DelService(ServiceId),
@@ -46,15 +62,15 @@ pub enum Op {
     DelDest(ServiceId, DestId),
 }
 
-impl Op {
+impl IpvsOp {
     pub fn request(&self) -> IpvsMessage {
         match self {
-            Op::AddService(s) => Request::new_service(s),
-            Op::EditService(s) => Request::set_service(s),
-            Op::DelService(id) => Request::del_service(*id),
-            Op::AddDest(s, d) => Request::new_dest(*s, d),
-            Op::EditDest(s, d) => Request::set_dest(*s, d),
-            Op::DelDest(s, d) => Request::del_dest(*s, *d),
+            IpvsOp::AddService(s) => Request::new_service(s),
+            IpvsOp::EditService(s) => Request::set_service(s),
+            IpvsOp::DelService(id) => Request::del_service(*id),
+            IpvsOp::AddDest(s, d) => Request::new_dest(*s, d),
+            IpvsOp::EditDest(s, d) => Request::set_dest(*s, d),
+            IpvsOp::DelDest(s, d) => Request::del_dest(*s, *d),
         }
     }
 }
@@ -65,15 +81,15 @@ impl fmt::Display for DestId {
     }
 }
 
-impl fmt::Display for Op {
+impl fmt::Display for IpvsOp {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            Op::AddService(s) => write!(f, "add service {} ({})", s.id, s.scheduler),
-            Op::EditService(s) => write!(f, "edit service {} ({})", s.id, s.scheduler),
-            Op::DelService(id) => write!(f, "delete service {id}"),
-            Op::AddDest(s, d) => write!(f, "add {s} -> {} weight {}", d.id, d.weight),
-            Op::EditDest(s, d) => write!(f, "edit {s} -> {} weight {}", d.id, d.weight),
-            Op::DelDest(s, d) => write!(f, "delete {s} -> {d}"),
+            IpvsOp::AddService(s) => write!(f, "add service {} ({})", s.id, s.scheduler),
+            IpvsOp::EditService(s) => write!(f, "edit service {} ({})", s.id, s.scheduler),
+            IpvsOp::DelService(id) => write!(f, "delete service {id}"),
+            IpvsOp::AddDest(s, d) => write!(f, "add {s} -> {} weight {}", d.id, d.weight),
+            IpvsOp::EditDest(s, d) => write!(f, "edit {s} -> {} weight {}", d.id, d.weight),
+            IpvsOp::DelDest(s, d) => write!(f, "delete {s} -> {d}"),
         }
     }
 }
@@ -87,7 +103,7 @@ pub trait Balancer: Send {
     fn dests(&mut self, svc: ServiceId) -> Result<Vec<Dest>, IpvsError>;
     /// Applies the operations in order, batched; one result per operation. A refused
     /// operation does not stop the ones after it.
-    fn apply(&mut self, ops: &[Op]) -> Result<Vec<Result<(), IpvsError>>, IpvsError>;
+    fn apply(&mut self, ops: &[IpvsOp]) -> Result<Vec<Result<(), IpvsError>>, IpvsError>;
 }
 
 impl Balancer for IpvsNetlink {
@@ -97,7 +113,7 @@ impl Balancer for IpvsNetlink {
             let dests = self.dests(svc.id)?;
             table.insert(
                 svc.id,
-                reconcile::Entry {
+                ServiceWithDests {
                     dests: dests.into_iter().map(|d| (d.id, d)).collect(),
                     service: svc,
                 },
@@ -108,7 +124,7 @@ impl Balancer for IpvsNetlink {
     fn dests(&mut self, svc: ServiceId) -> Result<Vec<Dest>, IpvsError> {
         IpvsNetlink::dests(self, svc)
     }
-    fn apply(&mut self, ops: &[Op]) -> Result<Vec<Result<(), IpvsError>>, IpvsError> {
+    fn apply(&mut self, ops: &[IpvsOp]) -> Result<Vec<Result<(), IpvsError>>, IpvsError> {
         self.batch(
             ops.iter()
                 .map(|op| (op.to_string(), op.request()))
@@ -125,7 +141,7 @@ impl<B: Balancer> Balancer for std::sync::Arc<std::sync::Mutex<B>> {
     fn dests(&mut self, svc: ServiceId) -> Result<Vec<Dest>, IpvsError> {
         lock(self).dests(svc)
     }
-    fn apply(&mut self, ops: &[Op]) -> Result<Vec<Result<(), IpvsError>>, IpvsError> {
+    fn apply(&mut self, ops: &[IpvsOp]) -> Result<Vec<Result<(), IpvsError>>, IpvsError> {
         lock(self).apply(ops)
     }
 }

@@ -39,6 +39,12 @@ impl IpvsError {
             _ => None,
         }
     }
+
+    /// The kernel refused because the service (ESRCH) or destination (ENOENT) does not exist:
+    /// for a delete, someone removed it already (by hand), which is as good as deleted.
+    pub fn is_already_gone(&self) -> bool {
+        matches!(self.errno(), Some(libc::ESRCH) | Some(libc::ENOENT))
+    }
 }
 
 /// Requests per `sendmsg`: keeps the acknowledgements of one batch well inside the socket's

@@ -5,7 +5,9 @@
 //!
 //! The file is written *before* services are added (an intent log: a crash between the write
 //! and the add leaves an owned identity that simply is not in the kernel, which the next
-//! start-up forgets) and after services are deleted. Writes are atomic (temp file + rename).
+//! start-up forgets) and after services are deleted. The intent only protects if it is on
+//! disk before the add, so every write is atomic *and* durable ([`crate::durable`]: fsync of
+//! the file and of the directory) before the caller goes on.
 
 use super::ServiceId;
 use serde::{Deserialize, Serialize};
@@ -83,14 +85,13 @@ impl Ownership {
         if let Some(dir) = path.parent() {
             std::fs::create_dir_all(dir)?;
         }
-        let tmp = path.with_extension("json.tmp");
         let body = serde_json::to_vec_pretty(&File {
             version: 1,
             services: self.owned.clone(),
         })
         .map_err(io::Error::other)?;
-        std::fs::write(&tmp, body)?;
-        std::fs::rename(&tmp, path)
+        crate::durable::write_atomic(path, &body)
+            .map_err(|e| io::Error::new(e.kind(), format!("{}: {e}", path.display())))
     }
 }
 

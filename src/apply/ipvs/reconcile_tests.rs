@@ -2,7 +2,7 @@
 //! deletes, restarts, foreign services and out-of-band edits.
 
 use super::*;
-use crate::apply::ipvs::TwinBalancer;
+use crate::apply::ipvs::{DestId, Service, ServiceWithDests, TwinBalancer};
 use crate::model::{RealKey, VirtualService};
 use std::sync::{Arc, Mutex};
 
@@ -19,8 +19,7 @@ fn sync_with(t: &Arc<Mutex<TwinBalancer>>, own: Ownership) -> IpvsSync {
 }
 
 fn step(s: &mut IpvsSync, st: &DesiredState) -> IpvsSyncReport {
-    let plan = s.before_swap(st).expect("before swap");
-    s.after_swap(plan).expect("after swap")
+    s.step(st, Scope::Everything).expect("step")
 }
 
 fn first_real(st: &DesiredState) -> (ServiceId, &VirtualService, RealKey) {
@@ -105,7 +104,7 @@ fn a_weight_change_is_one_edit() {
     let report = step(&mut s, &st);
     assert_eq!(report.changed, 1);
     let batches = &t.lock().expect("lock").batches;
-    assert!(matches!(&batches[1][..], [Op::EditDest(s, d)] if *s == id && d.weight == 42));
+    assert!(matches!(&batches[1][..], [IpvsOp::EditDest(s, d)] if *s == id && d.weight == 42));
 }
 
 #[test]
@@ -258,7 +257,7 @@ fn a_restart_restores_weights_stuck_at_zero_and_resumes_drains() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
-fn foreign_service() -> Entry {
+fn foreign_service() -> ServiceWithDests {
     let id = ServiceId::Addr {
         proto: Proto::Tcp,
         addr: "203.0.113.7".parse().expect("ip"),
@@ -268,7 +267,7 @@ fn foreign_service() -> Entry {
         addr: "10.99.0.1".parse().expect("ip"),
         port: 25,
     };
-    Entry {
+    ServiceWithDests {
         service: Service {
             id,
             scheduler: "rr".into(),
@@ -308,7 +307,7 @@ fn an_export_claiming_a_foreign_service_is_refused_unless_adopting() {
     let id = claimed.service.id;
     t.lock().expect("lock").table.insert(id, claimed.clone());
     let mut s = sync_with(&t, Ownership::in_memory());
-    let err = s.before_swap(&st).expect_err("refused");
+    let err = s.plan(&st, Scope::Everything).expect_err("refused");
     assert!(matches!(err, IpvsSyncError::Foreign(ref names) if names.contains(&id.to_string())));
     assert_eq!(kernel(&t).len(), 1, "nothing was changed");
     assert!(t.lock().expect("lock").batches.is_empty());
@@ -403,8 +402,7 @@ fn a_step_scoped_to_the_diff_ends_where_a_full_one_does() {
     let diff = StateDiff::between(&before, &after);
     let keys: Vec<_> = diff.changes.iter().map(|c| *c.key()).collect();
     assert!(keys.len() < after.services.len() / 2, "the scope is small");
-    let plan = s.before_swap_keys(&after, &keys).expect("scoped");
-    s.after_swap(plan).expect("after");
+    s.step(&after, Scope::Services(&keys)).expect("scoped");
     assert_eq!(kernel(&t), desired_table(&after));
     assert_eq!(
         t.lock().expect("lock").dumps,

@@ -3,15 +3,14 @@
 //! sent, so the sync logic is unit-tested without a kernel.
 
 use super::netlink::IpvsError;
-use super::reconcile::{Entry, Table};
-use super::{Balancer, Dest, Op, ServiceId};
+use super::{Balancer, Dest, IpvsOp, ServiceId, ServiceWithDests, Table};
 use std::io;
 
 #[derive(Clone, Debug, Default)]
 pub struct TwinBalancer {
     pub table: Table,
     /// Every batch applied, in order.
-    pub batches: Vec<Vec<Op>>,
+    pub batches: Vec<Vec<IpvsOp>>,
     /// Full-table dumps served.
     pub dumps: usize,
     /// When set, the next operation is refused with this errno (and changes nothing).
@@ -22,7 +21,7 @@ const ENOENT: i32 = 2;
 const ESRCH: i32 = 3;
 const EEXIST: i32 = 17;
 
-fn refuse(op: &Op, errno: i32) -> IpvsError {
+fn refuse(op: &IpvsOp, errno: i32) -> IpvsError {
     IpvsError::Kernel {
         op: op.to_string(),
         error: io::Error::from_raw_os_error(errno),
@@ -45,38 +44,38 @@ impl TwinBalancer {
         self.table.get(&svc)?.dests.get(&dest).map(|d| d.weight)
     }
 
-    fn apply_one(&mut self, op: &Op) -> Result<(), IpvsError> {
+    fn apply_one(&mut self, op: &IpvsOp) -> Result<(), IpvsError> {
         if let Some(errno) = self.fail_next.take() {
             return Err(refuse(op, errno));
         }
         match op {
-            Op::AddService(s) => {
+            IpvsOp::AddService(s) => {
                 if self.table.contains_key(&s.id) {
                     return Err(refuse(op, EEXIST));
                 }
                 self.table.insert(
                     s.id,
-                    Entry {
+                    ServiceWithDests {
                         service: s.clone(),
                         dests: Default::default(),
                     },
                 );
             }
-            Op::EditService(s) => {
+            IpvsOp::EditService(s) => {
                 let e = self.table.get_mut(&s.id).ok_or_else(|| refuse(op, ESRCH))?;
                 e.service = s.clone();
             }
-            Op::DelService(id) => {
+            IpvsOp::DelService(id) => {
                 self.table.remove(id).ok_or_else(|| refuse(op, ESRCH))?;
             }
-            Op::AddDest(svc, d) => {
+            IpvsOp::AddDest(svc, d) => {
                 let e = self.table.get_mut(svc).ok_or_else(|| refuse(op, ESRCH))?;
                 if e.dests.contains_key(&d.id) {
                     return Err(refuse(op, EEXIST));
                 }
                 e.dests.insert(d.id, counters_cleared(d));
             }
-            Op::EditDest(svc, d) => {
+            IpvsOp::EditDest(svc, d) => {
                 let e = self.table.get_mut(svc).ok_or_else(|| refuse(op, ESRCH))?;
                 let cur = e.dests.get_mut(&d.id).ok_or_else(|| refuse(op, ENOENT))?;
                 let (active, inact) = (cur.active_conns, cur.inact_conns);
@@ -84,7 +83,7 @@ impl TwinBalancer {
                 cur.active_conns = active;
                 cur.inact_conns = inact;
             }
-            Op::DelDest(svc, id) => {
+            IpvsOp::DelDest(svc, id) => {
                 let e = self.table.get_mut(svc).ok_or_else(|| refuse(op, ESRCH))?;
                 e.dests.remove(id).ok_or_else(|| refuse(op, ENOENT))?;
             }
@@ -112,7 +111,7 @@ impl Balancer for TwinBalancer {
             .map(|e| e.dests.values().cloned().collect())
             .unwrap_or_default())
     }
-    fn apply(&mut self, ops: &[Op]) -> Result<Vec<Result<(), IpvsError>>, IpvsError> {
+    fn apply(&mut self, ops: &[IpvsOp]) -> Result<Vec<Result<(), IpvsError>>, IpvsError> {
         self.batches.push(ops.to_vec());
         Ok(ops.iter().map(|op| self.apply_one(op)).collect())
     }
