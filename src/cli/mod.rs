@@ -4,7 +4,6 @@
 
 mod apply;
 mod confirm;
-mod demo;
 mod generate;
 mod input;
 mod inspect;
@@ -165,17 +164,6 @@ pub enum Command {
         #[arg(long)]
         rows: usize,
     },
-    /// See the pipeline work: an in-process ADMIN serving the example catalog, the daemon
-    /// long-polling it and applying (to an in-memory twin, or with --netns to a throwaway
-    /// network namespace), and an instance drained and restored through ADMIN.
-    Demo {
-        /// Apply with the real nft into a throwaway network namespace (root).
-        #[arg(long)]
-        netns: bool,
-        /// Time between the scripted ADMIN changes.
-        #[arg(long, default_value = "2s", value_parser = humantime::parse_duration)]
-        pace: std::time::Duration,
-    },
     /// Write the man pages and shell completions into DIR (packaging).
     #[command(hide = true)]
     Generate {
@@ -266,7 +254,6 @@ pub fn run(cli: Cli) -> ExitCode {
         },
         Command::Synth { rows } => synth(rows),
         Command::Generate { dir } => generate::generate(&dir),
-        Command::Demo { netns, pace } => demo::demo(demo::DemoArgs { netns, pace }),
         Command::Apply {
             once: _,
             source,
