@@ -4,7 +4,6 @@
 
 mod apply;
 mod confirm;
-mod generate;
 mod input;
 mod inspect;
 mod run;
@@ -164,12 +163,6 @@ pub enum Command {
         #[arg(long)]
         rows: usize,
     },
-    /// Write the man pages and shell completions into DIR (packaging).
-    #[command(hide = true)]
-    Generate {
-        /// Output directory: man/ and completions/ are created in it.
-        dir: PathBuf,
-    },
 }
 
 #[derive(Clone, Copy, ValueEnum, PartialEq, Eq)]
@@ -253,7 +246,6 @@ pub fn run(cli: Cli) -> ExitCode {
             }
         },
         Command::Synth { rows } => synth(rows),
-        Command::Generate { dir } => generate::generate(&dir),
         Command::Apply {
             once: _,
             source,
