@@ -43,7 +43,7 @@ fn flipped(
     round: usize,
 ) -> Vec<portcullis_export::ExportRow> {
     let mut rows = rows.to_vec();
-    rows[0].weight = if round % 2 == 0 { 0 } else { 100 };
+    rows[0].weight = if round.is_multiple_of(2) { 0 } else { 100 };
     rows
 }
 

@@ -145,7 +145,7 @@ impl<F: Firewall, C: Conntrack> Daemon<F, C> {
         // 304's cost otherwise.
         let stale = self
             .status_written
-            .map_or(true, |at| at.elapsed() >= Duration::from_secs(1));
+            .is_none_or(|at| at.elapsed() >= Duration::from_secs(1));
         if step != Step::NotModified || stale {
             self.write_status();
         }
