@@ -43,7 +43,9 @@ pub fn write_example(dir: &Path) -> Result<(), WriteError> {
     for (name, text) in EXAMPLE_CATALOG {
         let path = dir.join(name);
         let written = match path.parent() {
-            Some(parent) => std::fs::create_dir_all(parent).and_then(|()| std::fs::write(&path, text)),
+            Some(parent) => {
+                std::fs::create_dir_all(parent).and_then(|()| std::fs::write(&path, text))
+            }
             None => std::fs::write(&path, text),
         };
         written.map_err(|source| WriteError { path, source })?;

@@ -65,6 +65,8 @@ enum DemoError {
     Namespace(#[from] namespace::NamespaceError),
     #[error("the scripted ADMIN changes stopped: {0}")]
     Script(BoxError),
+    #[error("the gateway applied nothing within {0:?} of an ADMIN change")]
+    Stuck(Duration),
 }
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
@@ -117,7 +119,10 @@ async fn demo(dir: &Path, args: &Args) -> Result<(), DemoError> {
         internal_interfaces: Vec::new(),
         policy: BasePolicy::parse(DEFAULT_POLICY).map_err(|e| DemoError::Gateway(e.into()))?,
     };
-    let script = scripted_changes(admin, args.pace);
+    let story = Story {
+        admin,
+        pace: args.pace,
+    };
     let outcome = if args.netns {
         let ns = Namespace::create()?;
         say(&format!(
@@ -126,7 +131,7 @@ async fn demo(dir: &Path, args: &Args) -> Result<(), DemoError> {
         ));
         let daemon = Daemon::new(config, NftCli::in_netns(&ns.name), NoConntrack, opts)
             .map_err(|e| DemoError::Gateway(e.into()))?;
-        let outcome = gateway(daemon, script).await;
+        let outcome = story.tell(daemon).await;
         if outcome.is_ok() {
             let listing = ns.list_table()?;
             say(&format!(
@@ -139,49 +144,81 @@ async fn demo(dir: &Path, args: &Args) -> Result<(), DemoError> {
         say("GATEWAY dry run: applying to the in-memory twin of the kernel (root and --netns: a real namespace)");
         let daemon = Daemon::new(config, TwinFirewall::default(), NoConntrack, opts)
             .map_err(|e| DemoError::Gateway(e.into()))?;
-        gateway(daemon, script).await
+        story.tell(daemon).await
     };
     let _ = server.stop().await;
     outcome
 }
 
-/// Runs the daemon until the scripted changes are done, printing what each poll changed.
-async fn gateway<F: Firewall>(
-    mut daemon: Daemon<F, NoConntrack>,
-    script: tokio::task::JoinHandle<Result<(), DemoError>>,
-) -> Result<(), DemoError> {
-    match daemon.start().await {
-        Step::Applied(outcome) => {
-            let state = daemon.syncer.applied().cloned().unwrap_or_default();
-            say(&format!(
-                "GATEWAY {}: {} virtual services, {} real servers",
-                describe(&outcome),
-                state.services.len(),
-                state.real_server_count()
-            ));
+/// What the operator does in ADMIN, one change at a time: drain one instance, put it back,
+/// take it out for maintenance, put it back.
+const CHANGES: [(State, &str); 4] = [
+    (State::Drained, "drained (weight 0: no new connections)"),
+    (State::Production, "back in production"),
+    (State::Maintenance, "in maintenance (not exported)"),
+    (State::Production, "back in production"),
+];
+
+/// How long the gateway may take to apply one change: a long-poll answers at once, so this only
+/// ends a demo whose gateway is stuck (its errors are printed as they come).
+const APPLY_DEADLINE: Duration = Duration::from_secs(60);
+
+/// The scripted operator and the gateway, in turn: each ADMIN change waits until the gateway
+/// has applied the previous one, so the story reads in order and no intermediate export is
+/// skipped, however slow the machine (the daemon applies the export as it is when it polls).
+struct Story {
+    admin: AdminState,
+    pace: Duration,
+}
+
+impl Story {
+    async fn tell<F: Firewall>(self, mut daemon: Daemon<F, NoConntrack>) -> Result<(), DemoError> {
+        match daemon.start().await {
+            Step::Applied(outcome) => {
+                let state = daemon.syncer.applied().cloned().unwrap_or_default();
+                say(&format!(
+                    "GATEWAY {}: {} virtual services, {} real servers",
+                    describe(&outcome),
+                    state.services.len(),
+                    state.real_server_count()
+                ));
+            }
+            other => return Err(DemoError::Start(format!("{other:?}"))),
         }
-        other => return Err(DemoError::Start(format!("{other:?}"))),
+        let style = if std::io::stdout().is_terminal() {
+            Style::Color
+        } else {
+            Style::Plain
+        };
+        for (state, what) in CHANGES {
+            tokio::time::sleep(self.pace).await;
+            let change = self
+                .admin
+                .set_state(INSTANCE, state)
+                .await
+                .map_err(|e| DemoError::Script(e.into()))?;
+            say(&format!(
+                "ADMIN   {INSTANCE} {what}; export ETag now {}",
+                change.etag
+            ));
+            let before = daemon.syncer.applied().cloned().unwrap_or_default();
+            let outcome = tokio::time::timeout(APPLY_DEADLINE, next_apply(&mut daemon))
+                .await
+                .map_err(|_| DemoError::Stuck(APPLY_DEADLINE))?;
+            let after = daemon.syncer.applied().cloned().unwrap_or_default();
+            print_change(&before, &after, &outcome, style);
+        }
+        Ok(())
     }
-    let style = if std::io::stdout().is_terminal() {
-        Style::Color
-    } else {
-        Style::Plain
-    };
-    tokio::pin!(script);
+}
+
+/// Polls until the daemon applies something; anything else it reports is printed on the way.
+async fn next_apply<F: Firewall>(daemon: &mut Daemon<F, NoConntrack>) -> SyncOutcome {
     loop {
-        let before = daemon.syncer.applied().cloned().unwrap_or_default();
-        tokio::select! {
-            done = &mut script => {
-                return done.map_err(|e| DemoError::Script(e.into()))?;
-            }
-            step = daemon.poll_once() => match step {
-                Step::Applied(outcome) => {
-                    let after = daemon.syncer.applied().cloned().unwrap_or_default();
-                    print_change(&before, &after, &outcome, style);
-                }
-                Step::NotModified => {}
-                other => say(&format!("GATEWAY {other:?}")),
-            }
+        match daemon.poll_once().await {
+            Step::Applied(outcome) => return outcome,
+            Step::NotModified => {}
+            other => say(&format!("GATEWAY {other:?}")),
         }
     }
 }
@@ -207,35 +244,6 @@ fn print_change(before: &DesiredState, after: &DesiredState, outcome: &SyncOutco
     for line in diff.to_human(style).lines() {
         say(&format!("        {line}"));
     }
-}
-
-/// What the operator does in ADMIN: drain one instance, put it back, take it out for
-/// maintenance, put it back.
-fn scripted_changes(
-    admin: AdminState,
-    pace: Duration,
-) -> tokio::task::JoinHandle<Result<(), DemoError>> {
-    tokio::spawn(async move {
-        for (state, what) in [
-            (State::Drained, "drained (weight 0: no new connections)"),
-            (State::Production, "back in production"),
-            (State::Maintenance, "in maintenance (not exported)"),
-            (State::Production, "back in production"),
-        ] {
-            tokio::time::sleep(pace).await;
-            let change = admin
-                .set_state(INSTANCE, state)
-                .await
-                .map_err(|e| DemoError::Script(e.into()))?;
-            say(&format!(
-                "ADMIN   {INSTANCE} {what}; export ETag now {}",
-                change.etag
-            ));
-        }
-        // Give the last change time to arrive.
-        tokio::time::sleep(pace).await;
-        Ok(())
-    })
 }
 
 /// One line on stdout; a closed pipe (`| head`) is not worth a panic.
