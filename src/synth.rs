@@ -70,7 +70,11 @@ fn plain_service(out: &mut Vec<ExportRow>, unit: u32, reals: usize) {
             v4(RIPS, unit * 4 + j),
         );
         r.rport = Some(8080);
-        r.weight = if (unit + j).is_multiple_of(20) { 0 } else { 100 };
+        r.weight = if (unit + j).is_multiple_of(20) {
+            0
+        } else {
+            100
+        };
         r.persistence = unit.is_multiple_of(5).then_some(300);
         out.push(r);
     }

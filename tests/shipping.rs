@@ -109,7 +109,15 @@ fn matches(path: &Path) -> bool {
 fn the_runtime_binary_links_neither_admin_nor_the_packaging_tools() {
     let tree = |edges: &str| {
         let out = Command::new(env!("CARGO"))
-            .args(["tree", "--offline", "--locked", "-p", "portcullis", "-e", edges])
+            .args([
+                "tree",
+                "--offline",
+                "--locked",
+                "-p",
+                "portcullis",
+                "-e",
+                edges,
+            ])
             .args(["--prefix", "none", "--format", "{p}"])
             .current_dir(common::repo())
             .output()
