@@ -9,9 +9,10 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 /// What `scripts/package` generates with `portcullis-assets` (the same library function), in a
-/// directory of its own.
-fn generated() -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("pc-assets-{}", std::process::id()));
+/// directory of the calling test's own (`tag`): tests run in parallel, and one test's clean-up
+/// must not remove what another is writing.
+fn generated(tag: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("pc-assets-{tag}-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     portcullis_assets::generate(&dir).expect("generate the man pages and completions");
     dir
@@ -19,7 +20,7 @@ fn generated() -> PathBuf {
 
 #[test]
 fn man_pages_and_completions_cover_every_visible_command() {
-    let dir = generated();
+    let dir = generated("pages");
     for cmd in [
         "check", "render", "diff", "apply", "confirm", "flush", "status", "log", "promote",
         "demote", "run",
@@ -73,7 +74,7 @@ fn every_packaged_asset_exists() {
     let assets = manifest["package"]["metadata"]["deb"]["assets"]
         .as_array()
         .expect("assets");
-    let generated = generated();
+    let generated = generated("listed");
     for asset in assets {
         let source = asset[0].as_str().expect("source");
         if source == "target/release/portcullis" {
