@@ -1,30 +1,26 @@
-//! What the package ships: man pages and completions generated from the CLI, the systemd
-//! unit (checked by systemd-analyze), and every asset the .deb lists actually present.
+//! What the package ships: man pages and completions generated from the CLI (by the
+//! packaging-time crate `portcullis-assets`), the systemd unit (checked by systemd-analyze),
+//! every asset the .deb lists actually present, and none of the packaging or demo code linked
+//! into the runtime binary.
 
 mod common;
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-fn generated() -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("pc-assets-{}", std::process::id()));
+/// What `scripts/package` generates with `portcullis-assets` (the same library function), in a
+/// directory of the calling test's own (`tag`): tests run in parallel, and one test's clean-up
+/// must not remove what another is writing.
+fn generated(tag: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("pc-assets-{tag}-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
-    let out = Command::new(env!("CARGO_BIN_EXE_portcullis"))
-        .arg("generate")
-        .arg(&dir)
-        .output()
-        .expect("portcullis generate");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    portcullis_assets::generate(&dir).expect("generate the man pages and completions");
     dir
 }
 
 #[test]
 fn man_pages_and_completions_cover_every_visible_command() {
-    let dir = generated();
+    let dir = generated("pages");
     for cmd in [
         "check", "render", "diff", "apply", "confirm", "flush", "status", "log", "promote",
         "demote", "run",
@@ -67,7 +63,7 @@ fn the_systemd_unit_verifies() {
     assert!(out.status.success() && stderr.trim().is_empty(), "{stderr}");
 }
 
-/// Every `assets` source of `[package.metadata.deb]` exists once `generate` has run, so
+/// Every `assets` source of `[package.metadata.deb]` exists once the generator has run, so
 /// `scripts/package` cannot fail on a renamed file.
 #[test]
 fn every_packaged_asset_exists() {
@@ -78,7 +74,7 @@ fn every_packaged_asset_exists() {
     let assets = manifest["package"]["metadata"]["deb"]["assets"]
         .as_array()
         .expect("assets");
-    let generated = generated();
+    let generated = generated("listed");
     for asset in assets {
         let source = asset[0].as_str().expect("source");
         if source == "target/release/portcullis" {
@@ -105,4 +101,56 @@ fn matches(path: &Path) -> bool {
             n.starts_with(prefix) && n.ends_with(suffix)
         })
     })
+}
+
+/// The packaged binary links neither ADMIN (whose only user is `portcullis-demo`) nor the man
+/// page and completion generators (`portcullis-assets`, run at packaging time): read from the
+/// dependency graph cargo itself resolves, so a new dependency path is caught too.
+#[test]
+fn the_runtime_binary_links_neither_admin_nor_the_packaging_tools() {
+    let tree = |edges: &str| {
+        let out = Command::new(env!("CARGO"))
+            .args([
+                "tree",
+                "--offline",
+                "--locked",
+                "-p",
+                "portcullis",
+                "-e",
+                edges,
+            ])
+            .args(["--prefix", "none", "--format", "{p}"])
+            .current_dir(common::repo())
+            .output()
+            .expect("cargo tree");
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let crates = |text: &str| -> Vec<String> {
+        text.lines()
+            .filter_map(|l| l.split_whitespace().next())
+            .map(str::to_owned)
+            .collect()
+    };
+    let runtime = crates(&tree("normal,build"));
+    assert!(runtime.iter().any(|c| c == "reqwest"), "the tree is read");
+    for unwanted in [
+        "portcullis-admin",
+        "portcullis-demo",
+        "portcullis-assets",
+        "clap_mangen",
+        "clap_complete",
+    ] {
+        assert!(
+            !runtime.iter().any(|c| c == unwanted),
+            "{unwanted} is linked into the gateway"
+        );
+    }
+    // Not even for its tests and benches: ADMIN stays out of the gateway's build graph.
+    let all = crates(&tree("all"));
+    assert!(!all.iter().any(|c| c == "portcullis-admin"));
 }

@@ -6,9 +6,7 @@
 
 mod apply;
 mod confirm;
-mod demo;
 pub mod error;
-mod generate;
 mod input;
 mod inspect;
 mod pipeline;
@@ -166,23 +164,6 @@ pub enum Command {
         #[arg(long)]
         rows: usize,
     },
-    /// See the pipeline work: an in-process ADMIN serving the example catalog, the daemon
-    /// long-polling it and applying (to an in-memory twin, or with --netns to a throwaway
-    /// network namespace), and an instance drained and restored through ADMIN.
-    Demo {
-        /// Apply with the real nft into a throwaway network namespace (root).
-        #[arg(long)]
-        netns: bool,
-        /// Time between the scripted ADMIN changes.
-        #[arg(long, default_value = "2s", value_parser = humantime::parse_duration)]
-        pace: std::time::Duration,
-    },
-    /// Write the man pages and shell completions into DIR (packaging).
-    #[command(hide = true)]
-    Generate {
-        /// Output directory: man/ and completions/ are created in it.
-        dir: PathBuf,
-    },
 }
 
 pub fn run(cli: Cli) -> ExitCode {
@@ -221,8 +202,6 @@ fn dispatch(command: Command) -> Result<Exit, CliError> {
             (true, _) => Err(CliError::Usage("diff --live takes one export")),
         },
         Command::Synth { rows } => pipeline::synth(rows),
-        Command::Generate { dir } => Ok(generate::generate(&dir)),
-        Command::Demo { netns, pace } => Ok(demo::demo(demo::DemoArgs { netns, pace })),
         Command::Apply {
             once: _,
             source,

@@ -1,16 +1,18 @@
-//! `portcullis demo`, the README's run command: ADMIN in-process, the daemon long-polling it,
+//! `portcullis-demo`, the README's run command: ADMIN in-process, the daemon long-polling it,
 //! and the scripted drain flowing through — on the twin, and (root) into a real namespace.
 
+// The gateway's test helpers (require_nft): shared, not copied.
+#[path = "../../tests/common/mod.rs"]
 mod common;
 
 use std::process::Command;
 
 fn demo(extra: &[&str]) -> (bool, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_portcullis"))
-        .args(["demo", "--pace", "300ms"])
+    let out = Command::new(env!("CARGO_BIN_EXE_portcullis-demo"))
+        .args(["--pace", "300ms"])
         .args(extra)
         .output()
-        .expect("portcullis demo");
+        .expect("portcullis-demo");
     (
         out.status.success(),
         String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr),

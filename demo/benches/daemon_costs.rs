@@ -11,12 +11,16 @@
 //!    and the daemon's resident memory. This part uses the stand-in ADMIN of the tests,
 //!    which can be told to ignore ETags (the baseline).
 //!
-//! `cargo bench --bench daemon_costs` prints tables; `-- --quick` does 20 changes and a 10k
-//! steady state; `-- --steady-only` only the 100k-row steady state.
+//! `cargo build --release -p portcullis && cargo bench -p portcullis-demo --bench daemon_costs`
+//! prints tables (`benches/run` does both); `-- --quick` does 20 changes and a 10k steady
+//! state; `-- --steady-only` only the 100k-row steady state. It lives in the demo crate, not
+//! in the gateway's benches, because it embeds ADMIN as a library: a dev-dependency would put
+//! ADMIN back into the gateway's build graph. The gateway binary it runs is therefore found
+//! beside it, not handed over by cargo: see [`gateway_binary`].
 
-#[path = "../tests/common/mod.rs"]
+#[path = "../../tests/common/mod.rs"]
 mod common;
-#[path = "summary.rs"]
+#[path = "../../benches/summary.rs"]
 mod summary;
 
 use common::lab::in_netns;
@@ -57,7 +61,7 @@ impl Catalog {
     fn write(self, dir: &Path) {
         match self {
             Catalog::Example => portcullis_admin::catalog::copy_files(
-                &Path::new(env!("CARGO_MANIFEST_DIR")).join("admin/example-catalog"),
+                &Path::new(env!("CARGO_MANIFEST_DIR")).join("../admin/example-catalog"),
                 dir,
             )
             .expect("copy the example catalog"),
@@ -150,6 +154,27 @@ fn write_catalog(dir: &Path, sources: &portcullis_admin::catalog::Sources) {
     }
 }
 
+/// The gateway binary to measure. Cargo hands a package's tests and benches only that
+/// package's own binaries (`CARGO_BIN_EXE_*`), and the gateway is another package: so
+/// `PORTCULLIS_BIN` if set, else `portcullis` in this bench's profile directory
+/// (`target/release/deps/daemon_costs-…` → `target/release/portcullis`), where
+/// `cargo build --release -p portcullis` puts it. Build it first: this bench does not, and a
+/// stale binary measures old code.
+fn gateway_binary() -> PathBuf {
+    if let Some(path) = std::env::var_os("PORTCULLIS_BIN") {
+        return PathBuf::from(path);
+    }
+    let beside = std::env::current_exe()
+        .ok()
+        .and_then(|exe| Some(exe.parent()?.parent()?.join("portcullis")));
+    match beside {
+        Some(path) if path.is_file() => path,
+        _ => panic!(
+            "no gateway binary beside this bench ({beside:?}): run `cargo build --release -p portcullis` first, or set PORTCULLIS_BIN"
+        ),
+    }
+}
+
 /// What the daemon polls: the real ADMIN, or the tests' stand-in.
 enum Server {
     Admin(Admin),
@@ -173,7 +198,7 @@ impl Rig {
         let state = std::env::temp_dir().join(format!("pc-costs-{tag}-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&state);
         let daemon = ns
-            .command(env!("CARGO_BIN_EXE_portcullis"))
+            .command(&gateway_binary().to_string_lossy())
             .args([
                 "run",
                 "--source",
