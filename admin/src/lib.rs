@@ -3,7 +3,7 @@
 //! sections, and the HTTP server that publishes them.
 //!
 //! Other crates build on [`Catalog`] (versions and DB patching) and embed the server
-//! ([`serve::router`], [`serve::AdminState`]) — the gateway's `portcullis demo` runs one
+//! ([`serve::router`], [`serve::AdminState`]) — `portcullis-demo` (demo/) runs one
 //! in-process. This crate never depends on the gateway, only on `portcullis-export`.
 //!
 //! Running an ADMIN in-process and taking an instance out of production:

@@ -2,7 +2,7 @@
 //! when files change, state changes written back to `inventory.yaml`, and the HTTP API over
 //! them (`http.rs`; the export and its long-poll in `export_poll.rs`).
 //!
-//! Embedding (what `portcullis demo` does): open an [`AdminState`], hand a bound listener to
+//! Embedding (what `portcullis-demo` does): open an [`AdminState`], hand a bound listener to
 //! [`spawn`] (or build [`router`] into your own server), and change instances with
 //! [`AdminState::set_state`] — long-polling gateways see the new export within milliseconds.
 
