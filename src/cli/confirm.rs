@@ -8,14 +8,54 @@
 //! or the last-known-good export, checked against the live table. Anything else (a table that
 //! drifted, no cache) is refused rather than rolled back approximately.
 
-use crate::apply::{drift, Conntrack, Firewall, Syncer};
+use crate::apply::{drift, Conntrack, Firewall, NftError, SyncError, Syncer};
 use crate::model::DesiredState;
 use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 const PENDING: &str = "confirm-pending";
 const CONFIRMED: &str = "confirmed";
+/// How often the waiting apply looks for `portcullis confirm`'s marker.
+const POLL: Duration = Duration::from_millis(50);
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfirmError {
+    #[error("cannot read the live table: {0}")]
+    ReadLive(#[source] NftError),
+    #[error(
+        "the live table is not from a known export (no last-known-good export in the state \
+         directory), so it could not be restored exactly; apply without --confirm-within, or \
+         from the daemon's host"
+    )]
+    UnknownTable,
+    #[error(
+        "the live table differs from the last-known-good export ({count} differences, first: \
+         {first}), so it could not be restored exactly; apply without --confirm-within"
+    )]
+    Drifted { count: usize, first: String },
+    #[error(transparent)]
+    Render(#[from] SyncError),
+    #[error("{}: {source}", path.display())]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("nothing to confirm: no apply --confirm-within is waiting (no {})", .0.display())]
+    NothingPending(PathBuf),
+    #[error("{}: unreadable", .0.display())]
+    Unreadable(PathBuf),
+    #[error("nothing to confirm: the waiting apply (pid {0}) is gone")]
+    Gone(u32),
+}
+
+fn io(path: &Path) -> impl FnOnce(std::io::Error) -> ConfirmError + '_ {
+    move |source| ConfirmError::Io {
+        path: path.to_owned(),
+        source,
+    }
+}
 
 /// What the table goes back to when the change is not confirmed.
 pub enum Rollback {
@@ -29,30 +69,22 @@ pub enum Rollback {
 pub fn rollback_target<F: Firewall, C: Conntrack>(
     syncer: &mut Syncer<F, C>,
     last_good: Option<DesiredState>,
-) -> Result<Rollback, String> {
+) -> Result<Rollback, ConfirmError> {
     let live = syncer
         .firewall
         .read_table()
-        .map_err(|e| format!("cannot read the live table: {e}"))?;
+        .map_err(ConfirmError::ReadLive)?;
     if live.is_none() {
         return Ok(Rollback::NoTable);
     }
-    let Some(old) = last_good else {
-        return Err(
-            "the live table is not from a known export (no last-known-good export in \
-             the state directory), so it could not be restored exactly; apply without \
-             --confirm-within, or from the daemon's host"
-                .into(),
-        );
-    };
-    let expected = syncer.expected_table(&old).map_err(|e| e.to_string())?;
+    let old = last_good.ok_or(ConfirmError::UnknownTable)?;
+    let expected = syncer.expected_table(&old)?;
     let differences = drift(&expected, &live);
     if let Some(first) = differences.first() {
-        return Err(format!(
-            "the live table differs from the last-known-good export ({} differences, first: \
-             {first}), so it could not be restored exactly; apply without --confirm-within",
-            differences.len()
-        ));
+        return Err(ConfirmError::Drifted {
+            count: differences.len(),
+            first: first.clone(),
+        });
     }
     Ok(Rollback::To(Box::new(old)))
 }
@@ -61,14 +93,14 @@ pub fn rollback_target<F: Firewall, C: Conntrack>(
 pub fn roll_back<F: Firewall, C: Conntrack>(
     syncer: &mut Syncer<F, C>,
     target: Rollback,
-    delete_table: impl FnOnce() -> Result<(), String>,
-) -> Result<(), String> {
+) -> Result<(), SyncError> {
     match target {
-        Rollback::NoTable => delete_table(),
-        Rollback::To(state) => syncer
-            .reconcile(*state)
+        Rollback::NoTable => syncer
+            .firewall
+            .delete_table()
             .map(|_| ())
-            .map_err(|e| e.to_string()),
+            .map_err(Into::into),
+        Rollback::To(state) => syncer.reconcile(*state).map(|_| ()),
     }
 }
 
@@ -86,68 +118,65 @@ fn now_unix() -> u64 {
 }
 
 /// Marks a confirmation as pending in `dir`, then waits for `portcullis confirm`, the
-/// deadline, or SIGINT/SIGTERM. SIGHUP is ignored while waiting.
-pub fn wait_for_confirmation(dir: &Path, within: Duration) -> Result<Answer, String> {
-    use std::sync::atomic::{AtomicBool, Ordering};
-    use std::sync::Arc;
-    std::fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+/// deadline, or SIGINT/SIGTERM. SIGHUP (a lost SSH session) is caught and ignored: the clock
+/// keeps running.
+pub fn wait_for_confirmation(dir: &Path, within: Duration) -> Result<Answer, ConfirmError> {
+    std::fs::create_dir_all(dir).map_err(io(dir))?;
     let confirmed = dir.join(CONFIRMED);
     let _ = std::fs::remove_file(&confirmed);
     let pending = dir.join(PENDING);
     let deadline = now_unix() + within.as_secs();
     let pending_text = format!("{} {deadline}\n", std::process::id());
-    crate::durable::write_atomic(&pending, pending_text.as_bytes())
-        .map_err(|e| format!("{}: {e}", pending.display()))?;
-
-    let interrupted = Arc::new(AtomicBool::new(false));
-    use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
-    for signal in [SIGINT, SIGTERM] {
-        signal_hook::flag::register(signal, interrupted.clone())
-            .map_err(|e| format!("cannot install a handler for signal {signal}: {e}"))?;
-    }
-    // A registered handler replaces SIGHUP's default action (terminate); its flag is unread.
-    let _ = signal_hook::flag::register(SIGHUP, Arc::new(AtomicBool::new(false)));
-
-    let started = Instant::now();
-    let answer = loop {
-        if confirmed.exists() {
-            break Answer::Confirmed;
-        }
-        if interrupted.load(Ordering::Relaxed) {
-            break Answer::Interrupted;
-        }
-        if started.elapsed() >= within {
-            break Answer::TimedOut;
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    };
+    crate::durable::write_atomic(&pending, pending_text.as_bytes()).map_err(io(&pending))?;
+    let answer = wait(&confirmed, within);
     let _ = std::fs::remove_file(&pending);
     let _ = std::fs::remove_file(&confirmed);
-    Ok(answer)
+    answer.map_err(io(dir))
 }
 
-/// `portcullis confirm`: keeps the change a waiting `apply --confirm-within` made.
-pub fn confirm(dir: &Path) -> Result<u32, String> {
+/// The wait itself, on a small runtime for the signals (the daemon's signal handling, the
+/// same crate: no second one for this).
+fn wait(confirmed: &Path, within: Duration) -> std::io::Result<Answer> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    runtime.block_on(async {
+        let mut interrupt = signal(SignalKind::interrupt())?;
+        let mut terminate = signal(SignalKind::terminate())?;
+        // Installed so SIGHUP's default action (ending the process) cannot end the wait.
+        let _hangup = signal(SignalKind::hangup())?;
+        let marker = async {
+            while !confirmed.exists() {
+                tokio::time::sleep(POLL).await;
+            }
+        };
+        Ok(tokio::select! {
+            _ = marker => Answer::Confirmed,
+            _ = interrupt.recv() => Answer::Interrupted,
+            _ = terminate.recv() => Answer::Interrupted,
+            _ = tokio::time::sleep(within) => Answer::TimedOut,
+        })
+    })
+}
+
+/// `portcullis confirm`: keeps the change a waiting `apply --confirm-within` made; returns the
+/// waiting apply's pid.
+pub fn confirm(dir: &Path) -> Result<u32, ConfirmError> {
     let pending = dir.join(PENDING);
-    let text = std::fs::read_to_string(&pending).map_err(|_| {
-        format!(
-            "nothing to confirm: no apply --confirm-within is waiting (no {})",
-            pending.display()
-        )
-    })?;
+    let text = std::fs::read_to_string(&pending)
+        .map_err(|_| ConfirmError::NothingPending(pending.clone()))?;
     let pid: u32 = text
         .split_whitespace()
         .next()
         .and_then(|p| p.parse().ok())
-        .ok_or_else(|| format!("{}: unreadable", pending.display()))?;
+        .ok_or_else(|| ConfirmError::Unreadable(pending.clone()))?;
     if !PathBuf::from(format!("/proc/{pid}")).exists() {
         let _ = std::fs::remove_file(&pending);
-        return Err(format!(
-            "nothing to confirm: the waiting apply (pid {pid}) is gone"
-        ));
+        return Err(ConfirmError::Gone(pid));
     }
     let marker = dir.join(CONFIRMED);
-    crate::durable::write_atomic(&marker, b"").map_err(|e| format!("{}: {e}", marker.display()))?;
+    crate::durable::write_atomic(&marker, b"").map_err(io(&marker))?;
     Ok(pid)
 }
 

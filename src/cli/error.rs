@@ -3,8 +3,9 @@
 //! line) and picks the exit code scripts rely on: 2 for input that is wrong (export, flags,
 //! configuration, policy), 1 for work that failed (kernel, network, files).
 
+use super::confirm::ConfirmError;
 use crate::apply::ipvs::IpvsSyncError;
-use crate::apply::SyncError;
+use crate::apply::{FlushError, GuardRefusal, NftError, SyncError};
 use crate::daemon::config::ConfigError;
 use crate::daemon::control::ControlError;
 use crate::daemon::{DaemonError, ReloadError};
@@ -19,7 +20,8 @@ pub const CHANGES: u8 = 1;
 pub const FAILED: u8 = 1;
 pub const INVALID: u8 = 2;
 
-/// How a command that did its job ended: `OK`, or `CHANGES` for a diff that found some.
+/// How a command that did its job ended: `OK`; `CHANGES` for a diff that found some; `FAILED`
+/// for an apply that was rolled back, as commit-confirm asked (it says so on stdout).
 pub type Exit = u8;
 
 #[derive(Debug, thiserror::Error)]
@@ -43,6 +45,32 @@ pub enum CliError {
     Control(#[from] ControlError),
     #[error(transparent)]
     Sync(#[from] SyncError),
+    #[error("{0}")]
+    Unsupported(&'static str),
+    #[error("{refusal} (baseline: the last-known-good export in {})", baseline.display())]
+    Refused {
+        refusal: GuardRefusal,
+        baseline: PathBuf,
+    },
+    #[error("--confirm-within refused: {0}")]
+    NoRollback(#[source] ConfirmError),
+    #[error(transparent)]
+    Confirm(#[from] ConfirmError),
+    #[error("apply failed, the kernel was left as it was: {0}")]
+    ApplyFailed(#[source] SyncError),
+    #[error("ROLLBACK FAILED ({why}): {source}")]
+    RollbackFailed {
+        why: String,
+        #[source]
+        source: SyncError,
+    },
+    #[error("cannot read the live table: {0}")]
+    ReadLive(#[source] NftError),
+    #[error("nft -c refused the transaction: {0}")]
+    NftCheck(#[source] NftError),
+    /// A flush that left something behind; each failure is printed on its own line.
+    #[error(transparent)]
+    Flush(#[from] FlushError),
     #[error(transparent)]
     Ipvs(#[from] IpvsSyncError),
     #[error("{what}: {source}")]
@@ -61,11 +89,20 @@ impl CliError {
             | CliError::Config(_)
             | CliError::Options(_)
             | CliError::Usage(_)
+            | CliError::Refused { .. }
             | CliError::Daemon(_) => INVALID,
             CliError::Reload(_)
             | CliError::Control(_)
             | CliError::Sync(_)
             | CliError::Ipvs(_)
+            | CliError::Unsupported(_)
+            | CliError::NoRollback(_)
+            | CliError::Confirm(_)
+            | CliError::ApplyFailed(_)
+            | CliError::RollbackFailed { .. }
+            | CliError::ReadLive(_)
+            | CliError::NftCheck(_)
+            | CliError::Flush(_)
             | CliError::Io { .. } => FAILED,
         }
     }
@@ -129,7 +166,17 @@ pub fn report(error: &CliError) -> u8 {
             }
             eprintln!("{error}");
         }
+        CliError::Flush(e) => {
+            for failure in &e.failures {
+                eprintln!("portcullis: {failure}");
+            }
+        }
         other => eprintln!("portcullis: {other}"),
     }
     error.exit_code()
+}
+
+/// A warning that does not change the outcome, in the same voice as errors.
+pub fn warn(message: impl std::fmt::Display) {
+    eprintln!("portcullis: warning: {message}");
 }

@@ -9,6 +9,7 @@ mod confirm;
 pub mod error;
 mod input;
 mod inspect;
+mod live;
 mod pipeline;
 mod run;
 
@@ -197,7 +198,7 @@ fn dispatch(command: Command) -> Result<Exit, CliError> {
             table,
         } => match (live, files.as_slice()) {
             (false, [old, new]) => pipeline::diff(old, new, json, color),
-            (true, [export]) => Ok(apply::diff_live(export, &table.options()?, json)),
+            (true, [export]) => live::diff_live(export, &table.options()?, json),
             (false, _) => Err(CliError::Usage("diff takes OLD and NEW (or --live EXPORT)")),
             (true, _) => Err(CliError::Usage("diff --live takes one export")),
         },
@@ -211,7 +212,7 @@ fn dispatch(command: Command) -> Result<Exit, CliError> {
             state_dir,
             adopt_ipvs,
             table,
-        } => Ok(apply::apply_once(apply::ApplyOnce {
+        } => apply::apply_once(apply::ApplyOnce {
             source: &source,
             opts: table.options()?,
             dry_run,
@@ -219,9 +220,9 @@ fn dispatch(command: Command) -> Result<Exit, CliError> {
             confirm_within,
             state_dir: &state_dir,
             adopt_ipvs,
-        })),
-        Command::Confirm { state_dir } => Ok(apply::confirm(&state_dir)),
-        Command::Flush { state_dir } => Ok(apply::flush(&state_dir)),
+        }),
+        Command::Confirm { state_dir } => apply::confirm(&state_dir),
+        Command::Flush { state_dir } => live::flush(&state_dir),
         Command::Run(args) => run::run(&args),
         Command::Status { state_dir, json } => inspect::status(&state_dir, json),
         Command::Promote { state_dir } => inspect::set_role(&state_dir, Role::Active),

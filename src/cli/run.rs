@@ -181,7 +181,7 @@ pub fn run(args: &RunArgs) -> Result<Exit, CliError> {
     })?;
     if daemon.config.flush_on_exit {
         tracing::warn!("flush_on_exit: removing the rules");
-        return Ok(super::apply::flush(&daemon.config.state_dir));
+        return super::live::flush(&daemon.config.state_dir);
     }
     Ok(OK)
 }
