@@ -4,6 +4,7 @@
 use super::confirm::{self, say, Answer};
 use super::error::{warn, CliError, Exit, FAILED, OK};
 use super::input::{display_name, read_source};
+use super::live::CliSyncer;
 use crate::apply::ipvs::{IpvsSync, DEFAULT_DRAIN_GRACE};
 use crate::apply::{ConntrackNetlink, Guard, NftCli, SyncOutcome, Syncer};
 use crate::daemon::cache::StateDir;
@@ -29,8 +30,6 @@ pub struct ApplyOnce<'a> {
     /// IPVS backend: take over IPVS services the export names that portcullis did not create.
     pub adopt_ipvs: bool,
 }
-
-pub type CliSyncer = Syncer<NftCli, ConntrackNetlink>;
 
 pub fn apply_once(args: ApplyOnce) -> Result<Exit, CliError> {
     if args.opts.backend == Backend::Ipvs && args.dry_run {

@@ -5,7 +5,7 @@
 //! `FILE: line L, column C (name): expected …, found …`.
 
 use super::error::{CliError, SourceError};
-use super::run::{effective_config, RunArgs};
+use crate::daemon::config::Config;
 use crate::daemon::fetch::{Fetched, Fetcher};
 use crate::model::DesiredState;
 use portcullis_export::Export;
@@ -68,10 +68,10 @@ fn fetch(url: &str) -> Result<Vec<u8>, CliError> {
         url: url.to_owned(),
         reason,
     };
-    let config = effective_config(&RunArgs {
+    let config = Config {
         source: Some(url.to_owned()),
-        ..RunArgs::default()
-    })?;
+        ..Config::read_default()?
+    };
     let fetcher = Fetcher::from_config(&config).map_err(|e| failed(e.to_string()))?;
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()

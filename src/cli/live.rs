@@ -1,7 +1,6 @@
 //! The commands that read, check or clear the live kernel state without applying an export:
 //! `diff --live`, `apply --once --dry-run` and `flush`.
 
-use super::apply::CliSyncer;
 use super::error::{CliError, Exit, CHANGES, OK};
 use super::input::load_state;
 use super::pipeline::print_json;
@@ -9,6 +8,9 @@ use crate::apply::{drift, ConntrackNetlink, Firewall, NftCli, Syncer};
 use crate::model::DesiredState;
 use crate::render::nft::{full_ruleset, RenderOptions};
 use std::path::Path;
+
+/// The syncer the one-shot commands drive: the real nft and conntrack.
+pub type CliSyncer = Syncer<NftCli, ConntrackNetlink>;
 
 /// The differences between the live table and the table `state` renders to.
 fn differences(syncer: &mut CliSyncer, state: &DesiredState) -> Result<Vec<String>, CliError> {

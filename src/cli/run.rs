@@ -4,7 +4,7 @@
 use super::error::{CliError, Exit, OK};
 use super::pipeline::render_options;
 use crate::apply::{ConntrackNetlink, NftCli};
-use crate::daemon::config::{Config, ConfigError, Role, DEFAULT_PATH};
+use crate::daemon::config::{Config, ConfigError, Role};
 use crate::daemon::Daemon;
 use crate::render::nft::Backend;
 use clap::Args;
@@ -75,14 +75,9 @@ pub struct RunArgs {
 
 /// The file (if any), then every flag given on top of it, then validation.
 pub fn effective_config(args: &RunArgs) -> Result<Config, ConfigError> {
-    let (path, must_exist) = match &args.config {
-        Some(p) => (p.clone(), true),
-        None => (PathBuf::from(DEFAULT_PATH), false),
-    };
-    let mut c = match std::fs::read_to_string(&path) {
-        Ok(text) => Config::parse(&text, &path.display().to_string())?,
-        Err(e) if !must_exist && e.kind() == std::io::ErrorKind::NotFound => Config::default(),
-        Err(source) => return Err(ConfigError::Read { path, source }),
+    let mut c = match &args.config {
+        Some(path) => Config::read(path)?,
+        None => Config::read_default()?,
     };
     macro_rules! set {
         ($($field:ident).+ <- $value:expr) => {

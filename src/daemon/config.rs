@@ -7,7 +7,7 @@ use crate::apply::Guard;
 use crate::render::nft::{Backend, Ifname};
 use serde::{Deserialize, Deserializer, Serialize};
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 pub const DEFAULT_PATH: &str = "/etc/portcullis/portcullis.toml";
@@ -171,6 +171,28 @@ impl Config {
             setting,
         })?;
         Ok(config)
+    }
+
+    /// Reads and parses the file at `path`, which must exist.
+    pub fn read(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        Config::parse(&text, &path.display().to_string())
+    }
+
+    /// The file at [`DEFAULT_PATH`], or the defaults when there is none (the daemon and the
+    /// CLI also run with flags alone).
+    pub fn read_default() -> Result<Config, ConfigError> {
+        match Config::read(Path::new(DEFAULT_PATH)) {
+            Err(ConfigError::Read { source, .. })
+                if source.kind() == std::io::ErrorKind::NotFound =>
+            {
+                Ok(Config::default())
+            }
+            other => other,
+        }
     }
 
     /// Checks what types alone cannot.

@@ -7,27 +7,12 @@
 use super::cache::StateDir;
 use super::config::Config;
 use super::fetch::{FetchError, Fetcher};
-use super::journal::Journal;
+use super::journal::{Counters, Journal};
 use super::metrics::Metrics;
 use super::pacing::Pacing;
 use crate::apply::{Conntrack, Firewall, Syncer};
 use crate::render::nft::RenderOptions;
-use serde::{Deserialize, Serialize};
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
-
-/// What the daemon has done since it started, for `status` and the journal.
-#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
-pub struct Counters {
-    pub polls: u64,
-    pub not_modified: u64,
-    pub applied: u64,
-    pub rejected: u64,
-    pub refused: u64,
-    pub failed: u64,
-    pub consecutive_failures: u32,
-    pub last_error: Option<String>,
-    pub last_apply_unix: Option<u64>,
-}
 
 /// The daemon could not be set up from its configuration.
 #[derive(Debug, thiserror::Error)]

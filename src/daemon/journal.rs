@@ -1,7 +1,6 @@
 //! What the daemon did, for netops: a journal of changes (JSON lines, rotated) and a status
 //! snapshot, both in the state directory, read by `portcullis log` and `portcullis status`.
 
-use super::core::Counters;
 use crate::diff::DiffSummary;
 use serde::{Deserialize, Serialize};
 use std::fs::{self, OpenOptions};
@@ -13,6 +12,20 @@ const STATUS: &str = "status.json";
 /// The journal is rotated (to `journal.jsonl.1`) past this size: years of changes at a few
 /// hundred bytes each, and a bound on the disk a flapping ADMIN can use.
 const MAX_JOURNAL_BYTES: u64 = 16 << 20;
+
+/// What the daemon has done since it started, for `status` and the journal.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct Counters {
+    pub polls: u64,
+    pub not_modified: u64,
+    pub applied: u64,
+    pub rejected: u64,
+    pub refused: u64,
+    pub failed: u64,
+    pub consecutive_failures: u32,
+    pub last_error: Option<String>,
+    pub last_apply_unix: Option<u64>,
+}
 
 /// One event that changed, or refused to change, the data plane.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]

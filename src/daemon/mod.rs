@@ -29,7 +29,8 @@ pub mod reload;
 pub mod role;
 pub mod step;
 
-pub use self::core::{Counters, Daemon, DaemonError};
+pub use self::core::{Daemon, DaemonError};
+pub use journal::Counters;
 pub use reload::ReloadError;
 pub use step::{NoStart, Step, StepError};
 
