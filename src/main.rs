@@ -1,6 +1,7 @@
 //! `portcullis`: entry point. Logging goes to stderr (filter with `PORTCULLIS_LOG`, e.g.
 //! `PORTCULLIS_LOG=debug`), as text or, with `--log-format json`, JSON lines; everything else
-//! is in the library.
+//! is in the library. The daemon logs at `info` by default (each apply: what changed, how
+//! long, which export), the one-shot commands at `warn` (they print their own results).
 
 #![forbid(unsafe_code)]
 
@@ -9,8 +10,12 @@ use std::process::ExitCode;
 
 fn main() -> ExitCode {
     let cli = portcullis::cli::Cli::parse();
+    let default = match cli.command {
+        portcullis::cli::Command::Run(_) => "info",
+        _ => "warn",
+    };
     let filter = tracing_subscriber::EnvFilter::try_from_env("PORTCULLIS_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
     let logs = tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
         .with_env_filter(filter);

@@ -408,8 +408,9 @@ async fn promote_applies_the_cached_export_at_once_and_demote_stops_applying() {
     assert_eq!(d.syncer.firewall.table, table, "rules stay as they were");
 }
 
-/// The real daemon in standby keeps the kernel untouched; `portcullis promote` wakes it with
-/// SIGUSR1 and it applies within moments, although its poll interval is a minute.
+/// The real daemon in standby keeps the kernel untouched; `portcullis promote` wakes it through
+/// its control socket and it applies within moments, although its poll interval is a minute.
+/// At the default log level its log says what it applied.
 #[test]
 fn promote_wakes_a_standby_daemon_at_once() {
     if !common::require_nft() {
@@ -430,8 +431,9 @@ fn promote_wakes_a_standby_daemon_at_once() {
         .arg("--state-dir")
         .arg(&state)
         .args(["--interval", "60s", "--external-iface", "lo"])
+        .env_remove("PORTCULLIS_LOG")
         .stdout(Stdio::null())
-        .stderr(Stdio::null())
+        .stderr(Stdio::piped())
         .spawn()
         .expect("start portcullis run");
     let table = || {
@@ -461,9 +463,18 @@ fn promote_wakes_a_standby_daemon_at_once() {
     );
     let applied = common::wait_until(5, || table().then_some(())).is_some();
     common::terminate(&mut daemon);
+    let mut log = String::new();
+    if let Some(mut e) = daemon.stderr.take() {
+        use std::io::Read;
+        let _ = e.read_to_string(&mut log);
+    }
     assert!(
         applied,
-        "promoted daemon applied within 5 s (interval is 60 s)"
+        "promoted daemon applied within 5 s (interval is 60 s): {log}"
+    );
+    assert!(
+        log.contains("export applied: table regenerated whole") && log.contains("ms="),
+        "the apply is in the log at the default level: {log}"
     );
 }
 

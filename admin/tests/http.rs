@@ -659,3 +659,51 @@ async fn slow_clients_are_cut_off_and_connections_are_capped() {
     );
     server.stop().await.unwrap();
 }
+
+/// A chunked body (no Content-Length) over the 16 KiB limit is refused even by an endpoint
+/// that reads no body (a 200 MB one used to be accepted); the Bearer scheme is
+/// case-insensitive.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn chunked_bodies_are_limited_and_the_bearer_scheme_is_case_insensitive() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let dir = copy_example();
+    let (_state, server) = start(dir.path(), with_token()).await;
+    let mut stream = tokio::net::TcpStream::connect(server.addr()).await.unwrap();
+    let head = format!(
+        "POST /v1/instances/tg.app1.1/drain HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {TOKEN}\r\nTransfer-Encoding: chunked\r\n\r\n"
+    );
+    stream.write_all(head.as_bytes()).await.unwrap();
+    let chunk = vec![b'x'; 8192];
+    let mut answer = Vec::new();
+    // Up to 1 MiB in chunks; the server answers (and may close) once past the limit.
+    for _ in 0..128 {
+        let sent = async {
+            stream
+                .write_all(format!("{:x}\r\n", chunk.len()).as_bytes())
+                .await?;
+            stream.write_all(&chunk).await?;
+            stream.write_all(b"\r\n").await
+        };
+        if sent.await.is_err() {
+            break;
+        }
+    }
+    let _ = stream.write_all(b"0\r\n\r\n").await;
+    let _ = tokio::time::timeout(Duration::from_secs(5), stream.read_to_end(&mut answer)).await;
+    let text = String::from_utf8_lossy(&answer);
+    assert!(text.starts_with("HTTP/1.1 413"), "{text}");
+    let inventory = std::fs::read_to_string(dir.path().join("inventory.yaml")).unwrap();
+    assert!(
+        !inventory.contains("state: drained"),
+        "the refused drain wrote nothing"
+    );
+
+    let r = client()
+        .post(format!("{}/v1/instances/tg.app1.1/drain", server.url()))
+        .header("authorization", format!("bearer {TOKEN}"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200, "lower-case scheme accepted");
+    server.stop().await.unwrap();
+}

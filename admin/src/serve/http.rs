@@ -102,7 +102,10 @@ fn token_matches(headers: &HeaderMap, token: &str) -> bool {
     let Some(given) = headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
+        .and_then(|v| v.split_once(' '))
+        // The scheme is case-insensitive (RFC 9110, 11.1): `bearer` and `BEARER` too.
+        .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
+        .map(|(_, credentials)| credentials)
     else {
         return false;
     };
@@ -116,13 +119,29 @@ async fn content_length_limit(Ext(state): Ext<AdminState>, req: Request, next: N
         .get(header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<u64>().ok());
-    match announced {
-        Some(n) if n > state.options().body_limit as u64 => ApiError::new(
+    let limit = state.options().body_limit;
+    let too_large = || {
+        ApiError::new(
             StatusCode::PAYLOAD_TOO_LARGE,
-            format!("request body over {} bytes", state.options().body_limit),
+            format!("request body over {limit} bytes"),
         )
-        .into_response(),
-        _ => next.run(req).await,
+        .into_response()
+    };
+    match announced {
+        Some(n) if n > limit as u64 => too_large(),
+        Some(_) => next.run(req).await,
+        // No length announced (chunked): a handler that never reads its body would accept
+        // any amount of it, so the body is read here, up to the limit, before any handler runs.
+        None => {
+            let (parts, body) = req.into_parts();
+            match axum::body::to_bytes(body, limit).await {
+                Ok(bytes) => {
+                    next.run(Request::from_parts(parts, axum::body::Body::from(bytes)))
+                        .await
+                }
+                Err(_) => too_large(),
+            }
+        }
     }
 }
 
