@@ -57,6 +57,16 @@ pub fn write_atomic_parts(path: &Path, parts: &[&[u8]]) -> io::Result<()> {
         .map_err(|e| with_path(e, dir))
 }
 
+/// The SHA-256 of `bytes` in lower-case hex: how state files carry a checksum that is
+/// verified on read (the last-known-good export, the IPVS ownership file).
+pub fn sha256_hex(bytes: &[u8]) -> String {
+    use sha2::{Digest, Sha256};
+    Sha256::digest(bytes)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
 /// Makes sure a directory entry just created in `dir` (a new file, a rename) survives a
 /// crash, for files appended to in place rather than replaced.
 pub fn sync_dir(dir: &Path) -> io::Result<()> {

@@ -6,7 +6,7 @@
 //! follow unchanged. A file whose checksum does not match is reported as corrupt and never
 //! applied.
 
-use sha2::{Digest, Sha256};
+use crate::durable::sha256_hex;
 use std::fs;
 use std::path::{Path, PathBuf};
 
@@ -32,13 +32,6 @@ pub enum CacheError {
     /// The file exists but cannot be trusted: it is reported, never applied.
     #[error("{path} is corrupt ({why}); it will not be applied")]
     Corrupt { path: PathBuf, why: String },
-}
-
-pub(crate) fn sha256_hex(bytes: &[u8]) -> String {
-    Sha256::digest(bytes)
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect()
 }
 
 /// The state directory (default `/var/lib/portcullis`).

@@ -189,7 +189,7 @@ impl Fetcher {
         }
         // A file has no ETag: its content hash plays that part, so an unchanged file is not
         // parsed again.
-        let tag = format!("\"sha256:{}\"", super::cache::sha256_hex(&body));
+        let tag = format!("\"sha256:{}\"", crate::durable::sha256_hex(&body));
         if etag == Some(tag.as_str()) {
             return Ok(Fetched::NotModified { long_polled: false });
         }

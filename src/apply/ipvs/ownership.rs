@@ -7,7 +7,9 @@
 //! and the add leaves an owned identity that simply is not in the kernel, which the next
 //! start-up forgets) and after services are deleted. The intent only protects if it is on
 //! disk before the add, so every write is atomic *and* durable ([`crate::durable`]: fsync of
-//! the file and of the directory) before the caller goes on.
+//! the file and of the directory) before the caller goes on. Since version 2 the file carries
+//! a SHA-256 of its service list, verified on every load: a flipped bit that still parses
+//! (another port, another address) would otherwise make a foreign service look owned.
 
 use super::ServiceId;
 use serde::{Deserialize, Serialize};
@@ -26,6 +28,16 @@ pub struct Ownership {
 struct File {
     version: u32,
     services: BTreeSet<ServiceId>,
+    /// SHA-256 (hex) of `services` as compact JSON; absent in version-1 files.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    sha256: Option<String>,
+}
+
+const VERSION: u32 = 2;
+
+fn checksum(services: &BTreeSet<ServiceId>) -> io::Result<String> {
+    let canonical = serde_json::to_vec(services).map_err(io::Error::other)?;
+    Ok(crate::durable::sha256_hex(&canonical))
 }
 
 impl Ownership {
@@ -37,12 +49,25 @@ impl Ownership {
     pub fn load(path: &Path) -> io::Result<Ownership> {
         let owned = match std::fs::read(path) {
             Ok(bytes) => {
-                let file: File = serde_json::from_slice(&bytes).map_err(|e| {
+                let invalid = |why: String| {
                     io::Error::new(
                         io::ErrorKind::InvalidData,
-                        format!("{}: {e}", path.display()),
+                        format!("{}: {why}", path.display()),
                     )
-                })?;
+                };
+                let file: File =
+                    serde_json::from_slice(&bytes).map_err(|e| invalid(e.to_string()))?;
+                match (&file.sha256, file.version) {
+                    (Some(sum), _) if *sum != checksum(&file.services)? => {
+                        return Err(invalid(
+                            "checksum mismatch: the file is corrupt; nothing in IPVS is \
+                             treated as owned until it is repaired (apply --once --adopt-ipvs)"
+                                .into(),
+                        ))
+                    }
+                    (Some(_), _) | (None, 1) => {}
+                    (None, v) => return Err(invalid(format!("version {v} without a checksum"))),
+                }
                 file.services
             }
             Err(e) if e.kind() == io::ErrorKind::NotFound => BTreeSet::new(),
@@ -86,7 +111,8 @@ impl Ownership {
             std::fs::create_dir_all(dir)?;
         }
         let body = serde_json::to_vec_pretty(&File {
-            version: 1,
+            version: VERSION,
+            sha256: Some(checksum(&self.owned)?),
             services: self.owned.clone(),
         })
         .map_err(io::Error::other)?;
@@ -124,6 +150,17 @@ mod tests {
             Ownership::load(&path).expect("reload").owned,
             [b].into_iter().collect()
         );
+        // A flipped bit that still parses: another port. The checksum catches it.
+        let text = std::fs::read_to_string(&path).expect("read");
+        assert!(text.contains("\"sha256\""), "{text}");
+        own.extend([a]).expect("save");
+        let text = std::fs::read_to_string(&path).expect("read");
+        std::fs::write(&path, text.replacen(": 80", ": 81", 1)).expect("write");
+        let e = Ownership::load(&path).expect_err("corrupt");
+        assert!(e.to_string().contains("checksum mismatch"), "{e}");
+        // A version-1 file (no checksum) still loads.
+        std::fs::write(&path, r#"{"version":1,"services":[]}"#).expect("write");
+        assert!(Ownership::load(&path).expect("v1").owned.is_empty());
         std::fs::write(&path, "{not json").expect("write");
         assert!(Ownership::load(&path).is_err());
         let _ = std::fs::remove_dir_all(dir);
