@@ -707,3 +707,44 @@ async fn chunked_bodies_are_limited_and_the_bearer_scheme_is_case_insensitive() 
     assert_eq!(r.status(), 200, "lower-case scheme accepted");
     server.stop().await.unwrap();
 }
+
+/// One client address cannot take every connection slot: past its own limit its connections
+/// are closed, while another address is still served.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_client_cannot_take_every_slot() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let dir = copy_example();
+    let options = Options {
+        max_connections: 8,
+        max_connections_per_client: 2,
+        ..with_token()
+    };
+    let (_state, server) = start(dir.path(), options).await;
+    let port = server.addr().port();
+    let _a = tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .unwrap();
+    let _b = tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let status = |from: &'static str| async move {
+        let socket = tokio::net::TcpSocket::new_v4().unwrap();
+        socket.bind(format!("{from}:0").parse().unwrap()).unwrap();
+        let mut c = socket
+            .connect(format!("127.0.0.1:{port}").parse().unwrap())
+            .await
+            .unwrap();
+        let _ = c
+            .write_all(b"GET /v1/status HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+            .await;
+        let mut buf = Vec::new();
+        let _ = tokio::time::timeout(Duration::from_secs(5), c.read_to_end(&mut buf)).await;
+        String::from_utf8_lossy(&buf).into_owned()
+    };
+    let third = status("127.0.0.1").await;
+    assert!(!third.starts_with("HTTP/1.1 200"), "{third}");
+    let other = status("127.0.0.2").await;
+    assert!(other.starts_with("HTTP/1.1 200"), "{other}");
+    server.stop().await.unwrap();
+}

@@ -1,10 +1,13 @@
 //! Accepting connections: plain or TLS, with the limits axum's `serve` does not offer — a cap
-//! on open connections, a handshake timeout and a header-read timeout (slow clients cannot
-//! hold the server's sockets) — and a graceful shutdown that lets requests in flight finish.
+//! on open connections, in all and per client address, a handshake timeout and a header-read
+//! timeout (slow clients cannot hold the server's sockets) — and a graceful shutdown that lets
+//! requests in flight finish.
 
 use axum::Router;
 use hyper_util::rt::{TokioIo, TokioTimer};
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::sync::{watch, Semaphore};
 
@@ -12,6 +15,7 @@ use tokio::sync::{watch, Semaphore};
 #[derive(Clone, Copy, Debug)]
 pub(super) struct Limits {
     pub max_connections: usize,
+    pub max_per_client: usize,
     pub header_timeout: Duration,
 }
 
@@ -23,6 +27,7 @@ pub(super) async fn serve(
     mut shutdown: watch::Receiver<bool>,
 ) -> std::io::Result<()> {
     let slots = Arc::new(Semaphore::new(limits.max_connections));
+    let per_client = PerClient::default();
     let mut conns = tokio::task::JoinSet::new();
     loop {
         let (tcp, peer) = tokio::select! {
@@ -42,10 +47,15 @@ pub(super) async fn serve(
             drop(tcp);
             continue;
         };
+        let Some(client_slot) = per_client.try_take(peer.ip(), limits.max_per_client) else {
+            tracing::warn!(%peer, max = limits.max_per_client, "per-client connection limit reached; closing");
+            drop(tcp);
+            continue;
+        };
         let _ = tcp.set_nodelay(true);
         let (tls, app, stop) = (tls.clone(), app.clone(), shutdown.clone());
         conns.spawn(async move {
-            let _slot = slot;
+            let _slots = (slot, client_slot);
             match tls {
                 None => drive(TokioIo::new(tcp), app, limits, stop).await,
                 Some(acceptor) => {
@@ -79,6 +89,50 @@ where
         _ = stopped(&mut stop) => {
             conn.as_mut().graceful_shutdown();
             let _ = conn.await;
+        }
+    }
+}
+
+/// Open connections per client address.
+#[derive(Clone, Default)]
+struct PerClient(Arc<Mutex<HashMap<IpAddr, usize>>>);
+
+/// One of a client's connections; dropping it gives the slot back.
+struct ClientSlot {
+    owner: PerClient,
+    ip: IpAddr,
+}
+
+impl PerClient {
+    fn try_take(&self, ip: IpAddr, max: usize) -> Option<ClientSlot> {
+        let mut open = self
+            .0
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        let n = open.entry(ip).or_insert(0);
+        if *n >= max {
+            return None;
+        }
+        *n += 1;
+        Some(ClientSlot {
+            owner: self.clone(),
+            ip,
+        })
+    }
+}
+
+impl Drop for ClientSlot {
+    fn drop(&mut self) {
+        let mut open = self
+            .owner
+            .0
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        if let Some(n) = open.get_mut(&self.ip) {
+            *n -= 1;
+            if *n == 0 {
+                open.remove(&self.ip);
+            }
         }
     }
 }

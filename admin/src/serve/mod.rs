@@ -41,6 +41,7 @@ pub async fn run(
     };
     let limits = conn::Limits {
         max_connections: state.options().max_connections,
+        max_per_client: state.options().max_connections_per_client,
         header_timeout: state.options().header_timeout,
     };
     let signal = state.shutdown_signal();

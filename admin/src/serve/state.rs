@@ -31,6 +31,9 @@ pub struct Options {
     pub versions: Option<crate::versions::Deployer>,
     /// Open connections at most; more are closed at once.
     pub max_connections: usize,
+    /// Open connections from one client address at most, so one client cannot take every
+    /// slot (a gateway long-polls with one, an operator's script a few).
+    pub max_connections_per_client: usize,
     /// Time a client has to send a request's headers (and to finish a TLS handshake).
     pub header_timeout: Duration,
 }
@@ -47,6 +50,7 @@ impl Default for Options {
             tls: None,
             versions: None,
             max_connections: 16_384,
+            max_connections_per_client: 64,
             header_timeout: Duration::from_secs(20),
         }
     }
