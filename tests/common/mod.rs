@@ -1,6 +1,7 @@
 //! Helpers shared by the integration tests.
 #![allow(dead_code)]
 
+pub mod fault_admin;
 pub mod lab;
 pub mod stub_admin;
 
