@@ -104,11 +104,22 @@ fn sigkill(pid: i32) {
     }
 }
 
+/// Whether `nft -f /dev/stdin` runs in process group `group`: the apply's transaction on its
+/// way to the kernel (not the read-back listing, nor the `nft -c` check).
+fn nft_running(group: &str) -> bool {
+    Command::new("pgrep")
+        .args(["-g", group, "-x", "-f", "nft -f /dev/stdin"])
+        .output()
+        .is_ok_and(|o| o.status.success())
+}
+
 #[derive(Default)]
 struct Tally {
     old: usize,
     new: usize,
     finished_before_kill: usize,
+    /// Kills that found `nft` running (a transaction on its way to the kernel).
+    during_nft: usize,
     group_kills: usize,
 }
 
@@ -158,14 +169,31 @@ fn kill_9_during_apply_leaves_the_old_or_the_new_table_never_a_mix() {
     let started = Instant::now();
     for i in 0..iterations {
         let target = 1 - current;
-        let delay = Duration::from_millis(delays.next_below(window_ms));
+        // Every other pair of iterations waits for nft to start and kills within its first
+        // 60 ms, so the transaction's own window is hit often, not only by chance.
+        let aim_at_nft = i % 4 >= 2;
+        let delay = Duration::from_millis(if aim_at_nft {
+            delays.next_below(60)
+        } else {
+            delays.next_below(window_ms)
+        });
         let whole_group = i % 2 == 1;
         let mut child = spawn_apply(&ns, &exports[target].path, &state);
+        if aim_at_nft {
+            let group = child.id().to_string();
+            common::wait_until(10, || {
+                let running = nft_running(&group);
+                (running || matches!(child.try_wait(), Ok(Some(_)))).then_some(())
+            });
+        }
         std::thread::sleep(delay);
         if matches!(child.try_wait(), Ok(Some(_))) {
             tally.finished_before_kill += 1;
         }
         let pid = child.id() as i32;
+        if nft_running(&pid.to_string()) {
+            tally.during_nft += 1;
+        }
         sigkill(if whole_group { -pid } else { pid });
         let _ = child.wait();
         if whole_group {
@@ -212,10 +240,12 @@ fn kill_9_during_apply_leaves_the_old_or_the_new_table_never_a_mix() {
     }
     eprintln!(
         "kill -9 loop: {iterations} kills in {:?}: {} left the old table, {} the new one, never \
-         a mix; {} landed after the apply had finished; {} killed the whole process group",
+         a mix; {} found nft running, {} landed after the apply had finished; {} killed the \
+         whole process group",
         started.elapsed(),
         tally.old,
         tally.new,
+        tally.during_nft,
         tally.finished_before_kill,
         tally.group_kills
     );
