@@ -2,6 +2,7 @@
 #![allow(dead_code)]
 
 pub mod fault_admin;
+pub mod gateway;
 pub mod lab;
 pub mod stub_admin;
 
