@@ -21,6 +21,10 @@ use std::time::{Duration, Instant};
 /// moved; returns which failure counters rose.
 fn endure(gw: &mut Gateway, name: &str, before: &str, requests: usize) -> String {
     let counted = gw.failures();
+    let state = gw.state();
+    let journaled =
+        |gw: &Gateway| gw.journal_count(&state, "rejected") + gw.journal_count(&state, "refused");
+    let (journaled_before, status_failed_before) = (journaled(gw), gw.status_failed(&state));
     let served = common::wait_until(30, || (gw.admin.requests() >= requests).then_some(()));
     // The last request's failure is counted once its fetch has ended (a trickle ends at the
     // 1 s request timeout).
@@ -42,6 +46,22 @@ fn endure(gw: &mut Gateway, name: &str, before: &str, requests: usize) -> String
         gw.log()
     );
     let now = moved.unwrap_or_else(|| panic!("{name}: the failure was not counted\n{}", gw.log()));
+    // Beyond the metrics: a rejected or refused export is a journal line; a failed fetch is
+    // counted in status.json (`portcullis status`), not journaled (a line per poll otherwise).
+    if now[1] > counted[1] || now[2] > counted[2] {
+        let lines = common::wait_until(5, || (journaled(gw) > journaled_before).then_some(()));
+        assert!(lines.is_some(), "{name}: journaled\n{}", gw.log());
+    }
+    if now[0] > counted[0] {
+        let status = common::wait_until(5, || {
+            (gw.status_failed(&state) > status_failed_before).then_some(())
+        });
+        assert!(
+            status.is_some(),
+            "{name}: counted in status.json\n{}",
+            gw.log()
+        );
+    }
     ["failed", "rejected", "refused"]
         .iter()
         .zip(now.iter().zip(counted))

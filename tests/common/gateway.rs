@@ -185,6 +185,15 @@ impl Gateway {
         status["etag"].as_str().map(str::to_owned)
     }
 
+    /// The `failed` counter of `status.json`.
+    pub fn status_failed(&self, state: &Path) -> u64 {
+        std::fs::read_to_string(state.join("status.json"))
+            .ok()
+            .and_then(|t| serde_json::from_str::<serde_json::Value>(&t).ok())
+            .and_then(|v| v["failed"].as_u64())
+            .unwrap_or(0)
+    }
+
     pub fn journal_count(&self, state: &Path, result: &str) -> usize {
         std::fs::read_to_string(state.join("journal.jsonl"))
             .unwrap_or_default()
