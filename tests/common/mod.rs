@@ -1,6 +1,8 @@
 //! Helpers shared by the integration tests.
 #![allow(dead_code)]
 
+pub mod fault_admin;
+pub mod gateway;
 pub mod lab;
 pub mod stub_admin;
 
