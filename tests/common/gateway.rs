@@ -106,7 +106,9 @@ impl Gateway {
             .expect("log file");
         let child = self
             .ns
-            .command(env!("CARGO_BIN_EXE_portcullis"))
+            // option_env!: tests/common is also compiled into the demo crate's test, which has
+            // no portcullis binary of its own (and never starts a gateway).
+            .command(option_env!("CARGO_BIN_EXE_portcullis").unwrap_or("portcullis"))
             .arg("run")
             .arg("--config")
             .arg(self.dir.join("portcullis.toml"))
