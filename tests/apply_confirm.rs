@@ -234,3 +234,35 @@ fn the_guard_refuses_a_mass_withdrawal_unless_forced() {
     assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
     assert_ne!(b.table(), before);
 }
+
+/// Two applies from one state directory never interleave (the IPVS kill loop saw overlapping
+/// applies corrupt each other's ownership view): while one waits for confirmation, holding
+/// the state directory, a second is refused at once and changes nothing.
+#[test]
+fn a_second_apply_is_refused_while_one_is_in_progress() {
+    if !require_nft() {
+        return;
+    }
+    let b = Bench::new("apply-lock");
+    let (a, next) = (b.export("a.csv", 4), b.export("b.csv", 5));
+    assert_eq!(b.run(&a, &[]).status.code(), Some(0));
+    let child = b.spawn(&next, &["--confirm-within", "30s"]);
+    assert!(b.waiting_pid().is_some(), "the first apply waits");
+    let during = b.table();
+    let second = b.run(&a, &[]);
+    assert_eq!(second.status.code(), Some(1), "{}", text(&second.stderr));
+    assert!(
+        text(&second.stderr).contains("another apply is changing the kernel"),
+        "{}",
+        text(&second.stderr)
+    );
+    assert_eq!(b.table(), during, "the refused apply changed nothing");
+    assert_eq!(b.confirm().status.code(), Some(0));
+    let (code, output) = finish(child);
+    assert_eq!(code, Some(0), "{output}");
+    assert_eq!(
+        b.run(&a, &[]).status.code(),
+        Some(0),
+        "free again once it is done"
+    );
+}

@@ -8,6 +8,7 @@ use super::live::CliSyncer;
 use crate::apply::ipvs::{IpvsSync, DEFAULT_DRAIN_GRACE};
 use crate::apply::{ConntrackNetlink, Guard, NftCli, SyncOutcome, Syncer};
 use crate::daemon::cache::StateDir;
+use crate::daemon::control::ApplyLock;
 use crate::daemon::journal::{Entry, Journal};
 use crate::model::DesiredState;
 use crate::render::nft::{Backend, RenderOptions};
@@ -56,6 +57,9 @@ pub fn apply_once(args: ApplyOnce) -> Result<Exit, CliError> {
     if args.dry_run {
         return super::live::dry_run(&mut syncer, &state, &args.opts);
     }
+    // Held until this apply (and its commit-confirm wait) is over: no daemon sync, other
+    // apply or flush from this state directory interleaves with it.
+    let _lock = ApplyLock::try_take(args.state_dir)?;
     if args.opts.backend == Backend::Ipvs {
         let mut ipvs = IpvsSync::open(args.state_dir, DEFAULT_DRAIN_GRACE)?;
         ipvs.adopt = args.adopt_ipvs;

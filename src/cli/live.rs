@@ -59,6 +59,7 @@ pub fn dry_run(
 /// `portcullis flush`: our nft table and the IPVS services we own, nothing else. What was
 /// removed is printed even when something else failed.
 pub fn flush(state_dir: &Path) -> Result<Exit, CliError> {
+    let _lock = crate::daemon::control::ApplyLock::try_take(state_dir)?;
     let result = crate::apply::flush_owned(state_dir);
     let (done, failures) = match &result {
         Ok(done) => (done, &[][..]),

@@ -5,6 +5,9 @@
 //!   a second daemon on the same directory refuses to start instead of applying every change
 //!   twice; the pid file (for the Pacemaker agent's liveness check) is written under that lock
 //!   and removed on exit.
+//! - [`ApplyLock`]: an exclusive lock on `<state-dir>/apply.lock` while anything changes the
+//!   kernel from that directory (the active daemon's syncs, `apply --once`, `flush`): two
+//!   applies interleaving their IPVS steps corrupted each other's view of what is owned.
 //! - A control socket, `<state-dir>/control.sock` (mode 0600): the CLI connects and sends
 //!   `wake`; the daemon re-reads the role file at once. Unlike a signal to the pid in a file, a
 //!   stale socket reaches no one: with the daemon gone, connecting fails and nothing else is
@@ -19,6 +22,7 @@ use std::time::Duration;
 pub const CONTROL_SOCKET: &str = "control.sock";
 pub const PID_FILE: &str = "portcullis.pid";
 const LOCK_FILE: &str = "daemon.lock";
+const APPLY_LOCK_FILE: &str = "apply.lock";
 /// How long the CLI waits for the daemon to acknowledge; it answers from its event loop's
 /// accept task, which never waits on an apply.
 const REPLY_TIMEOUT: Duration = Duration::from_secs(5);
@@ -34,6 +38,12 @@ pub enum ControlError {
         #[source]
         source: std::io::Error,
     },
+    #[error(
+        "another apply is changing the kernel from {} (the active daemon, apply --once or flush); \
+         try again when it is done",
+        dir.display()
+    )]
+    ApplyBusy { dir: PathBuf },
     #[error("the daemon at {path} answered {answer:?} instead of ok")]
     BadReply { path: PathBuf, answer: String },
 }
@@ -125,6 +135,34 @@ pub fn running_daemon(dir: &Path) -> Option<String> {
     }
 }
 
+/// Held while this process changes the kernel from a state directory; released on drop.
+#[derive(Debug)]
+pub struct ApplyLock {
+    _file: File,
+}
+
+impl ApplyLock {
+    /// Takes the lock, or says another apply holds it (never waits: an operator should hear
+    /// it at once, and the daemon retries at its next poll).
+    pub fn try_take(dir: &Path) -> Result<ApplyLock, ControlError> {
+        fs::create_dir_all(dir).map_err(io("cannot create", dir))?;
+        let path = dir.join(APPLY_LOCK_FILE);
+        let file = OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&path)
+            .map_err(io("cannot open", &path))?;
+        match file.try_lock() {
+            Ok(()) => Ok(ApplyLock { _file: file }),
+            Err(TryLockError::WouldBlock) => Err(ControlError::ApplyBusy {
+                dir: dir.to_owned(),
+            }),
+            Err(TryLockError::Error(e)) => Err(io("cannot lock", &path)(e)),
+        }
+    }
+}
+
 /// A request that came in on the control socket.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Request {
@@ -212,6 +250,16 @@ mod tests {
         drop(first);
         assert!(!dir.join(PID_FILE).exists(), "pid file removed on exit");
         Instance::claim(&dir).expect("claimable again once released");
+    }
+
+    #[test]
+    fn one_apply_at_a_time_per_state_directory() {
+        let dir = tmp("apply");
+        let held = ApplyLock::try_take(&dir).expect("first");
+        let busy = ApplyLock::try_take(&dir).expect_err("second");
+        assert!(matches!(busy, ControlError::ApplyBusy { .. }), "{busy}");
+        drop(held);
+        ApplyLock::try_take(&dir).expect("free again");
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

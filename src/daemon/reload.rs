@@ -6,7 +6,7 @@
 use super::config::Config;
 use super::core::Daemon;
 use super::fetch::{FetchError, Fetcher};
-use super::step::{off_runtime, Step};
+use super::step::Step;
 use crate::apply::{Conntrack, Firewall};
 use crate::render::nft::RenderOptions;
 use std::collections::BTreeSet;
@@ -89,9 +89,10 @@ impl<F: Firewall, C: Conntrack> Daemon<F, C> {
             return;
         };
         let started = Instant::now();
-        let step = match off_runtime(|| self.syncer.reconcile(applied)) {
-            Ok(outcome) => Step::Applied(outcome),
-            Err(e) => self.failed(e.into()),
+        let step = match self.locked(|syncer| syncer.reconcile(applied)) {
+            Ok(Ok(outcome)) => Step::Applied(outcome),
+            Ok(Err(e)) => self.failed(e.into()),
+            Err(busy) => self.failed(busy),
         };
         tracing::info!(?step, "table regenerated for the new interfaces/policy");
         self.record(&step, self.etag.clone(), started.elapsed());

@@ -8,6 +8,7 @@
 
 use super::cache::CacheError;
 use super::config::Role;
+use super::control::{ApplyLock, ControlError};
 use super::core::{unix_now, Baseline, Daemon};
 use super::fetch::{FetchError, Fetched};
 use crate::apply::{Conntrack, Firewall, GuardRefusal, SyncError, SyncOutcome};
@@ -42,6 +43,10 @@ pub enum StepError {
     Fetch(Arc<FetchError>),
     #[error(transparent)]
     Sync(Arc<SyncError>),
+    /// Another process (`apply --once`, `flush`) is changing the kernel from this state
+    /// directory; nothing was sent, the next poll tries again.
+    #[error(transparent)]
+    Busy(Arc<ControlError>),
 }
 
 /// Why there was nothing to apply.
@@ -200,13 +205,14 @@ impl<F: Firewall, C: Conntrack> Daemon<F, C> {
             return None;
         }
         let applied = self.syncer.applied()?.clone();
-        let step = match off_runtime(|| self.syncer.reconcile(applied)) {
-            Ok(SyncOutcome::Adopted) => return None,
-            Ok(outcome) => {
+        let step = match self.locked(|syncer| syncer.reconcile(applied)) {
+            Ok(Ok(SyncOutcome::Adopted)) => return None,
+            Ok(Ok(outcome)) => {
                 tracing::warn!(?outcome, "drift repaired");
                 Step::Applied(outcome)
             }
-            Err(e) => self.failed(e.into()),
+            Ok(Err(e)) => self.failed(e.into()),
+            Err(busy) => self.failed(busy),
         };
         self.record(&step, self.etag.clone(), Duration::ZERO);
         Some(step)
@@ -283,8 +289,8 @@ impl<F: Firewall, C: Conntrack> Daemon<F, C> {
             self.etag_in_force = true;
             return Step::Cached;
         }
-        match off_runtime(|| self.syncer.sync(state)) {
-            Ok(outcome) => {
+        match self.locked(|syncer| syncer.sync(state)) {
+            Ok(Ok(outcome)) => {
                 self.store(&body, etag.as_deref(), save);
                 self.etag = etag;
                 self.etag_in_force = true;
@@ -293,9 +299,21 @@ impl<F: Firewall, C: Conntrack> Daemon<F, C> {
                 self.counters.last_apply_unix = Some(unix_now());
                 Step::Applied(outcome)
             }
-            Err(SyncError::Guard(refusal)) => self.refused(refusal, etag),
-            Err(e) => self.failed(e.into()),
+            Ok(Err(SyncError::Guard(refusal))) => self.refused(refusal, etag),
+            Ok(Err(e)) => self.failed(e.into()),
+            Err(busy) => self.failed(busy),
         }
+    }
+
+    /// Runs a kernel change off the runtime, holding the state directory's apply lock so no
+    /// `apply --once` or `flush` interleaves with it. The outer error: the lock is taken.
+    pub(super) fn locked<R>(
+        &mut self,
+        change: impl FnOnce(&mut crate::apply::Syncer<F, C>) -> R,
+    ) -> Result<R, StepError> {
+        let _lock = ApplyLock::try_take(&self.config.state_dir)
+            .map_err(|e| StepError::Busy(Arc::new(e)))?;
+        Ok(off_runtime(|| change(&mut self.syncer)))
     }
 
     fn refused(&mut self, refusal: GuardRefusal, etag: Option<String>) -> Step {

@@ -365,3 +365,28 @@ async fn a_standby_does_not_cache_a_mass_withdrawal_so_promotion_applies_the_las
         "the last good export, not the refused one"
     );
 }
+
+/// While an `apply --once` or `flush` holds the state directory, the daemon sends nothing,
+/// counts a failure and applies at a later poll.
+#[tokio::test]
+async fn the_daemon_waits_for_an_apply_in_progress() {
+    let b = Bench::new("apply-lock");
+    b.publish(&export(4));
+    let mut d = b.daemon(Role::Active, TwinFirewall::default());
+    d.start().await;
+    b.publish(&export(5));
+    let held = super::control::ApplyLock::try_take(&d.config.state_dir).expect("lock");
+    let step = d.poll_once().await;
+    assert!(
+        matches!(&step, Step::Failed(e) if e.to_string().contains("another apply")),
+        "{step:?}"
+    );
+    assert_eq!(d.status().services, 4, "nothing sent");
+    drop(held);
+    // Same ETag as the failed attempt: the export is fetched again and applied.
+    assert!(matches!(
+        d.poll_once().await,
+        Step::Applied(SyncOutcome::Incremental { .. })
+    ));
+    assert_eq!(d.status().services, 5);
+}
