@@ -246,5 +246,35 @@ export -f kill9_loop
 check ipvs-kill-9-during-apply-then-converges-1 kill9_loop 10
 check ipvs-kill-9-during-apply-then-converges-2 kill9_loop 10
 
+# Overlapping applies on one state directory, staggered as the first kill loop (which killed
+# a shell, not the apply) overlapped them: before apply.lock they interleaved their IPVS
+# steps ("No such process", and once an ownership file that lost services). Now the second
+# apply is either refused at once (the first holds the state directory) or runs after it;
+# never a kernel refusal, never a foreign-service refusal, and the next apply converges.
+overlap_loop() { # ITERATIONS
+	"$pc" synth --rows 150 >/tmp/o0.csv
+	"$pc" synth --rows 165 >/tmp/o1.csv
+	refused=0
+	for i in $(seq 1 "$1"); do
+		( exec "$pc" apply --once --backend ipvs --force --state-dir "$state" --source /tmp/o$((i % 2)).csv ) >/tmp/first.out 2>&1 &
+		pid=$!
+		sleep "$(awk "BEGIN { printf \"%.3f\", ($RANDOM % 800) / 1000 }")"
+		if "$pc" apply --once --backend ipvs --force --state-dir "$state" --source /tmp/o$(((i + 1) % 2)).csv >/tmp/second.out 2>&1; then
+			:
+		elif grep -q 'another apply is changing the kernel' /tmp/second.out; then
+			refused=$((refused + 1))
+		else
+			cat /tmp/second.out; return 1
+		fi
+		wait "$pid" || { cat /tmp/first.out; return 1; }
+		"$pc" apply --once --backend ipvs --force --state-dir "$state" --source /tmp/o0.csv >/dev/null
+		saved_equals_render /tmp/o0.csv
+	done
+	[ "$refused" -gt 0 ] || { echo "no apply overlapped another"; return 1; }
+	echo "$1 staggered pairs, $refused refused while the other applied; every next apply converged"
+}
+export -f overlap_loop
+check ipvs-overlapping-applies-are-serialized overlap_loop 10
+
 echo "guest checks: $failed failed"
 [ "$failed" = 0 ]
