@@ -181,16 +181,19 @@ fn line_of(text: &str, record: &csv::StringRecord) -> u64 {
     let bytes = text.as_bytes();
     let (mut at, mut line) = (pos.byte() as usize, pos.line());
     while at < bytes.len() && matches!(bytes[at], b'#' | b'\n' | b'\r') {
-        let skip = match bytes[at] {
-            b'\r' if bytes.get(at + 1) == Some(&b'\n') => 2,
-            b'\n' | b'\r' => 1,
+        // csv takes a bare `\r` as a record terminator, but lines are counted as editors,
+        // sed and grep count them: by `\n` only, so a bare `\r` skips without a new line.
+        let (skip, lines) = match bytes[at] {
+            b'\r' if bytes.get(at + 1) == Some(&b'\n') => (2, 1),
+            b'\r' => (1, 0),
+            b'\n' => (1, 1),
             _ => bytes[at..]
                 .iter()
                 .position(|&b| b == b'\n')
-                .map_or(bytes.len() - at, |i| i + 1),
+                .map_or((bytes.len() - at, 1), |i| (i + 1, 1)),
         };
         at += skip;
-        line += 1;
+        line += lines;
     }
     line
 }

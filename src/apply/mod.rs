@@ -22,6 +22,9 @@ mod sync;
 mod table;
 mod twin;
 
+/// For the fuzz targets only (fuzz/): the conntrack decoder lives in a private module.
+#[doc(hidden)]
+pub use conntrack::message::decode_reply as fuzz_decode_conntrack_reply;
 pub use conntrack::{
     Conntrack, ConntrackError, ConntrackFlush, ConntrackNetlink, Endpoints, Flow, NoConntrack,
     RecordingConntrack,

@@ -4,8 +4,8 @@
 //! one entry by its original tuple.
 
 use netlink_packet_core::{
-    DecodeError, DefaultNla, NetlinkHeader, NetlinkMessage, NetlinkPayload, Nla, NLM_F_ACK,
-    NLM_F_DUMP, NLM_F_REQUEST,
+    DecodeError, DefaultNla, NetlinkBuffer, NetlinkHeader, NetlinkMessage, NetlinkPayload, Nla,
+    NLM_F_ACK, NLM_F_DUMP, NLM_F_REQUEST,
 };
 use netlink_packet_netfilter::conntrack::{
     ConntrackAttribute, ConntrackMessage, IPTuple, ProtoTuple, Tuple,
@@ -122,6 +122,36 @@ fn tuple(proto: u8, e: &Endpoints) -> Vec<Tuple> {
         ]),
         Tuple::Proto(ports),
     ]
+}
+
+/// `NFNL_SUBSYS_CTNETLINK`, the high byte of every ctnetlink message type; types under
+/// `NLMSG_MIN_TYPE` are netlink's own (error, done, ...).
+const SUBSYS_CTNETLINK: u16 = 1;
+const NLMSG_MIN_TYPE: u16 = 0x10;
+
+/// One message read from a conntrack socket. Messages of other netfilter subsystems are
+/// refused before `netlink-packet-netfilter` parses them: it would read an nftables message
+/// too, and panics (length underflow) on an attribute shorter than its own header there —
+/// found by the conntrack_decode fuzz target.
+pub fn parse_reply(bytes: &[u8]) -> Result<NetlinkMessage<NetfilterMessage>, DecodeError> {
+    let kind = NetlinkBuffer::new_checked(bytes)?.message_type();
+    if kind >= NLMSG_MIN_TYPE && kind >> 8 != SUBSYS_CTNETLINK {
+        return Err(DecodeError::from(format!(
+            "netlink message type {kind:#06x} on a conntrack socket is not ctnetlink"
+        )));
+    }
+    NetlinkMessage::<NetfilterMessage>::deserialize(bytes)
+}
+
+/// One dump reply's bytes through the decode path `ConntrackNetlink::flows` runs on each
+/// message: netlink header, netfilter message, then [`flow_of`]. Only for the fuzz targets
+/// (fuzz/), which cannot reach this private module otherwise; not an API.
+#[doc(hidden)]
+pub fn decode_reply(bytes: &[u8]) -> Result<Option<Flow>, DecodeError> {
+    match parse_reply(bytes)?.payload {
+        NetlinkPayload::InnerMessage(inner) => flow_of(&inner),
+        _ => Ok(None),
+    }
 }
 
 /// The flow of one dump reply; `None` for messages that are not conntrack entries.

@@ -134,7 +134,7 @@ impl ConntrackNetlink {
             let n = self.recv()?;
             let mut off = 0;
             while off < n {
-                let reply = NetlinkMessage::<NetfilterMessage>::deserialize(&self.buf[off..n])
+                let reply = message::parse_reply(&self.buf[off..n])
                     .map_err(|e| ConntrackError::Decode(e.to_string()))?;
                 off += aligned(reply.header.length as usize);
                 if reply.header.sequence_number != seq {
@@ -184,7 +184,7 @@ impl ConntrackNetlink {
                 let n = self.recv()?;
                 let mut off = 0;
                 while off < n {
-                    let reply = NetlinkMessage::<NetfilterMessage>::deserialize(&self.buf[off..n])
+                    let reply = message::parse_reply(&self.buf[off..n])
                         .map_err(|e| ConntrackError::Decode(e.to_string()))?;
                     off += aligned(reply.header.length as usize);
                     let NetlinkPayload::Error(e) = reply.payload else {
