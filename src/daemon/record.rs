@@ -53,6 +53,39 @@ pub(super) fn journal_entry(step: &Step, etag: Option<String>, took: Duration) -
     })
 }
 
+/// An operator's journal shows every change at the default level: what changed, how long it
+/// took, and which export it was.
+pub(super) fn log_applied(step: &Step, etag: Option<&str>, took: Duration) {
+    let Step::Applied(outcome) = step else {
+        return;
+    };
+    let ms = took.as_millis();
+    let etag = etag.unwrap_or("-");
+    match outcome {
+        SyncOutcome::Unchanged => tracing::debug!(etag, "export unchanged"),
+        SyncOutcome::Adopted => {
+            tracing::info!(etag, ms, "export applied: the live table already matched")
+        }
+        SyncOutcome::Full { drift } => tracing::info!(
+            etag,
+            ms,
+            differences = drift.len(),
+            "export applied: table regenerated whole"
+        ),
+        SyncOutcome::Incremental {
+            summary,
+            operations,
+            conntrack_flushed,
+        } => tracing::info!(
+            etag,
+            ms,
+            operations,
+            conntrack_flushed,
+            "export applied: {summary}"
+        ),
+    }
+}
+
 impl<F: Firewall, C: Conntrack> Daemon<F, C> {
     pub(super) fn observe(&self, step: &Step, took: Duration) {
         let m = &self.metrics;

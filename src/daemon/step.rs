@@ -255,7 +255,7 @@ impl<F: Firewall, C: Conntrack> Daemon<F, C> {
         let started = Instant::now();
         let tag = etag.clone();
         let step = self.handle_export(body, etag, save);
-        log_applied(&step, tag.as_deref(), started.elapsed());
+        super::record::log_applied(&step, tag.as_deref(), started.elapsed());
         self.observe(&step, started.elapsed());
         self.record(&step, tag, started.elapsed());
         release_freed_memory();
@@ -366,39 +366,6 @@ impl<F: Firewall, C: Conntrack> Daemon<F, C> {
     pub fn next_delay(&self) -> Duration {
         self.pacing
             .next_delay(self.config.interval, self.counters.consecutive_failures)
-    }
-}
-
-/// An operator's journal shows every change at the default level: what changed, how long it
-/// took, and which export it was.
-fn log_applied(step: &Step, etag: Option<&str>, took: Duration) {
-    let Step::Applied(outcome) = step else {
-        return;
-    };
-    let ms = took.as_millis();
-    let etag = etag.unwrap_or("-");
-    match outcome {
-        SyncOutcome::Unchanged => tracing::debug!(etag, "export unchanged"),
-        SyncOutcome::Adopted => {
-            tracing::info!(etag, ms, "export applied: the live table already matched")
-        }
-        SyncOutcome::Full { drift } => tracing::info!(
-            etag,
-            ms,
-            differences = drift.len(),
-            "export applied: table regenerated whole"
-        ),
-        SyncOutcome::Incremental {
-            summary,
-            operations,
-            conntrack_flushed,
-        } => tracing::info!(
-            etag,
-            ms,
-            operations,
-            conntrack_flushed,
-            "export applied: {summary}"
-        ),
     }
 }
 
