@@ -1,5 +1,6 @@
-//! What a step leaves behind for netops: Prometheus metrics, a journal line for every change
-//! (or refusal) of the data plane, and the status snapshot `portcullis status` reads.
+//! What a step leaves behind for netops: a log line per apply, Prometheus metrics, a journal
+//! line for every change (or refusal) of the data plane, and the status snapshot
+//! `portcullis status` reads.
 
 use super::core::{unix_now, Daemon};
 use super::journal::{Entry, Status};
