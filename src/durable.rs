@@ -88,10 +88,7 @@ mod tests {
     use std::os::unix::fs::MetadataExt;
 
     fn empty_dir(tag: &str) -> std::path::PathBuf {
-        let d = std::env::temp_dir().join(format!("pc-durable-{tag}-{}", std::process::id()));
-        let _ = fs::remove_dir_all(&d);
-        fs::create_dir_all(&d).expect("mkdir");
-        d
+        crate::test_dir(&format!("durable-{tag}"))
     }
 
     fn entries(dir: &Path) -> Vec<String> {

@@ -23,3 +23,15 @@ pub mod durable;
 pub mod model;
 pub mod render;
 pub mod synth;
+
+/// A fresh directory for a unit test, created exclusively under an unpredictable name in the
+/// shared temp directory: the tests run as root, and a name another user can predict (and
+/// pre-create, or point a symlink at) would let them steer what root writes.
+#[cfg(test)]
+pub(crate) fn test_dir(tag: &str) -> std::path::PathBuf {
+    tempfile::Builder::new()
+        .prefix(&format!("pc-{tag}-"))
+        .tempdir()
+        .expect("a temp dir")
+        .keep()
+}

@@ -16,9 +16,7 @@ struct Bench {
 
 impl Bench {
     fn new(tag: &str) -> Bench {
-        let dir = std::env::temp_dir().join(format!("pc-confirm-{tag}-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).expect("tmp");
+        let dir = common::tmp_dir(&format!("confirm-{tag}"));
         Bench {
             ns: Netns::new(tag),
             dir,

@@ -140,9 +140,7 @@ fn kill_9_during_apply_leaves_the_old_or_the_new_table_never_a_mix() {
     .max(1);
     eprintln!("kill -9 loop: {iterations} iterations, {rows} rows, PORTCULLIS_CRASH_SEED={seed}");
 
-    let dir = std::env::temp_dir().join(format!("pc-crash-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).expect("tmp dir");
+    let dir = common::tmp_dir("crash");
     let state = dir.join("state");
     // Old and new differ in services (one tenth more) and in a weight: a mix of the two
     // would show as drift from both.

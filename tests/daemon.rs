@@ -52,9 +52,7 @@ fn daemon(
 }
 
 fn tmp(tag: &str) -> std::path::PathBuf {
-    let d = std::env::temp_dir().join(format!("pc-daemon-{tag}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&d);
-    d
+    common::tmp_dir(&format!("daemon-{tag}"))
 }
 
 #[tokio::test]

@@ -23,10 +23,7 @@ fn export(services: usize) -> Vec<u8> {
 }
 
 fn tmp(tag: &str) -> PathBuf {
-    let d = std::env::temp_dir().join(format!("pc-signals-{tag}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&d);
-    std::fs::create_dir_all(&d).expect("tmp dir");
-    d
+    common::tmp_dir(&format!("signals-{tag}"))
 }
 
 fn config(source: &str, state_dir: &Path) -> Config {

@@ -132,8 +132,7 @@ fn apply_leaves_no_file_in_the_temp_dir_for_nft_to_read() {
         .output()
         .expect("sh");
     let real_nft = String::from_utf8_lossy(&real_nft.stdout).trim().to_owned();
-    let dir = std::env::temp_dir().join(format!("pc-nft-tmp-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
+    let dir = common::tmp_dir("nft-tmp");
     let (spy_dir, tmp, log, state) = (
         dir.join("bin"),
         dir.join("tmp"),

@@ -12,8 +12,7 @@ use std::process::Command;
 /// directory of the calling test's own (`tag`): tests run in parallel, and one test's clean-up
 /// must not remove what another is writing.
 fn generated(tag: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("pc-assets-{tag}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
+    let dir = common::tmp_dir(&format!("assets-{tag}"));
     portcullis_assets::generate(&dir).expect("generate the man pages and completions");
     dir
 }
@@ -50,8 +49,7 @@ fn the_systemd_unit_verifies() {
         std::fs::read_to_string(common::repo().join("dist/portcullis.service")).expect("unit");
     // The packaged path does not exist on a build machine: point at the built binary.
     let local = unit.replace("/usr/bin/portcullis", env!("CARGO_BIN_EXE_portcullis"));
-    let dir = std::env::temp_dir().join(format!("pc-unit-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).expect("dir");
+    let dir = common::tmp_dir("unit");
     let path = dir.join("portcullis.service");
     std::fs::write(&path, local).expect("write unit");
     let out = Command::new("systemd-analyze")

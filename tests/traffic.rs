@@ -233,8 +233,7 @@ fn a_rejected_export_changes_nothing_and_other_tables_are_untouched() {
     ]);
     let other_before = nft_list(&lab, "other");
 
-    let dir = std::env::temp_dir().join(format!("pc-reject-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).expect("tmp");
+    let dir = common::tmp_dir("reject");
     let good = dir.join("good.csv");
     let bad = dir.join("bad.csv");
     let state_dir = dir.join("state");
@@ -471,8 +470,7 @@ fn killing_an_apply_never_leaves_a_half_applied_table() {
     }
     use portcullis::apply::drift;
     let ns = common::Netns::new("kill");
-    let dir = std::env::temp_dir().join(format!("pc-kill-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).expect("tmp");
+    let dir = common::tmp_dir("kill");
     let rows_a = portcullis::synth::rows(4000);
     let rows_b = portcullis::synth::rows(2500);
     let files: Vec<std::path::PathBuf> = [("a", &rows_a), ("b", &rows_b)]

@@ -96,8 +96,7 @@ struct Admin {
 
 impl Admin {
     fn start(ns: &str, catalog: Catalog) -> (String, Admin) {
-        let dir = std::env::temp_dir().join(format!("pc-costs-admin-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
+        let dir = common::tmp_dir("costs-admin");
         catalog.write(&dir);
         let listener = in_netns(ns, || std::net::TcpListener::bind("127.0.0.1:0"))
             .expect("bind in the namespace");
@@ -195,8 +194,7 @@ impl Rig {
         let ns = Netns::new(tag);
         ns.exec(&["ip", "link", "set", "lo", "up"]);
         let (url, server) = server(&ns.name);
-        let state = std::env::temp_dir().join(format!("pc-costs-{tag}-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&state);
+        let state = common::tmp_dir(&format!("costs-{tag}"));
         let daemon = ns
             .command(&gateway_binary().to_string_lossy())
             .args([

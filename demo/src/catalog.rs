@@ -84,13 +84,15 @@ mod tests {
 
     #[test]
     fn the_written_catalog_opens_in_admin() {
-        let dir = std::env::temp_dir().join(format!("pc-demo-catalog-{}", std::process::id()));
-        write_example(&dir).expect("write");
+        let dir = tempfile::Builder::new()
+            .prefix("pc-demo-catalog-")
+            .tempdir()
+            .expect("temp dir");
+        write_example(dir.path()).expect("write");
         let opened = portcullis_admin::serve::AdminState::open(
-            &dir,
+            dir.path(),
             portcullis_admin::serve::Options::default(),
         );
-        let _ = std::fs::remove_dir_all(&dir);
         assert!(opened.is_ok(), "{:?}", opened.err());
     }
 }

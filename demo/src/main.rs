@@ -51,6 +51,8 @@ struct Args {
 enum DemoError {
     #[error("cannot start the runtime: {0}")]
     Runtime(std::io::Error),
+    #[error("cannot create the demo's working directory: {0}")]
+    TempDir(std::io::Error),
     #[error(transparent)]
     Catalog(#[from] catalog::WriteError),
     #[error("ADMIN: {0}")]
@@ -73,14 +75,21 @@ type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
 fn main() -> ExitCode {
     let args = Args::parse();
-    let dir = std::env::temp_dir().join(format!("portcullis-demo-{}", std::process::id()));
-    let result = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .map_err(DemoError::Runtime)
-        .and_then(|runtime| runtime.block_on(demo(&dir, &args)));
-    let _ = std::fs::remove_dir_all(&dir);
+    // The catalog and the gateway's state live in a directory created exclusively under an
+    // unpredictable name (and removed at the end): the demo runs as root with --netns, and a
+    // predictable name in the shared temp directory could be pre-created by another user.
+    let result = tempfile::Builder::new()
+        .prefix("portcullis-demo-")
+        .tempdir()
+        .map_err(DemoError::TempDir)
+        .and_then(|dir| {
+            tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(2)
+                .enable_all()
+                .build()
+                .map_err(DemoError::Runtime)
+                .and_then(|runtime| runtime.block_on(demo(dir.path(), &args)))
+        });
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {

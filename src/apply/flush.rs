@@ -137,10 +137,7 @@ mod tests {
     use std::sync::{Arc, Mutex};
 
     fn dir(tag: &str) -> std::path::PathBuf {
-        let d = std::env::temp_dir().join(format!("pc-flush-{tag}-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&d);
-        std::fs::create_dir_all(&d).expect("mkdir");
-        d
+        crate::test_dir(&format!("flush-{tag}"))
     }
 
     fn twin_with(n: usize) -> (Arc<Mutex<TwinBalancer>>, Vec<ServiceId>) {

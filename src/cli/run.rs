@@ -224,7 +224,7 @@ mod tests {
         assert_eq!(c.role, Role::Standby);
         assert_eq!(c.interfaces.external, ["eth9"]);
 
-        let file = std::env::temp_dir().join(format!("pc-run-{}.toml", std::process::id()));
+        let file = crate::test_dir("run").join("portcullis.toml");
         std::fs::write(&file, "interval = \"5s\"\nrole = \"active\"\n").expect("write");
         let args = RunArgs {
             config: Some(file.clone()),

@@ -118,9 +118,7 @@ mod tests {
     use super::*;
 
     fn tmpdir(tag: &str) -> PathBuf {
-        let d = std::env::temp_dir().join(format!("pc-cache-{tag}-{}", std::process::id()));
-        let _ = fs::remove_dir_all(&d);
-        d
+        crate::test_dir(&format!("cache-{tag}"))
     }
 
     #[test]

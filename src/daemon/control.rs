@@ -231,9 +231,7 @@ mod tests {
     use super::*;
 
     fn tmp(tag: &str) -> PathBuf {
-        let dir = std::env::temp_dir().join(format!("pc-control-{tag}-{}", std::process::id()));
-        let _ = fs::remove_dir_all(&dir);
-        dir
+        crate::test_dir(&format!("control-{tag}"))
     }
 
     #[test]

@@ -125,8 +125,7 @@ mod tests {
 
     #[test]
     fn appends_tails_and_survives_a_torn_line() {
-        let dir = std::env::temp_dir().join(format!("pc-journal-{}", std::process::id()));
-        let _ = fs::remove_dir_all(&dir);
+        let dir = crate::test_dir("journal");
         let j = Journal::new(&dir);
         assert!(j.tail(5).expect("empty").is_empty());
         for i in 0..4u64 {

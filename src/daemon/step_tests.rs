@@ -34,10 +34,9 @@ struct Bench {
 
 impl Bench {
     fn new(tag: &str) -> Bench {
-        let dir = std::env::temp_dir().join(format!("pc-step-{tag}-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).expect("mkdir");
-        Bench { dir }
+        Bench {
+            dir: crate::test_dir(&format!("step-{tag}")),
+        }
     }
 
     fn export_path(&self) -> PathBuf {

@@ -60,9 +60,7 @@ impl Gateway {
     pub fn new(tag: &str) -> Gateway {
         let ns = Netns::new(tag);
         ns.exec(&["ip", "link", "set", "lo", "up"]);
-        let dir = std::env::temp_dir().join(format!("pc-faults-{tag}-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).expect("tmp dir");
+        let dir = super::tmp_dir(&format!("faults-{tag}"));
         let admin = FaultAdmin::start(&ns.name, good(0), &etag(0), 2 * MAX_BODY);
         let metrics_port = in_netns(&ns.name, || {
             std::net::TcpListener::bind("127.0.0.1:0")

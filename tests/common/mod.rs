@@ -160,6 +160,17 @@ pub fn wait_until<T>(seconds: u64, mut probe: impl FnMut() -> Option<T>) -> Opti
     }
 }
 
+/// A fresh directory for a test, created exclusively under an unpredictable name in the
+/// shared temp directory: these tests run as root, and a name another user can predict (and
+/// pre-create, or point a symlink at) would let them steer what root writes.
+pub fn tmp_dir(tag: &str) -> std::path::PathBuf {
+    tempfile::Builder::new()
+        .prefix(&format!("pc-{tag}-"))
+        .tempdir()
+        .expect("a temp dir")
+        .keep()
+}
+
 /// Sends SIGTERM to `child` and returns how it exited.
 pub fn terminate(child: &mut std::process::Child) -> std::process::ExitStatus {
     let _ = Command::new("kill")

@@ -128,7 +128,7 @@ mod tests {
 
     #[test]
     fn survives_a_reload_and_a_missing_file_is_empty() {
-        let dir = std::env::temp_dir().join(format!("portcullis-own-{}", std::process::id()));
+        let dir = crate::test_dir("own");
         let path = dir.join("ipvs-owned.json");
         let _ = std::fs::remove_file(&path);
         let mut own = Ownership::load(&path).expect("load");

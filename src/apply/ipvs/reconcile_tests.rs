@@ -211,7 +211,7 @@ fn a_drained_destination_that_comes_back_gets_its_weight_back() {
 
 #[test]
 fn a_restart_restores_weights_stuck_at_zero_and_resumes_drains() {
-    let dir = std::env::temp_dir().join(format!("portcullis-ipvs-restart-{}", std::process::id()));
+    let dir = crate::test_dir("ipvs-restart");
     let path = dir.join("ipvs-owned.json");
     let _ = std::fs::remove_dir_all(&dir);
     let t = twin();
