@@ -82,17 +82,17 @@ impl<'n> Item<'n> {
     }
     /// An optional enumerated field (`proto`, `scheduler`, `method`), reported where written
     /// when its parser refuses it.
-    fn parsed<T>(
+    fn parsed<T, E: std::fmt::Display>(
         &self,
         r: &mut Reader,
         key: &str,
-        parse: fn(&str) -> Result<T, String>,
+        parse: fn(&str) -> Result<T, E>,
     ) -> Option<T> {
         let n = self.get(key)?;
         match parse(&scalar_text(n)) {
             Ok(v) => Some(v),
             Err(expected) => {
-                r.bad(n, &self.key(key), &expected);
+                r.bad(n, &self.key(key), &expected.to_string());
                 None
             }
         }

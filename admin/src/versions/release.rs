@@ -79,17 +79,17 @@ fn safe_join(base: &Path, rel: &str) -> Result<PathBuf, VersionError> {
     Ok(base.join(p))
 }
 
-fn verify_tree(dir: &Path, m: &Manifest) -> Result<(), String> {
+fn verify_tree(dir: &Path, m: &Manifest) -> Result<(), VersionError> {
     for f in &m.files {
-        let p = safe_join(dir, &f.path).map_err(|e| e.to_string())?;
-        let file = std::fs::File::open(&p).map_err(|e| format!("{}: {e}", p.display()))?;
-        let got = super::hash::sha256_of(file).map_err(|e| format!("{}: {e}", p.display()))?;
+        let p = safe_join(dir, &f.path)?;
+        let file = std::fs::File::open(&p).map_err(|e| ioe(&p, e))?;
+        let got = super::hash::sha256_of(file).map_err(|e| ioe(&p, e))?;
         if got != f.sha256 {
-            return Err(format!(
+            return Err(VersionError::Corrupt(format!(
                 "{}: sha256 {got}, expected {}",
                 p.display(),
                 f.sha256
-            ));
+            )));
         }
     }
     Ok(())
