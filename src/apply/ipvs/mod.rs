@@ -9,7 +9,9 @@
 //! - [`reconcile`]: [`IpvsSync`], which keeps the services portcullis owns in step with the
 //!   desired state: plans, then sends adds before the nft swap, drains (weight 0) after it,
 //!   deletes once idle;
-//! - [`ownership`]: the state file that says which services are ours.
+//! - [`ownership`]: the state file that says which services are ours;
+//! - [`sync_daemon`]: the connection sync threads (master on the active node, backup on the
+//!   standby), so connections survive a failover.
 
 pub mod attr;
 pub mod constants;
@@ -21,6 +23,7 @@ pub mod ownership;
 pub mod plan;
 pub mod reconcile;
 pub mod service;
+pub mod sync_daemon;
 mod twin;
 
 #[cfg(test)]
@@ -34,6 +37,7 @@ pub use ownership::Ownership;
 pub use plan::{IpvsPlan, Scope};
 pub use reconcile::{IpvsSync, IpvsSyncError, IpvsSyncReport, DEFAULT_DRAIN_GRACE, OWNERSHIP_FILE};
 pub use service::{Service, ServiceId};
+pub use sync_daemon::{SyncDaemonOp, SyncDaemons, IpvsSyncLink, TwinSyncDaemons};
 pub use twin::TwinBalancer;
 
 use message::{IpvsMessage, Request};
