@@ -1,6 +1,6 @@
 //! The netops command line: the pipeline commands (`check`, `render`, `diff`), the kernel-facing
 //! ones (`apply --once`, `confirm`, `flush`, `diff --live`), the daemon (`run`) and what talks
-//! to it (`status`, `log`, `promote`, `demote`). Each subcommand returns
+//! to it (`status`, `log`, `promote`, `demote`), and `sync-config` (conntrackd's configuration). Each subcommand returns
 //! `Result<Exit, CliError>`; [`run`] hands errors to [`error::report`], the one place that
 //! prints them and picks the exit code.
 
@@ -12,6 +12,7 @@ mod inspect;
 mod live;
 mod pipeline;
 mod run;
+mod sync_config;
 
 use crate::daemon::config::{Role, DEFAULT_STATE_DIR};
 use clap::{Parser, Subcommand, ValueEnum};
@@ -157,6 +158,17 @@ pub enum Command {
         #[arg(long, default_value = DEFAULT_STATE_DIR)]
         state_dir: PathBuf,
     },
+    /// Print the conntrackd configuration for the `[sync]` section of the gateway's TOML
+    /// (connection-state sync with the other gateway; nft backend).
+    SyncConfig {
+        /// Configuration file (default /etc/portcullis/portcullis.toml).
+        #[arg(long)]
+        config: Option<PathBuf>,
+        /// Write it here (atomically) instead of standard output,
+        /// e.g. /etc/conntrackd/conntrackd.conf.
+        #[arg(long, short)]
+        output: Option<PathBuf>,
+    },
     /// The gateway daemon: poll ADMIN's export and keep the kernel in step (root).
     Run(Box<run::RunArgs>),
     /// Write a synthetic export of N rows (benchmarks and load tests).
@@ -224,6 +236,9 @@ fn dispatch(command: Command) -> Result<Exit, CliError> {
         Command::Confirm { state_dir } => apply::confirm(&state_dir),
         Command::Flush { state_dir } => live::flush(&state_dir),
         Command::Run(args) => run::run(&args),
+        Command::SyncConfig { config, output } => {
+            sync_config::sync_config(config.as_deref(), output.as_deref())
+        }
         Command::Status { state_dir, json } => inspect::status(&state_dir, json),
         Command::Promote { state_dir } => inspect::set_role(&state_dir, Role::Active),
         Command::Demote { state_dir } => inspect::set_role(&state_dir, Role::Standby),

@@ -4,6 +4,7 @@
 //! fall back to a default on the hosts every packet crosses.
 
 use crate::apply::Guard;
+use crate::render::conntrackd::SyncLink;
 use crate::render::nft::{Backend, Ifname};
 use serde::{Deserialize, Deserializer, Serialize};
 use std::net::SocketAddr;
@@ -96,6 +97,10 @@ pub struct Config {
     pub interfaces: Interfaces,
     pub guards: Guard,
     pub tls: Tls,
+    /// Connection-state sync with the other gateway (conntrackd; `portcullis sync-config`
+    /// renders its configuration). Absent: no sync.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub sync: Option<SyncLink>,
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -136,6 +141,7 @@ impl Default for Config {
             interfaces: Interfaces::default(),
             guards: Guard::default(),
             tls: Tls::default(),
+            sync: None,
         }
     }
 }
@@ -241,6 +247,15 @@ impl Config {
         if self.tls.client_cert.is_some() != self.tls.client_key.is_some() {
             return bad("tls", "client_cert and client_key together".into());
         }
+        if let Some(sync) = &self.sync {
+            if let Err(e) = Ifname::parse(&sync.interface) {
+                return bad("sync.interface", e.expected());
+            }
+            sync.validate().map_err(|e| InvalidSetting {
+                key: e.key,
+                expected: e.expected.to_owned(),
+            })?;
+        }
         Ok(())
     }
 
@@ -288,6 +303,27 @@ mod tests {
     }
 
     #[test]
+    fn the_sync_section_is_read_checked_and_printed() {
+        let text = "[sync]\ninterface = \"sync0\"\nlocal_address = \"192.168.250.1\"\n\
+                    peer_address = \"192.168.250.2\"\nignore_addresses = [\"192.0.2.10\"]\n";
+        let c = Config::parse(text, "p.toml").expect("sync parses");
+        let sync = c.sync.as_ref().expect("a sync section");
+        assert_eq!(sync.interface, "sync0");
+        assert_eq!(sync.port, 3780, "the conntrack-tools port by default");
+        assert_eq!(
+            Config::parse(&c.to_toml(), "printed").expect("round trip"),
+            c
+        );
+        assert_eq!(Config::default().sync, None);
+        let e = Config::parse(
+            "[sync]\ninterface = \"s0\"\nlocal_address = \"10.0.0.1\"\n",
+            "p.toml",
+        )
+        .expect_err("no peer");
+        assert!(e.to_string().contains("sync.peer_address"), "{e}");
+    }
+
+    #[test]
     fn the_drain_grace_is_a_duration() {
         let c = Config::parse("backend = \"ipvs\"\ndrain_grace = \"90s\"\n", "p.toml").expect("ok");
         assert_eq!(c.drain_grace, Duration::from_secs(90));
@@ -308,6 +344,10 @@ mod tests {
             "[interfaces]\nexternal = [\"eth0; flush\"]",
             "metrics = \"localhost\"",
             "[tls]\nclient_cert = \"/a\"",
+            "[sync]\ninterface = \"s0\"\nlocal_address = \"10.0.0.1\"",
+            "[sync]\ninterface = \"s 0\"\nlocal_address = \"10.0.0.1\"\ntransport = \"multicast\"",
+            "[sync]\ninterface = \"s0\"\nlocal_address = \"10.0.0.1\"\ntransport = \"tcp\"",
+            "[sync]\ninterface = \"s0\"\nlocal_address = \"10.0.0.1\"\npeer = \"10.0.0.2\"",
         ] {
             assert!(Config::parse(bad, "x").is_err(), "{bad}");
         }
