@@ -3,8 +3,10 @@
 
 use super::error::{CliError, Exit, OK};
 use super::pipeline::render_options;
+use crate::apply::ipvs::{IpvsNetlink, IpvsSyncError, IpvsSyncLink};
 use crate::apply::{ConntrackNetlink, NftCli};
 use crate::daemon::config::{Config, ConfigError, Role};
+use crate::daemon::sync_threads::SyncThreads;
 use crate::daemon::Daemon;
 use crate::render::nft::Backend;
 use clap::Args;
@@ -156,6 +158,15 @@ pub fn run(args: &RunArgs) -> Result<Exit, CliError> {
     let mut daemon = Daemon::new(config, NftCli::default(), ConntrackNetlink::default(), opts)?;
     if let Some(ipvs) = ipvs {
         daemon.syncer.set_ipvs(ipvs);
+        if let Some(sync) = &daemon.config.sync {
+            daemon.sync_threads = Some(SyncThreads {
+                kernel: Box::new(IpvsNetlink::open().map_err(IpvsSyncError::from)?),
+                link: IpvsSyncLink {
+                    interface: sync.interface.clone(),
+                    sync_id: sync.ipvs_sync_id.into(),
+                },
+            });
+        }
     }
     // Two workers: the listeners (/metrics, /healthz, the control socket) run on them while
     // the daemon's own future, on this thread, waits for nft or netlink.

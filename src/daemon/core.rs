@@ -41,6 +41,8 @@ pub struct Daemon<F, C> {
     pub(super) status_written: Option<Instant>,
     pub counters: Counters,
     pub metrics: Metrics,
+    /// `ipvs` backend with a `[sync]` link: the connection sync threads, per role.
+    pub sync_threads: Option<super::sync_threads::SyncThreads>,
 }
 
 /// The guard's baseline when the syncer has none.
@@ -82,6 +84,7 @@ impl<F: Firewall, C: Conntrack> Daemon<F, C> {
             status_written: None,
             counters: Counters::default(),
             metrics: Metrics::default(),
+            sync_threads: None,
         })
     }
 }

@@ -12,7 +12,8 @@
 //! - [`reload`]: taking a new configuration on SIGHUP;
 //! - [`event_loop`]: the loop tying signals, the control socket and timers together;
 //! - [`control`]: the state-directory lock and the control socket `promote`/`demote` use;
-//!   [`role`]: the role file they write.
+//!   [`role`]: the role file they write;
+//! - [`sync_threads`]: the IPVS connection sync thread of the role (`ipvs` backend).
 
 pub mod cache;
 pub mod config;
@@ -28,6 +29,7 @@ pub mod record;
 pub mod reload;
 pub mod role;
 pub mod step;
+pub mod sync_threads;
 
 pub use self::core::{Daemon, DaemonError};
 pub use journal::Counters;

@@ -56,6 +56,13 @@ impl<F: Firewall, C: Conntrack> Daemon<F, C> {
                 key: (*key).to_owned(),
             });
         }
+        // The IPVS sync threads are set up at start from [sync] (the nft backend's daemon
+        // does not use it: conntrackd reads its own rendered file).
+        if self.sync_threads.is_some() && changed.contains("sync") {
+            return Err(ReloadError::NeedsRestart {
+                key: "sync".to_owned(),
+            });
+        }
         let fetcher = Fetcher::from_config(&new)?;
         let render_changed = self.syncer.options() != &opts;
         if self.syncer.options().policy != opts.policy {

@@ -104,6 +104,7 @@ impl<F: Firewall, C: Conntrack> Daemon<F, C> {
     /// Start-up: the export from ADMIN if it answers, else the last-known-good from the cache,
     /// so a gateway rebooted while ADMIN is down still forwards traffic.
     pub async fn start(&mut self) -> Step {
+        self.converge_sync_threads();
         let step = match self.poll_step().await {
             // ADMIN serves an export the guard refuses and nothing is applied (a reboot, a
             // flush): forward with the last-known-good meanwhile, and keep refusing.
@@ -188,6 +189,9 @@ impl<F: Firewall, C: Conntrack> Daemon<F, C> {
     fn switch_role(&mut self, role: Role) -> Step {
         tracing::warn!(from = ?self.config.role, to = ?role, "switching role");
         self.config.role = role;
+        // Before the rules: a promoted node holds the synchronised connections when its
+        // rules take traffic; a demoted one listens for the new active node's.
+        self.converge_sync_threads();
         if role == Role::Standby {
             return Step::Demoted;
         }

@@ -50,6 +50,10 @@ pub struct SyncLink {
     /// conntrackd's own log; none: syslog.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub log_file: Option<PathBuf>,
+    /// `backend = "ipvs"`: the sync id of the IPVS connection sync threads on `interface`
+    /// (0-255; a backup takes only its own pair's messages when two pairs share a link).
+    #[serde(default)]
+    pub ipvs_sync_id: u8,
 }
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]

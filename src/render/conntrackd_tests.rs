@@ -15,6 +15,7 @@ fn link() -> SyncLink {
         socket: default_socket(),
         lock_file: default_lock_file(),
         log_file: None,
+        ipvs_sync_id: 0,
     }
 }
 

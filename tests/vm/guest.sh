@@ -19,10 +19,21 @@ check() { # NAME COMMAND...: runs the command, prints PASS or FAIL with its outp
 		printf '%s PASS (%ss)\n' "$name" "$(awk "BEGIN { printf \"%.2f\", $EPOCHREALTIME - $t0 }")"
 	else
 		echo "$name FAIL"
-		sed 's/^/  | /' "$out" | tail -n 40
+		sed 's/^/  | /' "$out" | tail -n "${check_tail:-40}"
 		failed=$((failed + 1))
 	fi
 }
+
+ns() { /sbin/ip netns exec "$@"; }
+export -f ns
+
+# PORTCULLIS_VM_MODE=sync: only the two-director failover checks (while working on them).
+if [ "$(cat /t/mode)" = sync ]; then
+	check_tail=200 source /t/failover.sh
+	echo "guest checks: $failed failed"
+	[ "$failed" = 0 ]
+	exit
+fi
 
 # --- the client, driven by the Rust test binary -----------------------------------------
 PORTCULLIS_VM_GUEST=1 timeout 120 /t/ipvs_vm >"$out" 2>&1
@@ -128,7 +139,6 @@ ipvsadm -C
 rm -rf "$state"
 
 # --- real traffic through IPVS between namespaces -----------------------------------------
-ns() { /sbin/ip netns exec "$@"; }
 topology() {
 	sysctl -qw net.ipv4.ip_forward=1
 	# IPVS-forwarded flows get conntrack entries, so the table's ct state rules see them.
@@ -172,7 +182,7 @@ both_backends_answer() { # VIP:PORT
 	echo "answers:$seen"
 	[[ "$seen" == *b1* && "$seen" == *b2* ]]
 }
-export -f ns topology fetch both_backends_answer
+export -f topology fetch both_backends_answer
 check traffic-topology-and-apply topology
 check traffic-nat-service-reaches-both-backends both_backends_answer 10.9.0.10:80
 check traffic-fwmark-service-reaches-both-backends both_backends_answer 10.9.0.20:9000
@@ -275,6 +285,9 @@ overlap_loop() { # ITERATIONS
 }
 export -f overlap_loop
 check ipvs-overlapping-applies-are-serialized overlap_loop 10
+
+# Two directors with the IPVS connection sync threads (issue 20).
+check_tail=200 source /t/failover.sh
 
 echo "guest checks: $failed failed"
 [ "$failed" = 0 ]

@@ -37,7 +37,7 @@ pub use ownership::Ownership;
 pub use plan::{IpvsPlan, Scope};
 pub use reconcile::{IpvsSync, IpvsSyncError, IpvsSyncReport, DEFAULT_DRAIN_GRACE, OWNERSHIP_FILE};
 pub use service::{Service, ServiceId};
-pub use sync_daemon::{SyncDaemonOp, SyncDaemons, IpvsSyncLink, TwinSyncDaemons};
+pub use sync_daemon::{IpvsSyncLink, SyncDaemonOp, SyncDaemons, TwinSyncDaemons};
 pub use twin::TwinBalancer;
 
 use message::{IpvsMessage, Request};

@@ -30,7 +30,9 @@ pub struct IpvsSyncLink {
 pub enum SyncDaemonOp {
     Start(SyncDaemon),
     /// Stops the master (`backup == false`) or the backup thread.
-    Stop { backup: bool },
+    Stop {
+        backup: bool,
+    },
 }
 
 impl fmt::Display for SyncDaemonOp {
@@ -97,6 +99,16 @@ impl SyncDaemons for IpvsNetlink {
             SyncDaemonOp::Start(d) => self.start_daemon(d),
             SyncDaemonOp::Stop { backup } => self.stop_daemon(*backup),
         }
+    }
+}
+
+/// Shared access, so a test can inspect the twin a daemon owns.
+impl<K: SyncDaemons> SyncDaemons for std::sync::Arc<std::sync::Mutex<K>> {
+    fn running(&mut self) -> Result<Vec<SyncDaemon>, IpvsError> {
+        super::lock(self).running()
+    }
+    fn apply(&mut self, op: &SyncDaemonOp) -> Result<(), IpvsError> {
+        super::lock(self).apply(op)
     }
 }
 
