@@ -307,11 +307,19 @@ pub fn to_yaml(inv: &Inventory) -> String {
         let _ = writeln!(out, " }}");
     }
     // Empty collections as `{}`/`[]`: a bare `servers:` would read back as null.
-    out.push_str(if inv.servers.is_empty() { "servers: {}\n" } else { "servers:\n" });
+    out.push_str(if inv.servers.is_empty() {
+        "servers: {}\n"
+    } else {
+        "servers:\n"
+    });
     for (name, s) in &inv.servers {
         let _ = writeln!(out, "  {}: {}", q(name), server_flow(s));
     }
-    out.push_str(if inv.instances.is_empty() { "instances: []\n" } else { "instances:\n" });
+    out.push_str(if inv.instances.is_empty() {
+        "instances: []\n"
+    } else {
+        "instances:\n"
+    });
     for i in &inv.instances {
         let _ = writeln!(out, "  - {}", instance_flow(i));
     }

@@ -79,7 +79,12 @@ fn reads_as(text: &str, want: &Inventory) -> bool {
 
 /// Equal in everything the file says (positions aside).
 fn same(a: &Inventory, b: &Inventory) -> bool {
-    let given = |inv: &Inventory| inv.instances.iter().map(|i| i.index_given).collect::<Vec<_>>();
+    let given = |inv: &Inventory| {
+        inv.instances
+            .iter()
+            .map(|i| i.index_given)
+            .collect::<Vec<_>>()
+    };
     serde_json::to_value(a).ok() == serde_json::to_value(b).ok() && given(a) == given(b)
 }
 
@@ -160,7 +165,12 @@ mod tests {
     fn rendered(edit: Edit) -> (String, String) {
         let (sources, catalog) = example();
         let applied = apply(&catalog, &edit).unwrap();
-        let text = render(&sources.inventory, &catalog.inventory, &edit, &applied.inventory);
+        let text = render(
+            &sources.inventory,
+            &catalog.inventory,
+            &edit,
+            &applied.inventory,
+        );
         (sources.inventory, text)
     }
 
@@ -199,7 +209,10 @@ mod tests {
             id: "tg.app2.1".into(),
         });
         let (removed, added) = diff(&before, &after);
-        assert_eq!(removed, ["  - { type: tg, server: app2, state: production, version: tg-2.8.0 }"]);
+        assert_eq!(
+            removed,
+            ["  - { type: tg, server: app2, state: production, version: tg-2.8.0 }"]
+        );
         assert!(added.is_empty());
 
         let (before, after) = rendered(Edit::MoveInstance {
@@ -224,8 +237,13 @@ mod tests {
         }));
         let (removed, added) = diff(&before, &after);
         assert!(removed.is_empty());
-        assert_eq!(added, ["  app3: { kind: app, location: tcn, address: 10.0.1.13 }"]);
-        let edit = Edit::RemoveServer { name: "app3".into() };
+        assert_eq!(
+            added,
+            ["  app3: { kind: app, location: tcn, address: 10.0.1.13 }"]
+        );
+        let edit = Edit::RemoveServer {
+            name: "app3".into(),
+        };
         let with_app3 = Catalog::from_sources(&Sources {
             inventory: after.clone(),
             metas: example().0.metas,

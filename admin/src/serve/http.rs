@@ -59,7 +59,10 @@ pub fn router(state: AdminState) -> Router {
             content_length_limit,
         ))
         .layer(DefaultBodyLimit::max(body_limit))
-        .layer(middleware::from_fn_with_state(state.clone(), revision_header))
+        .layer(middleware::from_fn_with_state(
+            state.clone(),
+            revision_header,
+        ))
         .with_state(state)
 }
 
@@ -116,12 +119,10 @@ pub(crate) struct Identity(pub String);
 fn identify(headers: &HeaderMap, options: &super::Options) -> Option<String> {
     let single = options.token.iter().map(|t| ("token", t.as_str()));
     let named = options.tokens.iter().map(|(n, t)| (n.as_str(), t.as_str()));
-    single
-        .chain(named)
-        .fold(None, |found, (name, token)| {
-            let ok = token_matches(headers, token);
-            found.or(ok.then(|| name.to_owned()))
-        })
+    single.chain(named).fold(None, |found, (name, token)| {
+        let ok = token_matches(headers, token);
+        found.or(ok.then(|| name.to_owned()))
+    })
 }
 
 fn has_tokens(options: &super::Options) -> bool {

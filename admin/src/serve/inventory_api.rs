@@ -46,7 +46,11 @@ pub(crate) fn mutation_error(e: MutationError) -> Response {
     };
     // The first line only: the located errors are in `details`.
     let message = e.to_string();
-    let message = message.lines().next().unwrap_or_default().trim_end_matches(':');
+    let message = message
+        .lines()
+        .next()
+        .unwrap_or_default()
+        .trim_end_matches(':');
     ApiError::with_details(status, message, details).into_response()
 }
 
@@ -59,8 +63,11 @@ fn if_match(headers: &HeaderMap) -> Option<String> {
 
 fn body<T>(b: Result<Json<T>, JsonRejection>) -> Result<T, Response> {
     b.map(|Json(v)| v).map_err(|e| {
-        ApiError::new(StatusCode::BAD_REQUEST, format!("request body: {}", e.body_text()))
-            .into_response()
+        ApiError::new(
+            StatusCode::BAD_REQUEST,
+            format!("request body: {}", e.body_text()),
+        )
+        .into_response()
     })
 }
 
@@ -94,7 +101,16 @@ pub(crate) async fn create_instance(
     spec: Result<Json<InstanceSpec>, JsonRejection>,
 ) -> Response {
     match body(spec) {
-        Ok(spec) => run(&state, Edit::CreateInstance(spec), &headers, &identity, true).await,
+        Ok(spec) => {
+            run(
+                &state,
+                Edit::CreateInstance(spec),
+                &headers,
+                &identity,
+                true,
+            )
+            .await
+        }
         Err(r) => r,
     }
 }
@@ -106,7 +122,14 @@ pub(crate) async fn delete_instance(
     Path(id): Path<String>,
     headers: HeaderMap,
 ) -> Response {
-    run(&state, Edit::DeleteInstance { id }, &headers, &identity, false).await
+    run(
+        &state,
+        Edit::DeleteInstance { id },
+        &headers,
+        &identity,
+        false,
+    )
+    .await
 }
 
 #[derive(Deserialize)]
@@ -157,7 +180,10 @@ pub(crate) async fn set_state(
             // `id`, `previous` and `state` as this route answered before there were others.
             let mut v = serde_json::to_value(&change).unwrap_or_default();
             v["id"] = json!(id);
-            v["previous"] = change.before.as_ref().map_or(json!(null), |b| b["state"].clone());
+            v["previous"] = change
+                .before
+                .as_ref()
+                .map_or(json!(null), |b| b["state"].clone());
             v["state"] = json!(target);
             with_revision(Json(v).into_response(), &change.revision)
         }
@@ -185,7 +211,14 @@ pub(crate) async fn remove_server(
     Path(name): Path<String>,
     headers: HeaderMap,
 ) -> Response {
-    run(&state, Edit::RemoveServer { name }, &headers, &identity, false).await
+    run(
+        &state,
+        Edit::RemoveServer { name },
+        &headers,
+        &identity,
+        false,
+    )
+    .await
 }
 
 /// `GET /v1/servers/{name}`.

@@ -18,8 +18,8 @@ mod state;
 pub mod tls;
 mod versions_api;
 
-pub use http::router;
 pub use audit::AuditEntry;
+pub use http::router;
 pub use mutate::Change;
 pub use state::{
     revision, AdminState, LocationExport, Mutation, MutationError, Options, ReloadStatus, Snapshot,

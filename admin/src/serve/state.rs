@@ -102,13 +102,20 @@ fn etag_of(data: &[u8]) -> String {
 pub fn revision(sources: &Sources) -> String {
     // Length-prefixed parts: moving text from one file to the next changes the revision.
     let mut h = Sha256::new();
-    let parts = std::iter::once(sources.inventory.as_str())
-        .chain(sources.metas.iter().flat_map(|(n, t)| [n.as_str(), t.as_str()]));
+    let parts = std::iter::once(sources.inventory.as_str()).chain(
+        sources
+            .metas
+            .iter()
+            .flat_map(|(n, t)| [n.as_str(), t.as_str()]),
+    );
     for p in parts {
         h.update((p.len() as u64).to_be_bytes());
         h.update(p.as_bytes());
     }
-    h.finalize()[..16].iter().map(|b| format!("{b:02x}")).collect()
+    h.finalize()[..16]
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
 }
 
 impl Snapshot {

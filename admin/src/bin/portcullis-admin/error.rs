@@ -54,6 +54,8 @@ pub enum CliError {
     },
     #[error("{}: empty token file", .0.display())]
     EmptyTokenFile(PathBuf),
+    #[error("{}:{line}: expected `NAME TOKEN`", path.display())]
+    BadTokenLine { path: PathBuf, line: usize },
     #[error("--reload-interval: must be more than zero, e.g. 1s or 500ms")]
     ZeroReloadInterval,
     #[error("starting the runtime: {0}")]
@@ -89,6 +91,7 @@ impl CliError {
             | CliError::Export(_)
             | CliError::TokenFile { .. }
             | CliError::EmptyTokenFile(_)
+            | CliError::BadTokenLine { .. }
             | CliError::ZeroReloadInterval
             | CliError::Version(_)
             | CliError::VersionInUse { .. } => 2,

@@ -13,9 +13,13 @@ pub struct ServeArgs {
     catalog: PathBuf,
     #[arg(long, default_value = "127.0.0.1:8080")]
     listen: SocketAddr,
-    /// File holding the bearer token; without it, mutations are refused.
+    /// File holding the bearer token — or several, one `NAME TOKEN` per line, each named in
+    /// the audit log; without it, mutations are refused.
     #[arg(long)]
     token_file: Option<PathBuf>,
+    /// The audit log of inventory changes (JSON lines); default <CATALOG>/audit.jsonl.
+    #[arg(long)]
+    audit_log: Option<PathBuf>,
     /// Require the token for reads too (the export, configs, listings). Needs --token-file:
     /// without a token, reads would be served to anyone.
     #[arg(long, requires = "token_file")]
@@ -80,12 +84,14 @@ fn options(a: &ServeArgs) -> Result<serve::Options, CliError> {
     if a.reload_interval.is_zero() {
         return Err(CliError::ZeroReloadInterval);
     }
-    let token = match &a.token_file {
-        None => None,
-        Some(path) => Some(read_token(path)?),
+    let (token, tokens) = match &a.token_file {
+        None => (None, Vec::new()),
+        Some(path) => read_tokens(path)?,
     };
     Ok(serve::Options {
         token,
+        tokens,
+        audit_log: a.audit_log.clone(),
         auth_reads: a.auth_reads,
         reload_interval: a.reload_interval,
         tls: a
@@ -105,16 +111,39 @@ fn options(a: &ServeArgs) -> Result<serve::Options, CliError> {
     })
 }
 
-/// The bearer token, without surrounding whitespace; an empty file is refused rather than
-/// turning into a token anyone can send.
-fn read_token(path: &Path) -> Result<String, CliError> {
+/// The token file: one bare token (the audit log calls it `token`), or lines `NAME TOKEN`
+/// (blank lines and `#` comments skipped) naming each operator's or script's token. An empty
+/// file is refused rather than turning into a token anyone can send.
+fn read_tokens(path: &Path) -> Result<(Option<String>, Vec<(String, String)>), CliError> {
     let text = std::fs::read_to_string(path).map_err(|source| CliError::TokenFile {
         path: path.to_owned(),
         source,
     })?;
-    match text.trim() {
-        "" => Err(CliError::EmptyTokenFile(path.to_owned())),
-        t => Ok(t.to_owned()),
+    let lines: Vec<(usize, &str)> = text
+        .lines()
+        .enumerate()
+        .map(|(n, l)| (n + 1, l.trim()))
+        .filter(|(_, l)| !l.is_empty() && !l.starts_with('#'))
+        .collect();
+    match lines.as_slice() {
+        [] => Err(CliError::EmptyTokenFile(path.to_owned())),
+        [(_, single)] if !single.contains(char::is_whitespace) => {
+            Ok((Some((*single).to_owned()), Vec::new()))
+        }
+        named => {
+            let mut tokens = Vec::new();
+            for (line, l) in named {
+                let fields: Vec<&str> = l.split_whitespace().collect();
+                let [name, token] = fields.as_slice() else {
+                    return Err(CliError::BadTokenLine {
+                        path: path.to_owned(),
+                        line: *line,
+                    });
+                };
+                tokens.push(((*name).to_owned(), (*token).to_owned()));
+            }
+            Ok((None, tokens))
+        }
     }
 }
 
