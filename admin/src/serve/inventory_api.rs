@@ -61,13 +61,12 @@ fn if_match(headers: &HeaderMap) -> Option<String> {
         .map(str::to_owned)
 }
 
-fn body<T>(b: Result<Json<T>, JsonRejection>) -> Result<T, Response> {
+fn body<T>(b: Result<Json<T>, JsonRejection>) -> Result<T, ApiError> {
     b.map(|Json(v)| v).map_err(|e| {
         ApiError::new(
             StatusCode::BAD_REQUEST,
             format!("request body: {}", e.body_text()),
         )
-        .into_response()
     })
 }
 
@@ -111,7 +110,7 @@ pub(crate) async fn create_instance(
             )
             .await
         }
-        Err(r) => r,
+        Err(r) => r.into_response(),
     }
 }
 
@@ -200,7 +199,7 @@ pub(crate) async fn add_server(
 ) -> Response {
     match body(spec) {
         Ok(spec) => run(&state, Edit::AddServer(spec), &headers, &identity, true).await,
-        Err(r) => r,
+        Err(r) => r.into_response(),
     }
 }
 

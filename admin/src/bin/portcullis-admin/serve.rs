@@ -114,7 +114,10 @@ fn options(a: &ServeArgs) -> Result<serve::Options, CliError> {
 /// The token file: one bare token (the audit log calls it `token`), or lines `NAME TOKEN`
 /// (blank lines and `#` comments skipped) naming each operator's or script's token. An empty
 /// file is refused rather than turning into a token anyone can send.
-fn read_tokens(path: &Path) -> Result<(Option<String>, Vec<(String, String)>), CliError> {
+/// A token file's contents: the single bare token, or the named ones as (name, token).
+type Tokens = (Option<String>, Vec<(String, String)>);
+
+fn read_tokens(path: &Path) -> Result<Tokens, CliError> {
     let text = std::fs::read_to_string(path).map_err(|source| CliError::TokenFile {
         path: path.to_owned(),
         source,
@@ -166,4 +169,42 @@ async fn shutdown_signal() {
     }
     #[cfg(not(unix))]
     let _ = ctrl_c.await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::read_tokens;
+    use crate::error::CliError;
+
+    fn tokens(text: &str) -> Result<super::Tokens, CliError> {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("tokens");
+        std::fs::write(&path, text).unwrap();
+        read_tokens(&path)
+    }
+
+    #[test]
+    fn one_bare_token_or_named_lines() {
+        assert_eq!(
+            tokens(" s3cret \n").unwrap(),
+            (Some("s3cret".into()), vec![])
+        );
+        let (single, named) = tokens("# who\nalice a-token\n\nci   c-token\n").unwrap();
+        assert_eq!(single, None);
+        assert_eq!(
+            named,
+            [
+                ("alice".into(), "a-token".into()),
+                ("ci".into(), "c-token".into())
+            ]
+        );
+        assert!(matches!(
+            tokens("  \n# nothing\n"),
+            Err(CliError::EmptyTokenFile(_))
+        ));
+        assert!(matches!(
+            tokens("alice a-token\nbare\n"),
+            Err(CliError::BadTokenLine { line: 2, .. })
+        ));
+    }
 }
