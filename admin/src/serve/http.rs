@@ -2,6 +2,7 @@
 //! status, and the instance state changes; the export with its ETag and long-poll is in
 //! `export_poll.rs`. Errors are JSON `{"error": ...}`.
 
+use super::auth::{auth_reads, auth_writes, Identity};
 use super::export_poll::{export, none_match, not_modified};
 use super::inventory_api::{self, REVISION_HEADER};
 use super::state::AdminState;
@@ -110,25 +111,6 @@ impl IntoResponse for ApiError {
     }
 }
 
-/// Who sent a request, as the audit log names them: the name of the token it carried.
-#[derive(Clone, Debug)]
-pub(crate) struct Identity(pub String);
-
-/// The name of the token the request carries: `token` for `Options::token`, else the name of
-/// the matching `Options::tokens` entry. Every token is compared, matching or not.
-fn identify(headers: &HeaderMap, options: &super::Options) -> Option<String> {
-    let single = options.token.iter().map(|t| ("token", t.as_str()));
-    let named = options.tokens.iter().map(|(n, t)| (n.as_str(), t.as_str()));
-    single.chain(named).fold(None, |found, (name, token)| {
-        let ok = token_matches(headers, token);
-        found.or(ok.then(|| name.to_owned()))
-    })
-}
-
-fn has_tokens(options: &super::Options) -> bool {
-    options.token.is_some() || !options.tokens.is_empty()
-}
-
 /// Every response carries the catalog revision (`X-Catalog-Revision`): the one a mutation
 /// produced, or the one current when the request arrived — never newer than what the
 /// response shows, so an `If-Match` built from it can only be too old (412), not wrong.
@@ -141,22 +123,6 @@ async fn revision_header(Ext(state): Ext<AdminState>, req: Request, next: Next) 
         }
     }
     resp
-}
-
-/// Constant-time comparison: the token must not leak through timing.
-fn token_matches(headers: &HeaderMap, token: &str) -> bool {
-    let Some(given) = headers
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.split_once(' '))
-        // The scheme is case-insensitive (RFC 9110, 11.1): `bearer` and `BEARER` too.
-        .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
-        .map(|(_, credentials)| credentials)
-    else {
-        return false;
-    };
-    let (a, b) = (given.trim().as_bytes(), token.as_bytes());
-    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
 async fn content_length_limit(Ext(state): Ext<AdminState>, req: Request, next: Next) -> Response {
@@ -187,42 +153,6 @@ async fn content_length_limit(Ext(state): Ext<AdminState>, req: Request, next: N
                 }
                 Err(_) => too_large(),
             }
-        }
-    }
-}
-
-async fn auth_reads(Ext(state): Ext<AdminState>, req: Request, next: Next) -> Response {
-    let options = state.options();
-    match (has_tokens(options), options.auth_reads) {
-        (true, true) if identify(req.headers(), options).is_none() => {
-            ApiError::new(StatusCode::UNAUTHORIZED, "a valid bearer token is required")
-                .into_response()
-        }
-        // Reads must be authenticated but there is no token to check against: fail closed.
-        (false, true) => ApiError::new(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "reads require a token, and the server has none configured (--token-file)",
-        )
-        .into_response(),
-        _ => next.run(req).await,
-    }
-}
-
-async fn auth_writes(Ext(state): Ext<AdminState>, mut req: Request, next: Next) -> Response {
-    let options = state.options();
-    if !has_tokens(options) {
-        return ApiError::new(
-            StatusCode::FORBIDDEN,
-            "changes are disabled: the server has no token configured (--token-file)",
-        )
-        .into_response();
-    }
-    match identify(req.headers(), options) {
-        None => ApiError::new(StatusCode::UNAUTHORIZED, "a valid bearer token is required")
-            .into_response(),
-        Some(name) => {
-            req.extensions_mut().insert(Identity(name));
-            next.run(req).await
         }
     }
 }

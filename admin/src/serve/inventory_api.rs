@@ -3,7 +3,8 @@
 //! and an audit entry — plus `GET /v1/audit` and `GET /v1/servers/{name}`. The work is
 //! [`AdminState::apply_edit`]'s; here are the HTTP shapes and status codes.
 
-use super::http::{ApiError, Identity};
+use super::auth::Identity;
+use super::http::ApiError;
 use super::state::{AdminState, MutationError};
 use crate::edit::{Edit, InstanceSpec, ServerSpec};
 use crate::inventory::State;

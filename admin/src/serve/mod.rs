@@ -7,6 +7,7 @@
 //! [`AdminState::set_state`] — long-polling gateways see the new export within milliseconds.
 
 mod audit;
+mod auth;
 mod conn;
 #[cfg(feature = "db")]
 mod db_api;
@@ -14,6 +15,7 @@ mod export_poll;
 mod http;
 mod inventory_api;
 mod mutate;
+mod snapshot;
 mod state;
 pub mod tls;
 mod versions_api;
