@@ -346,6 +346,8 @@ async fn delete_move_and_servers_valid_and_invalid() {
     );
 
     let before = api.export().await;
+    let status = api.call(Method::GET, "/v1/status", None, None).await;
+    let generation = status.body["generation"].as_u64().unwrap();
     let r = api
         .call(
             Method::POST,
@@ -355,6 +357,9 @@ async fn delete_move_and_servers_valid_and_invalid() {
         )
         .await;
     assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+    // One new snapshot: no export was ever served with both instances or neither.
+    let status = api.call(Method::GET, "/v1/status", None, None).await;
+    assert_eq!(status.body["generation"].as_u64(), Some(generation + 1));
     assert_eq!(
         (r.body["before"]["id"].as_str(), r.body["target"].as_str()),
         (Some("pgw.app2.1"), Some("pgw.app3.1"))
