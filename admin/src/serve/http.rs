@@ -74,7 +74,6 @@ pub(crate) struct ApiError {
 }
 
 impl ApiError {
-    #[cfg_attr(not(feature = "db"), allow(dead_code))]
     pub(crate) fn with_details(
         status: StatusCode,
         message: impl Into<String>,
