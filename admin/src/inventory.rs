@@ -29,7 +29,7 @@ pub struct Location {
     pub pos: Pos,
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, serde::Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum ServerKind {
     App,
@@ -306,48 +306,64 @@ pub fn to_yaml(inv: &Inventory) -> String {
         }
         let _ = writeln!(out, " }}");
     }
-    out.push_str("servers:\n");
+    // Empty collections as `{}`/`[]`: a bare `servers:` would read back as null.
+    out.push_str(if inv.servers.is_empty() {
+        "servers: {}\n"
+    } else {
+        "servers:\n"
+    });
     for (name, s) in &inv.servers {
-        let kind = match s.kind {
-            ServerKind::App => "app",
-            ServerKind::Db => "db",
-            ServerKind::Archive => "archive",
-        };
-        let _ = write!(
-            out,
-            "  {}: {{ kind: {kind}, location: {}, address: {}",
-            q(name),
-            q(&s.location),
-            s.address
-        );
-        if !s.drives.is_empty() {
-            let d: Vec<String> = s.drives.iter().map(|d| q(d)).collect();
-            let _ = write!(out, ", drives: [{}]", d.join(", "));
-        }
-        if let Some(a) = &s.archive {
-            if !(s.kind == ServerKind::Archive && a == "/mnt/archive") {
-                let _ = write!(out, ", archive: {}", q(a));
-            }
-        }
-        out.push_str(" }\n");
+        let _ = writeln!(out, "  {}: {}", q(name), server_flow(s));
     }
-    out.push_str("instances:\n");
+    out.push_str(if inv.instances.is_empty() {
+        "instances: []\n"
+    } else {
+        "instances:\n"
+    });
     for i in &inv.instances {
-        let _ = write!(
-            out,
-            "  - {{ type: {}, server: {}",
-            q(&i.type_name),
-            q(&i.server)
-        );
-        if i.index_given {
-            let _ = write!(out, ", index: {}", i.index);
-        }
-        let _ = write!(out, ", state: {}", i.state.as_str());
-        if let Some(v) = &i.version {
-            let _ = write!(out, ", version: {}", q(v));
-        }
-        out.push_str(" }\n");
+        let _ = writeln!(out, "  - {}", instance_flow(i));
     }
+    out
+}
+
+/// One server as the flow mapping `to_yaml` writes (and in-place inserts reuse).
+pub(crate) fn server_flow(s: &Server) -> String {
+    let q = |s: &str| quote_if_needed(s);
+    let kind = match s.kind {
+        ServerKind::App => "app",
+        ServerKind::Db => "db",
+        ServerKind::Archive => "archive",
+    };
+    let mut out = format!(
+        "{{ kind: {kind}, location: {}, address: {}",
+        q(&s.location),
+        s.address
+    );
+    if !s.drives.is_empty() {
+        let d: Vec<String> = s.drives.iter().map(|d| q(d)).collect();
+        let _ = write!(out, ", drives: [{}]", d.join(", "));
+    }
+    if let Some(a) = &s.archive {
+        if !(s.kind == ServerKind::Archive && a == "/mnt/archive") {
+            let _ = write!(out, ", archive: {}", q(a));
+        }
+    }
+    out.push_str(" }");
+    out
+}
+
+/// One instance as the flow mapping `to_yaml` writes (and in-place inserts reuse).
+pub(crate) fn instance_flow(i: &Instance) -> String {
+    let q = |s: &str| quote_if_needed(s);
+    let mut out = format!("{{ type: {}, server: {}", q(&i.type_name), q(&i.server));
+    if i.index_given {
+        let _ = write!(out, ", index: {}", i.index);
+    }
+    let _ = write!(out, ", state: {}", i.state.as_str());
+    if let Some(v) = &i.version {
+        let _ = write!(out, ", version: {}", q(v));
+    }
+    out.push_str(" }");
     out
 }
 

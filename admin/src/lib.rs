@@ -37,6 +37,7 @@ pub mod config;
 #[cfg(feature = "db")]
 pub mod db;
 mod durable;
+pub mod edit;
 pub mod error;
 pub mod export;
 pub mod inventory;

@@ -22,6 +22,19 @@ pub(super) fn none_match(header: Option<&str>, etag: &str) -> bool {
 #[derive(Deserialize)]
 pub(super) struct ExportQuery {
     wait: Option<String>,
+    /// Only this location's rows (those whose VIP is one of its IP-label addresses).
+    location: Option<String>,
+}
+
+/// The export a request asked for in `snap`: (CSV, ETag) of the whole cloud or of one location.
+fn view(snap: &Snapshot, location: Option<&str>) -> Option<(axum::body::Bytes, String)> {
+    match location {
+        None => Some((snap.csv.clone(), snap.etag.clone())),
+        Some(name) => snap
+            .locations
+            .get(name)
+            .map(|l| (l.csv.clone(), l.etag.clone())),
+    }
 }
 
 pub(super) fn not_modified(etag: &str) -> Response {
@@ -32,15 +45,15 @@ pub(super) fn not_modified(etag: &str) -> Response {
     r
 }
 
-fn csv_response(snap: &Snapshot) -> Response {
-    let mut r = (StatusCode::OK, snap.csv.clone()).into_response();
+fn csv_response((csv, etag): &(axum::body::Bytes, String)) -> Response {
+    let mut r = (StatusCode::OK, csv.clone()).into_response();
     let h = r.headers_mut();
     h.insert(
         header::CONTENT_TYPE,
         HeaderValue::from_static("text/csv; charset=utf-8"),
     );
     h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
-    if let Ok(v) = HeaderValue::from_str(&snap.etag) {
+    if let Ok(v) = HeaderValue::from_str(etag) {
         h.insert(header::ETAG, v);
     }
     r
@@ -72,21 +85,29 @@ pub(super) async fn export(
         .min(state.options().max_wait);
     // Subscribe before looking, so a change between the look and the wait is not missed.
     let mut rx = state.subscribe();
+    let location = q.location.as_deref();
+    let unknown = || {
+        ApiError::new(
+            StatusCode::NOT_FOUND,
+            format!("no location {:?}", location.unwrap_or_default()),
+        )
+    };
     let snap = rx.borrow_and_update().clone();
+    let seen = view(&snap, location).ok_or_else(unknown)?;
     if wait.is_zero() {
-        return Ok(if none_match(inm.as_deref(), &snap.etag) {
-            not_modified(&snap.etag)
+        return Ok(if none_match(inm.as_deref(), &seen.1) {
+            not_modified(&seen.1)
         } else {
-            csv_response(&snap)
+            csv_response(&seen)
         });
     }
     let Ok(_permit) = state.waiters().clone().try_acquire_owned() else {
         // Too many held polls: answer now, without Preference-Applied, so the client falls
         // back to its poll interval instead of coming straight back.
-        return Ok(if none_match(inm.as_deref(), &snap.etag) {
-            not_modified(&snap.etag)
+        return Ok(if none_match(inm.as_deref(), &seen.1) {
+            not_modified(&seen.1)
         } else {
-            csv_response(&snap)
+            csv_response(&seen)
         });
     };
     // The server long-polls: say so (RFC 7240), so a client can tell a 200 after a hold from
@@ -97,20 +118,25 @@ pub(super) async fn export(
         }
         r
     };
-    if !none_match(inm.as_deref(), &snap.etag) {
-        return Ok(applied(csv_response(&snap)));
+    if !none_match(inm.as_deref(), &seen.1) {
+        return Ok(applied(csv_response(&seen)));
     }
     let mut shutdown = state.shutdown_signal();
     let deadline = tokio::time::Instant::now() + wait;
-    let mut current: Arc<Snapshot> = snap;
+    // A per-location poll wakes only when its own export changes: other snapshots (another
+    // location's drain) leave its ETag as it was and the hold goes on.
+    let mut current = seen;
     loop {
         tokio::select! {
             changed = rx.changed() => {
                 if changed.is_err() {
                     break;
                 }
-                current = rx.borrow_and_update().clone();
-                if !none_match(inm.as_deref(), &current.etag) {
+                let snap: Arc<Snapshot> = rx.borrow_and_update().clone();
+                // A location removed meanwhile (a hand edit): hold on; the next poll gets 404.
+                let Some(now) = view(&snap, location) else { continue };
+                current = now;
+                if !none_match(inm.as_deref(), &current.1) {
                     return Ok(applied(csv_response(&current)));
                 }
             }
@@ -118,7 +144,7 @@ pub(super) async fn export(
             _ = shutdown.wait_for(|s| *s) => break,
         }
     }
-    Ok(applied(not_modified(&current.etag)))
+    Ok(applied(not_modified(&current.1)))
 }
 
 /// `?wait=`: humantime's grammar (`30s`, `500ms`, `2m`, `1m 30s`), as everywhere in portcullis,

@@ -2,14 +2,16 @@
 //! status, and the instance state changes; the export with its ETag and long-poll is in
 //! `export_poll.rs`. Errors are JSON `{"error": ...}`.
 
+use super::auth::{auth_reads, auth_writes, Identity};
 use super::export_poll::{export, none_match, not_modified};
-use super::state::{AdminState, MutationError};
+use super::inventory_api::{self, REVISION_HEADER};
+use super::state::AdminState;
 use crate::inventory::State;
 use axum::extract::{DefaultBodyLimit, Path, Query, Request, State as Ext};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
+use axum::routing::{delete, get, post};
 use axum::{Json, Router};
 use serde::Deserialize;
 use serde_json::json;
@@ -27,6 +29,7 @@ pub fn router(state: AdminState) -> Router {
         .route("/v1/instances", get(instances))
         .route("/v1/instances/{id}", get(instance))
         .route("/v1/servers", get(servers))
+        .route("/v1/servers/{name}", get(inventory_api::server))
         .route("/v1/status", get(status))
         .route("/v1/versions", get(super::versions_api::list))
         .route("/v1/versions/{id}", get(super::versions_api::show))
@@ -35,7 +38,14 @@ pub fn router(state: AdminState) -> Router {
             get(super::versions_api::instance_versions),
         )
         .route_layer(middleware::from_fn_with_state(state.clone(), auth_reads));
-    let writes = Router::new().route("/v1/instances/{id}/{action}", post(mutate));
+    let writes = Router::new()
+        .route("/v1/instances/{id}/{action}", post(mutate))
+        .route("/v1/instances", post(inventory_api::create_instance))
+        .route("/v1/instances/{id}", delete(inventory_api::delete_instance))
+        .route("/v1/servers", post(inventory_api::add_server))
+        .route("/v1/servers/{name}", delete(inventory_api::remove_server))
+        // Who changed what is for operators only: the audit log needs the token.
+        .route("/v1/audit", get(inventory_api::audit));
     #[cfg(feature = "db")]
     let writes = writes.route("/v1/db/{instance}/patch", post(super::db_api::patch));
     let writes = writes.route_layer(middleware::from_fn_with_state(state.clone(), auth_writes));
@@ -50,6 +60,10 @@ pub fn router(state: AdminState) -> Router {
             content_length_limit,
         ))
         .layer(DefaultBodyLimit::max(body_limit))
+        .layer(middleware::from_fn_with_state(
+            state.clone(),
+            revision_header,
+        ))
         .with_state(state)
 }
 
@@ -60,7 +74,6 @@ pub(crate) struct ApiError {
 }
 
 impl ApiError {
-    #[cfg_attr(not(feature = "db"), allow(dead_code))]
     pub(crate) fn with_details(
         status: StatusCode,
         message: impl Into<String>,
@@ -97,20 +110,18 @@ impl IntoResponse for ApiError {
     }
 }
 
-/// Constant-time comparison: the token must not leak through timing.
-fn token_matches(headers: &HeaderMap, token: &str) -> bool {
-    let Some(given) = headers
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.split_once(' '))
-        // The scheme is case-insensitive (RFC 9110, 11.1): `bearer` and `BEARER` too.
-        .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
-        .map(|(_, credentials)| credentials)
-    else {
-        return false;
-    };
-    let (a, b) = (given.trim().as_bytes(), token.as_bytes());
-    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+/// Every response carries the catalog revision (`X-Catalog-Revision`): the one a mutation
+/// produced, or the one current when the request arrived — never newer than what the
+/// response shows, so an `If-Match` built from it can only be too old (412), not wrong.
+async fn revision_header(Ext(state): Ext<AdminState>, req: Request, next: Next) -> Response {
+    let revision = state.snapshot().revision.clone();
+    let mut resp = next.run(req).await;
+    if !resp.headers().contains_key(REVISION_HEADER) {
+        if let Ok(v) = HeaderValue::from_str(&revision) {
+            resp.headers_mut().insert(REVISION_HEADER, v);
+        }
+    }
+    resp
 }
 
 async fn content_length_limit(Ext(state): Ext<AdminState>, req: Request, next: Next) -> Response {
@@ -142,37 +153,6 @@ async fn content_length_limit(Ext(state): Ext<AdminState>, req: Request, next: N
                 Err(_) => too_large(),
             }
         }
-    }
-}
-
-async fn auth_reads(Ext(state): Ext<AdminState>, req: Request, next: Next) -> Response {
-    match (&state.options().token, state.options().auth_reads) {
-        (Some(t), true) if !token_matches(req.headers(), t) => {
-            ApiError::new(StatusCode::UNAUTHORIZED, "a valid bearer token is required")
-                .into_response()
-        }
-        // Reads must be authenticated but there is no token to check against: fail closed.
-        (None, true) => ApiError::new(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "reads require a token, and the server has none configured (--token-file)",
-        )
-        .into_response(),
-        _ => next.run(req).await,
-    }
-}
-
-async fn auth_writes(Ext(state): Ext<AdminState>, req: Request, next: Next) -> Response {
-    match &state.options().token {
-        None => ApiError::new(
-            StatusCode::FORBIDDEN,
-            "changes are disabled: the server has no token configured (--token-file)",
-        )
-        .into_response(),
-        Some(t) if !token_matches(req.headers(), t) => {
-            ApiError::new(StatusCode::UNAUTHORIZED, "a valid bearer token is required")
-                .into_response()
-        }
-        Some(_) => next.run(req).await,
     }
 }
 
@@ -342,6 +322,8 @@ async fn status(Ext(state): Ext<AdminState>) -> Json<serde_json::Value> {
         "catalog": state.dir(),
         "generation": snap.generation,
         "etag": snap.etag,
+        "revision": snap.revision,
+        "locations": snap.locations.keys().collect::<Vec<_>>(),
         "loaded_at": loaded,
         "types": snap.catalog.metas.len(),
         "instances": snap.catalog.inventory.instances.len(),
@@ -355,11 +337,14 @@ async fn status(Ext(state): Ext<AdminState>) -> Json<serde_json::Value> {
     }))
 }
 
-/// `POST /v1/instances/{id}/drain|undrain|maintenance`.
+/// `POST /v1/instances/{id}/drain|undrain|maintenance|move|install|upgrade|downgrade`.
 async fn mutate(
     Ext(state): Ext<AdminState>,
+    axum::extract::Extension(identity): axum::extract::Extension<Identity>,
     Path((id, action)): Path<(String, String)>,
     Query(q): Query<super::versions_api::DeployQuery>,
+    headers: HeaderMap,
+    body: axum::body::Bytes,
 ) -> Result<Response, ApiError> {
     if let Some(a) = crate::versions::Action::parse(&action) {
         return super::versions_api::deploy(&state, &id, a, q).await;
@@ -368,30 +353,15 @@ async fn mutate(
         "drain" => State::Drained,
         "undrain" => State::Production,
         "maintenance" => State::Maintenance,
+        "move" => {
+            return Ok(inventory_api::move_instance(&state, &identity, id, &headers, &body).await)
+        }
         _ => {
             return Err(ApiError::new(
                 StatusCode::NOT_FOUND,
-                format!("unknown action {action:?}: drain, undrain, maintenance, install, upgrade or downgrade"),
+                format!("unknown action {action:?}: drain, undrain, maintenance, move, install, upgrade or downgrade"),
             ))
         }
     };
-    match state.set_state(&id, target).await {
-        Ok(m) => Ok(Json(m).into_response()),
-        Err(MutationError::NotFound(id)) => Err(ApiError::new(
-            StatusCode::NOT_FOUND,
-            format!("no instance {id}"),
-        )),
-        Err(MutationError::InvalidCatalog(e)) => Err(ApiError {
-            status: StatusCode::CONFLICT,
-            message: "the catalog on disk is invalid; fix it before changing instances".into(),
-            details: serde_json::to_value(e).ok(),
-        }),
-        Err(e @ MutationError::Io { .. }) => {
-            tracing::error!(%e, "state change failed");
-            Err(ApiError::new(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                e.to_string(),
-            ))
-        }
-    }
+    Ok(inventory_api::set_state(&state, &identity, id, target, &headers).await)
 }

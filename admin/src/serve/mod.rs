@@ -6,17 +6,26 @@
 //! [`spawn`] (or build [`router`] into your own server), and change instances with
 //! [`AdminState::set_state`] — long-polling gateways see the new export within milliseconds.
 
+mod audit;
+mod auth;
 mod conn;
 #[cfg(feature = "db")]
 mod db_api;
 mod export_poll;
 mod http;
+mod inventory_api;
+mod mutate;
+mod snapshot;
 mod state;
 pub mod tls;
 mod versions_api;
 
+pub use audit::AuditEntry;
 pub use http::router;
-pub use state::{AdminState, Mutation, MutationError, Options, ReloadStatus, Snapshot};
+pub use mutate::Change;
+pub use state::{
+    revision, AdminState, LocationExport, Mutation, MutationError, Options, ReloadStatus, Snapshot,
+};
 
 use std::future::Future;
 

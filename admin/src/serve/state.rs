@@ -2,11 +2,11 @@
 //! `Arc`, long-polls wait on `changed()`), the outcome of the last reload, and the one writer
 //! of `inventory.yaml`.
 
+pub use super::snapshot::{revision, LocationExport, Snapshot};
 use crate::catalog::{Catalog, Sources, INVENTORY_FILE, META_DIR};
 use crate::error::CatalogErrors;
-use crate::inventory::{self, State};
+use crate::inventory::State;
 use serde::Serialize;
-use sha2::{Digest, Sha256};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
@@ -14,8 +14,14 @@ use tokio::sync::{watch, Semaphore};
 
 #[derive(Clone, Debug)]
 pub struct Options {
-    /// Bearer token for mutations (and reads with `auth_reads`). `None`: mutations refused.
+    /// Bearer token for mutations (and reads with `auth_reads`); its audit identity is
+    /// `token`. With neither it nor `tokens`, mutations are refused.
     pub token: Option<String>,
+    /// More tokens, each with the name the audit log records for it: (name, token).
+    pub tokens: Vec<(String, String)>,
+    /// The append-only audit log of inventory changes (JSON lines); `None`:
+    /// `<catalog>/audit.jsonl`.
+    pub audit_log: Option<PathBuf>,
     pub auth_reads: bool,
     pub reload_interval: Duration,
     /// Longest long-poll; longer `?wait=` values are clamped to it.
@@ -42,6 +48,8 @@ impl Default for Options {
     fn default() -> Self {
         Options {
             token: None,
+            tokens: Vec::new(),
+            audit_log: None,
             auth_reads: false,
             reload_interval: Duration::from_secs(1),
             max_wait: Duration::from_secs(60),
@@ -53,42 +61,6 @@ impl Default for Options {
             max_connections_per_client: 64,
             header_timeout: Duration::from_secs(20),
         }
-    }
-}
-
-/// One valid catalog and everything derived from it that readers need.
-#[derive(Debug)]
-pub struct Snapshot {
-    pub catalog: Arc<Catalog>,
-    pub csv: axum::body::Bytes,
-    /// Strong ETag of the CSV, quotes included.
-    pub etag: String,
-    /// Increases with every published snapshot.
-    pub generation: u64,
-    pub loaded_at: SystemTime,
-}
-
-impl Snapshot {
-    fn new(catalog: Catalog, generation: u64) -> Result<Snapshot, CatalogErrors> {
-        let csv = crate::export::csv(&catalog).map_err(|e| {
-            CatalogErrors(vec![crate::CatalogError {
-                file: INVENTORY_FILE.into(),
-                line: 1,
-                column: 1,
-                key: String::new(),
-                kind: crate::ErrorKind::ExportRejected,
-                message: e.to_string(),
-            }])
-        })?;
-        let digest = Sha256::digest(csv.as_bytes());
-        let hex: String = digest[..16].iter().map(|b| format!("{b:02x}")).collect();
-        Ok(Snapshot {
-            catalog: Arc::new(catalog),
-            csv: csv.into(),
-            etag: format!("\"{hex}\""),
-            generation,
-            loaded_at: SystemTime::now(),
-        })
     }
 }
 
@@ -142,10 +114,25 @@ pub struct AdminState {
 
 #[derive(Debug, thiserror::Error)]
 pub enum MutationError {
-    #[error("no instance {0}")]
-    NotFound(String),
+    /// The change does not apply: an unknown instance or server, a server still in use.
+    #[error(transparent)]
+    Edit(#[from] crate::edit::EditError),
     #[error("the catalog on disk is invalid; fix it before changing instances:\n{0}")]
     InvalidCatalog(CatalogErrors),
+    /// The change would make the catalog invalid: nothing was written. The errors are located
+    /// in the `inventory.yaml` that would have been written.
+    #[error("the change would make the catalog invalid; nothing was written:\n{0}")]
+    Rejected(CatalogErrors),
+    /// `If-Match` named another revision than the current one.
+    #[error("the catalog changed: revision {current}, not {expected}")]
+    Stale { expected: String, current: String },
+    /// The audit log could not be appended: the change was refused, so no change goes
+    /// unaudited.
+    #[error("appending to the audit log {path}: {source}")]
+    Audit {
+        path: String,
+        source: std::io::Error,
+    },
     #[error("writing {path}: {source}")]
     Io {
         path: String,
@@ -169,8 +156,8 @@ impl AdminState {
     /// Loads the catalog in `dir`; it must be valid to start.
     pub fn open(dir: &Path, options: Options) -> Result<AdminState, CatalogErrors> {
         let fp = fingerprint(dir);
-        let catalog = Catalog::load(dir)?;
-        let snap = Snapshot::new(catalog, 1)?;
+        let (catalog, rev) = load(dir)?;
+        let snap = Snapshot::new(catalog, rev, 1)?;
         let (current, _) = watch::channel(Arc::new(snap));
         let (shutdown, _) = watch::channel(false);
         Ok(AdminState {
@@ -220,7 +207,7 @@ impl AdminState {
         self.lock_status().0.clone()
     }
 
-    fn lock_files(&self) -> std::sync::MutexGuard<'_, ()> {
+    pub(super) fn lock_files(&self) -> std::sync::MutexGuard<'_, ()> {
         self.inner.files.lock().unwrap_or_else(|e| e.into_inner())
     }
 
@@ -229,9 +216,9 @@ impl AdminState {
         self.inner.status.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    fn publish(&self, catalog: Catalog) -> Result<Arc<Snapshot>, CatalogErrors> {
+    fn publish(&self, catalog: Catalog, revision: String) -> Result<Arc<Snapshot>, CatalogErrors> {
         let generation = self.snapshot().generation + 1;
-        let snap = Arc::new(Snapshot::new(catalog, generation)?);
+        let snap = Arc::new(Snapshot::new(catalog, revision, generation)?);
         self.inner.current.send_replace(snap.clone());
         Ok(snap)
     }
@@ -248,7 +235,7 @@ impl AdminState {
                 return Ok(false);
             }
         }
-        let result = Catalog::load(&self.inner.dir).and_then(|c| self.publish(c));
+        let result = load(&self.inner.dir).and_then(|(c, rev)| self.publish(c, rev));
         let now = SystemTime::now()
             .duration_since(SystemTime::UNIX_EPOCH)
             .map_or(0, |d| d.as_secs());
@@ -290,118 +277,45 @@ impl AdminState {
 
     /// Sets instance `id` to `state` in `inventory.yaml` (written atomically) and serves the
     /// result at once, waking long-polls. Reads the files fresh: an edit on disk not yet
-    /// picked up by the reloader is kept, and an invalid one refuses the change.
+    /// picked up by the reloader is kept, and an invalid one refuses the change. Audited as
+    /// `in-process`; the API's routes use [`AdminState::apply_edit`].
     pub async fn set_state(&self, id: &str, state: State) -> Result<Mutation, MutationError> {
-        let this = self.clone();
-        let id = id.to_owned();
-        tokio::task::spawn_blocking(move || this.set_state_blocking(&id, state))
-            .await
-            .map_err(|e| MutationError::Io {
-                path: INVENTORY_FILE.into(),
-                source: std::io::Error::other(e),
-            })?
-    }
-
-    fn set_state_blocking(&self, id: &str, state: State) -> Result<Mutation, MutationError> {
-        let _files = self.lock_files();
-        let dir = &self.inner.dir;
-        let sources = Sources::read(dir).map_err(MutationError::InvalidCatalog)?;
-        let catalog = Catalog::from_sources(&sources).map_err(MutationError::InvalidCatalog)?;
-        let inst = catalog
-            .instance(id)
-            .ok_or_else(|| MutationError::NotFound(id.to_owned()))?;
-        let previous = inst.state;
-        if previous == state {
-            // Make sure what is served is what is on disk.
-            let snap = if self.snapshot().catalog.inventory_text == sources.inventory {
-                self.snapshot()
-            } else {
-                self.publish_from(catalog)?
-            };
-            return Ok(Mutation {
-                id: id.to_owned(),
-                previous,
-                state,
-                changed: false,
-                etag: snap.etag.clone(),
-            });
-        }
-        let edited = inventory::with_state(&sources.inventory, &catalog.inventory, id, state)
-            .ok_or_else(|| MutationError::NotFound(id.to_owned()))?;
-        let (text, new_catalog) = match verified(&sources, edited, &catalog, id, state) {
-            Some(ok) => ok,
-            None => {
-                // The in-place edit did not give exactly the intended change: write canonically.
-                let mut inv = catalog.inventory.clone();
-                if let Some(i) = inv.instances.iter_mut().find(|i| i.id == id) {
-                    i.state = state;
-                }
-                let canonical = inventory::to_yaml(&inv);
-                verified(&sources, canonical, &catalog, id, state).ok_or_else(|| {
-                    MutationError::Io {
-                        path: INVENTORY_FILE.into(),
-                        source: std::io::Error::other("the rewritten inventory did not validate"),
-                    }
-                })?
-            }
+        let edit = crate::edit::Edit::SetState {
+            id: id.to_owned(),
+            state,
         };
-        let path = dir.join(INVENTORY_FILE);
-        crate::durable::write_atomically(&path, text.as_bytes()).map_err(|source| {
-            MutationError::Io {
-                path: path.display().to_string(),
-                source,
-            }
-        })?;
-        tracing::info!(
-            id,
-            from = previous.as_str(),
-            to = state.as_str(),
-            "instance state changed"
-        );
-        let snap = self.publish_from(new_catalog)?;
-        // What we wrote is what we serve: no reload needed for it.
-        self.lock_status().1 = fingerprint(dir);
+        let change = self.apply_edit(edit, None, "in-process").await?;
+        let state_of = |v: &Option<serde_json::Value>| {
+            v.as_ref()
+                .and_then(|v| serde_json::from_value::<State>(v["state"].clone()).ok())
+        };
         Ok(Mutation {
             id: id.to_owned(),
-            previous,
+            previous: state_of(&change.before).unwrap_or(state),
             state,
-            changed: true,
-            etag: snap.etag.clone(),
+            changed: change.changed,
+            etag: change.etag,
         })
     }
 
-    fn publish_from(&self, mut catalog: Catalog) -> Result<Arc<Snapshot>, MutationError> {
+    /// Publishes a catalog just written to (or confirmed on) disk, and remembers its files'
+    /// fingerprint: what was written is what is served, no reload needed for it.
+    pub(super) fn publish_written(
+        &self,
+        mut catalog: Catalog,
+        revision: String,
+    ) -> Result<Arc<Snapshot>, CatalogErrors> {
         catalog.dir = Some(self.inner.dir.clone());
-        self.publish(catalog).map_err(MutationError::InvalidCatalog)
+        let snap = self.publish(catalog, revision)?;
+        self.lock_status().1 = fingerprint(&self.inner.dir);
+        Ok(snap)
     }
 }
 
-/// Loads `text` as the new inventory and checks that exactly instance `id`'s state changed.
-fn verified(
-    sources: &Sources,
-    text: String,
-    before: &Catalog,
-    id: &str,
-    state: State,
-) -> Option<(String, Catalog)> {
-    let src = Sources {
-        inventory: text,
-        metas: sources.metas.clone(),
-    };
-    let after = Catalog::from_sources(&src).ok()?;
-    let a = &before.inventory.instances;
-    let b = &after.inventory.instances;
-    let same = a.len() == b.len()
-        && a.iter().zip(b).all(|(x, y)| {
-            x.id == y.id
-                && x.version == y.version
-                && (if x.id == id {
-                    y.state == state
-                } else {
-                    x.state == y.state
-                })
-        })
-        && before.inventory.servers.len() == after.inventory.servers.len()
-        && before.inventory.locations.len() == after.inventory.locations.len();
-    same.then_some((src.inventory, after))
+/// Reads and validates the catalog in `dir`, with its revision.
+fn load(dir: &Path) -> Result<(Catalog, String), CatalogErrors> {
+    let sources = Sources::read(dir)?;
+    let mut catalog = Catalog::from_sources(&sources)?;
+    catalog.dir = Some(dir.to_owned());
+    Ok((catalog, revision(&sources)))
 }

@@ -54,6 +54,8 @@ pub enum CliError {
     },
     #[error("{}: empty token file", .0.display())]
     EmptyTokenFile(PathBuf),
+    #[error("{}:{line}: expected `NAME TOKEN`", path.display())]
+    BadTokenLine { path: PathBuf, line: usize },
     #[error("--reload-interval: must be more than zero, e.g. 1s or 500ms")]
     ZeroReloadInterval,
     #[error("starting the runtime: {0}")]
@@ -68,6 +70,9 @@ pub enum CliError {
     Serve(std::io::Error),
     #[error(transparent)]
     Version(#[from] VersionError),
+    /// `ctl`: the server refused, could not be reached, or the usage or token was wrong.
+    #[error(transparent)]
+    Ctl(crate::ctl::CtlError),
     #[error("{id} is in use by {} (current or downgrade target)", users.join(", "))]
     VersionInUse { id: String, users: Vec<String> },
     /// `json`: the command was asked for JSON, so the error goes to stdout as
@@ -81,6 +86,7 @@ impl CliError {
     pub fn exit_code(&self) -> u8 {
         match self {
             CliError::NoInstance { .. } => 1,
+            CliError::Ctl(e) => e.exit_code(),
             CliError::Runtime(_) | CliError::Listen { .. } | CliError::Serve(_) => 1,
             #[cfg(feature = "db")]
             CliError::Db { error, .. } => error.exit_code(),
@@ -89,6 +95,7 @@ impl CliError {
             | CliError::Export(_)
             | CliError::TokenFile { .. }
             | CliError::EmptyTokenFile(_)
+            | CliError::BadTokenLine { .. }
             | CliError::ZeroReloadInterval
             | CliError::Version(_)
             | CliError::VersionInUse { .. } => 2,
@@ -106,6 +113,12 @@ impl CliError {
                 let v = serde_json::json!({ "error": error.to_string(), "kind": error.kind() });
                 println!("{v}");
                 return;
+            }
+            CliError::Ctl(e) => {
+                for line in e.located() {
+                    eprintln!("{line}");
+                }
+                &[]
             }
             _ => &[],
         };

@@ -9,6 +9,7 @@
 #![forbid(unsafe_code)]
 
 mod catalog;
+mod ctl;
 #[cfg(feature = "db")]
 mod db;
 mod error;
@@ -48,6 +49,8 @@ enum Command {
     Upgrade(versions::DeployArgs),
     /// Like upgrade; without --to, back to the version before the current one.
     Downgrade(versions::DeployArgs),
+    /// The operator's client over a running ADMIN's REST API (list, create, move, drain…).
+    Ctl(ctl::CtlArgs),
     /// Database patching: status and patch runs (docs/versions-and-db.md).
     #[cfg(feature = "db")]
     Db(db::DbArgs),
@@ -59,6 +62,9 @@ fn main() -> ExitCode {
         Command::Export(a) => catalog::export(a),
         Command::Config(a) => catalog::config(a),
         Command::Serve(a) => serve::serve(a),
+        Command::Ctl(a) => ctl::ctl(a)
+            .map(|()| error::Outcome::Done)
+            .map_err(CliError::Ctl),
         Command::Version(a) => versions::version(a),
         Command::Install(a) => versions::deploy(portcullis_admin::versions::Action::Install, a),
         Command::Upgrade(a) => versions::deploy(portcullis_admin::versions::Action::Upgrade, a),

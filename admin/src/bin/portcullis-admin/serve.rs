@@ -13,9 +13,13 @@ pub struct ServeArgs {
     catalog: PathBuf,
     #[arg(long, default_value = "127.0.0.1:8080")]
     listen: SocketAddr,
-    /// File holding the bearer token; without it, mutations are refused.
+    /// File holding the bearer token — or several, one `NAME TOKEN` per line, each named in
+    /// the audit log; without it, mutations are refused.
     #[arg(long)]
     token_file: Option<PathBuf>,
+    /// The audit log of inventory changes (JSON lines); default <CATALOG>/audit.jsonl.
+    #[arg(long)]
+    audit_log: Option<PathBuf>,
     /// Require the token for reads too (the export, configs, listings). Needs --token-file:
     /// without a token, reads would be served to anyone.
     #[arg(long, requires = "token_file")]
@@ -80,12 +84,14 @@ fn options(a: &ServeArgs) -> Result<serve::Options, CliError> {
     if a.reload_interval.is_zero() {
         return Err(CliError::ZeroReloadInterval);
     }
-    let token = match &a.token_file {
-        None => None,
-        Some(path) => Some(read_token(path)?),
+    let (token, tokens) = match &a.token_file {
+        None => (None, Vec::new()),
+        Some(path) => read_tokens(path)?,
     };
     Ok(serve::Options {
         token,
+        tokens,
+        audit_log: a.audit_log.clone(),
         auth_reads: a.auth_reads,
         reload_interval: a.reload_interval,
         tls: a
@@ -105,16 +111,42 @@ fn options(a: &ServeArgs) -> Result<serve::Options, CliError> {
     })
 }
 
-/// The bearer token, without surrounding whitespace; an empty file is refused rather than
-/// turning into a token anyone can send.
-fn read_token(path: &Path) -> Result<String, CliError> {
+/// The token file: one bare token (the audit log calls it `token`), or lines `NAME TOKEN`
+/// (blank lines and `#` comments skipped) naming each operator's or script's token. An empty
+/// file is refused rather than turning into a token anyone can send.
+/// A token file's contents: the single bare token, or the named ones as (name, token).
+type Tokens = (Option<String>, Vec<(String, String)>);
+
+fn read_tokens(path: &Path) -> Result<Tokens, CliError> {
     let text = std::fs::read_to_string(path).map_err(|source| CliError::TokenFile {
         path: path.to_owned(),
         source,
     })?;
-    match text.trim() {
-        "" => Err(CliError::EmptyTokenFile(path.to_owned())),
-        t => Ok(t.to_owned()),
+    let lines: Vec<(usize, &str)> = text
+        .lines()
+        .enumerate()
+        .map(|(n, l)| (n + 1, l.trim()))
+        .filter(|(_, l)| !l.is_empty() && !l.starts_with('#'))
+        .collect();
+    match lines.as_slice() {
+        [] => Err(CliError::EmptyTokenFile(path.to_owned())),
+        [(_, single)] if !single.contains(char::is_whitespace) => {
+            Ok((Some((*single).to_owned()), Vec::new()))
+        }
+        named => {
+            let mut tokens = Vec::new();
+            for (line, l) in named {
+                let fields: Vec<&str> = l.split_whitespace().collect();
+                let [name, token] = fields.as_slice() else {
+                    return Err(CliError::BadTokenLine {
+                        path: path.to_owned(),
+                        line: *line,
+                    });
+                };
+                tokens.push(((*name).to_owned(), (*token).to_owned()));
+            }
+            Ok((None, tokens))
+        }
     }
 }
 
@@ -137,4 +169,42 @@ async fn shutdown_signal() {
     }
     #[cfg(not(unix))]
     let _ = ctrl_c.await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::read_tokens;
+    use crate::error::CliError;
+
+    fn tokens(text: &str) -> Result<super::Tokens, CliError> {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("tokens");
+        std::fs::write(&path, text).unwrap();
+        read_tokens(&path)
+    }
+
+    #[test]
+    fn one_bare_token_or_named_lines() {
+        assert_eq!(
+            tokens(" s3cret \n").unwrap(),
+            (Some("s3cret".into()), vec![])
+        );
+        let (single, named) = tokens("# who\nalice a-token\n\nci   c-token\n").unwrap();
+        assert_eq!(single, None);
+        assert_eq!(
+            named,
+            [
+                ("alice".into(), "a-token".into()),
+                ("ci".into(), "c-token".into())
+            ]
+        );
+        assert!(matches!(
+            tokens("  \n# nothing\n"),
+            Err(CliError::EmptyTokenFile(_))
+        ));
+        assert!(matches!(
+            tokens("alice a-token\nbare\n"),
+            Err(CliError::BadTokenLine { line: 2, .. })
+        ));
+    }
 }
