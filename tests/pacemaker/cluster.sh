@@ -169,8 +169,7 @@ boot_node() {
 	local n=$1 a=$2 d=$TMP/$1
 	# Unplug the old links first: a deleted namespace releases its veths asynchronously, and
 	# a peer name still taken in the switch would leave the new node without its link.
-	ip -n "$P-sw" link del "$n-eth0" 2>/dev/null
-	ip -n "$P-sw" link del "$n-eth1" 2>/dev/null
+	for l in eth0 eth1 eth2; do ip -n "$P-sw" link del "$n-$l" 2>/dev/null; done
 	ip netns del "$P-$n" 2>/dev/null
 	ip netns add "$P-$n"
 	ip -n "$P-$n" link set lo up
@@ -303,7 +302,7 @@ fmt() { if [ -z "$1" ]; then printf -- -; else printf '%d.%02d' $(($1 / 1000)) $
 
 # --- start ---------------------------------------------------------------------------------
 # start_cluster: boots n1 and n2, loads the shipped cluster.crm (test addresses) plus the
-# test fence device and the crm files in $EXTRA_CRM, and waits for a promoted node with the
+# test fence device, then the crm files in $EXTRA_CRM, and waits for a promoted node with the
 # VIPs and traffic: sets $active. Exits the suite on failure.
 start_cluster() {
 	say "== setup"
@@ -331,8 +330,7 @@ start_cluster() {
 		params registry=$REG pcmk_host_list="n1 n2" \
 		op monitor interval=60s
 	EOF
-	# shellcheck disable=SC2086 # a list of files
-	cat "$TMP/fence.crm" "$TMP/cluster.crm" ${EXTRA_CRM:-} >"$TMP/load.crm"
+	cat "$TMP/fence.crm" "$TMP/cluster.crm" >"$TMP/load.crm"
 
 	t0=$(now_ms)
 	boot_node n1 1
@@ -350,6 +348,15 @@ start_cluster() {
 		fail "crm configure load update: $(cat "$TMP/load.out")"
 		exit 1
 	fi
+	# Additions after the base, as an operator loads them (one may replace a base constraint).
+	for f in ${EXTRA_CRM:-}; do
+		if nx n1 crm configure load update "$f" >"$TMP/load.out" 2>&1; then
+			pass "$(basename "$f") loaded on top"
+		else
+			fail "crm configure load update $(basename "$f"): $(cat "$TMP/load.out")"
+			exit 1
+		fi
+	done
 	active=""
 	deadline=$(($(now_ms) + 60000))
 	while [ -z "$active" ] && [ "$(now_ms)" -lt "$deadline" ]; do
