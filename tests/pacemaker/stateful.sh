@@ -115,6 +115,14 @@ start_client() {
 	else
 		fail "client $k: only $(synced_on "$standby") of $CONNS connections in $standby's external cache"
 	fi
+	# portcullis status and /metrics read the same numbers from conntrackd's socket.
+	local from_peer
+	from_peer=$(nx "$standby" portcullis status --json | sed -n 's/.*"external_entries": \([0-9]*\).*/\1/p')
+	if [ "${from_peer:-0}" -ge "$CONNS" ]; then
+		pass "client $k: portcullis status on $standby counts $from_peer connections from the peer"
+	else
+		fail "client $k: portcullis status on $standby: '${from_peer}' connections from the peer"
+	fi
 	# Connections a few seconds old, as a real device's (the note saw rare late syncs).
 	sleep 3
 }
@@ -164,6 +172,23 @@ if [ -z "${PCM_NO_SYNC:-}" ]; then
 		mon n1 >&2
 		exit 1
 	fi
+fi
+
+if [ -z "${PCM_NO_SYNC:-}" ]; then
+	for n in n1 n2; do
+		want=backup
+		[ "$n" = "$active" ] && want=primary
+		if nx "$n" portcullis status | grep -q "^sync: *$want (conntrackd), peer 192.168.250.$(addr_of "$(other "$n")") over eth2"; then
+			pass "portcullis status on $n: sync $want, its peer and link"
+		else
+			fail "portcullis status on $n: $(nx "$n" portcullis status 2>&1 | grep sync)"
+		fi
+		if nx "$n" curl -s --max-time 3 http://127.0.0.1:9477/metrics | grep -q "^portcullis_sync_up 1"; then
+			pass "/metrics on $n: conntrackd answers (portcullis_sync_up 1)"
+		else
+			fail "/metrics on $n: no portcullis_sync_up 1"
+		fi
+	done
 fi
 
 say "== 1. standby of the active node ($active), $CONNS connections"
