@@ -75,7 +75,12 @@ pub fn status(state_dir: &Path, json: bool, config: Option<&Path>) -> Result<Exi
     )))?;
     let config = match config {
         Some(path) => Config::read(path)?,
-        None => Config::read_default()?,
+        // The default file is only consulted for [sync]: a broken one must not hide the
+        // daemon's status (the daemon itself reports it at its next start or reload).
+        None => Config::read_default().unwrap_or_else(|e| {
+            eprintln!("portcullis: {e} (sync not shown)");
+            Config::default()
+        }),
     };
     let sync = config.sync.as_ref().map(|link| sync_report(link, &s));
     if json {
