@@ -178,12 +178,15 @@ if [ -z "${PCM_NO_SYNC:-}" ]; then
 	for n in n1 n2; do
 		want=backup
 		[ "$n" = "$active" ] && want=primary
-		if nx "$n" portcullis status | grep -q "^sync: *$want (conntrackd), peer 192.168.250.$(addr_of "$(other "$n")") over eth2"; then
+		# Captured whole: grep -q would close the pipe on the writer.
+		out=$(nx "$n" portcullis status 2>&1)
+		if grep -q "^sync: *$want (conntrackd), peer 192.168.250.$(addr_of "$(other "$n")") over eth2" <<<"$out"; then
 			pass "portcullis status on $n: sync $want, its peer and link"
 		else
-			fail "portcullis status on $n: $(nx "$n" portcullis status 2>&1 | grep sync)"
+			fail "portcullis status on $n: $(grep sync <<<"$out")"
 		fi
-		if nx "$n" curl -s --max-time 3 http://127.0.0.1:9477/metrics | grep -q "^portcullis_sync_up 1"; then
+		out=$(nx "$n" curl -s --max-time 3 http://127.0.0.1:9477/metrics)
+		if grep -q "^portcullis_sync_up 1" <<<"$out"; then
 			pass "/metrics on $n: conntrackd answers (portcullis_sync_up 1)"
 		else
 			fail "/metrics on $n: no portcullis_sync_up 1"
