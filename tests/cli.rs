@@ -305,3 +305,42 @@ fn inputs_over_the_size_cap_are_refused() {
         "{err}"
     );
 }
+
+#[test]
+fn sync_config_renders_conntrackd_from_the_sync_section() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let toml = dir.path().join("portcullis.toml");
+    std::fs::write(
+        &toml,
+        "backend = \"nft\"\n[sync]\ninterface = \"eth2\"\nlocal_address = \"192.168.250.1\"\n\
+         peer_address = \"192.168.250.2\"\n",
+    )
+    .expect("write config");
+    let toml = toml.to_str().expect("utf-8 path");
+    let out = portcullis(&["sync-config", "--config", toml]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    let conf = text(&out.stdout);
+    assert!(
+        conf.contains("IPv4_Destination_Address 192.168.250.2") && conf.contains("Interface eth2"),
+        "{conf}"
+    );
+    // -o writes the same text to the file, nothing to stdout.
+    let target = dir.path().join("conntrackd.conf");
+    let target_arg = target.to_str().expect("utf-8 path");
+    let out = portcullis(&["sync-config", "--config", toml, "-o", target_arg]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    assert!(out.stdout.is_empty());
+    assert_eq!(std::fs::read_to_string(&target).expect("written"), conf);
+    // A file without [sync] is a usage error (2), and the old output stays.
+    let bare = dir.path().join("bare.toml");
+    std::fs::write(&bare, "backend = \"nft\"\n").expect("write config");
+    let bare = bare.to_str().expect("utf-8 path");
+    let out = portcullis(&["sync-config", "--config", bare, "-o", target_arg]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        text(&out.stderr).contains("[sync]"),
+        "{}",
+        text(&out.stderr)
+    );
+    assert_eq!(std::fs::read_to_string(&target).expect("kept"), conf);
+}

@@ -21,8 +21,18 @@ fn generated(tag: &str) -> PathBuf {
 fn man_pages_and_completions_cover_every_visible_command() {
     let dir = generated("pages");
     for cmd in [
-        "check", "render", "diff", "apply", "confirm", "flush", "status", "log", "promote",
-        "demote", "run",
+        "check",
+        "render",
+        "diff",
+        "apply",
+        "confirm",
+        "flush",
+        "status",
+        "log",
+        "promote",
+        "demote",
+        "run",
+        "sync-config",
     ] {
         let page = dir.join("man").join(format!("portcullis-{cmd}.1"));
         let text = std::fs::read_to_string(&page).unwrap_or_else(|e| panic!("{page:?}: {e}"));

@@ -3,8 +3,11 @@
 
 use super::error::{CliError, Exit, OK};
 use super::pipeline::print_json;
-use crate::daemon::config::Role;
+use crate::daemon::config::{Config, Role};
+use crate::daemon::conntrackd::{query_stats, SyncStats};
 use crate::daemon::journal::{Journal, Status};
+use crate::render::conntrackd::{SyncLink, Transport};
+use serde::Serialize;
 use std::path::Path;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -21,13 +24,67 @@ fn ago(unix: Option<u64>) -> String {
     )
 }
 
-pub fn status(state_dir: &Path, json: bool) -> Result<Exit, CliError> {
+/// The connection-state sync as `status` shows it: the link from the configuration, the
+/// numbers from conntrackd (or why there are none).
+#[derive(Serialize)]
+struct SyncReport {
+    /// primary on the active node (its promotion committed the peer's connections), backup
+    /// on the standby (it keeps the peer's in its external cache).
+    role: &'static str,
+    peer: String,
+    interface: String,
+    transport: Transport,
+    conntrackd: Option<SyncStats>,
+    error: Option<String>,
+}
+
+#[derive(Serialize)]
+struct StatusWithSync<'a> {
+    #[serde(flatten)]
+    status: &'a Status,
+    sync: Option<SyncReport>,
+}
+
+fn sync_report(link: &SyncLink, status: &Status) -> SyncReport {
+    let (conntrackd, error) = match query_stats(&link.socket) {
+        Ok(stats) => (Some(stats), None),
+        Err(e) => (None, Some(e.to_string())),
+    };
+    SyncReport {
+        role: if status.role == "active" {
+            "primary"
+        } else {
+            "backup"
+        },
+        peer: match (link.transport, link.peer_address) {
+            (Transport::Multicast, _) | (_, None) => link.multicast_group.to_string(),
+            (Transport::Udp, Some(peer)) => peer.to_string(),
+        },
+        interface: link.interface.clone(),
+        transport: link.transport,
+        conntrackd,
+        error,
+    }
+}
+
+/// `config`: the gateway's TOML, for its `[sync]` section (the default path may be absent).
+pub fn status(state_dir: &Path, json: bool, config: Option<&Path>) -> Result<Exit, CliError> {
     let s: Status = Journal::read_status(state_dir).map_err(CliError::io(format!(
         "no status in {} (is the daemon running with this --state-dir?)",
         state_dir.display()
     )))?;
+    let config = match config {
+        Some(path) => Config::read(path)?,
+        // The default file is only consulted for [sync]: a broken one must not hide the
+        // daemon's status (the daemon itself reports it at its next start or reload).
+        None => Config::read_default().unwrap_or_else(|e| {
+            eprintln!("portcullis: {e} (sync not shown)");
+            Config::default()
+        }),
+    };
+    let sync = config.sync.as_ref().map(|link| sync_report(link, &s));
     if json {
-        return print_json(&s);
+        return print_json(&StatusWithSync { status: &s, sync });
     }
     println!("role:          {}", s.role);
     println!("source:        {}", s.source);
@@ -49,7 +106,35 @@ pub fn status(state_dir: &Path, json: bool) -> Result<Exit, CliError> {
             c.consecutive_failures
         );
     }
+    if let Some(r) = &sync {
+        print_sync(r);
+    }
     Ok(OK)
+}
+
+fn print_sync(r: &SyncReport) {
+    let transport = match r.transport {
+        Transport::Udp => "udp",
+        Transport::Multicast => "multicast",
+    };
+    println!(
+        "sync:          {} (conntrackd), peer {} over {} ({transport})",
+        r.role, r.peer, r.interface
+    );
+    match (&r.conntrackd, &r.error) {
+        (Some(c), _) => {
+            println!(
+                "sync caches:   {} connections of this node, {} from the peer",
+                c.internal_entries, c.external_entries
+            );
+            println!(
+                "sync traffic:  {} packets sent, {} received ({} send / {} receive errors, {} messages lost)",
+                c.sent_packets, c.received_packets, c.send_errors, c.receive_errors, c.lost_messages
+            );
+        }
+        (None, Some(e)) => println!("sync error:    {e}"),
+        (None, None) => {}
+    }
 }
 
 pub fn log(state_dir: &Path, n: usize, json: bool) -> Result<Exit, CliError> {

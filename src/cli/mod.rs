@@ -132,10 +132,15 @@ pub enum Command {
         #[arg(long, default_value = DEFAULT_STATE_DIR)]
         state_dir: PathBuf,
     },
-    /// What the daemon is doing: role, source, last poll and apply, counts, last error.
+    /// What the daemon is doing: role, source, last poll and apply, counts, last error; and
+    /// with a `[sync]` section, conntrackd's link, caches and traffic.
     Status {
         #[arg(long, default_value = DEFAULT_STATE_DIR)]
         state_dir: PathBuf,
+        /// Configuration file, for its `[sync]` section (default
+        /// /etc/portcullis/portcullis.toml, which may be absent).
+        #[arg(long)]
+        config: Option<PathBuf>,
         #[arg(long)]
         json: bool,
     },
@@ -239,7 +244,11 @@ fn dispatch(command: Command) -> Result<Exit, CliError> {
         Command::SyncConfig { config, output } => {
             sync_config::sync_config(config.as_deref(), output.as_deref())
         }
-        Command::Status { state_dir, json } => inspect::status(&state_dir, json),
+        Command::Status {
+            state_dir,
+            config,
+            json,
+        } => inspect::status(&state_dir, json, config.as_deref()),
         Command::Promote { state_dir } => inspect::set_role(&state_dir, Role::Active),
         Command::Demote { state_dir } => inspect::set_role(&state_dir, Role::Standby),
         Command::Log { n, state_dir, json } => inspect::log(&state_dir, n, json),

@@ -70,6 +70,8 @@ impl<F: Firewall, C: Conntrack> Daemon<F, C> {
         let fetcher = Fetcher::from_config(&config)?;
         let mut syncer = Syncer::new(firewall, conntrack, opts);
         syncer.set_guard(Some(config.guards));
+        // The sync metrics follow the [sync] of the start; a reload does not move them.
+        let metrics = Metrics::new(config.sync.as_ref().map(|s| s.socket.clone()));
         Ok(Daemon {
             state_dir: StateDir::new(&config.state_dir),
             journal: Journal::new(&config.state_dir),
@@ -83,7 +85,7 @@ impl<F: Firewall, C: Conntrack> Daemon<F, C> {
             baseline: Baseline::NotLoaded,
             status_written: None,
             counters: Counters::default(),
-            metrics: Metrics::default(),
+            metrics,
             sync_threads: None,
         })
     }

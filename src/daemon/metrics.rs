@@ -3,7 +3,10 @@
 //!
 //! Alert on `portcullis_seconds_since_last_sync` (rules not refreshed: ADMIN down, exports
 //! rejected or refused), on `rate(portcullis_polls_total{outcome="failed"}[5m])`, and on any
-//! increase of `portcullis_guard_refusals_total`.
+//! increase of `portcullis_guard_refusals_total`. With a `[sync]` section, conntrackd's
+//! statistics are read at each scrape (`portcullis_sync_*`): alert on `portcullis_sync_up == 0`
+//! and on `changes(portcullis_sync_packets{direction="received"}[1m]) == 0` (no message from
+//! the peer: link or peer down).
 
 use prometheus_client::encoding::{text::encode, EncodeLabelSet};
 use prometheus_client::metrics::counter::Counter;
@@ -11,6 +14,7 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -18,6 +22,94 @@ use std::time::{SystemTime, UNIX_EPOCH};
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct Outcome {
     pub outcome: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct Cache {
+    pub cache: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct Direction {
+    pub direction: &'static str,
+}
+
+/// conntrackd's numbers, read from its control socket at each scrape.
+#[derive(Clone)]
+struct SyncMetrics {
+    socket: Arc<PathBuf>,
+    up: Gauge,
+    entries: Family<Cache, Gauge>,
+    packets: Family<Direction, Gauge>,
+    errors: Family<Direction, Gauge>,
+    lost: Gauge,
+}
+
+impl SyncMetrics {
+    fn register(registry: &mut Registry, socket: PathBuf) -> Self {
+        let m = SyncMetrics {
+            socket: Arc::new(socket),
+            up: Gauge::default(),
+            entries: Family::default(),
+            packets: Family::default(),
+            errors: Family::default(),
+            lost: Gauge::default(),
+        };
+        registry.register(
+            "sync_up",
+            "1 if conntrackd answered on its control socket at this scrape",
+            m.up.clone(),
+        );
+        registry.register(
+            "sync_entries",
+            "Connections in conntrackd's caches: internal (this node's), external (from the peer)",
+            m.entries.clone(),
+        );
+        registry.register(
+            "sync_packets",
+            "Sync packets sent to and received from the peer (conntrackd's counters)",
+            m.packets.clone(),
+        );
+        registry.register(
+            "sync_errors",
+            "Send and receive errors on the sync link (conntrackd's counters)",
+            m.errors.clone(),
+        );
+        registry.register(
+            "sync_lost_messages",
+            "Sync messages from the peer that were lost (FTFW resends them)",
+            m.lost.clone(),
+        );
+        m
+    }
+
+    fn refresh(&self) {
+        let gauge = |n: u64| i64::try_from(n).unwrap_or(i64::MAX);
+        match super::conntrackd::query_stats(&self.socket) {
+            Ok(s) => {
+                self.up.set(1);
+                for (cache, n) in [
+                    ("internal", s.internal_entries),
+                    ("external", s.external_entries),
+                ] {
+                    self.entries.get_or_create(&Cache { cache }).set(gauge(n));
+                }
+                for (direction, packets, errors) in [
+                    ("sent", s.sent_packets, s.send_errors),
+                    ("received", s.received_packets, s.receive_errors),
+                ] {
+                    let d = Direction { direction };
+                    self.packets.get_or_create(&d).set(gauge(packets));
+                    self.errors.get_or_create(&d).set(gauge(errors));
+                }
+                self.lost.set(gauge(s.lost_messages));
+            }
+            Err(e) => {
+                tracing::debug!(error = %e, "conntrackd statistics");
+                self.up.set(0);
+            }
+        }
+    }
 }
 
 /// Shared between the poll loop (which records) and the HTTP listener (which reads).
@@ -31,6 +123,7 @@ pub struct Metrics {
     pub real_servers: Gauge,
     since_last_sync: Gauge,
     last_sync_unix: Arc<AtomicU64>,
+    sync: Option<SyncMetrics>,
 }
 
 fn now() -> u64 {
@@ -41,6 +134,13 @@ fn now() -> u64 {
 
 impl Default for Metrics {
     fn default() -> Self {
+        Metrics::new(None)
+    }
+}
+
+impl Metrics {
+    /// The daemon's metrics, and conntrackd's when `sync_socket` names its control socket.
+    pub fn new(sync_socket: Option<PathBuf>) -> Self {
         let mut registry = Registry::with_prefix("portcullis");
         let polls = Family::<Outcome, Counter>::default();
         let guard_refusals = Counter::default();
@@ -73,7 +173,9 @@ impl Default for Metrics {
             "Seconds since the rules were last confirmed current (applied, adopted or unchanged)",
             since_last_sync.clone(),
         );
+        let sync = sync_socket.map(|socket| SyncMetrics::register(&mut registry, socket));
         Metrics {
+            sync,
             registry: Arc::new(registry),
             polls,
             guard_refusals,
@@ -84,9 +186,7 @@ impl Default for Metrics {
             last_sync_unix: Arc::new(AtomicU64::new(0)),
         }
     }
-}
 
-impl Metrics {
     pub fn poll(&self, outcome: &'static str) {
         self.polls.get_or_create(&Outcome { outcome }).inc();
     }
@@ -105,6 +205,9 @@ impl Metrics {
             now().saturating_sub(last) as i64
         };
         self.since_last_sync.set(age);
+        if let Some(sync) = &self.sync {
+            sync.refresh();
+        }
         let mut out = String::new();
         if encode(&mut out, &self.registry).is_err() {
             out.push_str("# encoding error\n");
@@ -131,7 +234,12 @@ impl Metrics {
                 "/metrics",
                 get(move || {
                     let m = m.clone();
-                    async move { m.render() }
+                    // Blocking: it may ask conntrackd (at most a second).
+                    async move {
+                        tokio::task::spawn_blocking(move || m.render())
+                            .await
+                            .unwrap_or_else(|_| "# rendering failed\n".to_owned())
+                    }
                 }),
             )
             .route(
@@ -181,5 +289,16 @@ mod tests {
             "{text}"
         );
         assert!(text.ends_with("# EOF\n"));
+        assert!(
+            !text.contains("portcullis_sync"),
+            "no [sync], no sync metrics: {text}"
+        );
+    }
+
+    #[test]
+    fn an_absent_conntrackd_is_reported_down() {
+        let m = Metrics::new(Some("/nonexistent/conntrackd.sock".into()));
+        let text = m.render();
+        assert!(text.contains("portcullis_sync_up 0"), "{text}");
     }
 }

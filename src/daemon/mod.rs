@@ -17,6 +17,7 @@
 
 pub mod cache;
 pub mod config;
+pub mod conntrackd;
 pub mod control;
 pub mod core;
 pub mod event_loop;

@@ -1,9 +1,11 @@
 #!/usr/bin/env bash
-# The shipped cluster configurations, offline: cluster.crm (with and without the conntrackd
-# addition) and cluster.pcs each build a CIB that crm_verify accepts, both forms describe the
+# The shipped cluster configurations, offline: cluster.crm and cluster.pcs, each with and
+# without its conntrackd addition, build CIBs that crm_verify accepts, both forms describe the
 # same resources, meta attributes and constraints, and the scheduler (crm_simulate, two nodes
 # online) promotes portcullis on one node with every VIP there, starting the VIPs before the
-# promotion.
+# promotion — and with conntrackd: conntrackd promoted there first, the VIPs after portcullis.
+# The conntrackd configuration `portcullis sync-config` renders names the control socket the
+# way ocf:heartbeat:conntrackd looks for it.
 set -uo pipefail
 # shellcheck source=tests/pacemaker/lib.sh
 . "$(dirname "$0")/lib.sh"
@@ -43,9 +45,15 @@ else
 	fail "cluster.pcs: $(cat "$TMP/out")"
 fi
 CIB_file=$TMP/pcs.xml crm configure load update "$TMP/fence.crm" >/dev/null 2>&1
+cp "$TMP/pcs.xml" "$TMP/pcs-conntrackd.xml"
+if CIB=$TMP/pcs-conntrackd.xml sh "$REPO/pacemaker/cluster-conntrackd.pcs" --offline >"$TMP/out" 2>&1; then
+	pass "cluster-conntrackd.pcs --offline on top"
+else
+	fail "cluster-conntrackd.pcs: $(cat "$TMP/out")"
+fi
 
 say "== verify"
-for f in crm crm-conntrackd pcs; do
+for f in crm crm-conntrackd pcs pcs-conntrackd; do
 	if crm_verify -x "$TMP/$f.xml" >"$TMP/out" 2>&1; then
 		pass "crm_verify accepts the $f configuration"
 	else
@@ -69,14 +77,16 @@ facts() {
 			echo "$el $attrs"
 		done | sed 's/ *\/\{0,1\}>\{0,1\} *$//' | sort
 }
-facts "$TMP/crm.xml" >"$TMP/crm.facts"
-facts "$TMP/pcs.xml" >"$TMP/pcs.facts"
-if [ -s "$TMP/crm.facts" ] && diff -u "$TMP/crm.facts" "$TMP/pcs.facts" >"$TMP/facts.diff"; then
-	pass "crm and pcs forms configure the same ($(wc -l <"$TMP/crm.facts") facts)"
-else
-	fail "crm and pcs forms differ:"
-	cat "$TMP/facts.diff" >&2
-fi
+for v in "" -conntrackd; do
+	facts "$TMP/crm$v.xml" >"$TMP/crm.facts"
+	facts "$TMP/pcs$v.xml" >"$TMP/pcs.facts"
+	if [ -s "$TMP/crm.facts" ] && diff -u "$TMP/crm.facts" "$TMP/pcs.facts" >"$TMP/facts.diff"; then
+		pass "crm$v and pcs$v forms configure the same ($(wc -l <"$TMP/crm.facts") facts)"
+	else
+		fail "crm$v and pcs$v forms differ:"
+		cat "$TMP/facts.diff" >&2
+	fi
+done
 
 say "== scheduler"
 for f in crm pcs; do
@@ -110,5 +120,61 @@ for f in crm pcs; do
 		fail "$f: transition order (promote line '$p', VIP starts '$v1' '$v2')"
 	fi
 done
+
+# With conntrackd: the new active node commits the synchronised connections before its rules
+# exist, and the rules before the VIPs bring it traffic.
+for f in crm-conntrackd pcs-conntrackd; do
+	if ! crm_simulate -x "$TMP/$f.xml" -q 1 --node-up gw1 --node-up gw2 -S -O "$TMP/$f-up.xml" >"$TMP/sim" 2>&1; then
+		fail "crm_simulate $f, nodes up: $(tail -n 5 "$TMP/sim")"
+		continue
+	fi
+	for n in gw1 gw2; do
+		CIB_file=$TMP/$f-up.xml crm_attribute -N $n -l reboot -n master-conntrackd -v 100
+	done
+	CIB_file=$TMP/$f-up.xml crm_attribute -N gw1 -l reboot -n master-portcullis -v 10
+	CIB_file=$TMP/$f-up.xml crm_attribute -N gw2 -l reboot -n master-portcullis -v 100
+	if ! crm_simulate -x "$TMP/$f-up.xml" -q 1 -S >"$TMP/sim" 2>&1; then
+		fail "crm_simulate $f: $(tail -n 5 "$TMP/sim")"
+		continue
+	fi
+	if grep -q -E "Promoted: \[ gw2 \]" "$TMP/sim" &&
+		[ "$(grep -c -E "Promoted: \[ gw2 \]" "$TMP/sim")" -ge 2 ]; then
+		pass "$f: conntrackd and portcullis both promoted on gw2"
+	else
+		fail "$f: not both promoted on gw2"
+		cat "$TMP/sim" >&2
+	fi
+	line() { grep -n -E "Resource action: +$1 +$2 on" "$TMP/sim" | head -n 1 | cut -d: -f1; }
+	c=$(line conntrackd promote) p=$(line portcullis promote) v1=$(line vip-public start) v2=$(line vip-internal start)
+	if [ -n "$c" ] && [ -n "$p" ] && [ -n "$v1" ] && [ -n "$v2" ] && [ "$c" -lt "$p" ] &&
+		[ "$p" -lt "$v1" ] && [ "$p" -lt "$v2" ]; then
+		pass "$f: conntrackd promoted, then portcullis, then the VIPs start"
+	else
+		fail "$f: transition order (conntrackd '$c', portcullis '$p', VIPs '$v1' '$v2')"
+		cat "$TMP/sim" >&2
+	fi
+done
+
+say "== conntrackd configuration"
+if [ -x "$PORTCULLIS" ]; then
+	cat >"$TMP/sync.toml" <<-EOF
+	[sync]
+	interface = "eth2"
+	local_address = "192.168.250.1"
+	peer_address = "192.168.250.2"
+	socket = "/run/test/conntrackd.sock"
+	EOF
+	if "$PORTCULLIS" sync-config --config "$TMP/sync.toml" -o "$TMP/conntrackd.conf" 2>"$TMP/out"; then
+		# The agent's own expression (ocf:heartbeat:conntrackd's monitor).
+		sock=$(awk '/^[ \t]*UNIX[ \t]*{/,/^[ \t]*}/ { if ($1 == "Path") { print $2 } }' "$TMP/conntrackd.conf")
+		expect "ocf:heartbeat:conntrackd finds the socket in the rendered configuration" /run/test/conntrackd.sock "$sock"
+	else
+		fail "portcullis sync-config: $(cat "$TMP/out")"
+	fi
+elif [ "${CI:-}" = true ]; then
+	fail "no binary at $PORTCULLIS for the sync-config check"
+else
+	say "  skipped: no binary at $PORTCULLIS for the sync-config check"
+fi
 
 summary
