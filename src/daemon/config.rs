@@ -3,6 +3,7 @@
 //! Unknown keys are errors that name the key and its line and column: a typo must not silently
 //! fall back to a default on the hosts every packet crosses.
 
+use super::health::HealthConfig;
 use crate::apply::Guard;
 use crate::render::nft::{Backend, Ifname};
 use serde::{Deserialize, Deserializer, Serialize};
@@ -96,6 +97,8 @@ pub struct Config {
     pub interfaces: Interfaces,
     pub guards: Guard,
     pub tls: Tls,
+    /// Real-server health checks (see `daemon::health`).
+    pub health: HealthConfig,
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -136,12 +139,13 @@ impl Default for Config {
             interfaces: Interfaces::default(),
             guards: Guard::default(),
             tls: Tls::default(),
+            health: HealthConfig::default(),
         }
     }
 }
 
 /// Durations as humans write them: `3s`, `500ms`, `1m 30s`.
-mod duration {
+pub(crate) mod duration {
     use super::*;
 
     pub fn serialize<S: serde::Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
@@ -241,6 +245,9 @@ impl Config {
         if self.tls.client_cert.is_some() != self.tls.client_key.is_some() {
             return bad("tls", "client_cert and client_key together".into());
         }
+        if let Some((key, expected)) = self.health.invalid() {
+            return bad(key, expected.into());
+        }
         Ok(())
     }
 
@@ -288,6 +295,25 @@ mod tests {
     }
 
     #[test]
+    fn the_health_section_reads_every_key() {
+        let c = Config::parse(
+            "[health]\ndefault = \"http:/health:200\"\ninterval = \"1s\"\ntimeout = \"500ms\"\nrise = 2\nfall = 2\nsource = \"10.0.0.254\"\n",
+            "p.toml",
+        )
+        .expect("ok");
+        assert_eq!(c.health.default.to_string(), "http:/health:200");
+        assert_eq!(c.health.interval, Duration::from_secs(1));
+        assert_eq!(c.health.timeout, Duration::from_millis(500));
+        assert_eq!((c.health.rise, c.health.fall), (2, 2));
+        assert_eq!(c.health.source, "10.0.0.254".parse().ok());
+        assert_eq!(
+            Config::parse(&c.to_toml(), "printed").expect("round trip"),
+            c
+        );
+        assert_eq!(Config::default().health.default.to_string(), "none");
+    }
+
+    #[test]
     fn the_drain_grace_is_a_duration() {
         let c = Config::parse("backend = \"ipvs\"\ndrain_grace = \"90s\"\n", "p.toml").expect("ok");
         assert_eq!(c.drain_grace, Duration::from_secs(90));
@@ -308,6 +334,12 @@ mod tests {
             "[interfaces]\nexternal = [\"eth0; flush\"]",
             "metrics = \"localhost\"",
             "[tls]\nclient_cert = \"/a\"",
+            "[health]\ndefault = \"udp\"",
+            "[health]\ndefault = \"http:/x:99\"",
+            "[health]\nfall = 0",
+            "[health]\ninterval = \"1s\"\ntimeout = \"2s\"",
+            "[health]\nsource = \"gw\"",
+            "[health]\nrise_count = 2",
         ] {
             assert!(Config::parse(bad, "x").is_err(), "{bad}");
         }

@@ -41,6 +41,8 @@ pub struct Daemon<F, C> {
     pub(super) status_written: Option<Instant>,
     pub counters: Counters,
     pub metrics: Metrics,
+    /// Real-server health checks and the export they overlay.
+    pub(super) health: super::health::HealthMonitor,
 }
 
 /// The guard's baseline when the syncer has none.
@@ -68,6 +70,8 @@ impl<F: Firewall, C: Conntrack> Daemon<F, C> {
         let fetcher = Fetcher::from_config(&config)?;
         let mut syncer = Syncer::new(firewall, conntrack, opts);
         syncer.set_guard(Some(config.guards));
+        let metrics = Metrics::default();
+        let health = super::health::HealthMonitor::new(&config.health, metrics.health.clone());
         Ok(Daemon {
             state_dir: StateDir::new(&config.state_dir),
             journal: Journal::new(&config.state_dir),
@@ -81,7 +85,8 @@ impl<F: Firewall, C: Conntrack> Daemon<F, C> {
             baseline: Baseline::NotLoaded,
             status_written: None,
             counters: Counters::default(),
-            metrics: Metrics::default(),
+            metrics,
+            health,
         })
     }
 }
