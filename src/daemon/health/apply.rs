@@ -82,6 +82,10 @@ impl<F: Firewall, C: Conntrack> Daemon<F, C> {
 }
 
 #[cfg(test)]
+#[path = "apply_tests.rs"]
+mod daemon_tests;
+
+#[cfg(test)]
 mod tests {
     use super::*;
     use crate::model::health::{Probe, Target};
