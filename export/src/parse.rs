@@ -41,7 +41,7 @@ pub fn parse(input: &[u8]) -> Result<Export, ExportErrors> {
                 kind: ErrorKind::MissingHeader,
                 message: format!(
                     "expected a header row naming the columns ({})",
-                    required_names()
+                    Col::required_names()
                 ),
             });
             return Err(errors);
@@ -279,7 +279,7 @@ impl Header {
                         message: format!(
                             "unknown column {name:?}; version {} has {}",
                             FormatVersion::CURRENT,
-                            known_names()
+                            Col::known_names()
                         ),
                     };
                     if version.ignores_unknown_columns() {
@@ -430,26 +430,6 @@ impl Header {
         });
         None
     }
-}
-
-/// The required columns, as a header would name them.
-fn required_names() -> String {
-    let names: Vec<&str> = Col::ALL
-        .into_iter()
-        .filter(|c| c.is_required())
-        .map(Col::name)
-        .collect();
-    names.join(",")
-}
-
-/// Every column this reader knows, the optional ones in brackets.
-fn known_names() -> String {
-    let optional: Vec<&str> = Col::ALL
-        .into_iter()
-        .filter(|c| !c.is_required())
-        .map(Col::name)
-        .collect();
-    format!("{} [,{}]", required_names(), optional.join(","))
 }
 
 /// The few distinct service types of an export, shared by all their rows. Rows come grouped

@@ -170,6 +170,24 @@ impl Col {
             _ => crate::FormatVersion { major: 1, minor: 0 },
         }
     }
+    /// The required columns, as a header would name them.
+    pub(crate) fn required_names() -> String {
+        let names: Vec<&str> = Col::ALL
+            .into_iter()
+            .filter(|c| c.is_required())
+            .map(Col::name)
+            .collect();
+        names.join(",")
+    }
+    /// Every column this reader knows, the optional ones in brackets.
+    pub(crate) fn known_names() -> String {
+        let optional: Vec<&str> = Col::ALL
+            .into_iter()
+            .filter(|c| !c.is_required())
+            .map(Col::name)
+            .collect();
+        format!("{} [,{}]", Col::required_names(), optional.join(","))
+    }
     pub fn from_name(name: &str) -> Option<Col> {
         Col::ALL.into_iter().find(|c| c.name() == name)
     }
