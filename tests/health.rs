@@ -9,6 +9,7 @@
 
 mod common;
 
+use common::gateway::get;
 use common::lab::{in_netns, Lab, VIP1};
 use common::{require_nft, terminate, tmp_dir, wait_until};
 use std::collections::BTreeMap;
@@ -109,6 +110,8 @@ fn serve(conn: TcpStream, name: &str, status: &AtomicU16) {
 struct Daemon {
     child: Child,
     dir: PathBuf,
+    ns: String,
+    metrics_port: u16,
 }
 
 impl Daemon {
@@ -126,9 +129,15 @@ impl Daemon {
             "# portcullis-export 1.1\nservice,instance,proto,vip,vport,fwmark,rip,rport,weight,scheduler,method,persistence,check\n{rows}"
         );
         std::fs::write(dir.join("export.csv"), export).expect("export");
+        let metrics_port = in_netns(&lab.gw.name, || {
+            TcpListener::bind("127.0.0.1:0")
+                .and_then(|l| l.local_addr())
+                .expect("free port")
+                .port()
+        });
         let config = format!(
             "source = \"file://{}\"\ninterval = \"500ms\"\nlong_poll = \"0s\"\n\
-             state_dir = \"{}\"\nrole = \"active\"\n\
+             state_dir = \"{}\"\nrole = \"active\"\nmetrics = \"127.0.0.1:{metrics_port}\"\n\
              [interfaces]\nexternal = [\"g0\"]\n\
              [health]\ninterval = \"{INTERVAL_S}s\"\ntimeout = \"500ms\"\nrise = 2\nfall = {FALL}\n",
             dir.join("export.csv").display(),
@@ -146,7 +155,30 @@ impl Daemon {
             .stderr(log)
             .spawn()
             .expect("portcullis run");
-        Daemon { child, dir }
+        Daemon {
+            child,
+            dir,
+            ns: lab.gw.name.clone(),
+            metrics_port,
+        }
+    }
+
+    /// A GET on the daemon's metrics listener: the body of a 200.
+    fn get(&self, path: &str) -> String {
+        match get(&self.ns, self.metrics_port, path) {
+            Some((200, body)) => body,
+            other => panic!("GET {path}: {other:?}"),
+        }
+    }
+
+    /// `portcullis status` as an operator reads it.
+    fn status_text(&self) -> String {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_portcullis"))
+            .args(["status", "--state-dir"])
+            .arg(self.dir.join("state"))
+            .output()
+            .expect("portcullis status");
+        String::from_utf8_lossy(&out.stdout).into_owned()
     }
 
     fn log(&self) -> String {
@@ -237,6 +269,33 @@ fn failed_checks_take_backends_out_and_passing_ones_bring_them_back() {
         daemon.journal().contains("\"result\":\"health\""),
         "{}",
         ctx("the transition is journaled")
+    );
+    // Visible: `status` lists it, /metrics has it down, /health has the JSON view.
+    let b1 = format!("{}:{PORT}", Lab::backend_ip(1));
+    let text = daemon.status_text();
+    assert!(
+        text.contains(&format!("down:        tcp {VIP1}:80 {b1} (web.b1)")),
+        "{text}"
+    );
+    let metrics = daemon.get("/metrics");
+    let series = format!("endpoint=\"{b1}\",probe=\"http:/health:200\"");
+    assert!(
+        metrics.contains(&format!("portcullis_real_server_up{{{series}}} 0")),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains(&format!(
+            "portcullis_real_server_transitions_total{{{series}}} 1"
+        )),
+        "{metrics}"
+    );
+    let view: serde_json::Value =
+        serde_json::from_str(&daemon.get("/health")).expect("/health is JSON");
+    assert_eq!(view["targets"].as_array().map(Vec::len), Some(3), "{view}");
+    assert_eq!(
+        view["held_down"][0]["real"]["addr"],
+        Lab::backend_ip(1),
+        "{view}"
     );
 
     // 2. Restart b1: after `rise` passed probes it gets new connections again.
