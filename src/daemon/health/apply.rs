@@ -73,9 +73,12 @@ impl<F: Firewall, C: Conntrack> Daemon<F, C> {
             }
         };
         let took = started.elapsed();
-        crate::daemon::record::log_applied(&step, Some("health"), took);
-        self.observe(&step, took);
-        self.record(&step, Some("health".to_owned()), took);
+        // Not a poll: the poll counters stay as they are; the apply is timed like any other.
+        if let Step::Applied(outcome) = &step {
+            self.metrics.apply_seconds.observe(took.as_secs_f64());
+            tracing::info!(ms = took.as_millis(), ?outcome, "health: overlay applied");
+        }
+        self.record(&step, self.etag.clone(), took);
         self.write_status();
         Some(step)
     }
