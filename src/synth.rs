@@ -53,6 +53,7 @@ fn row(
         scheduler: Scheduler::Wlc,
         method: Method::Nat,
         persistence: None,
+        check: None,
     }
 }
 

@@ -57,6 +57,7 @@ pub fn rows(catalog: &Catalog) -> Vec<ExportRow> {
                             scheduler: entry.scheduler,
                             method: entry.method,
                             persistence: entry.persistence,
+                            check: entry.check.clone(),
                         });
                     }
                 }

@@ -397,6 +397,39 @@ fn bad_value() {
 }
 
 #[test]
+fn a_gateway_check_is_exported_in_the_check_column_and_checked() {
+    let s = edit_meta(
+        example(),
+        "pgw",
+        "to: { 80: 9080, 443: 9443 } }",
+        "to: { 80: 9080, 443: 9443 }, check: \"http:/health:200\" }",
+    );
+    let c = Catalog::from_sources(&s).unwrap_or_else(|e| panic!("{e}"));
+    let csv = export::csv(&c).expect("writable");
+    assert!(csv.starts_with("# portcullis-export 1.1\n"), "{csv}");
+    let parsed = portcullis_export::parse(csv.as_bytes()).expect("the gateway accepts it");
+    for rec in &parsed.records {
+        let check = rec.row.check.as_ref().map(ToString::to_string);
+        let want = (rec.row.service.as_str() == "pgw").then(|| "http:/health:200".to_owned());
+        assert_eq!(check, want, "line {}", rec.line);
+    }
+    // Without any check the export stays 1.0, as the golden file shows.
+    let s = edit_meta(
+        example(),
+        "pgw",
+        "443: 9443 } }",
+        "443: 9443 }, check: ping }",
+    );
+    assert_one(
+        &errors(&s),
+        ErrorKind::BadValue,
+        "meta/pgw.yaml",
+        18,
+        "gateway[0].check",
+    );
+}
+
+#[test]
 fn unknown_reference() {
     let s = edit_inventory(
         example(),

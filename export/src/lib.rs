@@ -15,6 +15,7 @@
 
 #![forbid(unsafe_code)]
 
+mod check;
 mod error;
 mod fields;
 mod parse;
@@ -23,6 +24,7 @@ mod validate;
 mod version;
 mod write;
 
+pub use check::{Check, MAX_CHECK_PATH};
 pub use error::{Column, ErrorKind, ExportError, ExportErrors, MAX_ERRORS};
 pub use fields::{InstanceId, Method, PortRange, Proto, Scheduler, ServiceType, MAX_PERSISTENCE};
 pub use parse::parse;

@@ -1,12 +1,13 @@
 //! Reading an export: bytes → version directive → header → typed rows, collecting every field
 //! error with its location. Cross-row rules live in `validate`.
 
+use crate::check::parse_check;
 use crate::error::{ErrorKind, ExportError, ExportErrors, Quoted};
 use crate::fields::{
     parse_fwmark, parse_ip, parse_persistence, parse_rport, parse_weight, InstanceId, Method,
     PortRange, Proto, Scheduler, ServiceType,
 };
-use crate::row::{Col, ExportRow, Layout, Record};
+use crate::row::{Col, ExportRow, Layout, Record, COLUMNS};
 use crate::version::FormatVersion;
 use crate::Export;
 
@@ -40,7 +41,7 @@ pub fn parse(input: &[u8]) -> Result<Export, ExportErrors> {
                 kind: ErrorKind::MissingHeader,
                 message: format!(
                     "expected a header row naming the columns ({})",
-                    Col::ALL.map(Col::name).join(",")
+                    Col::required_names()
                 ),
             });
             return Err(errors);
@@ -249,7 +250,7 @@ impl Header {
         version: FormatVersion,
         errors: &mut ExportErrors,
     ) -> Option<Header> {
-        let mut positions = [0usize; 12];
+        let mut positions = [0usize; COLUMNS];
         let mut warnings = Vec::new();
         let before = errors.len();
         for (i, name) in record.iter().enumerate() {
@@ -267,6 +268,8 @@ impl Header {
                         positions[col as usize]
                     ),
                 }),
+                // A column newer than the file's declared version is read all the same:
+                // this reader knows what it means.
                 Some(col) => positions[col as usize] = i + 1,
                 None => {
                     let e = ExportError {
@@ -274,8 +277,9 @@ impl Header {
                         column,
                         kind: ErrorKind::UnknownColumn,
                         message: format!(
-                            "unknown column {name:?}; version {version} has {}",
-                            Col::ALL.map(Col::name).join(",")
+                            "unknown column {name:?}; version {} has {}",
+                            FormatVersion::CURRENT,
+                            Col::known_names()
                         ),
                     };
                     if version.ignores_unknown_columns() {
@@ -293,7 +297,7 @@ impl Header {
             }
         }
         for col in Col::ALL {
-            if positions[col as usize] == 0 {
+            if col.is_required() && positions[col as usize] == 0 {
                 errors.push(ExportError {
                     line,
                     column: None,
@@ -362,6 +366,10 @@ impl Header {
         let scheduler = self.field(record, line, Col::Scheduler, Scheduler::parse, errors);
         let method = self.field(record, line, Col::Method, Method::parse, errors);
         let persistence = self.field(record, line, Col::Persistence, parse_persistence, errors);
+        let check = match self.layout.index(Col::Check) {
+            Some(_) => self.field(record, line, Col::Check, parse_check, errors),
+            None => Some(None),
+        };
         if errors.len() != before {
             return None;
         }
@@ -378,6 +386,7 @@ impl Header {
             scheduler: scheduler?,
             method: method?,
             persistence: persistence?,
+            check: check?,
         })
     }
 
@@ -390,7 +399,11 @@ impl Header {
         parse: impl FnOnce(&str) -> Result<T, String>,
         errors: &mut ExportErrors,
     ) -> Option<T> {
-        let text = record.get(self.layout.index(col)).unwrap_or("");
+        let text = self
+            .layout
+            .index(col)
+            .and_then(|i| record.get(i))
+            .unwrap_or("");
         let (kind, message) =
             if text.starts_with(char::is_whitespace) || text.ends_with(char::is_whitespace) {
                 (

@@ -1,6 +1,7 @@
 //! The typed shape of one export row, its columns, and the identity of the virtual service it
 //! belongs to.
 
+use crate::check::Check;
 use crate::fields::{InstanceId, Method, PortRange, Proto, Scheduler, ServiceType};
 use serde::{Deserialize, Serialize};
 use std::fmt;
@@ -25,6 +26,9 @@ pub struct ExportRow {
     pub method: Method,
     /// Persistence timeout in seconds.
     pub persistence: Option<u32>,
+    /// How the gateway probes this real server (format 1.1); `None`: the gateway's default.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub check: Option<Check>,
 }
 
 impl ExportRow {
@@ -98,7 +102,8 @@ impl fmt::Display for SocketText {
     }
 }
 
-/// The columns of format version 1, in their canonical (written) order.
+/// The columns of format version 1, in their canonical (written) order. `check` (1.1) is
+/// optional: a file without it means "the gateway's default" for every row.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Col {
     Service,
@@ -113,10 +118,14 @@ pub enum Col {
     Scheduler,
     Method,
     Persistence,
+    Check,
 }
 
+/// How many columns format 1 knows.
+pub(crate) const COLUMNS: usize = 13;
+
 impl Col {
-    pub const ALL: [Col; 12] = [
+    pub const ALL: [Col; COLUMNS] = [
         Col::Service,
         Col::Instance,
         Col::Proto,
@@ -129,6 +138,7 @@ impl Col {
         Col::Scheduler,
         Col::Method,
         Col::Persistence,
+        Col::Check,
     ];
     pub fn name(self) -> &'static str {
         match self {
@@ -144,7 +154,39 @@ impl Col {
             Col::Scheduler => "scheduler",
             Col::Method => "method",
             Col::Persistence => "persistence",
+            Col::Check => "check",
         }
+    }
+    /// Whether a header must name this column. Columns added by a minor version are
+    /// optional, so files written for an older reader stay valid.
+    pub fn is_required(self) -> bool {
+        self != Col::Check
+    }
+    /// The format version that introduced the column: a writer declares the newest one
+    /// among the columns it writes.
+    pub fn since(self) -> crate::FormatVersion {
+        match self {
+            Col::Check => crate::FormatVersion { major: 1, minor: 1 },
+            _ => crate::FormatVersion { major: 1, minor: 0 },
+        }
+    }
+    /// The required columns, as a header would name them.
+    pub(crate) fn required_names() -> String {
+        let names: Vec<&str> = Col::ALL
+            .into_iter()
+            .filter(|c| c.is_required())
+            .map(Col::name)
+            .collect();
+        names.join(",")
+    }
+    /// Every column this reader knows, the optional ones in brackets.
+    pub(crate) fn known_names() -> String {
+        let optional: Vec<&str> = Col::ALL
+            .into_iter()
+            .filter(|c| !c.is_required())
+            .map(Col::name)
+            .collect();
+        format!("{} [,{}]", Col::required_names(), optional.join(","))
     }
     pub fn from_name(name: &str) -> Option<Col> {
         Col::ALL.into_iter().find(|c| c.name() == name)
@@ -154,10 +196,11 @@ impl Col {
     }
 }
 
-/// Where each known column sits in a file's header (1-based field positions).
+/// Where each known column sits in a file's header (1-based field positions; 0: an
+/// optional column the file does not have).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Layout {
-    positions: [usize; 12],
+    positions: [usize; COLUMNS],
 }
 
 impl Layout {
@@ -167,12 +210,13 @@ impl Layout {
             positions: std::array::from_fn(|i| i + 1),
         }
     }
-    pub(crate) fn from_positions(positions: [usize; 12]) -> Self {
+    pub(crate) fn from_positions(positions: [usize; COLUMNS]) -> Self {
         Layout { positions }
     }
-    /// 0-based field index of `col` in a record.
-    pub(crate) fn index(&self, col: Col) -> usize {
-        self.positions[col.slot()] - 1
+    /// 0-based field index of `col` in a record; `None` for an optional column the file
+    /// does not have.
+    pub(crate) fn index(&self, col: Col) -> Option<usize> {
+        self.positions[col.slot()].checked_sub(1)
     }
     pub fn column(&self, col: Col) -> crate::error::Column {
         crate::error::Column {

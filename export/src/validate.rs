@@ -265,6 +265,13 @@ fn check_service<'a>(
                 &row.weight,
                 &sr.weight,
             );
+            agree(
+                Col::Check,
+                row.check == sr.check,
+                "check",
+                &Opt(row.check.as_ref()),
+                &Opt(sr.check.as_ref()),
+            );
         }
         s.instances.push(seen);
     }

@@ -21,22 +21,24 @@ pub struct FormatVersion {
 
 impl FormatVersion {
     /// The version this crate reads and writes.
-    pub const CURRENT: FormatVersion = FormatVersion { major: 1, minor: 0 };
+    pub const CURRENT: FormatVersion = FormatVersion { major: 1, minor: 1 };
+    /// The first version: what a file without a directive is.
+    pub const FIRST: FormatVersion = FormatVersion { major: 1, minor: 0 };
 
     pub(crate) fn ignores_unknown_columns(self) -> bool {
         self.major == Self::CURRENT.major && self.minor > Self::CURRENT.minor
     }
 
-    /// The line [`crate::write`] puts first.
-    pub fn directive() -> String {
-        format!("{DIRECTIVE} {}", Self::CURRENT)
+    /// The line [`crate::write`] puts first for a file of this version.
+    pub fn directive(self) -> String {
+        format!("{DIRECTIVE} {self}")
     }
 
     /// Reads the directive from the first line, if it is one.
     pub(crate) fn from_directive(text: &str) -> Result<FormatVersion, ExportErrors> {
         let first = text.lines().next().unwrap_or("");
         let Some(rest) = first.strip_prefix(DIRECTIVE) else {
-            return Ok(Self::CURRENT);
+            return Ok(Self::FIRST);
         };
         let fail = |message: String| {
             let mut errors = ExportErrors::default();
@@ -56,7 +58,7 @@ impl FormatVersion {
         let Some((major, minor)) = parsed.filter(|_| rest.starts_with(' ')) else {
             return Err(fail(format!(
                 "expected `{DIRECTIVE} MAJOR.MINOR` (e.g. `{}`), found {}",
-                Self::directive(),
+                Self::CURRENT.directive(),
                 crate::error::Quoted(first)
             )));
         };
@@ -85,11 +87,11 @@ mod tests {
     fn directive_is_optional_and_checked() {
         assert_eq!(
             FormatVersion::from_directive("service,instance\n"),
-            Ok(FormatVersion::CURRENT)
+            Ok(FormatVersion::FIRST)
         );
         assert_eq!(
             FormatVersion::from_directive("# any comment\n"),
-            Ok(FormatVersion::CURRENT)
+            Ok(FormatVersion::FIRST)
         );
         assert_eq!(
             FormatVersion::from_directive("# portcullis-export 1.3\n"),
@@ -97,7 +99,7 @@ mod tests {
         );
         assert_eq!(
             FormatVersion::from_directive("# portcullis-export 1\n"),
-            Ok(FormatVersion::CURRENT)
+            Ok(FormatVersion::FIRST)
         );
         for bad in [
             "# portcullis-export 2.0",
@@ -109,7 +111,8 @@ mod tests {
             assert_eq!(e.errors[0].kind, ErrorKind::BadVersion, "{bad}");
             assert_eq!(e.errors[0].line, 1);
         }
-        assert!(FormatVersion { major: 1, minor: 1 }.ignores_unknown_columns());
+        assert!(FormatVersion { major: 1, minor: 2 }.ignores_unknown_columns());
         assert!(!FormatVersion::CURRENT.ignores_unknown_columns());
+        assert!(!FormatVersion::FIRST.ignores_unknown_columns());
     }
 }

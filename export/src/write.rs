@@ -2,7 +2,7 @@
 //! never publish a file a gateway would reject.
 
 use crate::error::ExportErrors;
-use crate::row::{Col, ExportRow};
+use crate::row::{Col, ExportRow, COLUMNS};
 use crate::validate::validate_rows;
 use crate::version::FormatVersion;
 use std::io::Write;
@@ -20,16 +20,31 @@ pub enum WriteError {
 
 /// Validates `rows` and writes them in the canonical form: version directive, header in
 /// canonical column order, one line per row in the given order.
+///
+/// The file declares the oldest version that can say what the rows say: optional columns
+/// nobody uses are left out (no `check` column when every row takes the gateway's default),
+/// so a gateway that predates them reads such a file without a warning.
 pub fn write(rows: &[ExportRow], out: impl Write) -> Result<(), WriteError> {
     validate_rows(rows).map_err(WriteError::Invalid)?;
+    let columns: Vec<Col> = Col::ALL
+        .into_iter()
+        .filter(|&c| c.is_required() || rows.iter().any(|r| has_value(r, c)))
+        .collect();
+    let version = columns
+        .iter()
+        .map(|c| c.since())
+        .max()
+        .unwrap_or(FormatVersion::FIRST);
     let mut out = std::io::BufWriter::new(out);
-    writeln!(out, "{}", FormatVersion::directive())?;
+    writeln!(out, "{}", version.directive())?;
     let mut w = csv::WriterBuilder::new().from_writer(out);
     let io = |e: csv::Error| WriteError::Io(e.into());
-    w.write_record(Col::ALL.map(Col::name)).map_err(io)?;
+    w.write_record(columns.iter().map(|c| c.name()))
+        .map_err(io)?;
     let mut buf = String::new();
     for row in rows {
-        w.write_record(fields(row, &mut buf)).map_err(io)?;
+        w.write_record(fields(row, &mut buf).take(columns.len()))
+            .map_err(io)?;
     }
     w.flush()?;
     Ok(())
@@ -43,10 +58,20 @@ pub fn to_string(rows: &[ExportRow]) -> Result<String, WriteError> {
     String::from_utf8(out).map_err(|e| WriteError::Io(std::io::Error::other(e)))
 }
 
+/// Whether an optional column has something to say for `row`.
+fn has_value(row: &ExportRow, col: Col) -> bool {
+    match col {
+        Col::Check => row.check.is_some(),
+        _ => true,
+    }
+}
+
+/// The fields of `row` in canonical column order (optional columns last, so a writer that
+/// leaves them out takes a prefix).
 fn fields<'a>(row: &ExportRow, buf: &'a mut String) -> impl Iterator<Item = &'a str> {
     use std::fmt::Write as _;
     buf.clear();
-    let mut ends = [0usize; 12];
+    let mut ends = [0usize; COLUMNS];
     for (i, col) in Col::ALL.into_iter().enumerate() {
         let _ = match col {
             Col::Service => write!(buf, "{}", row.service),
@@ -61,9 +86,10 @@ fn fields<'a>(row: &ExportRow, buf: &'a mut String) -> impl Iterator<Item = &'a 
             Col::Scheduler => write!(buf, "{}", row.scheduler),
             Col::Method => write!(buf, "{}", row.method),
             Col::Persistence => row.persistence.map_or(Ok(()), |p| write!(buf, "{p}")),
+            Col::Check => row.check.as_ref().map_or(Ok(()), |c| write!(buf, "{c}")),
         };
         ends[i] = buf.len();
     }
     let buf: &'a str = buf;
-    (0..12).map(move |i| &buf[if i == 0 { 0 } else { ends[i - 1] }..ends[i]])
+    (0..COLUMNS).map(move |i| &buf[if i == 0 { 0 } else { ends[i - 1] }..ends[i]])
 }

@@ -4,13 +4,14 @@
 use portcullis_export::{parse, to_string, ErrorKind, ExportErrors};
 use proptest::prelude::*;
 
-const VALID: &str = "# portcullis-export 1.0
-service,instance,proto,vip,vport,fwmark,rip,rport,weight,scheduler,method,persistence
-pgw,pgw.app1.1,tcp,192.0.2.10,443,,10.10.1.11,8443,100,wlc,nat,300
-pgw,pgw.app2.1,tcp,192.0.2.10,443,,10.10.1.12,8443,100,wlc,nat,300
-tg,tg.app3.1,tcp,192.0.2.20,20000-29999,7,10.10.2.21,,10,sh,nat,
-tg,tg.app3.1,tcp,192.0.2.21,20000-29999,7,10.10.2.21,,10,sh,nat,
-logger,logger.6,udp,2001:db8::514,514,,fd00:10::61,5514,1,rr,nat,
+// Format 1.1, with the optional `check` column, so mutations reach its parser too.
+const VALID: &str = "# portcullis-export 1.1
+service,instance,proto,vip,vport,fwmark,rip,rport,weight,scheduler,method,persistence,check
+pgw,pgw.app1.1,tcp,192.0.2.10,443,,10.10.1.11,8443,100,wlc,nat,300,http:/health:200
+pgw,pgw.app2.1,tcp,192.0.2.10,443,,10.10.1.12,8443,100,wlc,nat,300,tcp
+tg,tg.app3.1,tcp,192.0.2.20,20000-29999,7,10.10.2.21,,10,sh,nat,,
+tg,tg.app3.1,tcp,192.0.2.21,20000-29999,7,10.10.2.21,,10,sh,nat,,
+logger,logger.6,udp,2001:db8::514,514,,fd00:10::61,5514,1,rr,nat,,none
 ";
 
 fn located(errors: &ExportErrors, input_lines: usize) -> Result<(), TestCaseError> {
@@ -128,6 +129,66 @@ fn the_seed_export_is_valid() {
     let export = parse(VALID.as_bytes()).expect("valid");
     assert_eq!(export.records.len(), 5);
     assert_eq!(export.records[0].line, 3);
+}
+
+/// The `check` column is optional (format 1.1): without it every row takes the gateway's
+/// default, and the writer leaves it out unless a row says something, declaring 1.0 then.
+#[test]
+fn the_check_column_is_optional_and_written_only_when_used() {
+    let export = parse(VALID.as_bytes()).expect("valid");
+    let checks: Vec<String> = export
+        .records
+        .iter()
+        .map(|r| {
+            r.row
+                .check
+                .as_ref()
+                .map_or(String::new(), |c| c.to_string())
+        })
+        .collect();
+    assert_eq!(checks, ["http:/health:200", "tcp", "", "", "none"]);
+    let written = to_string(&export.rows()).expect("writable");
+    assert!(
+        written.starts_with("# portcullis-export 1.1\n"),
+        "{written}"
+    );
+    assert!(written
+        .lines()
+        .nth(1)
+        .is_some_and(|h| h.ends_with(",check")));
+
+    let mut rows = export.rows();
+    for row in &mut rows {
+        row.check = None;
+    }
+    let written = to_string(&rows).expect("writable");
+    assert!(
+        written.starts_with("# portcullis-export 1.0\n"),
+        "{written}"
+    );
+    assert!(!written.contains("check"), "{written}");
+    let again = parse(written.as_bytes()).expect("a 1.0 file");
+    assert!(again.warnings.is_empty());
+    assert_eq!(again.rows(), rows);
+}
+
+/// What a gateway of format 1.0 does with a 1.1 export: ignores the column, warns.
+#[test]
+fn a_newer_minor_column_is_ignored_with_a_warning() {
+    let text = VALID
+        .replace("# portcullis-export 1.1", "# portcullis-export 1.2")
+        .replace(",check", ",check,owner")
+        .replace(",http:/health:200", ",http:/health:200,ops")
+        .replace(",tcp\n", ",tcp,ops\n")
+        .replace(",,\n", ",,,\n")
+        .replace(",none", ",none,");
+    let export = parse(text.as_bytes()).expect("a newer minor is read");
+    assert_eq!(export.warnings.len(), 1);
+    assert_eq!(export.warnings[0].kind, ErrorKind::UnknownColumn);
+    assert_eq!(
+        export.warnings[0].column.as_ref().map(|c| c.index),
+        Some(14)
+    );
 }
 
 /// A huge value is quoted in part, with its length: a 16 MiB one-line export must not turn

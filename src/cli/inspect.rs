@@ -106,6 +106,21 @@ pub fn status(state_dir: &Path, json: bool, config: Option<&Path>) -> Result<Exi
             c.consecutive_failures
         );
     }
+    let h = &s.health;
+    if h.probed > 0 || !h.down.is_empty() || !h.fail_open.is_empty() {
+        println!(
+            "health:        {} endpoints probed, {} real servers down, {} services failing open",
+            h.probed,
+            h.down.len(),
+            h.fail_open.len()
+        );
+        for d in &h.down {
+            println!("  down:        {d}");
+        }
+        for f in &h.fail_open {
+            println!("  fail open:   {f} (every real server fails its check; all kept)");
+        }
+    }
     if let Some(r) = &sync {
         print_sync(r);
     }

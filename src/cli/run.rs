@@ -73,6 +73,31 @@ pub struct RunArgs {
     pub client_cert: Option<PathBuf>,
     #[arg(long)]
     pub client_key: Option<PathBuf>,
+    /// Health check of rows without one (TCP services): none, tcp or http:PATH:STATUS.
+    #[arg(long, value_parser = parse_check)]
+    pub health_default: Option<portcullis_export::Check>,
+    /// Time between two health probes of one real server, e.g. `2s`.
+    #[arg(long, value_parser = humantime::parse_duration)]
+    pub health_interval: Option<Duration>,
+    /// Deadline of one health probe, e.g. `1s`.
+    #[arg(long, value_parser = humantime::parse_duration)]
+    pub health_timeout: Option<Duration>,
+    /// Passed probes in a row that bring a real server back.
+    #[arg(long)]
+    pub health_rise: Option<u32>,
+    /// Failed probes in a row that take a real server out.
+    #[arg(long)]
+    pub health_fall: Option<u32>,
+    /// Source address of health probes (the gateway's internal side).
+    #[arg(long)]
+    pub health_source: Option<std::net::IpAddr>,
+    /// Health probes in flight at once, at most.
+    #[arg(long)]
+    pub health_max_concurrent: Option<usize>,
+}
+
+fn parse_check(s: &str) -> Result<portcullis_export::Check, String> {
+    portcullis_export::Check::parse(s).map_err(|e| format!("expected {e}"))
 }
 
 /// The file (if any), then every flag given on top of it, then validation.
@@ -103,6 +128,15 @@ pub fn effective_config(args: &RunArgs) -> Result<Config, ConfigError> {
     set!(role <- args.role);
     set!(guards.max_removed_share <- args.max_removed_share);
     set!(guards.allow_remove_all <- args.allow_remove_all);
+    set!(health.default <- args.health_default);
+    set!(health.interval <- args.health_interval);
+    set!(health.timeout <- args.health_timeout);
+    set!(health.rise <- args.health_rise);
+    set!(health.fall <- args.health_fall);
+    set!(health.max_concurrent <- args.health_max_concurrent);
+    if args.health_source.is_some() {
+        c.health.source = args.health_source;
+    }
     if args.metrics.is_some() {
         c.metrics = args.metrics;
     }
@@ -261,5 +295,21 @@ mod tests {
             ..RunArgs::default()
         };
         assert!(effective_config(&bad).is_err(), "flags are validated too");
+
+        let health = RunArgs {
+            health_default: Some(parse_check("http:/health:200").expect("valid")),
+            health_interval: Some(Duration::from_secs(1)),
+            health_fall: Some(2),
+            health_source: "10.0.0.254".parse().ok(),
+            ..RunArgs::default()
+        };
+        let c = effective_config(&health).expect("valid");
+        assert_eq!(c.health.default.to_string(), "http:/health:200");
+        assert_eq!(
+            (c.health.interval, c.health.fall),
+            (Duration::from_secs(1), 2)
+        );
+        assert_eq!(c.health.source, "10.0.0.254".parse().ok());
+        assert!(parse_check("icmp").is_err());
     }
 }

@@ -3,6 +3,7 @@
 //! Unknown keys are errors that name the key and its line and column: a typo must not silently
 //! fall back to a default on the hosts every packet crosses.
 
+use super::health::HealthConfig;
 use crate::apply::Guard;
 use crate::render::conntrackd::SyncLink;
 use crate::render::nft::{Backend, Ifname};
@@ -101,6 +102,8 @@ pub struct Config {
     /// renders its configuration). Absent: no sync.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub sync: Option<SyncLink>,
+    /// Real-server health checks (see `daemon::health`).
+    pub health: HealthConfig,
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -142,12 +145,13 @@ impl Default for Config {
             guards: Guard::default(),
             tls: Tls::default(),
             sync: None,
+            health: HealthConfig::default(),
         }
     }
 }
 
 /// Durations as humans write them: `3s`, `500ms`, `1m 30s`.
-mod duration {
+pub(crate) mod duration {
     use super::*;
 
     pub fn serialize<S: serde::Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
@@ -256,6 +260,9 @@ impl Config {
                 expected: e.expected.to_owned(),
             })?;
         }
+        if let Some((key, expected)) = self.health.invalid() {
+            return bad(key, expected.into());
+        }
         Ok(())
     }
 
@@ -324,6 +331,25 @@ mod tests {
     }
 
     #[test]
+    fn the_health_section_reads_every_key() {
+        let c = Config::parse(
+            "[health]\ndefault = \"http:/health:200\"\ninterval = \"1s\"\ntimeout = \"500ms\"\nrise = 2\nfall = 2\nsource = \"10.0.0.254\"\n",
+            "p.toml",
+        )
+        .expect("ok");
+        assert_eq!(c.health.default.to_string(), "http:/health:200");
+        assert_eq!(c.health.interval, Duration::from_secs(1));
+        assert_eq!(c.health.timeout, Duration::from_millis(500));
+        assert_eq!((c.health.rise, c.health.fall), (2, 2));
+        assert_eq!(c.health.source, "10.0.0.254".parse().ok());
+        assert_eq!(
+            Config::parse(&c.to_toml(), "printed").expect("round trip"),
+            c
+        );
+        assert_eq!(Config::default().health.default.to_string(), "none");
+    }
+
+    #[test]
     fn the_drain_grace_is_a_duration() {
         let c = Config::parse("backend = \"ipvs\"\ndrain_grace = \"90s\"\n", "p.toml").expect("ok");
         assert_eq!(c.drain_grace, Duration::from_secs(90));
@@ -348,6 +374,12 @@ mod tests {
             "[sync]\ninterface = \"s 0\"\nlocal_address = \"10.0.0.1\"\ntransport = \"multicast\"",
             "[sync]\ninterface = \"s0\"\nlocal_address = \"10.0.0.1\"\ntransport = \"tcp\"",
             "[sync]\ninterface = \"s0\"\nlocal_address = \"10.0.0.1\"\npeer = \"10.0.0.2\"",
+            "[health]\ndefault = \"udp\"",
+            "[health]\ndefault = \"http:/x:99\"",
+            "[health]\nfall = 0",
+            "[health]\ninterval = \"1s\"\ntimeout = \"2s\"",
+            "[health]\nsource = \"gw\"",
+            "[health]\nrise_count = 2",
         ] {
             assert!(Config::parse(bad, "x").is_err(), "{bad}");
         }

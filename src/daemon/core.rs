@@ -43,6 +43,8 @@ pub struct Daemon<F, C> {
     pub metrics: Metrics,
     /// `ipvs` backend with a `[sync]` link: the connection sync threads, per role.
     pub sync_threads: Option<super::sync_threads::SyncThreads>,
+    /// Real-server health checks and the export they overlay.
+    pub(super) health: super::health::HealthMonitor,
 }
 
 /// The guard's baseline when the syncer has none.
@@ -72,6 +74,7 @@ impl<F: Firewall, C: Conntrack> Daemon<F, C> {
         syncer.set_guard(Some(config.guards));
         // The sync metrics follow the [sync] of the start; a reload does not move them.
         let metrics = Metrics::new(config.sync.as_ref().map(|s| s.socket.clone()));
+        let health = super::health::HealthMonitor::new(&config.health, metrics.health.clone());
         Ok(Daemon {
             state_dir: StateDir::new(&config.state_dir),
             journal: Journal::new(&config.state_dir),
@@ -87,6 +90,7 @@ impl<F: Firewall, C: Conntrack> Daemon<F, C> {
             counters: Counters::default(),
             metrics,
             sync_threads: None,
+            health,
         })
     }
 }

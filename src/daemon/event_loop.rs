@@ -1,26 +1,35 @@
 //! `portcullis run`'s loop: polls until shut down, and meanwhile answers the control socket
-//! (promote/demote), SIGHUP (reload) and the audit timer. A wake or a reload interrupts a poll
-//! in flight, so a long-poll held by ADMIN never delays a failover. Rules stay in place on exit.
+//! (promote/demote), SIGHUP (reload), the audit timer and the health checker. A wake or a
+//! reload interrupts a poll in flight, so a long-poll held by ADMIN never delays a failover;
+//! a health change does not: the fetch in flight owns what it needs (a clone of the fetcher)
+//! and stays in flight while the change is applied, so a flapping server cannot starve polls.
+//! Rules stay in place on exit.
 
 use super::config::Config;
 use super::control::{self, ControlError, Instance, Request};
 use super::core::Daemon;
-use super::step::Step;
+use super::fetch::{FetchError, Fetched};
 use crate::apply::{Conntrack, Firewall};
 use crate::render::nft::RenderOptions;
 use std::fmt::Display;
 use std::future::Future;
+use std::pin::Pin;
 use std::time::Duration;
 use tokio::signal::unix::{signal, Signal, SignalKind};
 use tokio::sync::mpsc;
+use tokio::time::Instant;
 
 enum Event {
     Shutdown,
     Wake,
     Reload,
     Audit,
-    Polled(Step),
+    Health,
+    PollDue,
+    Fetched(Result<Fetched, FetchError>),
 }
+
+type FetchInFlight = Pin<Box<dyn Future<Output = Result<Fetched, FetchError>>>>;
 
 impl<F: Firewall, C: Conntrack> Daemon<F, C> {
     /// Runs until `shutdown` resolves. `reload_config` produces the configuration a SIGHUP
@@ -46,24 +55,24 @@ impl<F: Firewall, C: Conntrack> Daemon<F, C> {
         let step = self.start().await;
         tracing::info!(?step, "started");
         let mut audit = audit_timer(self.config.audit_interval).await;
-        let mut poll_now = false;
+        let health_changed = self.health.changed();
+        let mut next_poll = Instant::now() + self.next_delay();
+        let mut in_flight: Option<FetchInFlight> = None;
         loop {
-            let delay = if poll_now {
-                Duration::ZERO
-            } else {
-                self.next_delay()
-            };
-            poll_now = false;
             let event = tokio::select! {
                 _ = &mut shutdown => Event::Shutdown,
                 Some(Request::Wake) = requests.recv() => Event::Wake,
                 _ = recv(&mut usr1) => Event::Wake,
                 _ = recv(&mut hangup) => Event::Reload,
                 _ = audit.tick() => Event::Audit,
-                step = async {
-                    tokio::time::sleep(delay).await;
-                    self.poll_once().await
-                } => Event::Polled(step),
+                _ = health_changed.notified() => Event::Health,
+                _ = tokio::time::sleep_until(next_poll), if in_flight.is_none() => Event::PollDue,
+                fetched = async {
+                    match in_flight.as_mut() {
+                        Some(fetch) => fetch.await,
+                        None => std::future::pending().await,
+                    }
+                }, if in_flight.is_some() => Event::Fetched(fetched),
             };
             match event {
                 Event::Shutdown => {
@@ -73,13 +82,15 @@ impl<F: Firewall, C: Conntrack> Daemon<F, C> {
                 Event::Wake => {
                     // The switch is local (a promotion applies the cached export); the poll
                     // that follows must stay interruptible, so it happens in the select.
+                    in_flight = None;
                     if let Some(step) = self.switch_if_asked() {
                         tracing::info!(?step, "role switched");
                         self.write_status();
                     }
-                    poll_now = true;
+                    next_poll = Instant::now();
                 }
                 Event::Reload => {
+                    in_flight = None;
                     let audit_before = self.config.audit_interval;
                     match reload_config() {
                         Ok((config, opts)) => match self.reload(config, opts) {
@@ -95,11 +106,32 @@ impl<F: Firewall, C: Conntrack> Daemon<F, C> {
                     if self.config.audit_interval != audit_before {
                         audit = audit_timer(self.config.audit_interval).await;
                     }
+                    next_poll = Instant::now() + self.next_delay();
                 }
                 Event::Audit => {
                     self.audit();
                 }
-                Event::Polled(step) => tracing::debug!(?step, "poll"),
+                Event::Health => {
+                    self.on_health_change();
+                }
+                Event::PollDue => match self.switch_if_asked() {
+                    Some(step) => {
+                        self.after_poll(&step);
+                        tracing::debug!(?step, "poll");
+                        next_poll = Instant::now() + self.next_delay();
+                    }
+                    None => in_flight = Some(Box::pin(self.begin_poll())),
+                },
+                Event::Fetched(fetched) => {
+                    in_flight = None;
+                    let step = self.finish_poll(fetched);
+                    self.after_poll(&step);
+                    tracing::debug!(?step, "poll");
+                    if self.health.retry {
+                        self.on_health_change();
+                    }
+                    next_poll = Instant::now() + self.next_delay();
+                }
             }
         }
     }

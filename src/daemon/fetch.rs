@@ -39,6 +39,9 @@ pub enum FetchError {
     Setup(String),
 }
 
+/// Cheap to clone (the HTTP client is shared): the run loop hands a clone to the poll in
+/// flight, so the poll does not borrow the daemon while a health change is applied.
+#[derive(Clone)]
 pub struct Fetcher {
     client: reqwest::Client,
     source: String,

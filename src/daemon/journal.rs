@@ -51,6 +51,19 @@ pub struct Status {
     pub real_servers: usize,
     #[serde(flatten)]
     pub counters: Counters,
+    /// Health checks: endpoints probed, and the real servers they hold out of rotation.
+    #[serde(default)]
+    pub health: HealthStatus,
+}
+
+/// The health part of the status snapshot.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct HealthStatus {
+    pub probed: usize,
+    /// `SERVICE REAL (INSTANCE)` of each real server at weight 0 because its check fails.
+    pub down: Vec<String>,
+    /// Services whose every real server fails its check, kept in rotation (fail open).
+    pub fail_open: Vec<String>,
 }
 
 pub struct Journal {

@@ -1,5 +1,6 @@
 //! Prometheus metrics and the health check, served on the configured address:
-//! `/metrics` (text exposition, via the prometheus-client crate) and `/healthz`.
+//! `/metrics` (text exposition, via the prometheus-client crate), `/healthz`, and `/health`
+//! (the real-server health checks as JSON: every target, and what is held down).
 //!
 //! Alert on `portcullis_seconds_since_last_sync` (rules not refreshed: ADMIN down, exports
 //! rejected or refused), on `rate(portcullis_polls_total{outcome="failed"}[5m])`, and on any
@@ -124,6 +125,8 @@ pub struct Metrics {
     since_last_sync: Gauge,
     last_sync_unix: Arc<AtomicU64>,
     sync: Option<SyncMetrics>,
+    /// The health checker's findings (its per-target series are registered here).
+    pub health: Arc<super::health::board::Board>,
 }
 
 fn now() -> u64 {
@@ -174,8 +177,26 @@ impl Metrics {
             since_last_sync.clone(),
         );
         let sync = sync_socket.map(|socket| SyncMetrics::register(&mut registry, socket));
+        let health = Arc::new(super::health::board::Board::default());
+        let target = &health.metrics;
+        registry.register(
+            "real_server_up",
+            "Health check of a real server endpoint: 1 up, 0 down",
+            target.up.clone(),
+        );
+        registry.register(
+            "real_server_check_latency_seconds",
+            "Duration of the last health probe of a real server endpoint",
+            target.latency_seconds.clone(),
+        );
+        registry.register(
+            "real_server_transitions",
+            "Health transitions (up to down or back) of a real server endpoint",
+            target.transitions.clone(),
+        );
         Metrics {
             sync,
+            health,
             registry: Arc::new(registry),
             polls,
             guard_refusals,
@@ -229,6 +250,7 @@ impl Metrics {
         use axum::{http::StatusCode, routing::get, Router};
         let m = self.clone();
         let h = self.clone();
+        let board = self.health.clone();
         let app = Router::new()
             .route(
                 "/metrics",
@@ -252,6 +274,17 @@ impl Metrics {
                         } else {
                             (StatusCode::SERVICE_UNAVAILABLE, "no successful sync yet\n")
                         }
+                    }
+                }),
+            )
+            .route(
+                "/health",
+                get(move || {
+                    let board = board.clone();
+                    async move {
+                        let json = serde_json::to_string_pretty(&board.view())
+                            .unwrap_or_else(|e| format!("{{\"error\": \"{e}\"}}"));
+                        ([("content-type", "application/json")], json + "\n")
                     }
                 }),
             );

@@ -10,6 +10,7 @@
 //! - [`record`]: metrics, the change journal and the status snapshot ([`journal`],
 //!   [`metrics`], served within the bounds of [`listener`]);
 //! - [`reload`]: taking a new configuration on SIGHUP;
+//! - [`health`]: real-server health checks, overlaid on the export;
 //! - [`event_loop`]: the loop tying signals, the control socket and timers together;
 //! - [`control`]: the state-directory lock and the control socket `promote`/`demote` use;
 //!   [`role`]: the role file they write;
@@ -22,6 +23,7 @@ pub mod control;
 pub mod core;
 pub mod event_loop;
 pub mod fetch;
+pub mod health;
 pub mod journal;
 pub mod listener;
 pub mod metrics;

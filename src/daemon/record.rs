@@ -128,6 +128,28 @@ impl<F: Firewall, C: Conntrack> Daemon<F, C> {
             services: applied.map_or(0, |s| s.services.len()),
             real_servers: applied.map_or(0, DesiredState::real_server_count),
             counters: self.counters.clone(),
+            health: self.health_status(),
+        }
+    }
+
+    fn health_status(&self) -> super::journal::HealthStatus {
+        let overlay = self.health.board().overlay();
+        let applied = self.syncer.applied();
+        let down = overlay
+            .held_down
+            .iter()
+            .map(|h| {
+                let instance = applied
+                    .and_then(|s| s.services.get(&h.service))
+                    .and_then(|s| s.reals.get(&h.real))
+                    .map_or_else(|| "-".to_owned(), |r| r.instance.to_string());
+                format!("{} {} ({instance})", h.service, h.real)
+            })
+            .collect();
+        super::journal::HealthStatus {
+            probed: self.health.probed(),
+            down,
+            fail_open: overlay.fail_open.iter().map(ToString::to_string).collect(),
         }
     }
 

@@ -83,6 +83,11 @@ impl<F: Firewall, C: Conntrack> Daemon<F, C> {
             self.syncer.set_options(opts);
             self.regenerate();
         }
+        if changed.contains("health") {
+            // A new default may add or drop targets; the overlay follows at once.
+            self.health.reconfigure(&self.config.health);
+            self.on_health_change();
+        }
         self.write_status();
         Ok(changed)
     }

@@ -12,6 +12,7 @@ use super::control::{ApplyLock, ControlError};
 use super::core::{unix_now, Baseline, Daemon};
 use super::fetch::{FetchError, Fetched};
 use crate::apply::{Conntrack, Firewall, GuardRefusal, SyncError, SyncOutcome};
+use crate::model::health::ExportedChecks;
 use crate::model::DesiredState;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -155,15 +156,19 @@ impl<F: Firewall, C: Conntrack> Daemon<F, C> {
             Some(step) => step,
             None => self.poll_step().await,
         };
-        // An unchanged export changes nothing but counters: the status file is refreshed at
-        // most once a second for those, the largest part of a 304's cost otherwise.
+        self.after_poll(&step);
+        step
+    }
+
+    /// An unchanged export changes nothing but counters: the status file is refreshed at
+    /// most once a second for those, the largest part of a 304's cost otherwise.
+    pub(super) fn after_poll(&mut self, step: &Step) {
         let stale = self
             .status_written
             .is_none_or(|at| at.elapsed() >= Duration::from_secs(1));
-        if step != Step::NotModified || stale {
+        if *step != Step::NotModified || stale {
             self.write_status();
         }
-        step
     }
 
     /// The role switch `promote`/`demote` asked for, if any, done now.
@@ -223,9 +228,23 @@ impl<F: Firewall, C: Conntrack> Daemon<F, C> {
     }
 
     async fn poll_step(&mut self) -> Step {
+        let fetched = self.begin_poll().await;
+        self.finish_poll(fetched)
+    }
+
+    /// Starts a poll: the fetch, as a future that borrows nothing of the daemon (the run
+    /// loop keeps it in flight while it applies health changes).
+    pub(super) fn begin_poll(
+        &mut self,
+    ) -> impl std::future::Future<Output = Result<Fetched, FetchError>> + 'static {
         self.counters.polls += 1;
         self.last_poll = Some(unix_now());
-        let fetched = self.fetcher.fetch(self.etag.as_deref()).await;
+        let (fetcher, etag) = (self.fetcher.clone(), self.etag.clone());
+        async move { fetcher.fetch(etag.as_deref()).await }
+    }
+
+    /// What follows a fetch.
+    pub(super) fn finish_poll(&mut self, fetched: Result<Fetched, FetchError>) -> Step {
         self.pacing
             .after_fetch(&fetched, !self.config.long_poll.is_zero());
         match fetched {
@@ -286,15 +305,24 @@ impl<F: Firewall, C: Conntrack> Daemon<F, C> {
         if let Err(refusal) = self.check_against_last_good(&state) {
             return self.refused(refusal, etag);
         }
+        // Health: what the export asks to probe, and the export with what is down now
+        // overlaid (weight 0) — the state the kernel gets.
+        let checks = ExportedChecks::from_export(&export);
+        let (targets, overlaid) = self.health.prepare(&state, &checks);
         if self.config.role == Role::Standby {
             self.store(&body, etag.as_deref(), save);
+            // A standby probes too, so its view is warm when it is promoted.
+            self.health.commit(state.clone(), checks, targets);
             self.baseline = Baseline::Loaded(Box::new(state));
             self.etag = etag;
             self.etag_in_force = true;
             return Step::Cached;
         }
-        match self.locked(|syncer| syncer.sync(state)) {
+        let to_apply = overlaid.state.clone();
+        match self.locked(|syncer| syncer.sync(to_apply)) {
             Ok(Ok(outcome)) => {
+                self.health.commit(state, checks, targets);
+                self.health.note_applied(&overlaid);
                 self.store(&body, etag.as_deref(), save);
                 self.etag = etag;
                 self.etag_in_force = true;

@@ -93,6 +93,8 @@ impl DesiredState {
                         scheduler: svc.params.scheduler,
                         method: svc.params.method,
                         persistence: svc.params.persistence,
+                        // Checks are not data-plane state (see `model::health`).
+                        check: None,
                     });
                 }
             }

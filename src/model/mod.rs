@@ -5,6 +5,7 @@
 //! renders, whatever the row order in the CSV.
 
 mod build;
+pub mod health;
 mod sorted;
 
 pub use sorted::{SortedMap, SortedSet};

@@ -7,7 +7,7 @@
 use crate::error::ErrorKind;
 use crate::read::{find, index, is_name, join, Reader};
 use crate::yaml::{Key, Kind, Node, Pos};
-use portcullis_export::{Method, PortRange, Proto, Scheduler};
+use portcullis_export::{Check, Method, PortRange, Proto, Scheduler};
 use serde::Serialize;
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
@@ -32,6 +32,10 @@ pub struct GatewayEntry {
     pub method: Method,
     pub persistence: Option<u32>,
     pub weight: u16,
+    /// How gateways probe the instances' health (the export's `check` column); absent: the
+    /// gateway's default.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub check: Option<Check>,
     #[serde(skip)]
     pub pos: Pos,
     #[serde(skip)]
@@ -53,6 +57,7 @@ const GATEWAY_KEYS: &[&str] = &[
     "method",
     "persistence",
     "weight",
+    "check",
 ];
 
 /// One `gateway:` item being read: its node, key path and entries, and how many errors the
@@ -129,6 +134,7 @@ pub(super) fn read_gateway(r: &mut Reader, node: &Node, path: &str) -> Option<Ga
     let method = item
         .parsed(r, "method", Method::parse)
         .unwrap_or(Method::Nat);
+    let check = item.parsed(r, "check", Check::parse);
     let numbers = read_numbers(r, &item)?;
     let ports = read_ports(r, &item, ports_node, numbers.fwm);
     let to = read_to(r, &item, &ports);
@@ -147,6 +153,7 @@ pub(super) fn read_gateway(r: &mut Reader, node: &Node, path: &str) -> Option<Ga
         method,
         persistence: numbers.persistence,
         weight: numbers.weight,
+        check,
         pos: node.pos,
         ip_pos: ip_node.map_or(node.pos, |n| n.pos),
         ports_pos: ports_node.map_or(node.pos, |n| n.pos),

@@ -1,0 +1,191 @@
+//! The probe tasks: one tokio task per target, each on its own jittered schedule (targets
+//! added together do not probe in step, and neither do the two gateways of a pair), all
+//! sharing a semaphore so at most `max_concurrent` probes — and their sockets — are in
+//! flight at once. Results go to the [`Board`]; a transition wakes the daemon through a
+//! [`Notify`], which coalesces: a burst of transitions costs one apply.
+
+use super::board::Board;
+use super::probe::probe;
+use super::HealthConfig;
+use crate::model::health::Target;
+use std::collections::{BTreeMap, BTreeSet};
+use std::hash::{BuildHasher, RandomState};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::sync::{Notify, Semaphore};
+use tokio::task::AbortHandle;
+
+pub struct Checker {
+    board: Arc<Board>,
+    changed: Arc<Notify>,
+    settings: Arc<HealthConfig>,
+    semaphore: Arc<Semaphore>,
+    tasks: BTreeMap<Target, AbortHandle>,
+}
+
+impl Checker {
+    pub fn new(settings: HealthConfig, board: Arc<Board>) -> Self {
+        Checker {
+            semaphore: Arc::new(Semaphore::new(settings.max_concurrent.max(1))),
+            settings: Arc::new(settings),
+            board,
+            changed: Arc::new(Notify::new()),
+            tasks: BTreeMap::new(),
+        }
+    }
+
+    pub fn board(&self) -> &Arc<Board> {
+        &self.board
+    }
+
+    /// Resolves when a target changed state since the last time it resolved.
+    pub fn changed(&self) -> Arc<Notify> {
+        self.changed.clone()
+    }
+
+    /// Probes exactly `wanted` from now on: new targets get a task (and start up), dropped
+    /// ones lose theirs, the others keep their task and their state.
+    pub fn set_targets(&mut self, wanted: &BTreeSet<Target>) {
+        self.board.retain(wanted);
+        self.tasks.retain(|t, task| {
+            let keep = wanted.contains(t);
+            if !keep {
+                task.abort();
+            }
+            keep
+        });
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            if !wanted.is_empty() {
+                tracing::error!("health checks need the async runtime; not probing");
+            }
+            return;
+        };
+        for t in wanted {
+            if self.tasks.contains_key(t) {
+                continue;
+            }
+            let task = runtime.spawn(probe_loop(
+                t.clone(),
+                self.settings.clone(),
+                self.semaphore.clone(),
+                self.board.clone(),
+                self.changed.clone(),
+            ));
+            self.tasks.insert(t.clone(), task.abort_handle());
+        }
+    }
+
+    /// New settings: every task restarts with them (states are kept).
+    pub fn reconfigure(&mut self, settings: HealthConfig) {
+        if *self.settings == settings {
+            return;
+        }
+        let targets: BTreeSet<Target> = self.tasks.keys().cloned().collect();
+        self.stop();
+        self.semaphore = Arc::new(Semaphore::new(settings.max_concurrent.max(1)));
+        self.settings = Arc::new(settings);
+        self.set_targets(&targets);
+    }
+
+    fn stop(&mut self) {
+        for (_, task) in std::mem::take(&mut self.tasks) {
+            task.abort();
+        }
+    }
+
+    pub fn targets(&self) -> usize {
+        self.tasks.len()
+    }
+}
+
+impl Drop for Checker {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// A share in [0, 1), different for every call (std's per-instance random hash keys).
+fn random_share() -> f64 {
+    (RandomState::new().hash_one(Instant::now()) >> 11) as f64 / (1u64 << 53) as f64
+}
+
+async fn probe_loop(
+    target: Target,
+    settings: Arc<HealthConfig>,
+    semaphore: Arc<Semaphore>,
+    board: Arc<Board>,
+    changed: Arc<Notify>,
+) {
+    // Spread first probes over one interval, then ±10 % each round.
+    tokio::time::sleep(settings.interval.mul_f64(random_share())).await;
+    loop {
+        let result = {
+            let Ok(_permit) = semaphore.acquire().await else {
+                return;
+            };
+            let started = Instant::now();
+            let result = probe(&target, settings.timeout, settings.source).await;
+            (result, started.elapsed())
+        };
+        let (result, latency) = result;
+        let now = super::super::core::unix_now();
+        let flipped = board.record(
+            &target,
+            result.map_err(|e| e.to_string()),
+            latency,
+            settings.rise,
+            settings.fall,
+            now,
+        );
+        if flipped {
+            changed.notify_one();
+        }
+        let jitter = settings.interval.mul_f64(0.2 * random_share());
+        let pause = (settings.interval + jitter).saturating_sub(settings.interval / 10);
+        tokio::time::sleep(pause.max(Duration::from_millis(10))).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::health::Probe;
+    use tokio::net::TcpListener;
+
+    #[tokio::test]
+    async fn a_closed_port_goes_down_and_an_open_one_stays_up() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let open = Target {
+            endpoint: listener.local_addr().expect("addr"),
+            probe: Probe::Tcp,
+        };
+        let closed = {
+            let l = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+            Target {
+                endpoint: l.local_addr().expect("addr"),
+                probe: Probe::Tcp,
+            }
+        };
+        let settings = HealthConfig {
+            interval: Duration::from_millis(100),
+            timeout: Duration::from_millis(500),
+            rise: 1,
+            fall: 2,
+            ..HealthConfig::default()
+        };
+        let mut checker = Checker::new(settings, Arc::new(Board::default()));
+        checker.set_targets(&[open.clone(), closed.clone()].into());
+        let changed = checker.changed();
+        tokio::time::timeout(Duration::from_secs(10), changed.notified())
+            .await
+            .expect("a transition within 10 s");
+        assert_eq!(checker.board().down(), [closed.clone()].into());
+        let t = checker.board().take_transitions();
+        assert_eq!(t.len(), 1);
+        assert!(!t[0].up && t[0].target == closed);
+        assert!(t[0].error.as_deref().is_some_and(|e| e.contains("connect")));
+        checker.set_targets(&[open].into());
+        assert_eq!(checker.targets(), 1);
+        assert!(checker.board().down().is_empty());
+    }
+}

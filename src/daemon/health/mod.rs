@@ -1,0 +1,184 @@
+//! Real-server health checks (`[health]`): the daemon probes the real servers the export (or
+//! the configured default) asks it to, and a server that fails `fall` probes in a row is taken
+//! out of rotation — weight 0 in the state handed to the syncer, a drain on either backend —
+//! until it passes `rise` in a row. See `crate::model::health` for the overlay and why it is
+//! one; docs/operations.md#health-checks for the operator's view.
+//!
+//! - [`state`]: the rise/fall state machine (pure);
+//! - [`probe`]: one TCP or HTTP probe, with its deadline and optional source address;
+//! - [`checker`]: the tasks, one per target, jittered, bounded by a semaphore;
+//! - [`board`]: what they found, shared with the metrics listener (`GET /health`);
+//! - [`apply`]: the daemon's side — a transition is journaled and applied through the same
+//!   incremental sync as an export.
+
+pub mod apply;
+pub mod board;
+pub mod checker;
+pub mod probe;
+pub mod state;
+
+use crate::model::health::{overlay, targets, ExportedChecks, Overlaid, Target, TargetMap};
+use crate::model::{DesiredState, ServiceKey};
+use board::{Board, HeldDown, OverlayView};
+use checker::Checker;
+use portcullis_export::Check;
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeSet;
+use std::net::IpAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// The `[health]` section of the configuration.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct HealthConfig {
+    /// The check of rows whose `check` column is empty, for TCP services: `none` (the
+    /// default: nothing is probed unless the export asks), `tcp` or `http:PATH:STATUS`.
+    pub default: Check,
+    /// Time between two probes of one target (each ±10 %).
+    #[serde(with = "super::config::duration")]
+    pub interval: Duration,
+    /// Deadline of one probe: connect, request and status line.
+    #[serde(with = "super::config::duration")]
+    pub timeout: Duration,
+    /// Passed probes in a row that bring a down server back.
+    pub rise: u32,
+    /// Failed probes in a row that take a server out.
+    pub fall: u32,
+    /// Address probes are sent from (the gateway's internal side); the routing table
+    /// chooses when absent or of the other address family.
+    pub source: Option<IpAddr>,
+    /// Probes in flight at once, at most (each holds a socket for up to `timeout`).
+    pub max_concurrent: usize,
+}
+
+impl Default for HealthConfig {
+    fn default() -> Self {
+        HealthConfig {
+            default: Check::Disabled,
+            interval: Duration::from_secs(2),
+            timeout: Duration::from_secs(1),
+            rise: 2,
+            fall: 3,
+            source: None,
+            max_concurrent: 256,
+        }
+    }
+}
+
+impl HealthConfig {
+    /// What serde cannot check: `(key, expected)` of the first bad value.
+    pub fn invalid(&self) -> Option<(&'static str, &'static str)> {
+        if self.interval < Duration::from_millis(100) {
+            return Some(("health.interval", "at least 100ms"));
+        }
+        if self.timeout.is_zero() || self.timeout > self.interval {
+            return Some(("health.timeout", "more than 0s and at most health.interval"));
+        }
+        if self.rise == 0 || self.fall == 0 {
+            return Some(("health.rise/fall", "at least 1"));
+        }
+        if self.max_concurrent == 0 {
+            return Some(("health.max_concurrent", "at least 1"));
+        }
+        None
+    }
+}
+
+/// The daemon's health state: the exported state it overlays, the targets derived from it,
+/// and the checker probing them.
+pub struct HealthMonitor {
+    default: Check,
+    checker: Checker,
+    /// The last export taken (applied on an active node, cached on a standby).
+    exported: Option<(DesiredState, ExportedChecks)>,
+    targets: TargetMap,
+    /// Services last seen failing open, so the warning is said once per change.
+    fail_open: BTreeSet<ServiceKey>,
+    /// A health apply failed: retried after the next poll.
+    pub(super) retry: bool,
+}
+
+impl HealthMonitor {
+    pub fn new(config: &HealthConfig, board: Arc<Board>) -> Self {
+        HealthMonitor {
+            default: config.default.clone(),
+            checker: Checker::new(config.clone(), board),
+            exported: None,
+            targets: TargetMap::new(),
+            fail_open: BTreeSet::new(),
+            retry: false,
+        }
+    }
+
+    pub fn board(&self) -> &Arc<Board> {
+        self.checker.board()
+    }
+
+    pub fn changed(&self) -> Arc<tokio::sync::Notify> {
+        self.checker.changed()
+    }
+
+    fn default_check(&self) -> Option<&Check> {
+        Some(&self.default).filter(|c| **c != Check::Disabled)
+    }
+
+    /// The targets of an export and the state to apply for it given what is down now.
+    pub fn prepare(&self, state: &DesiredState, checks: &ExportedChecks) -> (TargetMap, Overlaid) {
+        let targets = targets(state, checks, self.default_check());
+        let overlaid = overlay(state, &targets, &self.checker.board().down());
+        (targets, overlaid)
+    }
+
+    /// Takes an export as the one in force: its targets are probed from now on.
+    pub fn commit(&mut self, state: DesiredState, checks: ExportedChecks, targets: TargetMap) {
+        let wanted: BTreeSet<Target> = targets.values().cloned().collect();
+        self.checker.set_targets(&wanted);
+        self.targets = targets;
+        self.exported = Some((state, checks));
+    }
+
+    /// The state to apply now: the export in force, overlaid with what is down.
+    pub fn current(&self) -> Option<Overlaid> {
+        let (state, _) = self.exported.as_ref()?;
+        Some(overlay(state, &self.targets, &self.checker.board().down()))
+    }
+
+    /// Records what an applied overlay did, for `/health` and `status`; a service that
+    /// starts or stops failing open is logged loudly, once.
+    pub fn note_applied(&mut self, overlaid: &Overlaid) {
+        let now: BTreeSet<ServiceKey> = overlaid.fail_open.iter().copied().collect();
+        for key in now.difference(&self.fail_open) {
+            tracing::error!(service = %key, "health: every real server of the service is down; failing open, all kept in rotation");
+        }
+        for key in self.fail_open.difference(&now) {
+            tracing::warn!(service = %key, "health: the service no longer fails open");
+        }
+        self.fail_open = now;
+        self.checker.board().set_overlay(OverlayView {
+            held_down: overlaid
+                .held_down
+                .iter()
+                .map(|(service, real)| HeldDown {
+                    service: *service,
+                    real: *real,
+                })
+                .collect(),
+            fail_open: overlaid.fail_open.clone(),
+        });
+    }
+
+    /// New `[health]` settings: tasks restart with them, the default may change the targets.
+    pub fn reconfigure(&mut self, config: &HealthConfig) {
+        self.default = config.default.clone();
+        self.checker.reconfigure(config.clone());
+        if let Some((state, checks)) = self.exported.take() {
+            let targets = targets(&state, &checks, self.default_check());
+            self.commit(state, checks, targets);
+        }
+    }
+
+    pub fn probed(&self) -> usize {
+        self.checker.targets()
+    }
+}

@@ -1,0 +1,351 @@
+//! Real-server health checks end to end, nft backend: the real daemon (`portcullis run`) in a
+//! gateway namespace, three backends whose health endpoint and listener the test controls,
+//! and a client whose connections through the VIP show where new connections go.
+//!
+//! With `interval = 1s, fall = 2, rise = 2`: a killed backend gets no new connection once
+//! `interval × fall + 1 s` has passed; restarted, it gets traffic again after `rise`; a
+//! `500` from its health URL takes it out; with every backend failing, the service fails
+//! open and still forwards.
+
+mod common;
+
+use common::gateway::get;
+use common::lab::{in_netns, Lab, VIP1};
+use common::{require_nft, terminate, tmp_dir, wait_until};
+use std::collections::BTreeMap;
+use std::io::{BufRead, BufReader, Write};
+use std::net::{TcpListener, TcpStream};
+use std::path::PathBuf;
+use std::process::{Child, Stdio};
+use std::sync::atomic::{AtomicBool, AtomicU16, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// The port the controllable servers listen on in each backend.
+const PORT: u16 = 9000;
+const INTERVAL_S: u64 = 1;
+const FALL: u64 = 2;
+
+/// A backend server the test can kill (its listener closes: connections are refused) and
+/// restart, and whose `GET /health` answers a settable status. Other requests get its name.
+struct Backend {
+    name: String,
+    ns: String,
+    status: Arc<AtomicU16>,
+    running: Option<Arc<AtomicBool>>,
+}
+
+impl Backend {
+    fn start(ns: &str, name: &str) -> Backend {
+        let mut b = Backend {
+            name: name.to_owned(),
+            ns: ns.to_owned(),
+            status: Arc::new(AtomicU16::new(200)),
+            running: None,
+        };
+        b.restart();
+        b
+    }
+
+    fn restart(&mut self) {
+        let listener = in_netns(&self.ns, || {
+            let l = TcpListener::bind(("0.0.0.0", PORT)).expect("bind");
+            l.set_nonblocking(true).expect("nonblocking");
+            l
+        });
+        let running = Arc::new(AtomicBool::new(true));
+        let (flag, name, status) = (running.clone(), self.name.clone(), self.status.clone());
+        std::thread::spawn(move || {
+            while flag.load(Ordering::Relaxed) {
+                match listener.accept() {
+                    Ok((conn, _)) => {
+                        let (name, status) = (name.clone(), status.clone());
+                        std::thread::spawn(move || serve(conn, &name, &status));
+                    }
+                    Err(_) => std::thread::sleep(Duration::from_millis(5)),
+                }
+            }
+            // Dropping the listener here closes the port: new connections are refused.
+        });
+        self.running = Some(running);
+    }
+
+    fn kill(&mut self) {
+        if let Some(flag) = self.running.take() {
+            flag.store(false, Ordering::Relaxed);
+        }
+        // The accept loop notices within a few milliseconds.
+        std::thread::sleep(Duration::from_millis(50));
+    }
+
+    fn set_health(&self, status: u16) {
+        self.status.store(status, Ordering::Relaxed);
+    }
+}
+
+impl Drop for Backend {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+fn serve(conn: TcpStream, name: &str, status: &AtomicU16) {
+    let Ok(mut out) = conn.try_clone() else {
+        return;
+    };
+    let _ = conn.set_read_timeout(Some(Duration::from_secs(2)));
+    for line in BufReader::new(conn).lines() {
+        let Ok(line) = line else { return };
+        if line.starts_with("GET ") {
+            let code = status.load(Ordering::Relaxed);
+            let _ = write!(out, "HTTP/1.0 {code} X\r\nContent-Length: 0\r\n\r\n");
+            return;
+        }
+        if out.write_all(format!("{name}\n").as_bytes()).is_err() {
+            return;
+        }
+    }
+}
+
+struct Daemon {
+    child: Child,
+    dir: PathBuf,
+    ns: String,
+    metrics_port: u16,
+}
+
+impl Daemon {
+    fn start(lab: &Lab, backends: usize) -> Daemon {
+        let dir = tmp_dir("health");
+        let rows: String = (1..=backends)
+            .map(|n| {
+                format!(
+                    "web,web.b{n},tcp,{VIP1},80,,{},{PORT},1,rr,nat,,http:/health:200\n",
+                    Lab::backend_ip(n)
+                )
+            })
+            .collect();
+        let export = format!(
+            "# portcullis-export 1.1\nservice,instance,proto,vip,vport,fwmark,rip,rport,weight,scheduler,method,persistence,check\n{rows}"
+        );
+        std::fs::write(dir.join("export.csv"), export).expect("export");
+        let metrics_port = in_netns(&lab.gw.name, || {
+            TcpListener::bind("127.0.0.1:0")
+                .and_then(|l| l.local_addr())
+                .expect("free port")
+                .port()
+        });
+        let config = format!(
+            "source = \"file://{}\"\ninterval = \"500ms\"\nlong_poll = \"0s\"\n\
+             state_dir = \"{}\"\nrole = \"active\"\nmetrics = \"127.0.0.1:{metrics_port}\"\n\
+             [interfaces]\nexternal = [\"g0\"]\n\
+             [health]\ninterval = \"{INTERVAL_S}s\"\ntimeout = \"500ms\"\nrise = 2\nfall = {FALL}\n",
+            dir.join("export.csv").display(),
+            dir.join("state").display(),
+        );
+        std::fs::write(dir.join("portcullis.toml"), config).expect("config");
+        let log = std::fs::File::create(dir.join("daemon.log")).expect("log");
+        let child = lab
+            .gw
+            .command(env!("CARGO_BIN_EXE_portcullis"))
+            .args(["run", "--config"])
+            .arg(dir.join("portcullis.toml"))
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("portcullis run");
+        Daemon {
+            child,
+            dir,
+            ns: lab.gw.name.clone(),
+            metrics_port,
+        }
+    }
+
+    /// A GET on the daemon's metrics listener: the body of a 200.
+    fn get(&self, path: &str) -> String {
+        match get(&self.ns, self.metrics_port, path) {
+            Some((200, body)) => body,
+            other => panic!("GET {path}: {other:?}"),
+        }
+    }
+
+    /// `portcullis status` as an operator reads it.
+    fn status_text(&self) -> String {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_portcullis"))
+            .args(["status", "--state-dir"])
+            .arg(self.dir.join("state"))
+            .output()
+            .expect("portcullis status");
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.join("daemon.log")).unwrap_or_default()
+    }
+
+    fn status(&self) -> serde_json::Value {
+        std::fs::read_to_string(self.dir.join("state/status.json"))
+            .ok()
+            .and_then(|t| serde_json::from_str(&t).ok())
+            .unwrap_or_default()
+    }
+
+    fn journal(&self) -> String {
+        std::fs::read_to_string(self.dir.join("state/journal.jsonl")).unwrap_or_default()
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        let _ = terminate(&mut self.child);
+    }
+}
+
+/// `n` new connections through the VIP: who answered, `None` for a refused one.
+fn spread(lab: &Lab, n: usize) -> BTreeMap<Option<String>, usize> {
+    let mut seen = BTreeMap::new();
+    for _ in 0..n {
+        *seen.entry(lab.tcp_ask(VIP1, 80)).or_default() += 1;
+    }
+    seen
+}
+
+#[test]
+fn failed_checks_take_backends_out_and_passing_ones_bring_them_back() {
+    if !require_nft() {
+        return;
+    }
+    let lab = Lab::new("hc", 3);
+    let mut backends: Vec<Backend> = lab
+        .backends
+        .iter()
+        .enumerate()
+        .map(|(i, ns)| Backend::start(&ns.name, &format!("b{}", i + 1)))
+        .collect();
+    let daemon = Daemon::start(&lab, 3);
+    let ctx = |what: &str| format!("{what}\n--- daemon log:\n{}", daemon.log());
+
+    // Up: every backend answers.
+    let all_up = wait_until(20, || {
+        let seen = spread(&lab, 30);
+        (seen.len() == 3 && !seen.contains_key(&None)).then_some(seen)
+    });
+    assert!(all_up.is_some(), "{}", ctx("all three backends serve"));
+
+    // 1. Kill b1: once interval × fall + 1 s has passed, no new connection goes to it (a
+    // connection sent to it would be refused).
+    backends[0].kill();
+    let killed = Instant::now();
+    let window = Duration::from_secs(INTERVAL_S * FALL + 1);
+    let mut last_refused = None;
+    while killed.elapsed() < window {
+        if lab.tcp_ask(VIP1, 80).is_none() {
+            last_refused = Some(killed.elapsed());
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    eprintln!(
+        "b1 killed: last connection sent to it {last_refused:?} after the kill (bound {window:?})"
+    );
+    let after = spread(&lab, 40);
+    assert_eq!(
+        after.get(&None),
+        None,
+        "{}",
+        ctx(&format!(
+            "no new connection reaches the dead b1 after {window:?}: {after:?}"
+        ))
+    );
+    assert!(after.contains_key(&Some("b2".into())) && after.contains_key(&Some("b3".into())));
+    let status = daemon.status();
+    assert_eq!(
+        status["health"]["down"].as_array().map(Vec::len),
+        Some(1),
+        "{status}"
+    );
+    assert!(
+        daemon.journal().contains("\"result\":\"health\""),
+        "{}",
+        ctx("the transition is journaled")
+    );
+    // Visible: `status` lists it, /metrics has it down, /health has the JSON view.
+    let b1 = format!("{}:{PORT}", Lab::backend_ip(1));
+    let text = daemon.status_text();
+    assert!(
+        text.contains(&format!("down:        tcp {VIP1}:80 {b1} (web.b1)")),
+        "{text}"
+    );
+    let metrics = daemon.get("/metrics");
+    let series = format!("endpoint=\"{b1}\",probe=\"http:/health:200\"");
+    assert!(
+        metrics.contains(&format!("portcullis_real_server_up{{{series}}} 0")),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains(&format!(
+            "portcullis_real_server_transitions_total{{{series}}} 1"
+        )),
+        "{metrics}"
+    );
+    let view: serde_json::Value =
+        serde_json::from_str(&daemon.get("/health")).expect("/health is JSON");
+    assert_eq!(view["targets"].as_array().map(Vec::len), Some(3), "{view}");
+    assert_eq!(
+        view["held_down"][0]["real"]["addr"],
+        Lab::backend_ip(1),
+        "{view}"
+    );
+
+    // 2. Restart b1: after `rise` passed probes it gets new connections again.
+    backends[0].restart();
+    let back = wait_until(15, || {
+        spread(&lab, 20)
+            .contains_key(&Some("b1".into()))
+            .then_some(())
+    });
+    assert!(back.is_some(), "{}", ctx("b1 serves again after rise"));
+
+    // 3. b2's health URL answers 500: it is taken out though it still accepts connections.
+    backends[1].set_health(500);
+    let out = wait_until(15, || {
+        let seen = spread(&lab, 30);
+        (!seen.contains_key(&Some("b2".into())) && !seen.contains_key(&None)).then_some(seen)
+    });
+    assert!(out.is_some(), "{}", ctx("a 500 takes b2 out"));
+    assert!(
+        daemon.journal().contains("HTTP status 500, expected 200"),
+        "{}",
+        ctx("the journal says why")
+    );
+
+    // 4. Every backend fails its check: the service fails open and still forwards to all.
+    for b in &backends {
+        b.set_health(500);
+    }
+    let open = wait_until(15, || {
+        let s = daemon.status();
+        (s["health"]["fail_open"].as_array().map(Vec::len) == Some(1)).then_some(())
+    });
+    assert!(open.is_some(), "{}", ctx("the service fails open"));
+    let seen = spread(&lab, 40);
+    assert_eq!(
+        seen.get(&None),
+        None,
+        "{}",
+        ctx(&format!("fail open still forwards: {seen:?}"))
+    );
+    assert_eq!(
+        seen.len(),
+        3,
+        "{}",
+        ctx(&format!("to every backend: {seen:?}"))
+    );
+    assert!(
+        daemon.log().contains("failing open"),
+        "{}",
+        ctx("fail open is logged loudly")
+    );
+    drop(daemon);
+}
