@@ -34,6 +34,7 @@
 pub mod catalog;
 mod checks;
 pub mod config;
+pub mod desired;
 #[cfg(feature = "db")]
 pub mod db;
 mod durable;
