@@ -65,7 +65,10 @@ fn release(
     if m.type_name != inst.type_name {
         return Err(DesiredError::Instance {
             instance: inst.id.clone(),
-            message: format!("{v} is a version of {}, not of {}", m.type_name, inst.type_name),
+            message: format!(
+                "{v} is a version of {}, not of {}",
+                m.type_name, inst.type_name
+            ),
         });
     }
     Ok(Some(proto::Release {
@@ -119,7 +122,10 @@ pub fn for_server(
             let (drive, target) = match &l.target {
                 LinkTarget::Path(p) => ("path", p.clone()),
                 LinkTarget::Db if srv.drives.is_empty() => {
-                    return Err(problem(format!("install.link {}: server {server} has no drives", l.path)))
+                    return Err(problem(format!(
+                        "install.link {}: server {server} has no drives",
+                        l.path
+                    )))
                 }
                 // Instances spread over the drives by index, as `${drive}` does.
                 LinkTarget::Db => (
@@ -245,7 +251,13 @@ mod tests {
         // ADMIN's variables are substituted; the agent's host paths are left for it.
         assert_eq!(
             run.command,
-            ["/bin/sh", "${release}/bin/web", "${config}", "2", "127.0.0.1"]
+            [
+                "/bin/sh",
+                "${release}/bin/web",
+                "${config}",
+                "2",
+                "127.0.0.1"
+            ]
         );
         assert_eq!(run.env.get("WEB_ID").map(String::as_str), Some("web.a.2"));
         assert_eq!(run.stop_timeout_ms, 2000);
@@ -278,13 +290,19 @@ mod tests {
         )
         .unwrap();
         let e = Catalog::load(dir.path()).unwrap_err().to_string();
-        assert!(e.contains("meta/web.yaml:4") && e.contains("run.stop-timeout"), "{e}");
+        assert!(
+            e.contains("meta/web.yaml:4") && e.contains("run.stop-timeout"),
+            "{e}"
+        );
         std::fs::write(
             dir.path().join("meta/web.yaml"),
             "type: web\nrun:\n  command: [x, \"${nope}\"]\n",
         )
         .unwrap();
         let e = Catalog::load(dir.path()).unwrap_err().to_string();
-        assert!(e.contains("meta/web.yaml:3") && e.contains("run.command[1]") && e.contains("nope"), "{e}");
+        assert!(
+            e.contains("meta/web.yaml:3") && e.contains("run.command[1]") && e.contains("nope"),
+            "{e}"
+        );
     }
 }

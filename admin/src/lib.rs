@@ -34,9 +34,9 @@
 pub mod catalog;
 mod checks;
 pub mod config;
-pub mod desired;
 #[cfg(feature = "db")]
 pub mod db;
+pub mod desired;
 mod durable;
 pub mod error;
 pub mod export;

@@ -44,7 +44,11 @@ pub(super) fn read_run(r: &mut Reader, node: &Node) -> Option<Run> {
     let command_node = r.require(node, &e, "run", "command")?;
     let items = r.list(command_node, "run.command")?;
     if items.is_empty() {
-        r.bad(command_node, "run.command", "a non-empty list (the program and its arguments)");
+        r.bad(
+            command_node,
+            "run.command",
+            "a non-empty list (the program and its arguments)",
+        );
         return None;
     }
     let mut command = Vec::new();
@@ -72,12 +76,20 @@ pub(super) fn read_run(r: &mut Reader, node: &Node) -> Option<Run> {
             Kind::Str(s) => match humantime::parse_duration(s) {
                 Ok(d) if d.as_secs() <= 3600 => d.as_millis() as u64,
                 _ => {
-                    r.bad(n, "run.stop-timeout", "a duration up to 1h, e.g. 10s or 500ms");
+                    r.bad(
+                        n,
+                        "run.stop-timeout",
+                        "a duration up to 1h, e.g. 10s or 500ms",
+                    );
                     return None;
                 }
             },
             _ => {
-                r.bad(n, "run.stop-timeout", "a duration up to 1h, e.g. 10s or 500ms");
+                r.bad(
+                    n,
+                    "run.stop-timeout",
+                    "a duration up to 1h, e.g. 10s or 500ms",
+                );
                 return None;
             }
         },

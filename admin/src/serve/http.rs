@@ -50,6 +50,8 @@ pub fn router(state: AdminState) -> Router {
             content_length_limit,
         ))
         .layer(DefaultBodyLimit::max(body_limit))
+        // Host agents: their own token checks and body limit (a report outgrows 16 KiB).
+        .merge(super::agent::routes(state.clone()))
         .with_state(state)
 }
 
@@ -97,20 +99,24 @@ impl IntoResponse for ApiError {
     }
 }
 
-/// Constant-time comparison: the token must not leak through timing.
-fn token_matches(headers: &HeaderMap, token: &str) -> bool {
-    let Some(given) = headers
+/// The credentials of an `Authorization: Bearer ...` header.
+pub(super) fn bearer(headers: &HeaderMap) -> Option<&str> {
+    headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.split_once(' '))
         // The scheme is case-insensitive (RFC 9110, 11.1): `bearer` and `BEARER` too.
         .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
-        .map(|(_, credentials)| credentials)
-    else {
-        return false;
-    };
-    let (a, b) = (given.trim().as_bytes(), token.as_bytes());
+        .map(|(_, credentials)| credentials.trim())
+}
+
+/// Constant-time comparison: a token must not leak through timing.
+pub(super) fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+pub(super) fn token_matches(headers: &HeaderMap, token: &str) -> bool {
+    bearer(headers).is_some_and(|given| constant_time_eq(given.as_bytes(), token.as_bytes()))
 }
 
 async fn content_length_limit(Ext(state): Ext<AdminState>, req: Request, next: Next) -> Response {
@@ -161,7 +167,7 @@ async fn auth_reads(Ext(state): Ext<AdminState>, req: Request, next: Next) -> Re
     }
 }
 
-async fn auth_writes(Ext(state): Ext<AdminState>, req: Request, next: Next) -> Response {
+pub(super) async fn auth_writes(Ext(state): Ext<AdminState>, req: Request, next: Next) -> Response {
     match &state.options().token {
         None => ApiError::new(
             StatusCode::FORBIDDEN,
@@ -304,7 +310,11 @@ async fn instance(
     let i = c
         .instance(&id)
         .ok_or_else(|| ApiError::new(StatusCode::NOT_FOUND, format!("no instance {id}")))?;
-    Ok(Json(instance_json(c, i)))
+    let mut v = instance_json(c, i);
+    if let Some(hub) = &state.options().agents {
+        super::agent::add_run_state(hub, i, &mut v);
+    }
+    Ok(Json(v))
 }
 
 async fn servers(Ext(state): Ext<AdminState>) -> Json<serde_json::Value> {

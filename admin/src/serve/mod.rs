@@ -6,6 +6,8 @@
 //! [`spawn`] (or build [`router`] into your own server), and change instances with
 //! [`AdminState::set_state`] — long-polling gateways see the new export within milliseconds.
 
+mod agent;
+mod agent_hub;
 mod conn;
 #[cfg(feature = "db")]
 mod db_api;
@@ -15,6 +17,7 @@ mod state;
 pub mod tls;
 mod versions_api;
 
+pub use agent_hub::{read_tokens, AgentHub, HubError, RunAction};
 pub use http::router;
 pub use state::{AdminState, Mutation, MutationError, Options, ReloadStatus, Snapshot};
 

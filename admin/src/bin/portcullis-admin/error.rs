@@ -54,6 +54,8 @@ pub enum CliError {
     },
     #[error("{}: empty token file", .0.display())]
     EmptyTokenFile(PathBuf),
+    #[error("agents: {0}")]
+    Agents(portcullis_admin::serve::HubError),
     #[error("--reload-interval: must be more than zero, e.g. 1s or 500ms")]
     ZeroReloadInterval,
     #[error("starting the runtime: {0}")]
@@ -89,6 +91,7 @@ impl CliError {
             | CliError::Export(_)
             | CliError::TokenFile { .. }
             | CliError::EmptyTokenFile(_)
+            | CliError::Agents(_)
             | CliError::ZeroReloadInterval
             | CliError::Version(_)
             | CliError::VersionInUse { .. } => 2,
