@@ -1,0 +1,286 @@
+//! The agent's root on disk, and every change it makes there:
+//!
+//! ```text
+//! <root>/desired.json                      the last desired state and its ETag (ADMIN down: used)
+//! <root>/releases/<version id>/…           verified files, shared by the instances running it
+//! <root>/instances/<id>/current            -> ../../releases/<version id>, switched atomically
+//! <root>/instances/<id>/config.json        the combined configuration (`${config}`)
+//! <root>/instances/<id>/instance.json      its last desired spec (to uninstall it once removed)
+//! <root>/instances/<id>/agent.json         pid and start time, restarts applied, failed versions
+//! <root>/instances/<id>/output.log         the process's stdout and stderr
+//! ```
+//!
+//! Every file is replaced by writing a temporary file beside it and renaming it over.
+
+use crate::error::{io, AgentError};
+use crate::process::ProcessId;
+use portcullis_agent_proto::{DesiredInstance, Release};
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeSet;
+use std::path::{Component, Path, PathBuf};
+
+/// What the agent remembers of an instance across its own restarts.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct Local {
+    pub process: Option<ProcessId>,
+    pub since: u64,
+    /// The last restart generation acted on: an agent restart does not repeat a restart.
+    pub restart_generation: u64,
+    /// Versions that failed their tests here: not retried until ADMIN asks for another one.
+    pub failed: BTreeSet<String>,
+}
+
+pub struct Host {
+    pub root: PathBuf,
+}
+
+pub fn write_atomically(path: &Path, bytes: &[u8]) -> Result<(), AgentError> {
+    use std::io::Write;
+    let dir = path.parent().unwrap_or(Path::new("."));
+    std::fs::create_dir_all(dir).map_err(io(dir))?;
+    let name = path.file_name().map(|n| n.to_string_lossy().into_owned());
+    let tmp = dir.join(format!(".{}.tmp-{}", name.unwrap_or_default(), std::process::id()));
+    let result = (|| {
+        let mut f = std::fs::File::create(&tmp)?;
+        f.write_all(bytes)?;
+        f.sync_all()?;
+        std::fs::rename(&tmp, path)
+    })();
+    if result.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    result.map_err(io(path))
+}
+
+/// `base/rel` for a relative path that stays below `base` (no `..`, not absolute).
+pub fn inside(base: &Path, rel: &str) -> Result<PathBuf, AgentError> {
+    let p = Path::new(rel);
+    if rel.is_empty() || !p.components().all(|c| matches!(c, Component::Normal(_))) {
+        return Err(AgentError::Refused(format!("{rel:?} must stay inside {}", base.display())));
+    }
+    Ok(base.join(p))
+}
+
+impl Host {
+    pub fn instance_dir(&self, id: &str) -> Result<PathBuf, AgentError> {
+        inside(&self.root.join("instances"), id)
+    }
+
+    pub fn release_dir(&self, id: &str) -> Result<PathBuf, AgentError> {
+        inside(&self.root.join("releases"), id)
+    }
+
+    /// Instance ids with a directory here.
+    pub fn local_instances(&self) -> Vec<String> {
+        let mut out: Vec<String> = std::fs::read_dir(self.root.join("instances"))
+            .map(|rd| {
+                rd.flatten()
+                    .filter(|e| e.path().is_dir())
+                    .map(|e| e.file_name().to_string_lossy().into_owned())
+                    .filter(|n| !n.starts_with('.'))
+                    .collect()
+            })
+            .unwrap_or_default();
+        out.sort();
+        out
+    }
+
+    pub fn read_json<T: serde::de::DeserializeOwned>(&self, path: &Path) -> Option<T> {
+        let bytes = std::fs::read(path).ok()?;
+        serde_json::from_slice(&bytes)
+            .inspect_err(|e| tracing::warn!(path = %path.display(), %e, "unreadable; ignored"))
+            .ok()
+    }
+
+    pub fn write_json(&self, path: &Path, value: &impl Serialize) -> Result<(), AgentError> {
+        let bytes = serde_json::to_vec_pretty(value)
+            .map_err(|e| AgentError::Refused(e.to_string()))?;
+        write_atomically(path, &bytes)
+    }
+
+    pub fn local(&self, id: &str) -> Local {
+        self.instance_dir(id)
+            .ok()
+            .and_then(|d| self.read_json(&d.join("agent.json")))
+            .unwrap_or_default()
+    }
+
+    pub fn save_local(&self, id: &str, local: &Local) -> Result<(), AgentError> {
+        self.write_json(&self.instance_dir(id)?.join("agent.json"), local)
+    }
+
+    /// The version `current` points at.
+    pub fn current(&self, id: &str) -> Option<String> {
+        let link = std::fs::read_link(self.instance_dir(id).ok()?.join("current")).ok()?;
+        link.file_name().map(|n| n.to_string_lossy().into_owned())
+    }
+
+    /// Points `current` at `releases/<version>` (or removes it) by renaming a new symlink over
+    /// it: the instance sees the old release or the new one, never neither.
+    pub fn switch_current(&self, id: &str, version: Option<&str>) -> Result<(), AgentError> {
+        let dir = self.instance_dir(id)?;
+        let current = dir.join("current");
+        match version {
+            Some(v) => {
+                self.release_dir(v)?;
+                let tmp = dir.join(format!(".current.tmp-{}", std::process::id()));
+                let _ = std::fs::remove_file(&tmp);
+                std::os::unix::fs::symlink(Path::new("../../releases").join(v), &tmp)
+                    .map_err(io(&tmp))?;
+                std::fs::rename(&tmp, &current).map_err(io(&current))
+            }
+            None => match std::fs::remove_file(&current) {
+                Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(io(&current)(e)),
+                _ => Ok(()),
+            },
+        }
+    }
+
+    /// The instance directory, its `install` directories and drive links, its configuration
+    /// and its spec. Idempotent: run on every pass.
+    pub fn prepare(&self, d: &DesiredInstance) -> Result<(), AgentError> {
+        let dir = self.instance_dir(&d.id)?;
+        std::fs::create_dir_all(&dir).map_err(io(&dir))?;
+        for m in &d.install.mkdir {
+            let p = inside(&dir, m)?;
+            std::fs::create_dir_all(&p).map_err(io(&p))?;
+        }
+        for l in &d.install.links {
+            let p = inside(&dir, &l.path)?;
+            let target = Path::new(&l.target);
+            match std::fs::read_link(&p) {
+                Ok(t) if t == target => continue,
+                Ok(_) => std::fs::remove_file(&p).map_err(io(&p))?,
+                Err(_) if p.symlink_metadata().is_ok() => {
+                    return Err(AgentError::Refused(format!(
+                        "{}: exists and is not a symlink ({} link)",
+                        p.display(),
+                        l.drive
+                    )))
+                }
+                Err(_) => {}
+            }
+            std::os::unix::fs::symlink(target, &p).map_err(io(&p))?;
+        }
+        let config = serde_json::to_vec_pretty(&d.config)
+            .map_err(|e| AgentError::Refused(e.to_string()))?;
+        let config_path = dir.join("config.json");
+        if std::fs::read(&config_path).ok().as_deref() != Some(&config[..]) {
+            write_atomically(&config_path, &config)?;
+        }
+        if self.read_json::<DesiredInstance>(&dir.join("instance.json")).as_ref() != Some(d) {
+            self.write_json(&dir.join("instance.json"), d)?;
+        }
+        Ok(())
+    }
+
+    /// `${config}`, `${instance-dir}` and `${release}` in `text`.
+    pub fn expand(&self, id: &str, text: &str) -> Result<String, AgentError> {
+        let dir = self.instance_dir(id)?;
+        let d = dir.display().to_string();
+        Ok(text
+            .replace("${config}", &format!("{d}/config.json"))
+            .replace("${instance-dir}", &d)
+            .replace("${release}", &format!("{d}/current")))
+    }
+
+    /// Makes `releases/<id>` from blobs unless a copy is already there. The file list must hash
+    /// to the release's digest and every blob to its sha256; the tree is built aside and renamed
+    /// into place, so a partial or corrupt copy never exists under its name.
+    pub async fn materialise(
+        &self,
+        r: &Release,
+        fetch: impl AsyncFn(&str) -> Result<Vec<u8>, AgentError>,
+    ) -> Result<(), AgentError> {
+        let fail = |message: String| AgentError::Release {
+            id: r.id.clone(),
+            message,
+        };
+        if !r.is_consistent() {
+            return Err(fail("the file list does not match the version's digest".into()));
+        }
+        let dst = self.release_dir(&r.id)?;
+        if dst.is_dir() {
+            return Ok(());
+        }
+        let tmp = self.release_dir(&format!(".tmp-{}-{}", r.id, std::process::id()))?;
+        let _ = std::fs::remove_dir_all(&tmp);
+        let result = async {
+            for f in &r.files {
+                let bytes = fetch(&f.sha256).await?;
+                let got = {
+                    use sha2::Digest;
+                    portcullis_agent_proto::hex(&sha2::Sha256::digest(&bytes))
+                };
+                if got != f.sha256 || bytes.len() as u64 != f.size {
+                    return Err(fail(format!(
+                        "{}: got {} bytes hashing to {got}, expected {} bytes {}",
+                        f.path,
+                        bytes.len(),
+                        f.size,
+                        f.sha256
+                    )));
+                }
+                let p = inside(&tmp, &f.path)?;
+                if let Some(parent) = p.parent() {
+                    std::fs::create_dir_all(parent).map_err(io(parent))?;
+                }
+                std::fs::write(&p, &bytes).map_err(io(&p))?;
+                use std::os::unix::fs::PermissionsExt;
+                std::fs::set_permissions(&p, std::fs::Permissions::from_mode(f.mode & 0o7777))
+                    .map_err(io(&p))?;
+            }
+            std::fs::rename(&tmp, &dst).map_err(io(&dst))
+        }
+        .await;
+        if result.is_err() {
+            let _ = std::fs::remove_dir_all(&tmp);
+        }
+        result
+    }
+
+    /// Removes an instance that is no longer placed here: its `uninstall` paths, confined to
+    /// the root and to the drives its links point at, then its directory.
+    pub fn uninstall(&self, id: &str) -> Result<(), AgentError> {
+        let dir = self.instance_dir(id)?;
+        if let Some(spec) = self.read_json::<DesiredInstance>(&dir.join("instance.json")) {
+            let mut allowed: Vec<PathBuf> = vec![self.root.clone()];
+            allowed.extend(spec.install.links.iter().map(|l| PathBuf::from(&l.target)));
+            for u in &spec.uninstall {
+                let path = PathBuf::from(self.expand(id, u)?);
+                let confined = path.is_absolute()
+                    && path.components().all(|c| !matches!(c, Component::ParentDir))
+                    && allowed.iter().any(|a| path.starts_with(a) && path != *a);
+                if !confined {
+                    tracing::warn!(instance = id, path = %path.display(), "uninstall path outside the root and the instance's drives: left alone");
+                    continue;
+                }
+                let removed = if path.is_dir() && !path.is_symlink() {
+                    std::fs::remove_dir_all(&path)
+                } else {
+                    std::fs::remove_file(&path)
+                };
+                match removed {
+                    Ok(()) => tracing::info!(instance = id, path = %path.display(), "uninstalled"),
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                    Err(e) => return Err(io(&path)(e)),
+                }
+            }
+        }
+        std::fs::remove_dir_all(&dir).map_err(io(&dir))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn paths_from_admin_stay_inside() {
+        let base = Path::new("/r");
+        assert!(inside(base, "web.a.1").is_ok());
+        for bad in ["", "/etc", "..", "a/../../x", "./x"] {
+            assert!(inside(base, bad).is_err(), "{bad}");
+        }
+    }
+}
