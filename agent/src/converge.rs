@@ -124,8 +124,9 @@ impl Agent {
         if want != current && want.as_ref().is_none_or(|w| !s.local.failed.contains(w)) {
             self.change(s, d, address, current.clone(), want).await?;
         }
-        let should_run =
-            d.run.is_some() && d.run_state == RunState::Running && self.host.current(&d.id).is_some();
+        let should_run = d.run.is_some()
+            && d.run_state == RunState::Running
+            && self.host.current(&d.id).is_some();
         if !should_run {
             if let Some(p) = s.process.take() {
                 let how = p.stop(stop_timeout(d)).await;
@@ -233,17 +234,20 @@ impl Agent {
             self.start(s, d)?;
             let new_pid = s.process.as_ref().map(|p| p.id.pid);
             let proc_ref = &mut s.process;
-            let results = crate::probe::run(address, &d.tests, self.test_deadline, || {
-                match proc_ref.as_mut() {
-                    Some(p) if Some(p.id.pid) == old_pid => Err("the pid did not change".into()),
-                    Some(p) => match p.exited() {
-                        Some(how) => Err(format!("the new process exited: {how}")),
-                        None => Ok(()),
-                    },
-                    None => Err("not running".into()),
-                }
-            })
-            .await;
+            let results =
+                crate::probe::run(address, &d.tests, self.test_deadline, || {
+                    match proc_ref.as_mut() {
+                        Some(p) if Some(p.id.pid) == old_pid => {
+                            Err("the pid did not change".into())
+                        }
+                        Some(p) => match p.exited() {
+                            Some(how) => Err(format!("the new process exited: {how}")),
+                            None => Ok(()),
+                        },
+                        None => Err("not running".into()),
+                    }
+                })
+                .await;
             // A process that died after its last test passed failed too.
             let died = s.process.as_mut().and_then(|p| p.exited());
             let passed = results.iter().all(|r| r.ok) && died.is_none() && new_pid != old_pid;
@@ -251,7 +255,12 @@ impl Agent {
             if !passed {
                 let why = died
                     .map(|how| format!("the new process exited: {how}"))
-                    .or_else(|| s.tests.iter().find(|r| !r.ok).map(|r| format!("{}: {}", r.name, r.detail)));
+                    .or_else(|| {
+                        s.tests
+                            .iter()
+                            .find(|r| !r.ok)
+                            .map(|r| format!("{}: {}", r.name, r.detail))
+                    });
                 tracing::warn!(instance = %d.id, ?to, ?why, "tests failed; rolling back");
                 if let Some(p) = s.process.take() {
                     s.last_exit = Some(p.stop(stop_timeout(d)).await);
@@ -294,7 +303,11 @@ impl Agent {
                 id: id.clone(),
                 version: self.host.current(id),
                 state,
-                pid: if alive { s.process.as_ref().map(|p| p.id.pid) } else { None },
+                pid: if alive {
+                    s.process.as_ref().map(|p| p.id.pid)
+                } else {
+                    None
+                },
                 since: s.local.since,
                 restarts: s.restarts,
                 last_exit: s.last_exit.clone(),

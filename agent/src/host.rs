@@ -39,7 +39,11 @@ pub fn write_atomically(path: &Path, bytes: &[u8]) -> Result<(), AgentError> {
     let dir = path.parent().unwrap_or(Path::new("."));
     std::fs::create_dir_all(dir).map_err(io(dir))?;
     let name = path.file_name().map(|n| n.to_string_lossy().into_owned());
-    let tmp = dir.join(format!(".{}.tmp-{}", name.unwrap_or_default(), std::process::id()));
+    let tmp = dir.join(format!(
+        ".{}.tmp-{}",
+        name.unwrap_or_default(),
+        std::process::id()
+    ));
     let result = (|| {
         let mut f = std::fs::File::create(&tmp)?;
         f.write_all(bytes)?;
@@ -56,7 +60,10 @@ pub fn write_atomically(path: &Path, bytes: &[u8]) -> Result<(), AgentError> {
 pub fn inside(base: &Path, rel: &str) -> Result<PathBuf, AgentError> {
     let p = Path::new(rel);
     if rel.is_empty() || !p.components().all(|c| matches!(c, Component::Normal(_))) {
-        return Err(AgentError::Refused(format!("{rel:?} must stay inside {}", base.display())));
+        return Err(AgentError::Refused(format!(
+            "{rel:?} must stay inside {}",
+            base.display()
+        )));
     }
     Ok(base.join(p))
 }
@@ -93,8 +100,8 @@ impl Host {
     }
 
     pub fn write_json(&self, path: &Path, value: &impl Serialize) -> Result<(), AgentError> {
-        let bytes = serde_json::to_vec_pretty(value)
-            .map_err(|e| AgentError::Refused(e.to_string()))?;
+        let bytes =
+            serde_json::to_vec_pretty(value).map_err(|e| AgentError::Refused(e.to_string()))?;
         write_atomically(path, &bytes)
     }
 
@@ -162,13 +169,17 @@ impl Host {
             }
             std::os::unix::fs::symlink(target, &p).map_err(io(&p))?;
         }
-        let config = serde_json::to_vec_pretty(&d.config)
-            .map_err(|e| AgentError::Refused(e.to_string()))?;
+        let config =
+            serde_json::to_vec_pretty(&d.config).map_err(|e| AgentError::Refused(e.to_string()))?;
         let config_path = dir.join("config.json");
         if std::fs::read(&config_path).ok().as_deref() != Some(&config[..]) {
             write_atomically(&config_path, &config)?;
         }
-        if self.read_json::<DesiredInstance>(&dir.join("instance.json")).as_ref() != Some(d) {
+        if self
+            .read_json::<DesiredInstance>(&dir.join("instance.json"))
+            .as_ref()
+            != Some(d)
+        {
             self.write_json(&dir.join("instance.json"), d)?;
         }
         Ok(())
@@ -197,7 +208,9 @@ impl Host {
             message,
         };
         if !r.is_consistent() {
-            return Err(fail("the file list does not match the version's digest".into()));
+            return Err(fail(
+                "the file list does not match the version's digest".into(),
+            ));
         }
         let dst = self.release_dir(&r.id)?;
         if dst.is_dir() {
@@ -249,7 +262,9 @@ impl Host {
             for u in &spec.uninstall {
                 let path = PathBuf::from(self.expand(id, u)?);
                 let confined = path.is_absolute()
-                    && path.components().all(|c| !matches!(c, Component::ParentDir))
+                    && path
+                        .components()
+                        .all(|c| !matches!(c, Component::ParentDir))
                     && allowed.iter().any(|a| path.starts_with(a) && path != *a);
                 if !confined {
                     tracing::warn!(instance = id, path = %path.display(), "uninstall path outside the root and the instance's drives: left alone");

@@ -101,7 +101,10 @@ fn main() -> std::process::ExitCode {
 fn read_token(path: &std::path::Path) -> Result<String, AgentError> {
     let text = std::fs::read_to_string(path).map_err(error::io(path))?;
     match text.trim() {
-        "" => Err(AgentError::Refused(format!("{}: empty token file", path.display()))),
+        "" => Err(AgentError::Refused(format!(
+            "{}: empty token file",
+            path.display()
+        ))),
         t => Ok(t.to_owned()),
     }
 }
