@@ -402,12 +402,15 @@ fn run_nodes(run: &crate::meta::Run) -> impl Iterator<Item = (String, &Node)> {
     command.chain(env)
 }
 
-/// How instance `idx` runs, variables substituted except the agent's own (`${config}`, ...):
-/// (argv, environment). `None` when its type has no `run` section.
-pub fn run_command(
-    catalog: &Catalog,
-    idx: usize,
-) -> Result<Option<(Vec<String>, Vec<(String, String)>)>, Vec<CatalogError>> {
+/// An instance's `run` with variables substituted: argv and environment.
+pub struct RunCommand {
+    pub argv: Vec<String>,
+    pub env: Vec<(String, String)>,
+}
+
+/// How instance `idx` runs, variables substituted except the agent's own (`${config}`, ...).
+/// `None` when its type has no `run` section.
+pub fn run_command(catalog: &Catalog, idx: usize) -> Result<Option<RunCommand>, Vec<CatalogError>> {
     let inst = &catalog.inventory.instances[idx];
     let Some(meta) = catalog.meta(&inst.type_name) else {
         return Ok(None);
@@ -433,7 +436,7 @@ pub fn run_command(
         .map(|(k, node)| (k.clone(), text(&join("run.env", k), node)))
         .collect();
     if errors.is_empty() {
-        Ok(Some((argv, env)))
+        Ok(Some(RunCommand { argv, env }))
     } else {
         Err(errors)
     }

@@ -150,9 +150,9 @@ pub fn for_server(
         }
         let run = crate::config::run_command(catalog, idx)
             .map_err(config_errors)?
-            .map(|(command, env)| proto::RunSpec {
-                command,
-                env: env.into_iter().collect(),
+            .map(|run| proto::RunSpec {
+                command: run.argv,
+                env: run.env.into_iter().collect(),
                 stop_timeout_ms: meta
                     .run
                     .as_ref()

@@ -206,7 +206,10 @@ async fn healthy(addr: &str, port: u16) -> String {
         if let Some(body) = health(addr, port).await {
             return body;
         }
-        assert!(start.elapsed() < Duration::from_secs(30), "{addr}:{port} never became healthy");
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "{addr}:{port} never became healthy"
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
