@@ -135,3 +135,62 @@ fn describe(status: std::process::ExitStatus) -> String {
         _ => "unknown".into(),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sleeper(dir: &Path) -> Process {
+        spawn(
+            &["sleep".into(), "30".into()],
+            &[],
+            dir,
+            &dir.join("out.log"),
+        )
+        .unwrap()
+    }
+
+    #[tokio::test]
+    async fn a_process_is_adopted_only_with_its_own_start_time_and_stops_on_sigterm() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = sleeper(dir.path());
+        assert!(p.id.start_time > 0);
+        assert!(Process::adopt(p.id).is_some());
+        // Same pid, other start time: a recycled pid, not the instance.
+        let recycled = ProcessId {
+            start_time: p.id.start_time + 1,
+            ..p.id
+        };
+        assert!(Process::adopt(recycled).is_none());
+        let id = p.id;
+        let how = p.stop(Duration::from_secs(5)).await;
+        assert_eq!(how, "signal 15");
+        assert!(Process::adopt(id).is_none(), "stopped, so nothing to adopt");
+    }
+
+    #[tokio::test]
+    async fn an_exit_status_is_reported_and_a_missing_program_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut p = spawn(
+            &["sh".into(), "-c".into(), "exit 3".into()],
+            &[],
+            dir.path(),
+            &dir.path().join("out.log"),
+        )
+        .unwrap();
+        let how = loop {
+            if let Some(how) = p.exited() {
+                break how;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        };
+        assert_eq!(how, "exit status 3");
+        let missing = spawn(
+            &["/nonexistent/program".into()],
+            &[],
+            dir.path(),
+            &dir.path().join("out.log"),
+        );
+        assert!(matches!(missing, Err(AgentError::Refused(_))));
+    }
+}

@@ -1,6 +1,6 @@
 //! Real ADMIN, real agents, real processes, on loopback: three "servers" (127.0.0.1-3, each with
 //! its own root and its own `portcullis-agent` process) run a small python HTTP service built as
-//! a version. Installed everywhere and healthy; stopped via REST and gone; started again; a
+//! a version. Installed everywhere and healthy; stopped via REST and gone; started and restarted; a
 //! broken version rolls back on its instance only; an upgrade restarts with a new pid; a killed
 //! and restarted agent restarts nothing; with ADMIN down, a crashed service is restarted from
 //! the cached desired state; a removed instance is uninstalled.
@@ -353,6 +353,14 @@ async fn agents_install_run_stop_roll_back_and_survive_restarts() {
     .await;
     pids[0] = pid(&v);
     assert_eq!(healthy("127.0.0.1", port).await, format!("v1 {}", pids[0]));
+    // Restart: once, with a new pid. (The restarted agent below must not repeat it.)
+    post(&url, "/v1/instances/web.a.1/restart").await;
+    let v = until(&url, "web.a.1", "restarted", |v| {
+        running(&v1)(v) && pid(v) != pids[0]
+    })
+    .await;
+    assert!(!alive(pids[0]));
+    pids[0] = pid(&v);
 
     // A broken version on b only: it exits at once, b goes back to v1; a and c untouched.
     inventory(&catalog, &[("a", &v1), ("b", &broken), ("c", &v1)]);
