@@ -125,6 +125,7 @@ async fn run(args: RunArgs) -> Result<(), AgentError> {
         let mut delay = Duration::from_millis(200);
         loop {
             let etag = desired_tx.borrow().as_ref().map(|c| c.etag.clone());
+            let asked = tokio::time::Instant::now();
             match poller.desired(etag.as_deref(), wait).await {
                 Ok(Poll::Changed { desired, etag }) => {
                     let cached = Cached { etag, desired };
@@ -135,7 +136,14 @@ async fn run(args: RunArgs) -> Result<(), AgentError> {
                     desired_tx.send_replace(Some(cached));
                     delay = Duration::from_millis(200);
                 }
-                Ok(Poll::Unchanged) => delay = Duration::from_millis(200),
+                Ok(Poll::Unchanged) => {
+                    delay = Duration::from_millis(200);
+                    // Answered at once rather than held (ADMIN at its long-poll limit): do not
+                    // come straight back.
+                    if asked.elapsed() < Duration::from_secs(1) {
+                        tokio::time::sleep(Duration::from_secs(1)).await;
+                    }
+                }
                 Err(e) => {
                     tracing::warn!(%e, "ADMIN unreachable; keeping the last desired state");
                     tokio::time::sleep(delay).await;

@@ -29,8 +29,9 @@ fn python() -> String {
     }
 }
 
-/// A version of the `web` service: `server.py` answering /health with 200, or exiting at once.
-fn tree(base: &Path, tag: &str, broken: bool) -> PathBuf {
+/// A version of the `web` service: `server.py` answering /health with `status`, or (`broken`)
+/// exiting at once.
+fn tree(base: &Path, tag: &str, broken: bool, status: u16) -> PathBuf {
     let d = base.join(format!("tree-{tag}"));
     std::fs::create_dir_all(&d).unwrap();
     let script = if broken {
@@ -43,7 +44,7 @@ fn tree(base: &Path, tag: &str, broken: bool) -> PathBuf {
              class H(http.server.BaseHTTPRequestHandler):\n\
              \x20   def do_GET(self):\n\
              \x20       body = ('{tag} %d' % os.getpid()).encode()\n\
-             \x20       self.send_response(200 if self.path == '/health' else 404)\n\
+             \x20       self.send_response({status} if self.path == '/health' else 404)\n\
              \x20       self.send_header('content-length', str(len(body)))\n\
              \x20       self.end_headers()\n\
              \x20       self.wfile.write(body)\n\
@@ -266,15 +267,27 @@ async fn agents_install_run_stop_roll_back_and_survive_restarts() {
     let port = free_port();
     let store = portcullis_admin::versions::Store::new(&state);
     let v1 = store
-        .build("web", &tree(dir.path(), "v1", false), Some("web-1"))
+        .build("web", &tree(dir.path(), "v1", false, 200), Some("web-1"))
         .unwrap()
         .id;
     let v2 = store
-        .build("web", &tree(dir.path(), "v2", false), Some("web-2"))
+        .build("web", &tree(dir.path(), "v2", false, 200), Some("web-2"))
+        .unwrap()
+        .id;
+    let unhealthy = store
+        .build(
+            "web",
+            &tree(dir.path(), "sick", false, 503),
+            Some("web-sick"),
+        )
         .unwrap()
         .id;
     let broken = store
-        .build("web", &tree(dir.path(), "broken", true), Some("web-broken"))
+        .build(
+            "web",
+            &tree(dir.path(), "broken", true, 200),
+            Some("web-broken"),
+        )
         .unwrap()
         .id;
     std::fs::write(
@@ -383,8 +396,29 @@ async fn agents_install_run_stop_roll_back_and_survive_restarts() {
         assert_eq!(pid(&v), pids[i], "web.{server}.1 was restarted");
     }
 
+    // A version that runs but fails its health test (503) on a: rolled back after the test
+    // deadline, to v1 again; b and c untouched.
+    inventory(&catalog, &[("a", &unhealthy), ("b", &broken), ("c", &v1)]);
+    let v = until(&url, "web.a.1", "sick version rolled back", |v| {
+        v["observed"]["last_change"]["to"] == unhealthy.as_str()
+            && v["observed"]["last_change"]["outcome"] == "rolled-back"
+            && running(&v1)(v)
+    })
+    .await;
+    assert!(
+        v["observed"]["last_change"]["error"]
+            .as_str()
+            .unwrap_or("")
+            .contains("HTTP 503"),
+        "{v:#}"
+    );
+    assert_eq!(v["observed"]["tests"][0]["ok"], false);
+    pids[0] = pid(&v);
+    assert_eq!(healthy("127.0.0.1", port).await, format!("v1 {}", pids[0]));
+    assert_eq!(pid(&instance(&url, "web.c.1").await), pids[2]);
+
     // An upgrade of c: restarted on v2 with a new pid, tested against the new process.
-    inventory(&catalog, &[("a", &v1), ("b", &broken), ("c", &v2)]);
+    inventory(&catalog, &[("a", &unhealthy), ("b", &broken), ("c", &v2)]);
     let v = until(&url, "web.c.1", "v2 running", running(&v2)).await;
     assert_ne!(pid(&v), pids[2]);
     assert_eq!(v["observed"]["last_change"]["outcome"], "ok");
@@ -438,7 +472,7 @@ async fn agents_install_run_stop_roll_back_and_survive_restarts() {
 
     // c removed from the inventory: its process ends and its directory (and data) go.
     let c_pid = pids[2];
-    inventory(&catalog, &[("a", &v1), ("b", &broken)]);
+    inventory(&catalog, &[("a", &unhealthy), ("b", &broken)]);
     let root_c = cleanup.roots[2].join("instances/web.c.1");
     let start = Instant::now();
     while (root_c.exists() || alive(c_pid)) && start.elapsed() < Duration::from_secs(30) {
