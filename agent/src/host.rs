@@ -253,12 +253,20 @@ impl Host {
     }
 
     /// Removes an instance that is no longer placed here: its `uninstall` paths, confined to
-    /// the root and to the drives its links point at, then its directory.
+    /// the root and to the drive mounts (`db`, `archive`) its links point at, then its directory.
     pub fn uninstall(&self, id: &str) -> Result<(), AgentError> {
         let dir = self.instance_dir(id)?;
         if let Some(spec) = self.read_json::<DesiredInstance>(&dir.join("instance.json")) {
             let mut allowed: Vec<PathBuf> = vec![self.root.clone()];
-            allowed.extend(spec.install.links.iter().map(|l| PathBuf::from(&l.target)));
+            // The server's drive mounts, as ADMIN resolved them — not `path` links, which may
+            // point anywhere.
+            allowed.extend(
+                spec.install
+                    .links
+                    .iter()
+                    .filter(|l| l.drive == "db" || l.drive == "archive")
+                    .map(|l| PathBuf::from(&l.target)),
+            );
             for u in &spec.uninstall {
                 let path = PathBuf::from(self.expand(id, u)?);
                 let confined = path.is_absolute()
@@ -289,6 +297,67 @@ impl Host {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use portcullis_agent_proto::{Install, LinkStep, RunState};
+
+    fn spec(uninstall: &[&str], links: Vec<LinkStep>) -> DesiredInstance {
+        DesiredInstance {
+            id: "db.s.1".into(),
+            type_name: "db".into(),
+            index: 1,
+            release: None,
+            config: serde_json::json!({}),
+            install: Install {
+                mkdir: vec!["log".into()],
+                links,
+            },
+            run: None,
+            run_state: RunState::Running,
+            restart_generation: 0,
+            tests: Vec::new(),
+            uninstall: uninstall.iter().map(|s| s.to_string()).collect(),
+        }
+    }
+
+    #[test]
+    fn uninstall_removes_only_under_the_root_and_the_instances_drives() {
+        let t = tempfile::tempdir().unwrap();
+        let root = t.path().join("root");
+        let drive = t.path().join("drive1");
+        let elsewhere = t.path().join("elsewhere");
+        for d in [&root, &drive, &elsewhere] {
+            std::fs::create_dir_all(d.join("db-1")).unwrap();
+        }
+        let host = Host { root: root.clone() };
+        let link = |path: &str, drive_label: &str, target: &Path| LinkStep {
+            path: path.into(),
+            drive: drive_label.into(),
+            target: target.display().to_string(),
+        };
+        let d = spec(
+            &[
+                &format!("{}/db-1", drive.display()),
+                &format!("{}/db-1", elsewhere.display()),
+                &format!("{}/../elsewhere/db-1", drive.display()),
+                "${instance-dir}/log",
+            ],
+            vec![
+                link("data", "db", &drive),
+                link("other", "path", &elsewhere),
+            ],
+        );
+        host.prepare(&d).unwrap();
+        assert!(root.join("instances/db.s.1/log").is_dir());
+        host.uninstall("db.s.1").unwrap();
+        assert!(
+            !drive.join("db-1").exists(),
+            "on the instance's drive: removed"
+        );
+        assert!(
+            elsewhere.join("db-1").exists(),
+            "a `path` link target is not a drive"
+        );
+        assert!(drive.exists() && !root.join("instances/db.s.1").exists());
+    }
 
     #[test]
     fn paths_from_admin_stay_inside() {
