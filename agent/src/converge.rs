@@ -290,18 +290,22 @@ impl Agent {
                 .and_then(|i| i.run.as_ref())
                 .is_some();
             let alive = s.process.as_mut().is_some_and(|p| p.exited().is_none());
+            let version = self.host.current(id);
+            // A first install that failed leaves nothing to run: that is a failure, not a stop.
+            let never_installed =
+                version.is_none() && s.last_change.as_ref().is_some_and(|c| c.outcome != "ok");
             let state = if alive {
                 ProcessState::Running
             } else if !runs {
                 ProcessState::Installed
-            } else if s.next_start.is_some() || s.error.is_some() {
+            } else if s.next_start.is_some() || s.error.is_some() || never_installed {
                 ProcessState::Failed
             } else {
                 ProcessState::Stopped
             };
             instances.push(ObservedInstance {
                 id: id.clone(),
-                version: self.host.current(id),
+                version,
                 state,
                 pid: if alive {
                     s.process.as_ref().map(|p| p.id.pid)

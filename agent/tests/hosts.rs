@@ -418,8 +418,18 @@ async fn agents_install_run_stop_roll_back_and_survive_restarts() {
     assert_eq!(pid(&instance(&url, "web.c.1").await), pids[2]);
 
     // An upgrade of c: restarted on v2 with a new pid, tested against the new process.
+    let upgrade_started = Instant::now();
     inventory(&catalog, &[("a", &unhealthy), ("b", &broken), ("c", &v2)]);
-    let v = until(&url, "web.c.1", "v2 running", running(&v2)).await;
+    let v = until(&url, "web.c.1", "v2 running", |v| {
+        running(&v2)(v) && v["observed"]["last_change"]["to"] == v2.as_str()
+    })
+    .await;
+    // A measurement, not an assertion: inventory edit -> reload -> long-poll -> fetch, switch,
+    // restart, health test -> report -> ADMIN.
+    eprintln!(
+        "upgrade of web.c.1 observed after {:?}",
+        upgrade_started.elapsed()
+    );
     assert_ne!(pid(&v), pids[2]);
     assert_eq!(v["observed"]["last_change"]["outcome"], "ok");
     assert!(healthy("127.0.0.3", port).await.starts_with("v2 "));
