@@ -3,7 +3,8 @@
 //! a version. Installed everywhere and healthy; stopped via REST and gone; started and restarted; a
 //! broken version rolls back on its instance only; an upgrade restarts with a new pid; a killed
 //! and restarted agent restarts nothing; with ADMIN down, a crashed service is restarted from
-//! the cached desired state; a removed instance is uninstalled.
+//! the cached desired state and a version changed meanwhile is installed once ADMIN returns; a
+//! removed instance is uninstalled.
 //!
 //! Loopback rather than network namespaces: the agent only talks HTTP to ADMIN and its
 //! service, so separate addresses and roots exercise the same paths at a fraction of the setup.
@@ -480,9 +481,18 @@ async fn agents_install_run_stop_roll_back_and_survive_restarts() {
     .await;
     assert_ne!(pid(&v), pids[1]);
 
+    // ADMIN down again while b's version is changed (as if killed mid-rollout): b keeps
+    // serving v1, and converges to v2 once ADMIN is back.
+    admin.stop().await.unwrap();
+    inventory(&catalog, &[("a", &unhealthy), ("b", &v2), ("c", &v2)]);
+    assert!(healthy("127.0.0.2", port).await.starts_with("v1 "));
+    let admin = start_admin(&catalog, &state, &tokens, admin_addr).await;
+    until(&url, "web.b.1", "v2 after ADMIN returned", running(&v2)).await;
+    assert!(healthy("127.0.0.2", port).await.starts_with("v2 "));
+
     // c removed from the inventory: its process ends and its directory (and data) go.
     let c_pid = pids[2];
-    inventory(&catalog, &[("a", &unhealthy), ("b", &broken)]);
+    inventory(&catalog, &[("a", &unhealthy), ("b", &v2)]);
     let root_c = cleanup.roots[2].join("instances/web.c.1");
     let start = Instant::now();
     while (root_c.exists() || alive(c_pid)) && start.elapsed() < Duration::from_secs(30) {
