@@ -367,4 +367,64 @@ mod tests {
             assert!(inside(base, bad).is_err(), "{bad}");
         }
     }
+
+    fn release(content: &[u8]) -> Release {
+        use sha2::Digest;
+        let sha = portcullis_agent_proto::hex(&sha2::Sha256::digest(content));
+        let files = vec![portcullis_agent_proto::ReleaseFile {
+            path: "bin/run".into(),
+            mode: 0o755,
+            size: content.len() as u64,
+            sha256: sha,
+        }];
+        let digest = portcullis_agent_proto::release_digest(
+            "web",
+            files
+                .iter()
+                .map(|f| (f.mode, f.size, f.sha256.as_str(), f.path.as_str())),
+        );
+        Release {
+            id: format!("web_{}", &digest[..12]),
+            type_name: "web".into(),
+            digest,
+            files,
+        }
+    }
+
+    #[tokio::test]
+    async fn a_release_is_built_only_from_blobs_matching_its_manifest() {
+        let t = tempfile::tempdir().unwrap();
+        let host = Host {
+            root: t.path().to_owned(),
+        };
+        let r = release(b"#!/bin/sh\n");
+        // A blob that is not what the manifest says: refused, nothing under its name.
+        let wrong = host
+            .materialise(&r, async |_: &str| Ok(b"#!/bin/sh\nrm -rf /\n".to_vec()))
+            .await;
+        assert!(
+            matches!(wrong, Err(AgentError::Release { .. })),
+            "{wrong:?}"
+        );
+        assert!(!host.release_dir(&r.id).unwrap().exists());
+        // A file list that is not the version's: refused before anything is fetched.
+        let mut forged = r.clone();
+        forged.files[0].mode = 0o4755;
+        let refused = host
+            .materialise(&forged, async |_: &str| -> Result<Vec<u8>, AgentError> {
+                panic!("fetched a blob of a forged file list")
+            })
+            .await;
+        assert!(matches!(refused, Err(AgentError::Release { .. })));
+        host.materialise(&r, async |_: &str| Ok(b"#!/bin/sh\n".to_vec()))
+            .await
+            .unwrap();
+        let p = host.release_dir(&r.id).unwrap().join("bin/run");
+        assert_eq!(std::fs::read(&p).unwrap(), b"#!/bin/sh\n");
+        use std::os::unix::fs::PermissionsExt;
+        assert_eq!(
+            std::fs::metadata(&p).unwrap().permissions().mode() & 0o7777,
+            0o755
+        );
+    }
 }
