@@ -48,6 +48,9 @@ struct Scope<'a> {
     vars_of: Option<&'a Meta>,
     /// References followed so far: `${logger:port}` whose value is `${logger:port}` must end.
     depth: u8,
+    /// In `run` and `uninstall`: the host paths only the agent knows (`${config}`, ...) stay
+    /// as written, for the agent to substitute.
+    agent_vars: bool,
 }
 
 impl Scope<'_> {
@@ -83,8 +86,12 @@ impl Scope<'_> {
                 instance,
                 vars_of: Some(meta),
                 depth: self.depth + 1,
+                agent_vars: self.agent_vars,
             }
             .lookup(inner);
+        }
+        if self.agent_vars && portcullis_agent_proto::AGENT_VARIABLES.contains(&name) {
+            return Ok(Value::Str(format!("${{{name}}}")));
         }
         if BUILTINS.contains(&name) {
             let Some(i) = self.instance else {
@@ -284,6 +291,7 @@ pub(crate) fn combined_with(
         instance: Some(inst),
         vars_of: meta,
         depth: 0,
+        agent_vars: false,
     };
     let mut errors = Vec::new();
     let mut out = Value::map();
@@ -327,18 +335,29 @@ pub(crate) fn check_variables(catalog: &Catalog, errors: &mut Vec<CatalogError>)
             instance: None,
             vars_of: Some(f),
             depth: 0,
+            agent_vars: false,
         };
         let builtins_only = Scope {
             catalog,
             instance: None,
             vars_of: None,
             depth: 0,
+            agent_vars: false,
         };
         for (k, v) in &f.vars {
             resolve(v, &join("vars", k), &f.file, &builtins_only, errors);
         }
         for (k, v) in &f.config.own {
             resolve(v, &join("config", &k.name), &f.file, &own, errors);
+        }
+        if let Some(run) = &f.run {
+            let host = Scope {
+                agent_vars: true,
+                ..own
+            };
+            for (path, node) in run_nodes(run) {
+                resolve(node, &path, &f.file, &host, errors);
+            }
         }
         if let Some(all) = &f.config.all {
             resolve(all, "config.\"*\"", &f.file, &builtins_only, errors);
@@ -352,6 +371,7 @@ pub(crate) fn check_variables(catalog: &Catalog, errors: &mut Vec<CatalogError>)
                         instance: None,
                         vars_of: Some(target),
                         depth: 0,
+                        agent_vars: false,
                     };
                     resolve(node, &path, &f.file, &scope, errors);
                 }
@@ -365,5 +385,117 @@ pub(crate) fn check_variables(catalog: &Catalog, errors: &mut Vec<CatalogError>)
                 }),
             }
         }
+    }
+}
+
+/// The `run` strings with their key paths: command items, then env values.
+fn run_nodes(run: &crate::meta::Run) -> impl Iterator<Item = (String, &Node)> {
+    let command = run
+        .command_nodes
+        .iter()
+        .enumerate()
+        .map(|(n, node)| (index("run.command", n), node));
+    let env = run
+        .env_nodes
+        .iter()
+        .map(|(k, node)| (join("run.env", k), node));
+    command.chain(env)
+}
+
+/// An instance's `run` with variables substituted: argv and environment.
+pub struct RunCommand {
+    pub argv: Vec<String>,
+    pub env: Vec<(String, String)>,
+}
+
+/// How instance `idx` runs, variables substituted except the agent's own (`${config}`, ...).
+/// `None` when its type has no `run` section.
+pub fn run_command(catalog: &Catalog, idx: usize) -> Result<Option<RunCommand>, Vec<CatalogError>> {
+    let inst = &catalog.inventory.instances[idx];
+    let Some(meta) = catalog.meta(&inst.type_name) else {
+        return Ok(None);
+    };
+    let Some(run) = &meta.run else {
+        return Ok(None);
+    };
+    let scope = host_scope(catalog, idx);
+    let mut errors = Vec::new();
+    let mut text = |path: &str, node: &Node| {
+        let v = resolve(node, path, &meta.file, &scope, &mut errors);
+        scalar_text(&v)
+    };
+    let argv: Vec<String> = run
+        .command_nodes
+        .iter()
+        .enumerate()
+        .map(|(n, node)| text(&index("run.command", n), node))
+        .collect();
+    let env: Vec<(String, String)> = run
+        .env_nodes
+        .iter()
+        .map(|(k, node)| (k.clone(), text(&join("run.env", k), node)))
+        .collect();
+    if errors.is_empty() {
+        Ok(Some(RunCommand { argv, env }))
+    } else {
+        Err(errors)
+    }
+}
+
+/// The `uninstall` paths of instance `idx`, variables substituted (the agent's own kept).
+pub fn uninstall_paths(catalog: &Catalog, idx: usize) -> Result<Vec<String>, Vec<CatalogError>> {
+    let inst = &catalog.inventory.instances[idx];
+    let Some(meta) = catalog.meta(&inst.type_name) else {
+        return Ok(Vec::new());
+    };
+    let scope = host_scope(catalog, idx);
+    let mut errors = Vec::new();
+    let out = meta
+        .uninstall
+        .iter()
+        .enumerate()
+        .map(|(n, p)| {
+            // `uninstall` keeps no positions: the key path names the entry.
+            let node = Node {
+                pos: Default::default(),
+                span: (0, 0),
+                kind: Kind::Str(p.clone()),
+            };
+            scalar_text(&resolve(
+                &node,
+                &index("uninstall", n),
+                &meta.file,
+                &scope,
+                &mut errors,
+            ))
+        })
+        .collect();
+    if errors.is_empty() {
+        Ok(out)
+    } else {
+        Err(errors)
+    }
+}
+
+fn host_scope(catalog: &Catalog, idx: usize) -> Scope<'_> {
+    let inst = &catalog.inventory.instances[idx];
+    Scope {
+        catalog,
+        instance: Some(inst),
+        vars_of: catalog.meta(&inst.type_name),
+        depth: 0,
+        agent_vars: true,
+    }
+}
+
+/// A substituted scalar as command-line text.
+fn scalar_text(v: &Value) -> String {
+    match v {
+        Value::Str(s) => s.clone(),
+        Value::Int(i) => i.to_string(),
+        Value::Bool(b) => b.to_string(),
+        Value::Float(f) => f.to_string(),
+        Value::Null => String::new(),
+        other => other.to_yaml().trim().to_owned(),
     }
 }

@@ -36,6 +36,7 @@ mod checks;
 pub mod config;
 #[cfg(feature = "db")]
 pub mod db;
+pub mod desired;
 mod durable;
 pub mod edit;
 pub mod error;

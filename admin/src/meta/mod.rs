@@ -3,8 +3,10 @@
 //! exports through the gateway (`gateway.rs`), and the checks run after install or upgrade.
 
 mod gateway;
+mod run;
 
 pub use gateway::{GatewayEntry, To};
+pub use run::{Run, DEFAULT_STOP_TIMEOUT_MS};
 
 use crate::error::ErrorKind;
 use crate::read::{find, index, join, Reader};
@@ -28,6 +30,7 @@ pub const META_KEYS: &[&str] = &[
     "config",
     "gateway",
     "tests",
+    "run",
 ];
 
 #[derive(Clone, Debug, Serialize)]
@@ -52,6 +55,8 @@ pub struct Meta {
     pub config: ConfigSections,
     pub gateway: Vec<GatewayEntry>,
     pub tests: Vec<TestSpec>,
+    /// How an instance runs on its host (`portcullis-agent`); `None`: files only.
+    pub run: Option<Run>,
 }
 
 #[derive(Clone, Debug, Default, Serialize)]
@@ -203,6 +208,7 @@ pub(crate) fn read_meta(r: &mut Reader, stem: &str, doc: &Node) -> Option<Meta> 
                 .collect()
         })
         .unwrap_or_default();
+    let run = find(&entries, "run").and_then(|n| run::read_run(r, n));
     Some(Meta {
         file: r.file.clone(),
         type_name,
@@ -219,6 +225,7 @@ pub(crate) fn read_meta(r: &mut Reader, stem: &str, doc: &Node) -> Option<Meta> 
         config,
         gateway,
         tests,
+        run,
     })
 }
 

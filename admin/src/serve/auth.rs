@@ -28,20 +28,29 @@ fn has_tokens(options: &super::Options) -> bool {
     options.token.is_some() || !options.tokens.is_empty()
 }
 
-/// Constant-time comparison: the token must not leak through timing.
-fn token_matches(headers: &HeaderMap, token: &str) -> bool {
-    let Some(given) = headers
+/// The credentials of an `Authorization: Bearer ...` header.
+pub(super) fn bearer(headers: &HeaderMap) -> Option<&str> {
+    headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.split_once(' '))
         // The scheme is case-insensitive (RFC 9110, 11.1): `bearer` and `BEARER` too.
         .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
-        .map(|(_, credentials)| credentials)
-    else {
-        return false;
-    };
-    let (a, b) = (given.trim().as_bytes(), token.as_bytes());
+        .map(|(_, credentials)| credentials.trim())
+}
+
+/// Constant-time comparison: a token must not leak through timing.
+pub(super) fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+fn token_matches(headers: &HeaderMap, token: &str) -> bool {
+    bearer(headers).is_some_and(|given| constant_time_eq(given.as_bytes(), token.as_bytes()))
+}
+
+/// Whether the request carries an operator's token (the bare one or a named one).
+pub(super) fn is_operator(headers: &HeaderMap, options: &super::Options) -> bool {
+    identify(headers, options).is_some()
 }
 
 pub(super) async fn auth_reads(Ext(state): Ext<AdminState>, req: Request, next: Next) -> Response {

@@ -151,7 +151,7 @@ pub(super) async fn export(
 /// plus plain seconds (`30`). humantime refuses a number without a unit, but docs/admin-api.yaml
 /// has promised plain seconds since the first version (and `Prefer: wait=` is seconds too), so
 /// that one spelling is kept here explicitly.
-fn parse_wait(text: &str) -> Result<Duration, humantime::DurationError> {
+pub(super) fn parse_wait(text: &str) -> Result<Duration, humantime::DurationError> {
     let text = text.trim();
     if !text.is_empty() && text.bytes().all(|b| b.is_ascii_digit()) {
         if let Ok(secs) = text.parse::<u64>() {

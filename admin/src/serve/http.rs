@@ -64,6 +64,8 @@ pub fn router(state: AdminState) -> Router {
             state.clone(),
             revision_header,
         ))
+        // Host agents: their own token checks and body limit (a report outgrows 16 KiB).
+        .merge(super::agent::routes(state.clone()))
         .with_state(state)
 }
 
@@ -284,7 +286,11 @@ async fn instance(
     let i = c
         .instance(&id)
         .ok_or_else(|| ApiError::new(StatusCode::NOT_FOUND, format!("no instance {id}")))?;
-    Ok(Json(instance_json(c, i)))
+    let mut v = instance_json(c, i);
+    if let Some(hub) = &state.options().agents {
+        super::agent::add_run_state(hub, i, &mut v);
+    }
+    Ok(Json(v))
 }
 
 async fn servers(Ext(state): Ext<AdminState>) -> Json<serde_json::Value> {

@@ -6,6 +6,8 @@
 //! [`spawn`] (or build [`router`] into your own server), and change instances with
 //! [`AdminState::set_state`] — long-polling gateways see the new export within milliseconds.
 
+mod agent;
+mod agent_hub;
 mod audit;
 mod auth;
 mod conn;
@@ -20,6 +22,7 @@ mod state;
 pub mod tls;
 mod versions_api;
 
+pub use agent_hub::{read_tokens, AgentHub, HubError, RunAction};
 pub use audit::AuditEntry;
 pub use http::router;
 pub use mutate::Change;

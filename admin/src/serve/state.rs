@@ -35,6 +35,9 @@ pub struct Options {
     /// The version store and instance roots (`/v1/versions`, install/upgrade/downgrade);
     /// `None`: those endpoints answer 404.
     pub versions: Option<crate::versions::Deployer>,
+    /// Host agents (`/v1/servers/{name}/desired`, blobs, reports, start/stop); `None`: those
+    /// endpoints answer 404.
+    pub agents: Option<std::sync::Arc<super::AgentHub>>,
     /// Open connections at most; more are closed at once.
     pub max_connections: usize,
     /// Open connections from one client address at most, so one client cannot take every
@@ -57,6 +60,7 @@ impl Default for Options {
             body_limit: 16 * 1024,
             tls: None,
             versions: None,
+            agents: None,
             max_connections: 16_384,
             max_connections_per_client: 64,
             header_timeout: Duration::from_secs(20),

@@ -14,7 +14,6 @@ use super::VersionError;
 use crate::durable::unique;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeSet;
-use std::io::Write;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
@@ -329,12 +328,13 @@ pub(crate) fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), VersionError
 }
 
 fn canonical_digest(type_name: &str, files: &[FileEntry]) -> String {
-    let mut h = Sha256Writer::new(std::io::sink());
-    let _ = writeln!(h, "portcullis-version 1\ntype {type_name}");
-    for f in files {
-        let _ = writeln!(h, "{:o} {} {} {}", f.mode, f.size, f.sha256, f.path);
-    }
-    hex(&h.finish().1)
+    // One definition with the agent, which recomputes it before trusting a file list.
+    portcullis_agent_proto::release_digest(
+        type_name,
+        files
+            .iter()
+            .map(|f| (f.mode, f.size, f.sha256.as_str(), f.path.as_str())),
+    )
 }
 
 /// Collects the relative paths of every regular file under `dir`. Symlinks and special files

@@ -56,6 +56,8 @@ pub enum CliError {
     EmptyTokenFile(PathBuf),
     #[error("{}:{line}: expected `NAME TOKEN`", path.display())]
     BadTokenLine { path: PathBuf, line: usize },
+    #[error("agents: {0}")]
+    Agents(portcullis_admin::serve::HubError),
     #[error("--reload-interval: must be more than zero, e.g. 1s or 500ms")]
     ZeroReloadInterval,
     #[error("starting the runtime: {0}")]
@@ -96,6 +98,7 @@ impl CliError {
             | CliError::TokenFile { .. }
             | CliError::EmptyTokenFile(_)
             | CliError::BadTokenLine { .. }
+            | CliError::Agents(_)
             | CliError::ZeroReloadInterval
             | CliError::Version(_)
             | CliError::VersionInUse { .. } => 2,

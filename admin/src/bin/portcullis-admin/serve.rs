@@ -42,6 +42,10 @@ pub struct ServeArgs {
     /// Where instance roots live (<ROOTS>/<instance id>); default <STATE>/roots.
     #[arg(long, requires = "state")]
     roots: Option<PathBuf>,
+    /// Host agents' tokens, `SERVER TOKEN` per line: each lets one server's portcullis-agent
+    /// read that server's desired state and write its report (agents need --state).
+    #[arg(long, requires = "state")]
+    agent_tokens: Option<PathBuf>,
 }
 
 pub fn serve(a: ServeArgs) -> Result<Outcome, CliError> {
@@ -103,6 +107,17 @@ fn options(a: &ServeArgs) -> Result<serve::Options, CliError> {
                 key,
                 client_ca: a.tls_client_ca.clone(),
             }),
+        agents: match &a.state {
+            Some(state) => {
+                let tokens = match &a.agent_tokens {
+                    Some(path) => serve::read_tokens(path).map_err(CliError::Agents)?,
+                    None => Vec::new(),
+                };
+                let hub = serve::AgentHub::open(state, tokens).map_err(CliError::Agents)?;
+                Some(std::sync::Arc::new(hub))
+            }
+            None => None,
+        },
         versions: a.state.as_ref().map(|state| {
             let roots = a.roots.clone().unwrap_or_else(|| state.join("roots"));
             versions::Deployer::new(state, &roots)
