@@ -306,7 +306,7 @@ fn a_rejected_export_changes_nothing_and_other_tables_are_untouched() {
     assert_eq!(live.status.code(), Some(1));
     let text = String::from_utf8_lossy(&live.stdout);
     assert!(
-        text.contains("lb_rand_port_v4") && text.contains("10.200.2.2"),
+        text.contains("lb_svc_flow_port_v4_29") && text.contains("10.200.2.2"),
         "{text}"
     );
     assert_eq!(lab.tcp_ask(VIP1, 80).as_deref(), Some("b1"));
