@@ -107,7 +107,8 @@ fn round_robin_follows_weights_and_weight_zero_drains() {
         "weight 0 gets no connections: {seen:?}"
     );
     let b2 = seen.get("b2").copied().unwrap_or(0);
-    // Expected 150 of 200 (weights 1:3); numgen is random, so allow ±5 standard deviations.
+    // Expected 150 of 200 (weights 1:3); the bucket is a hash of the source port, which is
+    // random per connection, so allow ±5 standard deviations.
     assert!(
         (120..=180).contains(&b2),
         "b2 answered {b2} of 200: {seen:?}"
