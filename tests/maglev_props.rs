@@ -38,7 +38,7 @@ fn moved_share(before: &[Option<u32>], after: &[Option<u32>], except: u32) -> f6
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig::with_cases(256))]
+    #![proptest_config(ProptestConfig::with_cases(128))]
 
     #[test]
     fn shares_are_within_two_points_of_weight_shares(s in servers(200, 20)) {
