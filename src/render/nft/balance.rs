@@ -231,6 +231,16 @@ impl StableKey for RealKey {
 /// no server with weight). Servers of the other address family than the frontends (method
 /// `tun`, which IPVS tunnels) count as drained: DNAT cannot change the family.
 pub fn bucket_owners(svc: &VirtualService) -> (u32, Vec<Option<&RealKey>>) {
+    let (buckets, owners) = bucket_owner_indexes(svc);
+    let reals: Vec<&RealKey> = svc.reals.iter().map(|(k, _)| k).collect();
+    (
+        buckets,
+        owners.into_iter().map(|o| o.map(|i| reals[i])).collect(),
+    )
+}
+
+/// [`bucket_owners`] as indexes into the service's real servers, in their order.
+fn bucket_owner_indexes(svc: &VirtualService) -> (u32, Vec<Option<usize>>) {
     let v6 = svc.is_ipv6();
     let servers: Vec<(&RealKey, u32)> = svc
         .reals
@@ -241,11 +251,7 @@ pub fn bucket_owners(svc: &VirtualService) -> (u32, Vec<Option<&RealKey>>) {
         })
         .collect();
     let buckets = bucket_count(servers.len());
-    let owners = maglev::assign(&servers, buckets)
-        .into_iter()
-        .map(|o| o.map(|i| servers[i].0))
-        .collect();
-    (buckets, owners)
+    (buckets, maglev::assign(&servers, buckets))
 }
 
 impl StableKey for &RealKey {
@@ -262,7 +268,7 @@ pub fn elements(key: &ServiceKey, svc: &VirtualService) -> Vec<Element> {
     } else {
         Family::V4
     };
-    let (buckets, owners) = bucket_owners(svc);
+    let (buckets, owners) = bucket_owner_indexes(svc);
     let map = |keying, target| {
         LbMap {
             keying,
@@ -273,23 +279,36 @@ pub fn elements(key: &ServiceKey, svc: &VirtualService) -> Vec<Element> {
         }
         .name()
     };
-    let mut out = Vec::new();
+    let reals: Vec<&RealKey> = svc.reals.iter().map(|(k, _)| k).collect();
+    // Each server's value text once, not once per bucket: 100k rows make 1.5M elements.
+    let values = |frontend_port: Option<u16>| -> Vec<String> {
+        reals
+            .iter()
+            .map(|r| match r.port.or(frontend_port) {
+                Some(p) => format!("{} . {p}", r.addr),
+                None => r.addr.to_string(),
+            })
+            .collect()
+    };
+    let mut out = Vec::with_capacity(owners.len() * svc.frontends.len());
     match key {
         ServiceKey::Fwmark { mark } => {
             let names = (
                 map(Keying::Mark, Target::AddrPort),
                 map(Keying::Mark, Target::Addr),
             );
+            let values = values(None);
             for (bucket, owner) in owners.iter().enumerate() {
-                let Some(real) = owner else { continue };
-                let (set, value) = match real.port {
-                    Some(p) => (&names.0, format!("{} . {p}", real.addr)),
-                    None => (&names.1, real.addr.to_string()),
+                let Some(i) = *owner else { continue };
+                let set = if reals[i].port.is_some() {
+                    &names.0
+                } else {
+                    &names.1
                 };
                 out.push(Element {
                     set: set.clone(),
                     key: format!("{mark} . {bucket}"),
-                    value: Some(value),
+                    value: Some(values[i].clone()),
                 });
             }
         }
@@ -297,14 +316,14 @@ pub fn elements(key: &ServiceKey, svc: &VirtualService) -> Vec<Element> {
             let set = map(Keying::Frontend, Target::AddrPort);
             for f in &svc.frontends {
                 let base = format!("{} . {} . {}", f.vip, svc.proto, f.ports);
+                // A service of one port knows the port even when the server keeps it.
+                let values = values(Some(f.ports.first));
                 for (bucket, owner) in owners.iter().enumerate() {
-                    let Some(real) = owner else { continue };
-                    // A service of one port knows the port even when the server keeps it.
-                    let port = real.port.unwrap_or(f.ports.first);
+                    let Some(i) = *owner else { continue };
                     out.push(Element {
                         set: set.clone(),
                         key: format!("{base} . {bucket}"),
-                        value: Some(format!("{} . {port}", real.addr)),
+                        value: Some(values[i].clone()),
                     });
                 }
             }
