@@ -337,7 +337,7 @@ fn the_daemon_restores_rules_from_cache_after_a_reboot_with_admin_down() {
     };
     let listing = || {
         ns.command("nft")
-            .args(["list", "map", "inet", "portcullis", "lb_rand_port_v4"])
+            .args(["list", "table", "inet", "portcullis"])
             .output()
             .ok()
             .filter(|o| o.status.success())

@@ -127,3 +127,46 @@ fn every_golden_file_belongs_to_a_case() {
         }
     }
 }
+
+/// The balancing maps depend on the export, never on its row order: the same rows reversed
+/// and interleaved render byte-identical tables (the bucket owners included).
+#[test]
+fn row_order_does_not_change_the_rendered_maps() {
+    use portcullis::model::DesiredState;
+    let mut rows = portcullis::synth::rows(3000);
+    rows.extend(
+        portcullis_export::parse(
+            std::fs::read(repo().join("rules/examples/export.csv"))
+                .expect("read example")
+                .as_slice(),
+        )
+        .expect("example is valid")
+        .rows(),
+    );
+    let opts = common::render_options(Backend::Nft, &["eth0"]);
+    let render = |rows: &[portcullis_export::ExportRow]| {
+        nft::full_ruleset(&DesiredState::from_rows(rows), &opts).to_nft()
+    };
+    let straight = render(&rows);
+    let mut reversed = rows.clone();
+    reversed.reverse();
+    // Odd rows first, then even ones: every service's rows come in another order.
+    let (odd, even): (Vec<_>, Vec<_>) = rows
+        .iter()
+        .cloned()
+        .enumerate()
+        .partition(|(i, _)| i % 2 == 1);
+    let interleaved: Vec<_> = odd.into_iter().chain(even).map(|(_, r)| r).collect();
+    assert!(
+        straight.contains("lb_svc_"),
+        "the nft backend's maps are rendered"
+    );
+    assert!(
+        straight == render(&reversed),
+        "reversed rows render another table"
+    );
+    assert!(
+        straight == render(&interleaved),
+        "interleaved rows render another table"
+    );
+}

@@ -1,13 +1,17 @@
 //! The pure-nftables load balancer (`backend = "nft"`): the same virtual services as IPVS,
-//! done with DNAT from maps, in static chains.
+//! done with DNAT from exact-match maps, in static chains.
 //!
-//! Each virtual service's weights are spread over 65536 **slots** (a weight-3 server owns three
-//! times the slots of a weight-1 server). One map element per (frontend, real server) says
-//! "`daddr . l4proto . dport . slot` in these ranges → DNAT to this real server". The slot is
-//! `numgen random mod 65536` (rr, wrr, and the connection-counting schedulers, which nftables
-//! cannot count: lc, wlc, sed, nq, lblc, lblcr become weighted random) or `jhash ip saddr mod
-//! 65536` (sh, dh, mh and every persistent service: a client keeps its server while the
-//! service's servers and weights are unchanged).
+//! Each virtual service has a prime number of **buckets** (a size class chosen from its server
+//! count, see [`SIZE_CLASSES`]) and [`super::maglev`] decides which real server owns each,
+//! from the servers' keys and weights alone. The bucket of a flow is `jhash` of its source
+//! address (persistent services, sh, dh, mh: a client keeps its server) or of its source
+//! address and port (every other scheduler: nftables cannot count connections, so rr, wrr, lc,
+//! wlc, sed, nq, lblc and lblcr all become a weighted spread of flows), `mod` the bucket count,
+//! with a fixed seed. A service of one address and port looks up `daddr . l4proto . dport .
+//! bucket`; an fwmark service is marked first (interval map `fwmarks_*`, as for IPVS) and
+//! looks up `mark . bucket`, so its port ranges and addresses share one set of buckets. The
+//! maps have no `flags interval`: deleting from them is cheap, and a drain or weight change
+//! rewrites only the buckets whose owner changed.
 //!
 //! Why maps and not a chain per service: measured on nft 1.0.6 (Debian 12), a table with one
 //! chain per service and per real server took 14.7 s to load at 10k services, and *adding one
@@ -15,77 +19,59 @@
 //! With maps, every sync is element additions and deletions, whose cost does not grow with the
 //! table — which is the knftables rule: static chains, dynamic sets and maps.
 //!
-//! Four maps per address family, so each lookup has one value type and one slot source:
-//! `lb_{rand,hash}_{port,addr}_v{4,6}`. `port` maps DNAT to `rip . rport`; `addr` maps to `rip`
-//! alone and keep the client's port (port ranges). A weight-0 server gets no slots: no new
-//! connections, while established flows keep their conntrack entry (DNAT is decided on a
-//! connection's first packet only). With every server drained the frontend has no element:
-//! packets are not translated and the gateway itself refuses the connection.
+//! One map per (keying, hash, target, family, size class), each with its one static rule.
+//! A weight-0 server owns no bucket: no new connections, while established flows keep their
+//! conntrack entry (DNAT is decided on a connection's first packet only). With every server
+//! drained the service has no element: packets are not translated and the gateway itself
+//! refuses the connection.
 
-use super::layout::frontend_element;
+use super::maglev::{self, StableKey};
 use super::transaction::Element;
-use crate::model::VirtualService;
+use crate::model::{RealKey, ServiceKey, VirtualService};
 use portcullis_export::Scheduler;
+use std::net::IpAddr;
 
-/// Slots per service: the `mod` of numgen and jhash.
-pub const SLOTS: u32 = 65536;
+/// The fixed seed of every bucket hash. Fixed, so the bucket of a flow is a function of the
+/// packet alone: a regenerated table, a restarted gateway and the other gateway of the pair
+/// agree (nft's default is a seed drawn when the rule is loaded).
+pub const HASH_SEED: u32 = 0x706f_7274;
 
-/// The map names, in the order the static rules look them up.
-pub const MAPS: [(&str, Selector, Target, Family); 8] = [
-    (
-        "lb_rand_port_v4",
-        Selector::Random,
-        Target::AddrPort,
-        Family::V4,
-    ),
-    (
-        "lb_rand_addr_v4",
-        Selector::Random,
-        Target::Addr,
-        Family::V4,
-    ),
-    (
-        "lb_hash_port_v4",
-        Selector::SourceHash,
-        Target::AddrPort,
-        Family::V4,
-    ),
-    (
-        "lb_hash_addr_v4",
-        Selector::SourceHash,
-        Target::Addr,
-        Family::V4,
-    ),
-    (
-        "lb_rand_port_v6",
-        Selector::Random,
-        Target::AddrPort,
-        Family::V6,
-    ),
-    (
-        "lb_rand_addr_v6",
-        Selector::Random,
-        Target::Addr,
-        Family::V6,
-    ),
-    (
-        "lb_hash_port_v6",
-        Selector::SourceHash,
-        Target::AddrPort,
-        Family::V6,
-    ),
-    (
-        "lb_hash_addr_v6",
-        Selector::SourceHash,
-        Target::Addr,
-        Family::V6,
-    ),
-];
+/// Bucket counts by the service's number of real servers (weight-0 ones included, so a drain
+/// or a weight change never changes it): (most servers, buckets). Primes, as Maglev needs.
+/// Each is at least 53 past two servers, so a server's share is within 2 percentage points
+/// of its weight share (within one bucket; half a bucket with two servers, hence 29), and
+/// about 5 buckets per server at the top of each class keep the element count near 5–15 per
+/// export row.
+pub const SIZE_CLASSES: [(usize, u32); 5] =
+    [(2, 29), (12, 61), (48, 193), (192, 769), (usize::MAX, 3079)];
 
+/// The number of buckets of a service with `servers` real servers.
+pub fn bucket_count(servers: usize) -> u32 {
+    SIZE_CLASSES
+        .iter()
+        .find(|(most, _)| servers <= *most)
+        .map_or(SIZE_CLASSES[SIZE_CLASSES.len() - 1].1, |c| c.1)
+}
+
+/// What the lookup is keyed on besides the bucket.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Keying {
+    /// `daddr . l4proto . dport`: services of one address and port.
+    Frontend,
+    /// The packet mark `prerouting_mark` set from the interval map `fwmarks_*`: fwmark services
+    /// (port ranges, several addresses), whose buckets are then shared by all their frontends.
+    Mark,
+}
+
+/// What the bucket hash covers.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Selector {
-    Random,
-    SourceHash,
+    /// `jhash saddr`: a client keeps its server (persistent services, sh, dh, mh).
+    Source,
+    /// `jhash saddr . sport`: each connection on its own. The destination address, protocol
+    /// and port are the same for every flow of one frontend (nft 1.0.6 also runs out of
+    /// registers hashing an IPv6 5-tuple).
+    Flow,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -103,135 +89,247 @@ pub enum Family {
 }
 
 impl Family {
-    fn names(self) -> (&'static str, &'static str) {
+    fn ip(self) -> &'static str {
         match self {
-            Family::V4 => ("ip", "ipv4"),
-            Family::V6 => ("ip6", "ipv6"),
+            Family::V4 => "ip",
+            Family::V6 => "ip6",
+        }
+    }
+    fn suffix(self) -> &'static str {
+        match self {
+            Family::V4 => "v4",
+            Family::V6 => "v6",
         }
     }
 }
 
-fn slot_expr(selector: Selector, family: Family) -> String {
-    match selector {
-        Selector::Random => format!("numgen random mod {SLOTS}"),
-        Selector::SourceHash => format!("jhash {} saddr mod {SLOTS}", family.names().0),
-    }
+/// One balancing map of the table and the static rule that consults it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct LbMap {
+    pub keying: Keying,
+    pub selector: Selector,
+    pub target: Target,
+    pub family: Family,
+    pub buckets: u32,
 }
 
-/// The map's type. `typeof` with `numgen` is the one way nft 1.0.6 accepts a 32-bit integer
-/// in a concatenation; the jhash rules look up the same key type. (Declaring the map with
-/// `typeof … jhash` makes `nft list` crash on 1.0.6, so it is never done.)
-pub fn map_typeof(target: Target, family: Family) -> String {
-    let ip = family.names().0;
-    let key = format!("{ip} daddr . meta l4proto . th dport . numgen random mod {SLOTS}");
-    match target {
-        Target::AddrPort => format!("{key} : {ip} daddr . th dport"),
-        Target::Addr => format!("{key} : {ip} daddr"),
-    }
-}
-
-/// The rule in `prerouting_dnat` that consults map `name`. A lookup that misses ends the rule,
-/// and the next one is tried; a hit DNATs and ends the chain.
-pub fn lookup_rule(name: &str, selector: Selector, target: Target, family: Family) -> String {
-    let ip = family.names().0;
-    // A port mapping needs nft to know the packet has ports.
-    let guard = match target {
-        Target::AddrPort => "meta l4proto { tcp, udp } ",
-        Target::Addr => "",
-    };
-    format!(
-        "{guard}dnat {ip} to {ip} daddr . meta l4proto . th dport . {} map @{name}",
-        slot_expr(selector, family)
-    )
-}
-
-fn uses_source_hash(svc: &VirtualService) -> bool {
-    svc.params.persistence.is_some()
-        || matches!(
-            svc.params.scheduler,
-            Scheduler::Sh | Scheduler::Dh | Scheduler::Mh
+impl LbMap {
+    /// `lb_{svc|mark}_{src|flow}_{port|addr}_{v4|v6}_{buckets}`.
+    pub fn name(&self) -> String {
+        let keying = match self.keying {
+            Keying::Frontend => "svc",
+            Keying::Mark => "mark",
+        };
+        let selector = match self.selector {
+            Selector::Source => "src",
+            Selector::Flow => "flow",
+        };
+        let target = match self.target {
+            Target::AddrPort => "port",
+            Target::Addr => "addr",
+        };
+        format!(
+            "lb_{keying}_{selector}_{target}_{}_{}",
+            self.family.suffix(),
+            self.buckets
         )
+    }
+
+    fn key_prefix(&self) -> String {
+        match self.keying {
+            Keying::Frontend => format!("{} daddr . meta l4proto . th dport", self.family.ip()),
+            Keying::Mark => "meta mark".to_owned(),
+        }
+    }
+
+    /// The map's type. `typeof` with `numgen` is the one way nft 1.0.6 accepts a 32-bit
+    /// integer in a concatenation; the jhash rules look up the same key type. (Declaring the
+    /// map with `typeof … jhash` makes `nft list` crash on 1.0.6, so it is never done.) The
+    /// `mod` here is only part of the type: every map's keys are 32-bit integers.
+    pub fn typeof_decl(&self) -> String {
+        let ip = self.family.ip();
+        let key = format!("{} . numgen random mod 65536", self.key_prefix());
+        match self.target {
+            Target::AddrPort => format!("{key} : {ip} daddr . th dport"),
+            Target::Addr => format!("{key} : {ip} daddr"),
+        }
+    }
+
+    /// The rule in `prerouting_dnat` that consults this map. A lookup that misses ends the
+    /// rule and the next one is tried; a hit DNATs and ends the chain.
+    pub fn lookup_rule(&self) -> String {
+        let ip = self.family.ip();
+        let fields = match self.selector {
+            Selector::Source => format!("{ip} saddr"),
+            Selector::Flow => format!("{ip} saddr . th sport"),
+        };
+        // Ports in the key, the hash or the value need nft to know the packet has them.
+        format!(
+            "meta l4proto {{ tcp, udp }} dnat {ip} to {} . jhash {fields} mod {} seed {HASH_SEED:#x} map @{}",
+            self.key_prefix(),
+            self.buckets,
+            self.name()
+        )
+    }
 }
 
-/// Slot ranges of the servers with weight > 0, in the service's server order: each server's
-/// share of `SLOTS` is proportional to its weight (rounded at boundaries, so a server whose
-/// share rounds to nothing gets no slot).
-///
-/// DNAT cannot change the address family, so servers of the other family than the service's
-/// frontends (possible with method `tun`, which IPVS tunnels) get no slots with this backend.
-pub fn slots(svc: &VirtualService) -> Vec<(usize, u32, u32)> {
-    let v6 = svc.is_ipv6();
-    let usable = |addr: &std::net::IpAddr| addr.is_ipv6() == v6;
-    let total: u64 = svc
-        .reals
-        .iter()
-        .filter(|(k, _)| usable(&k.addr))
-        .map(|(_, s)| s.weight as u64)
-        .sum();
+/// Every balancing map, in the order the static rules look them up. Services of one address
+/// and port always know the port to DNAT to; only fwmark services may keep the client's.
+pub fn maps() -> Vec<LbMap> {
     let mut out = Vec::new();
-    let mut cumulative = 0u64;
-    for (i, (key, server)) in svc.reals.iter().enumerate() {
-        if server.weight == 0 || !usable(&key.addr) {
-            continue;
-        }
-        let first = (cumulative * SLOTS as u64 / total) as u32;
-        cumulative += server.weight as u64;
-        let end = (cumulative * SLOTS as u64 / total) as u32;
-        if end > first {
-            out.push((i, first, end - 1));
+    for (keying, targets) in [
+        (Keying::Frontend, &[Target::AddrPort][..]),
+        (Keying::Mark, &[Target::AddrPort, Target::Addr][..]),
+    ] {
+        for family in [Family::V4, Family::V6] {
+            for selector in [Selector::Source, Selector::Flow] {
+                for &target in targets {
+                    for &(_, buckets) in &SIZE_CLASSES {
+                        out.push(LbMap {
+                            keying,
+                            selector,
+                            target,
+                            family,
+                            buckets,
+                        });
+                    }
+                }
+            }
         }
     }
     out
 }
 
-/// Every load-balancing element of a service: one per frontend and server with slots.
-pub fn elements(svc: &VirtualService) -> Vec<Element> {
+fn selector(svc: &VirtualService) -> Selector {
+    let by_source = svc.params.persistence.is_some()
+        || matches!(
+            svc.params.scheduler,
+            Scheduler::Sh | Scheduler::Dh | Scheduler::Mh
+        );
+    if by_source {
+        Selector::Source
+    } else {
+        Selector::Flow
+    }
+}
+
+impl StableKey for RealKey {
+    fn stable_bytes(&self) -> Vec<u8> {
+        let mut out = match self.addr {
+            IpAddr::V4(a) => a.octets().to_vec(),
+            IpAddr::V6(a) => a.octets().to_vec(),
+        };
+        match self.port {
+            Some(p) => out.extend_from_slice(&[1, (p >> 8) as u8, p as u8]),
+            None => out.push(0),
+        }
+        out
+    }
+}
+
+/// A service's buckets: their number, and each one's real server (`None` when the service has
+/// no server with weight). Servers of the other address family than the frontends (method
+/// `tun`, which IPVS tunnels) count as drained: DNAT cannot change the family.
+pub fn bucket_owners(svc: &VirtualService) -> (u32, Vec<Option<&RealKey>>) {
+    let (buckets, owners) = bucket_owner_indexes(svc);
+    let reals: Vec<&RealKey> = svc.reals.iter().map(|(k, _)| k).collect();
+    (
+        buckets,
+        owners.into_iter().map(|o| o.map(|i| reals[i])).collect(),
+    )
+}
+
+/// [`bucket_owners`] as indexes into the service's real servers, in their order.
+fn bucket_owner_indexes(svc: &VirtualService) -> (u32, Vec<Option<usize>>) {
+    let v6 = svc.is_ipv6();
+    let servers: Vec<(&RealKey, u32)> = svc
+        .reals
+        .iter()
+        .map(|(k, s)| {
+            let usable = k.addr.is_ipv6() == v6;
+            (k, if usable { u32::from(s.weight) } else { 0 })
+        })
+        .collect();
+    let buckets = bucket_count(servers.len());
+    (buckets, maglev::assign(&servers, buckets))
+}
+
+impl StableKey for &RealKey {
+    fn stable_bytes(&self) -> Vec<u8> {
+        (*self).stable_bytes()
+    }
+}
+
+/// Every load-balancing element of a service: one per bucket (and per frontend for services
+/// keyed by frontend), the bucket's real server as value.
+pub fn elements(key: &ServiceKey, svc: &VirtualService) -> Vec<Element> {
     let family = if svc.is_ipv6() {
         Family::V6
     } else {
         Family::V4
     };
-    let selector = if uses_source_hash(svc) {
-        Selector::SourceHash
-    } else {
-        Selector::Random
+    let (buckets, owners) = bucket_owner_indexes(svc);
+    let map = |keying, target| {
+        LbMap {
+            keying,
+            selector: selector(svc),
+            target,
+            family,
+            buckets,
+        }
+        .name()
     };
-    let slots = slots(svc);
-    let reals: Vec<_> = svc.reals.iter().collect();
-    let mut out = Vec::with_capacity(svc.frontends.len() * slots.len());
-    for f in &svc.frontends {
-        let base = frontend_element(svc.proto, f).key;
-        for &(i, first, last) in &slots {
-            let (real, _) = reals[i];
-            // A single-port frontend knows the port even when the server keeps it.
-            let port = real
-                .port
-                .or_else(|| f.ports.is_single().then_some(f.ports.first));
-            let (target, value) = match (port, real.addr) {
-                (Some(p), std::net::IpAddr::V6(a)) => (Target::AddrPort, format!("{a} . {p}")),
-                (Some(p), a) => (Target::AddrPort, format!("{a} . {p}")),
-                (None, a) => (Target::Addr, a.to_string()),
-            };
-            let (name, ..) = MAPS
-                .iter()
-                .find(|(_, s, t, fam)| *s == selector && *t == target && *fam == family)
-                .expect("every combination has a map");
-            out.push(Element {
-                set: (*name).to_owned(),
-                key: slot_key(&base, first, last),
-                value: Some(value),
-            });
+    let reals: Vec<&RealKey> = svc.reals.iter().map(|(k, _)| k).collect();
+    // Each server's value text once, not once per bucket: 100k rows make 1.5M elements.
+    let values = |frontend_port: Option<u16>| -> Vec<String> {
+        reals
+            .iter()
+            .map(|r| match r.port.or(frontend_port) {
+                Some(p) => format!("{} . {p}", r.addr),
+                None => r.addr.to_string(),
+            })
+            .collect()
+    };
+    let mut out = Vec::with_capacity(owners.len() * svc.frontends.len());
+    match key {
+        ServiceKey::Fwmark { mark } => {
+            let names = (
+                map(Keying::Mark, Target::AddrPort),
+                map(Keying::Mark, Target::Addr),
+            );
+            let values = values(None);
+            for (bucket, owner) in owners.iter().enumerate() {
+                let Some(i) = *owner else { continue };
+                let set = if reals[i].port.is_some() {
+                    &names.0
+                } else {
+                    &names.1
+                };
+                out.push(Element {
+                    set: set.clone(),
+                    key: format!("{mark} . {bucket}"),
+                    value: Some(values[i].clone()),
+                });
+            }
+        }
+        ServiceKey::Addr { .. } => {
+            let set = map(Keying::Frontend, Target::AddrPort);
+            for f in &svc.frontends {
+                let base = format!("{} . {} . {}", f.vip, svc.proto, f.ports);
+                // A service of one port knows the port even when the server keeps it.
+                let values = values(Some(f.ports.first));
+                for (bucket, owner) in owners.iter().enumerate() {
+                    let Some(i) = *owner else { continue };
+                    out.push(Element {
+                        set: set.clone(),
+                        key: format!("{base} . {bucket}"),
+                        value: Some(values[i].clone()),
+                    });
+                }
+            }
         }
     }
     out
-}
-
-fn slot_key(frontend_key: &str, first: u32, last: u32) -> String {
-    if first == last {
-        format!("{frontend_key} . {first}")
-    } else {
-        format!("{frontend_key} . {first}-{last}")
-    }
 }
 
 #[cfg(test)]
@@ -274,26 +372,64 @@ mod tests {
         }
     }
 
-    #[test]
-    fn slots_are_proportional_and_cover_everything() {
-        let s = slots(&svc(&[1, 3, 0]));
-        assert_eq!(s, vec![(0, 0, 16383), (1, 16384, 65535)]);
-        let s = slots(&svc(&[1, 1, 1]));
-        assert_eq!(s.first().map(|x| x.1), Some(0));
-        assert_eq!(s.last().map(|x| x.2), Some(SLOTS - 1));
-        assert!(
-            s.windows(2).all(|w| w[0].2 + 1 == w[1].1),
-            "contiguous: {s:?}"
-        );
-        assert!(slots(&svc(&[0, 0])).is_empty());
+    fn addr_key() -> ServiceKey {
+        ServiceKey::Addr {
+            proto: Proto::Tcp,
+            vip: "192.0.2.10".parse().expect("ip"),
+            port: 80,
+        }
     }
 
     #[test]
-    fn single_port_frontends_dnat_to_a_port_even_when_it_is_kept() {
-        let e = elements(&svc(&[1]));
-        assert_eq!(e.len(), 1);
-        assert_eq!(e[0].set, "lb_rand_port_v4");
-        assert_eq!(e[0].key, "192.0.2.10 . tcp . 80 . 0-65535");
-        assert_eq!(e[0].value.as_deref(), Some("10.0.0.1 . 80"));
+    fn the_size_class_follows_the_server_count_drained_included() {
+        assert_eq!(bucket_count(1), 29);
+        assert_eq!(bucket_count(2), 29);
+        assert_eq!(bucket_count(3), 61);
+        assert_eq!(bucket_count(40), 193);
+        assert_eq!(bucket_count(100_000), 3079);
+        let (drained, _) = bucket_owners(&svc(&[1, 0, 1]));
+        let (all, _) = bucket_owners(&svc(&[1, 1, 1]));
+        assert_eq!(drained, all);
+    }
+
+    #[test]
+    fn every_bucket_is_one_element_and_weight_zero_owns_none() {
+        let e = elements(&addr_key(), &svc(&[1, 3, 0]));
+        assert_eq!(e.len(), 61);
+        assert!(e.iter().all(|e| e.set == "lb_svc_flow_port_v4_61"));
+        assert_eq!(e[0].key, "192.0.2.10 . tcp . 80 . 0");
+        let to = |ip: &str| e.iter().filter(|e| e.value.as_deref() == Some(ip)).count();
+        // 61 buckets at 1:3: 15.25 and 45.75, by largest remainder 15 and 46.
+        assert_eq!(
+            (
+                to("10.0.0.1 . 80"),
+                to("10.0.0.2 . 80"),
+                to("10.0.0.3 . 80")
+            ),
+            (15, 46, 0)
+        );
+        assert!(elements(&addr_key(), &svc(&[0, 0])).is_empty());
+    }
+
+    #[test]
+    fn fwmark_services_are_keyed_by_mark_and_keep_the_port_without_rport() {
+        let mut s = svc(&[1, 1]);
+        s.params.persistence = Some(300);
+        let e = elements(&ServiceKey::Fwmark { mark: 7 }, &s);
+        assert_eq!(e.len(), 29);
+        assert!(e.iter().all(|e| e.set == "lb_mark_src_addr_v4_29"), "{e:?}");
+        assert!(e.iter().any(|e| e.key == "7 . 28"));
+    }
+
+    #[test]
+    fn lookup_rules_hash_with_the_fixed_seed() {
+        let rules: Vec<String> = maps().iter().map(LbMap::lookup_rule).collect();
+        assert_eq!(rules.len(), 60);
+        assert_eq!(
+            rules[0],
+            "meta l4proto { tcp, udp } dnat ip to ip daddr . meta l4proto . th dport . \
+             jhash ip saddr mod 29 seed 0x706f7274 map @lb_svc_src_port_v4_29"
+        );
+        assert!(rules.iter().all(|r| !r.contains("numgen")));
     }
 }

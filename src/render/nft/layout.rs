@@ -37,21 +37,22 @@ pub fn sets(backend: Backend) -> Vec<Set> {
         set(FRONTENDS_V4, V4, None, accepted),
         set(FRONTENDS_V6, V6, None, accepted),
     ];
-    match backend {
-        Backend::Ipvs => {
-            let c = "frontends of fwmark services: packet mark for IPVS";
-            sets.push(set(FWMARKS_V4, V4, Some("mark"), c));
-            sets.push(set(FWMARKS_V6, V6, Some("mark"), c));
-        }
-        Backend::Nft => {
-            for (name, _, target, family) in balance::MAPS {
-                sets.push(Set {
-                    name: name.into(),
-                    decl: SetDecl::Typeof(balance::map_typeof(target, family)),
-                    interval: true,
-                    comment: Some("frontend and slot: the real server to DNAT to"),
-                });
-            }
+    // Both backends mark fwmark frontends: IPVS picks the service by mark, and the nft
+    // backend looks up the service's buckets by it.
+    let c = match backend {
+        Backend::Ipvs => "frontends of fwmark services: packet mark for IPVS",
+        Backend::Nft => "frontends of fwmark services: packet mark that selects the buckets",
+    };
+    sets.push(set(FWMARKS_V4, V4, Some("mark"), c));
+    sets.push(set(FWMARKS_V6, V6, Some("mark"), c));
+    if backend == Backend::Nft {
+        for map in balance::maps() {
+            sets.push(Set {
+                name: map.name(),
+                decl: SetDecl::Typeof(map.typeof_decl()),
+                interval: false,
+                comment: Some("frontend or mark, and bucket: the real server to DNAT to"),
+            });
         }
     }
     let ifnames = |name: &str, comment: &'static str| Set {
@@ -119,25 +120,22 @@ pub fn chains(
         },
         "iifname @external_ifaces counter drop",
     ]);
-    let mut chains = Vec::new();
-    match backend {
-        // Before IPVS sees the packet, so the mark selects the service.
-        Backend::Ipvs => chains.push((
-            base("prerouting_mark", "filter", "prerouting", "mangle"),
-            own(&[
-                "meta mark set ip daddr . meta l4proto . th dport map @fwmarks_v4",
-                "meta mark set ip6 daddr . meta l4proto . th dport map @fwmarks_v6",
-            ]),
-        )),
-        Backend::Nft => chains.push((
+    // Before the DNAT (dstnat) and before IPVS sees the packet, so the mark selects the service.
+    let mut chains = vec![(
+        base("prerouting_mark", "filter", "prerouting", "mangle"),
+        own(&[
+            "meta mark set ip daddr . meta l4proto . th dport map @fwmarks_v4",
+            "meta mark set ip6 daddr . meta l4proto . th dport map @fwmarks_v6",
+        ]),
+    )];
+    if backend == Backend::Nft {
+        chains.push((
             base("prerouting_dnat", "nat", "prerouting", "dstnat"),
-            balance::MAPS
+            balance::maps()
                 .iter()
-                .map(|&(name, selector, target, family)| {
-                    balance::lookup_rule(name, selector, target, family)
-                })
+                .map(balance::LbMap::lookup_rule)
                 .collect(),
-        )),
+        ));
     }
     chains.push((base("input", "filter", "input", "filter"), input));
     chains.push((base("forward", "filter", "forward", "filter"), forward));

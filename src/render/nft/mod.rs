@@ -5,6 +5,7 @@ pub mod balance;
 mod full;
 mod incremental;
 pub mod layout;
+pub mod maglev;
 mod policy;
 pub mod transaction;
 
