@@ -7,6 +7,7 @@
 mod apply;
 mod confirm;
 pub mod error;
+mod explain;
 mod input;
 mod inspect;
 mod live;
@@ -67,6 +68,28 @@ pub enum Command {
         incremental_from: Option<PathBuf>,
         #[command(flatten)]
         table: TableArgs,
+    },
+    /// Which service answers at VIP:PORT, how its hash buckets are shared among its real
+    /// servers, and (with --from) which bucket, real server and ADMIN instance a client
+    /// reaches on the nft backend. Exit 0, or 1 when nothing answers there.
+    Explain {
+        /// The address and port a client connects to: `192.0.2.10:80`, `[2001:db8::1]:443`.
+        target: std::net::SocketAddr,
+        /// Export CSV: a file, `-` for standard input, or an http(s):// or file:// URL.
+        #[arg(long)]
+        source: PathBuf,
+        /// The client's address.
+        #[arg(long, value_name = "CLIENT_IP")]
+        from: Option<std::net::IpAddr>,
+        /// The client's source port: services that are neither persistent nor source-hashed
+        /// choose per connection, from address and port.
+        #[arg(long, value_name = "PORT", requires = "from")]
+        from_port: Option<u16>,
+        /// Only the TCP or the UDP service.
+        #[arg(long, value_parser = ["tcp", "udp"])]
+        proto: Option<String>,
+        #[arg(long)]
+        json: bool,
     },
     /// Compare two exports. Exit 0 no change, 1 changes, 2 error (like diff(1)).
     ///
@@ -220,6 +243,21 @@ fn dispatch(command: Command) -> Result<Exit, CliError> {
             (true, _) => Err(CliError::Usage("diff --live takes one export")),
         },
         Command::Synth { rows } => pipeline::synth(rows),
+        Command::Explain {
+            target,
+            source,
+            from,
+            from_port,
+            proto,
+            json,
+        } => explain::explain(&explain::Args {
+            target,
+            source: &source,
+            from,
+            from_port,
+            proto: proto.as_deref(),
+            json,
+        }),
         Command::Apply {
             once: _,
             source,

@@ -200,7 +200,7 @@ pub fn maps() -> Vec<LbMap> {
     out
 }
 
-fn selector(svc: &VirtualService) -> Selector {
+pub fn selector(svc: &VirtualService) -> Selector {
     let by_source = svc.params.persistence.is_some()
         || matches!(
             svc.params.scheduler,

@@ -2,8 +2,10 @@
 //! plugs into them. Produces typed transactions; turning them into kernel state is `apply`'s job.
 
 pub mod balance;
+pub mod explain;
 mod full;
 mod incremental;
+pub mod jhash;
 pub mod layout;
 pub mod maglev;
 mod policy;
