@@ -15,12 +15,16 @@ mod export_poll;
 mod http;
 mod inventory_api;
 mod mutate;
+#[cfg(feature = "db")]
+mod shared;
 mod snapshot;
 mod state;
 pub mod tls;
 mod versions_api;
 
 pub use audit::AuditEntry;
+#[cfg(feature = "db")]
+pub(crate) use audit::now as audit_now;
 pub use http::router;
 pub use mutate::Change;
 pub use state::{
