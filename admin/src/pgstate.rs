@@ -56,6 +56,9 @@ pub enum PgStateError {
         path: String,
         source: std::io::Error,
     },
+    /// A background task (validation off the async workers) panicked or was cancelled.
+    #[error("{0}")]
+    Task(String),
     /// A stored audit entry or file name that ADMIN did not write.
     #[error("corrupt state in PostgreSQL: {0}")]
     Corrupt(String),
@@ -157,11 +160,13 @@ impl PgStore {
                     .execute(&mut *tx)
                     .await?;
                 for (path, content) in files_of(sources) {
-                    sqlx::query("INSERT INTO portcullis_catalog_files (path, content) VALUES ($1, $2)")
-                        .bind(path)
-                        .bind(content)
-                        .execute(&mut *tx)
-                        .await?;
+                    sqlx::query(
+                        "INSERT INTO portcullis_catalog_files (path, content) VALUES ($1, $2)",
+                    )
+                    .bind(path)
+                    .bind(content)
+                    .execute(&mut *tx)
+                    .await?;
                 }
                 let entry = AuditEntry {
                     time: crate::serve::audit_now(),
@@ -200,13 +205,20 @@ impl PgStore {
     }
 }
 
-/// Reads head and files inside `tx`.
-pub async fn read(tx: &mut Transaction<'_, Postgres>) -> Result<Option<Stored>, PgStateError> {
-    let Some((serial, rev)): Option<(i64, String)> =
+/// The head (serial, revision) inside `tx`.
+pub async fn read_head(
+    tx: &mut Transaction<'_, Postgres>,
+) -> Result<Option<(i64, String)>, PgStateError> {
+    Ok(
         sqlx::query_as("SELECT serial, revision FROM portcullis_catalog_head")
             .fetch_optional(&mut **tx)
-            .await?
-    else {
+            .await?,
+    )
+}
+
+/// Reads head and files inside `tx`.
+pub async fn read(tx: &mut Transaction<'_, Postgres>) -> Result<Option<Stored>, PgStateError> {
+    let Some((serial, rev)) = read_head(tx).await? else {
         return Ok(None);
     };
     let rows = sqlx::query("SELECT path, content FROM portcullis_catalog_files ORDER BY path")

@@ -22,9 +22,9 @@ mod state;
 pub mod tls;
 mod versions_api;
 
-pub use audit::AuditEntry;
 #[cfg(feature = "db")]
 pub(crate) use audit::now as audit_now;
+pub use audit::AuditEntry;
 pub use http::router;
 pub use mutate::Change;
 pub use state::{

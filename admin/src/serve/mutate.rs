@@ -5,7 +5,7 @@
 //! nothing.
 
 use super::audit::{self, AuditEntry};
-use super::state::{revision, AdminState, MutationError};
+use super::state::{revision, AdminState, MutationError, Snapshot};
 use crate::catalog::{Catalog, Sources, INVENTORY_FILE};
 use crate::edit::{self, Edit};
 use serde::Serialize;
@@ -94,20 +94,26 @@ impl AdminState {
         let _files = self.lock_files();
         let dir = self.dir().to_owned();
         let sources = Sources::read(&dir).map_err(MutationError::InvalidCatalog)?;
-        match plan(sources, edit, if_match, identity)? {
+        match plan(sources, edit, if_match, identity, &self.snapshot())? {
             Plan::Unchanged {
                 catalog,
                 applied,
                 revision,
             } => {
                 // Nothing to write; make sure what is served is what is on disk.
-                let snap = if self.snapshot().revision == revision {
-                    self.snapshot()
-                } else {
-                    self.publish_written(catalog, revision.clone())
-                        .map_err(MutationError::InvalidCatalog)?
+                let snap = match catalog {
+                    None => self.snapshot(),
+                    Some(catalog) => self
+                        .publish_written(catalog, revision.clone())
+                        .map_err(MutationError::InvalidCatalog)?,
                 };
-                Ok(Change::new(edit, applied, false, revision, snap.etag.clone()))
+                Ok(Change::new(
+                    edit,
+                    applied,
+                    false,
+                    revision,
+                    snap.etag.clone(),
+                ))
             }
             Plan::Changed {
                 sources,
@@ -138,7 +144,13 @@ impl AdminState {
                 let snap = self
                     .publish_written(catalog, revision.clone())
                     .map_err(MutationError::InvalidCatalog)?;
-                Ok(Change::new(edit, applied, true, revision, snap.etag.clone()))
+                Ok(Change::new(
+                    edit,
+                    applied,
+                    true,
+                    revision,
+                    snap.etag.clone(),
+                ))
             }
         }
     }
@@ -177,9 +189,10 @@ pub(super) fn log_change(entry: &AuditEntry) {
 /// What an edit of a catalog's files comes to, decided without any I/O — the same for the
 /// directory catalog and the one in PostgreSQL.
 pub(super) enum Plan {
-    /// The edit changes nothing: nothing to write or audit.
+    /// The edit changes nothing: nothing to write or audit. `catalog`: the files' catalog
+    /// when it is not the one served already.
     Unchanged {
-        catalog: Catalog,
+        catalog: Option<Catalog>,
         applied: edit::Applied,
         revision: String,
     },
@@ -193,12 +206,14 @@ pub(super) enum Plan {
 }
 
 /// Checks `if_match` against the revision of `sources`, applies `edit`, and runs the result
-/// through the whole catalog's checks.
+/// through the whole catalog's checks. `served`: the snapshot being served, whose catalog is
+/// used instead of validating `sources` again when it is theirs (the common case).
 pub(super) fn plan(
     sources: Sources,
     edit: &Edit,
     if_match: Option<&str>,
     identity: &str,
+    served: &Snapshot,
 ) -> Result<Plan, MutationError> {
     let revision_before = revision(&sources);
     if let Some(expected) = if_match {
@@ -209,11 +224,16 @@ pub(super) fn plan(
             });
         }
     }
-    let catalog = Catalog::from_sources(&sources).map_err(MutationError::InvalidCatalog)?;
-    let applied = edit::apply(&catalog, edit)?;
+    let fresh = if served.revision == revision_before {
+        None
+    } else {
+        Some(Catalog::from_sources(&sources).map_err(MutationError::InvalidCatalog)?)
+    };
+    let catalog: &Catalog = fresh.as_ref().unwrap_or(&served.catalog);
+    let applied = edit::apply(catalog, edit)?;
     if applied.before.is_some() && applied.before == applied.after {
         return Ok(Plan::Unchanged {
-            catalog,
+            catalog: fresh,
             applied,
             revision: revision_before,
         });

@@ -86,8 +86,12 @@ impl AdminState {
         if serial <= *shared.published.lock().unwrap_or_else(|e| e.into_inner()) {
             return Ok(());
         }
-        let result = Catalog::from_sources(&sources)
-            .and_then(|c| self.publish_serial(c, revision, serial));
+        let this = self.clone();
+        let result = tokio::task::spawn_blocking(move || {
+            Catalog::from_sources(&sources).and_then(|c| this.publish_serial(c, revision, serial))
+        })
+        .await
+        .map_err(|e| PgStateError::Task(format!("reloading the catalog: {e}")))?;
         match result {
             Ok(snap) => {
                 self.record_reload(None);
@@ -133,22 +137,84 @@ impl AdminState {
         identity: &str,
     ) -> Result<Change, MutationError> {
         let store = &self.shared_or_panic().store;
+        // Under contention most requests are stale: one query refuses them, without a
+        // transaction. (Checked again inside it: the head may move in between.)
+        if let Some(expected) = if_match {
+            let (_, current) = store
+                .head()
+                .await
+                .map_err(MutationError::Store)?
+                .ok_or(MutationError::Store(PgStateError::Empty))?;
+            if !super::mutate::if_match_admits(expected, &current) {
+                return Err(MutationError::Stale {
+                    expected: expected.to_owned(),
+                    current,
+                });
+            }
+        }
         let mut tx = store.begin().await.map_err(MutationError::Store)?;
+        // From the head row alone: reading every file first would slow the winners down.
+        if let Some(expected) = if_match {
+            let (_, current) = pgstate::read_head(&mut tx)
+                .await
+                .map_err(MutationError::Store)?
+                .ok_or(MutationError::Store(PgStateError::Empty))?;
+            if !super::mutate::if_match_admits(expected, &current) {
+                return Err(MutationError::Stale {
+                    expected: expected.to_owned(),
+                    current,
+                });
+            }
+        }
         let stored = pgstate::read(&mut tx)
             .await
             .map_err(MutationError::Store)?
             .ok_or(MutationError::Store(PgStateError::Empty))?;
-        match plan(stored.sources, edit, if_match, identity)? {
+        // The checks are CPU work: off the async workers, which keep serving long-polls.
+        let planned = {
+            let (edit, if_match, identity) = (
+                edit.clone(),
+                if_match.map(str::to_owned),
+                identity.to_owned(),
+            );
+            let served = self.snapshot();
+            tokio::task::spawn_blocking(move || {
+                plan(
+                    stored.sources,
+                    &edit,
+                    if_match.as_deref(),
+                    &identity,
+                    &served,
+                )
+            })
+            .await
+            .map_err(|e| MutationError::Io {
+                path: crate::catalog::INVENTORY_FILE.into(),
+                source: std::io::Error::other(e),
+            })??
+        };
+        match planned {
             Plan::Unchanged {
                 catalog,
                 applied,
                 revision,
             } => {
-                tx.rollback().await.map_err(|e| MutationError::Store(e.into()))?;
-                let snap = self
-                    .publish_serial(catalog, revision.clone(), stored.serial)
-                    .map_err(MutationError::InvalidCatalog)?;
-                Ok(Change::new(edit, applied, false, revision, snap.etag.clone()))
+                tx.rollback()
+                    .await
+                    .map_err(|e| MutationError::Store(e.into()))?;
+                let snap = match catalog {
+                    None => self.snapshot(),
+                    Some(catalog) => self
+                        .publish_serial(catalog, revision.clone(), stored.serial)
+                        .map_err(MutationError::InvalidCatalog)?,
+                };
+                Ok(Change::new(
+                    edit,
+                    applied,
+                    false,
+                    revision,
+                    snap.etag.clone(),
+                ))
             }
             Plan::Changed {
                 sources,
@@ -164,7 +230,13 @@ impl AdminState {
                 let snap = self
                     .publish_serial(catalog, revision.clone(), serial)
                     .map_err(MutationError::InvalidCatalog)?;
-                Ok(Change::new(edit, applied, true, revision, snap.etag.clone()))
+                Ok(Change::new(
+                    edit,
+                    applied,
+                    true,
+                    revision,
+                    snap.etag.clone(),
+                ))
             }
         }
     }
@@ -183,47 +255,67 @@ impl AdminState {
     pub(super) fn spawn_follower(&self) -> tokio::task::JoinHandle<()> {
         let state = self.clone();
         tokio::spawn(async move {
-            loop {
-                if let Err(e) = state.follow().await {
-                    tracing::warn!(%e, "following the catalog in PostgreSQL; reconnecting");
+            // Two loops side by side rather than one `select!`: a notification read is not
+            // documented as safe to cancel, so nothing ever cancels it.
+            let listen = async {
+                loop {
+                    if let Err(e) = state.listen().await {
+                        tracing::warn!(%e, "listening for catalog changes in PostgreSQL; reconnecting");
+                    }
+                    tokio::time::sleep(Duration::from_millis(500)).await;
                 }
-                tokio::time::sleep(Duration::from_millis(500)).await;
-            }
+            };
+            let poll = async {
+                let mut tick = tokio::time::interval(state.options().reload_interval);
+                tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+                loop {
+                    tick.tick().await;
+                    if let Err(e) = state.refresh_if_head_moved().await {
+                        tracing::warn!(%e, "looking at the catalog's head in PostgreSQL");
+                    }
+                }
+            };
+            tokio::join!(listen, poll);
         })
     }
 
-    async fn follow(&self) -> Result<(), PgStateError> {
+    fn published_serial(&self) -> i64 {
+        *self
+            .shared_or_panic()
+            .published
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+    }
+
+    async fn refresh_if_head_moved(&self) -> Result<(), PgStateError> {
+        let head = self.shared_or_panic().store.head().await?;
+        if head.is_some_and(|(serial, _)| serial > self.published_serial()) {
+            self.refresh_shared().await?;
+        }
+        Ok(())
+    }
+
+    async fn listen(&self) -> Result<(), PgStateError> {
         let shared = self.shared_or_panic();
         let mut listener = PgListener::connect_with(shared.store.pool()).await?;
         listener.listen(pgstate::CHANNEL).await?;
         // Whatever changed before LISTEN took effect.
         self.refresh_shared().await?;
-        let mut tick = tokio::time::interval(self.options().reload_interval);
-        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
-            tokio::select! {
-                n = listener.try_recv() => match n? {
-                    Some(n) => {
-                        let serial = n
-                            .payload()
-                            .split(' ')
-                            .next()
-                            .and_then(|s| s.parse::<i64>().ok())
-                            .unwrap_or(i64::MAX);
-                        let published = *shared.published.lock().unwrap_or_else(|e| e.into_inner());
-                        if serial > published {
-                            self.refresh_shared().await?;
-                        }
-                    }
-                    // The connection dropped and will be re-established: catch up.
-                    None => self.refresh_shared().await?,
-                },
-                _ = tick.tick() => {
-                    let published = *shared.published.lock().unwrap_or_else(|e| e.into_inner());
-                    if shared.store.head().await?.is_some_and(|(serial, _)| serial > published) {
+            match listener.try_recv().await? {
+                Some(n) => {
+                    let serial = n
+                        .payload()
+                        .split(' ')
+                        .next()
+                        .and_then(|s| s.parse::<i64>().ok())
+                        .unwrap_or(i64::MAX);
+                    if serial > self.published_serial() {
                         self.refresh_shared().await?;
                     }
                 }
+                // The connection dropped; the next call re-establishes it: catch up.
+                None => self.refresh_shared().await?,
             }
         }
     }

@@ -56,7 +56,9 @@ pub enum CliError {
     EmptyTokenFile(PathBuf),
     #[error("{}:{line}: expected `NAME TOKEN`", path.display())]
     BadTokenLine { path: PathBuf, line: usize },
-    #[error("serve: give either --catalog DIR or --state postgres://… (a shared catalog), not both")]
+    #[error(
+        "serve: give either --catalog DIR or --state postgres://… (a shared catalog), not both"
+    )]
     CatalogOrSharedState,
     #[cfg(not(feature = "db"))]
     #[error("--state postgres://…: this build has no PostgreSQL support (the `db` feature)")]

@@ -55,12 +55,11 @@ pub fn serve(a: ServeArgs) -> Result<Outcome, CliError> {
         let (state, source) = match (&a.catalog, shared_url(&a)) {
             (None, Some(url)) => (open_shared(url, options).await?, "postgresql".to_owned()),
             (Some(dir), None) => {
-                let state = serve::AdminState::open(dir, options).map_err(|errors| {
-                    CliError::Catalog {
+                let state =
+                    serve::AdminState::open(dir, options).map_err(|errors| CliError::Catalog {
                         dir: dir.clone(),
                         errors,
-                    }
-                })?;
+                    })?;
                 (state, dir.display().to_string())
             }
             _ => return Err(CliError::CatalogOrSharedState),
