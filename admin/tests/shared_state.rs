@@ -121,7 +121,7 @@ impl Replica {
         Replica {
             child,
             base: format!("http://127.0.0.1:{port}"),
-            stderr: stderr,
+            stderr,
         }
     }
 

@@ -142,7 +142,7 @@ impl AdminState {
                 log_change(&entry);
                 let revision = entry.revision_after;
                 let snap = self
-                    .publish_written(catalog, revision.clone())
+                    .publish_written(*catalog, revision.clone())
                     .map_err(MutationError::InvalidCatalog)?;
                 Ok(Change::new(
                     edit,
@@ -199,7 +199,8 @@ pub(super) enum Plan {
     /// Write `sources` (only the inventory differs), after appending `entry`.
     Changed {
         sources: Sources,
-        catalog: Catalog,
+        // Boxed: a catalog is large and `Unchanged` mostly carries none.
+        catalog: Box<Catalog>,
         applied: edit::Applied,
         entry: AuditEntry,
     },
@@ -262,7 +263,7 @@ pub(super) fn plan(
     };
     Ok(Plan::Changed {
         sources: new_sources,
-        catalog: new_catalog,
+        catalog: Box::new(new_catalog),
         applied,
         entry,
     })

@@ -228,7 +228,7 @@ impl AdminState {
                 log_change(&entry);
                 let revision = entry.revision_after;
                 let snap = self
-                    .publish_serial(catalog, revision.clone(), serial)
+                    .publish_serial(*catalog, revision.clone(), serial)
                     .map_err(MutationError::InvalidCatalog)?;
                 Ok(Change::new(
                     edit,
