@@ -2,7 +2,9 @@
 //! cluster (support/pg.rs) and real `portcullis-admin` processes on loopback: import/export
 //! round trip, a change on replica A waking a long-poll held on replica B (latency printed over
 //! 100 changes, not asserted), 100 concurrent conflicting changes across A and B (none lost,
-//! the stale ones 412, the audit chain unbroken), and A carrying on when B is killed.
+//! the stale ones 412, the audit chain unbroken), A carrying on when B is killed; and in
+//! process: a refused change stores nothing, a no-op is not audited, and an import made
+//! elsewhere wakes a running replica's long-poll through NOTIFY.
 #![cfg(feature = "db")]
 
 mod support;
@@ -426,4 +428,94 @@ async fn two_replicas_share_one_catalog() {
     assert_eq!(api.status(&a.base).await["revision"], r.body["revision"]);
     drop(a);
     drop(pg);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_change_writes_nothing_and_an_import_reaches_a_running_replica() {
+    use portcullis_admin::serve::{self, AdminState, Options};
+    let Some(pg) = Cluster::start() else { return };
+    let url = pg.create_db("inprocess").await;
+    // Before any import a replica refuses to start, saying how to load one.
+    let options = || Options {
+        token: Some(TOKEN.into()),
+        reload_interval: Duration::from_secs(3600),
+        ..Options::default()
+    };
+    let err = AdminState::open_shared(&url, options())
+        .await
+        .err()
+        .unwrap();
+    assert!(err.to_string().contains("catalog import"), "{err}");
+    let src = example().display().to_string();
+    assert_exit(&admin(&["catalog", "import", &src, "--state", &url]), 0);
+    let state = AdminState::open_shared(&url, options()).await.unwrap();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let server = serve::spawn(state.clone(), listener).unwrap();
+    let base = server.url();
+    let api = Api {
+        client: reqwest::Client::builder().no_proxy().build().unwrap(),
+    };
+    let r0 = state.snapshot().revision.clone();
+
+    // A second instance of a unique type: 422 with the located errors, nothing stored.
+    let r = api
+        .call(
+            &base,
+            Method::POST,
+            "/v1/instances",
+            Some(json!({"type": "logger", "server": "app1"})),
+            None,
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::UNPROCESSABLE_ENTITY, "{}", r.body);
+    assert_eq!(r.body["details"][0]["kind"], "unique", "{}", r.body);
+    // Draining twice: the second changes nothing and is not audited.
+    for _ in 0..2 {
+        let r = api
+            .call(
+                &base,
+                Method::POST,
+                "/v1/instances/tg.app1.1/drain",
+                None,
+                None,
+            )
+            .await;
+        assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+    }
+    let audit = api
+        .call(&base, Method::GET, "/v1/audit", None, None)
+        .await
+        .body;
+    let ops: Vec<&str> = audit["entries"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["operation"].as_str().unwrap())
+        .collect();
+    assert_eq!(ops, ["import", "set-state"]);
+    assert_eq!(audit["entries"][1]["revision_before"], r0.as_str());
+
+    // An import from elsewhere (here: the original catalog again) reaches the running replica
+    // through its NOTIFY (the head-row poll is an hour away): a held long-poll wakes.
+    let etag = state.snapshot().etag.clone();
+    let poll = {
+        let client = api.client.clone();
+        let base = base.clone();
+        tokio::spawn(async move {
+            client
+                .get(format!("{base}/v1/export.csv?wait=30s"))
+                .header("if-none-match", etag)
+                .send()
+                .await
+                .unwrap()
+                .status()
+        })
+    };
+    while api.status(&base).await["long_polls"] != 1 {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    assert_exit(&admin(&["catalog", "import", &src, "--state", &url]), 0);
+    assert_eq!(poll.await.unwrap(), StatusCode::OK);
+    assert_eq!(state.snapshot().revision, r0);
+    server.stop().await.unwrap();
 }
