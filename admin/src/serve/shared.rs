@@ -61,15 +61,26 @@ impl AdminState {
         revision: String,
         serial: i64,
     ) -> Result<Arc<Snapshot>, crate::CatalogErrors> {
+        self.publish_if_newer(catalog, revision, serial)
+            .map(|(snap, _)| snap)
+    }
+
+    /// [`Self::publish_serial`], also saying whether this call published.
+    fn publish_if_newer(
+        &self,
+        catalog: Catalog,
+        revision: String,
+        serial: i64,
+    ) -> Result<(Arc<Snapshot>, bool), crate::CatalogErrors> {
         let shared = self.shared_or_panic();
         let _files = self.lock_files();
         let mut published = shared.published.lock().unwrap_or_else(|e| e.into_inner());
         if serial <= *published {
-            return Ok(self.snapshot());
+            return Ok((self.snapshot(), false));
         }
         let snap = self.publish_snapshot(catalog, revision)?;
         *published = serial;
-        Ok(snap)
+        Ok((snap, true))
     }
 
     /// Loads the stored catalog and publishes it when newer than the served one.
@@ -88,12 +99,14 @@ impl AdminState {
         }
         let this = self.clone();
         let result = tokio::task::spawn_blocking(move || {
-            Catalog::from_sources(&sources).and_then(|c| this.publish_serial(c, revision, serial))
+            Catalog::from_sources(&sources).and_then(|c| this.publish_if_newer(c, revision, serial))
         })
         .await
         .map_err(|e| PgStateError::Task(format!("reloading the catalog: {e}")))?;
         match result {
-            Ok(snap) => {
+            // The NOTIFY loop and the head-row poll both got there; the other one published.
+            Ok((_, false)) => {}
+            Ok((snap, true)) => {
                 self.record_reload(None);
                 tracing::info!(serial, generation = snap.generation, etag = %snap.etag, "catalog reloaded from PostgreSQL");
             }
