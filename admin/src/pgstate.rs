@@ -152,7 +152,9 @@ impl PgStore {
     pub async fn import(&self, sources: &Sources, identity: &str) -> Result<String, PgStateError> {
         crate::Catalog::from_sources(sources).map_err(PgStateError::Invalid)?;
         let after = revision(sources);
+        let mut attempt = 0;
         loop {
+            attempt += 1;
             let result = async {
                 let mut tx = self.begin().await?;
                 let before = read(&mut tx).await?;
@@ -183,7 +185,8 @@ impl PgStore {
             }
             .await;
             match result {
-                Err(e) if e.is_retryable() => continue,
+                // Another writer committed in between: run again on top of it.
+                Err(e) if e.is_retryable() && attempt < 64 => continue,
                 Err(e) => return Err(e),
                 Ok(_) => return Ok(after),
             }
