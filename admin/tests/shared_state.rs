@@ -349,6 +349,9 @@ async fn two_replicas_share_one_catalog() {
                         StatusCode::PRECONDITION_FAILED => {
                             stale += 1;
                             rev = r.revision;
+                            // As a well-behaved client would: do not hammer while another
+                            // change is being validated and committed.
+                            tokio::time::sleep(Duration::from_millis(20)).await;
                         }
                         other => panic!("{other}: {}", r.body),
                     }

@@ -21,6 +21,11 @@ pub(super) struct Shared {
     /// Serial of the published catalog: older ones (a slow reload racing a newer change) are
     /// never published over it.
     pub published: Mutex<i64>,
+    /// One change at a time per replica. The database alone would keep changes correct, but
+    /// every contender would validate a whole catalog before all but one lose; queued here,
+    /// the next one finds the head moved and is refused from the head row (412) or goes in.
+    /// Across replicas the SERIALIZABLE transaction still decides.
+    pub writer: tokio::sync::Mutex<()>,
 }
 
 /// Serialization failures in a row before a change gives up (each retry re-reads, so with
@@ -37,6 +42,7 @@ impl AdminState {
         let shared = Shared {
             store,
             published: Mutex::new(stored.serial),
+            writer: tokio::sync::Mutex::new(()),
         };
         Ok(AdminState::with_snapshot(
             std::path::PathBuf::new(),
@@ -129,6 +135,7 @@ impl AdminState {
         if_match: Option<&str>,
         identity: &str,
     ) -> Result<Change, MutationError> {
+        let _writer = self.shared_or_panic().writer.lock().await;
         let mut attempt = 0;
         loop {
             attempt += 1;
