@@ -43,6 +43,8 @@ pub mod error;
 pub mod export;
 pub mod inventory;
 pub mod meta;
+#[cfg(feature = "db")]
+pub mod pgstate;
 mod read;
 pub mod serve;
 pub mod synth;

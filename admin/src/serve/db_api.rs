@@ -14,6 +14,13 @@ use axum::Json;
 use serde::Deserialize;
 
 fn target(state: &AdminState, id: &str) -> Result<db::Target, ApiError> {
+    // Patches are files beside a directory catalog; a shared catalog stores no patches.
+    if state.shared().is_some() {
+        return Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            "DB patching needs a directory catalog (serve --catalog DIR); this server serves a shared catalog from PostgreSQL",
+        ));
+    }
     let snap = state.snapshot();
     if snap.catalog.instance_index(id).is_none() {
         return Err(ApiError::new(

@@ -325,7 +325,7 @@ async fn status(Ext(state): Ext<AdminState>) -> Json<serde_json::Value> {
         .map_or(0, |d| d.as_secs());
     let held = state.options().max_waiters - state.waiters().available_permits();
     Json(json!({
-        "catalog": state.dir(),
+        "catalog": state.catalog_source(),
         "generation": snap.generation,
         "etag": snap.etag,
         "revision": snap.revision,

@@ -40,6 +40,11 @@ pub(crate) fn mutation_error(e: MutationError) -> Response {
             );
             return with_revision(body.into_response(), current);
         }
+        #[cfg(feature = "db")]
+        MutationError::Store(_) => {
+            tracing::error!(%e, "inventory change failed");
+            (StatusCode::SERVICE_UNAVAILABLE, json!({}))
+        }
         MutationError::Audit { .. } | MutationError::Io { .. } => {
             tracing::error!(%e, "inventory change failed");
             (StatusCode::INTERNAL_SERVER_ERROR, json!({}))

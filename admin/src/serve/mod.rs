@@ -17,12 +17,16 @@ mod export_poll;
 mod http;
 mod inventory_api;
 mod mutate;
+#[cfg(feature = "db")]
+mod shared;
 mod snapshot;
 mod state;
 pub mod tls;
 mod versions_api;
 
 pub use agent_hub::{read_tokens, AgentHub, HubError, RunAction};
+#[cfg(feature = "db")]
+pub(crate) use audit::now as audit_now;
 pub use audit::AuditEntry;
 pub use http::router;
 pub use mutate::Change;

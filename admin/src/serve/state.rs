@@ -108,6 +108,9 @@ struct Inner {
     files: Mutex<()>,
     pub(super) waiters: Arc<Semaphore>,
     shutdown: watch::Sender<bool>,
+    /// Set when the catalog lives in PostgreSQL (`dir` is then empty).
+    #[cfg(feature = "db")]
+    shared: Option<Arc<super::shared::Shared>>,
 }
 
 /// Shared server state; cheap to clone.
@@ -142,6 +145,10 @@ pub enum MutationError {
         path: String,
         source: std::io::Error,
     },
+    /// The catalog's database could not be read or written: nothing changed.
+    #[cfg(feature = "db")]
+    #[error("the catalog's database: {0}")]
+    Store(crate::pgstate::PgStateError),
 }
 
 /// The result of a state change.
@@ -162,19 +169,63 @@ impl AdminState {
         let fp = fingerprint(dir);
         let (catalog, rev) = load(dir)?;
         let snap = Snapshot::new(catalog, rev, 1)?;
+        let state = AdminState::with_snapshot(
+            dir.to_owned(),
+            options,
+            snap,
+            #[cfg(feature = "db")]
+            None,
+        );
+        state.lock_status().1 = fp;
+        Ok(state)
+    }
+
+    pub(super) fn with_snapshot(
+        dir: PathBuf,
+        options: Options,
+        snap: Snapshot,
+        #[cfg(feature = "db")] shared: Option<Arc<super::shared::Shared>>,
+    ) -> AdminState {
         let (current, _) = watch::channel(Arc::new(snap));
         let (shutdown, _) = watch::channel(false);
-        Ok(AdminState {
+        AdminState {
             inner: Arc::new(Inner {
-                dir: dir.to_owned(),
+                dir,
                 waiters: Arc::new(Semaphore::new(options.max_waiters)),
                 options,
                 current,
-                status: Mutex::new((ReloadStatus::default(), fp)),
+                status: Mutex::new((ReloadStatus::default(), Vec::new())),
                 files: Mutex::new(()),
                 shutdown,
+                #[cfg(feature = "db")]
+                shared,
             }),
-        })
+        }
+    }
+
+    /// The replica's database side, when the catalog lives in PostgreSQL.
+    #[cfg(feature = "db")]
+    pub(super) fn shared(&self) -> Option<&super::shared::Shared> {
+        self.inner.shared.as_deref()
+    }
+
+    /// Where the catalog comes from, for `/v1/status`: its directory, or `postgresql`.
+    pub fn catalog_source(&self) -> String {
+        #[cfg(feature = "db")]
+        if self.shared().is_some() {
+            return "postgresql".into();
+        }
+        self.inner.dir.display().to_string()
+    }
+
+    /// Records the outcome of a reload attempt for `/v1/status`.
+    pub(super) fn record_reload(&self, errors: Option<CatalogErrors>) {
+        let now = SystemTime::now()
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        let mut st = self.lock_status();
+        st.0.last_attempt = Some(now);
+        st.0.errors = errors;
     }
 
     pub fn options(&self) -> &Options {
@@ -220,7 +271,11 @@ impl AdminState {
         self.inner.status.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    fn publish(&self, catalog: Catalog, revision: String) -> Result<Arc<Snapshot>, CatalogErrors> {
+    pub(super) fn publish_snapshot(
+        &self,
+        catalog: Catalog,
+        revision: String,
+    ) -> Result<Arc<Snapshot>, CatalogErrors> {
         let generation = self.snapshot().generation + 1;
         let snap = Arc::new(Snapshot::new(catalog, revision, generation)?);
         self.inner.current.send_replace(snap.clone());
@@ -239,16 +294,11 @@ impl AdminState {
                 return Ok(false);
             }
         }
-        let result = load(&self.inner.dir).and_then(|(c, rev)| self.publish(c, rev));
-        let now = SystemTime::now()
-            .duration_since(SystemTime::UNIX_EPOCH)
-            .map_or(0, |d| d.as_secs());
-        let mut st = self.lock_status();
-        st.1 = fp;
-        st.0.last_attempt = Some(now);
+        let result = load(&self.inner.dir).and_then(|(c, rev)| self.publish_snapshot(c, rev));
+        self.lock_status().1 = fp;
         match result {
             Ok(snap) => {
-                st.0.errors = None;
+                self.record_reload(None);
                 tracing::info!(generation = snap.generation, etag = %snap.etag, "catalog reloaded");
                 Ok(true)
             }
@@ -256,7 +306,7 @@ impl AdminState {
                 for err in &e.0 {
                     tracing::warn!(%err, "catalog edit rejected; still serving the previous catalog");
                 }
-                st.0.errors = Some(e.clone());
+                self.record_reload(Some(e.clone()));
                 Err(e)
             }
         }
@@ -264,6 +314,10 @@ impl AdminState {
 
     /// Polls the files every `reload_interval` on a blocking thread.
     pub fn spawn_reloader(&self) -> tokio::task::JoinHandle<()> {
+        #[cfg(feature = "db")]
+        if self.shared().is_some() {
+            return self.spawn_follower();
+        }
         let state = self.clone();
         tokio::spawn(async move {
             let mut tick = tokio::time::interval(state.inner.options.reload_interval);
@@ -310,7 +364,7 @@ impl AdminState {
         revision: String,
     ) -> Result<Arc<Snapshot>, CatalogErrors> {
         catalog.dir = Some(self.inner.dir.clone());
-        let snap = self.publish(catalog, revision)?;
+        let snap = self.publish_snapshot(catalog, revision)?;
         self.lock_status().1 = fingerprint(&self.inner.dir);
         Ok(snap)
     }

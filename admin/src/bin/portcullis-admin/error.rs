@@ -58,6 +58,17 @@ pub enum CliError {
     BadTokenLine { path: PathBuf, line: usize },
     #[error("agents: {0}")]
     Agents(portcullis_admin::serve::HubError),
+    #[error(
+        "serve: give either --catalog DIR or --state postgres://… (a shared catalog), not both"
+    )]
+    CatalogOrSharedState,
+    #[cfg(not(feature = "db"))]
+    #[error("--state postgres://…: this build has no PostgreSQL support (the `db` feature)")]
+    NoSharedState,
+    /// The catalog in PostgreSQL: unreachable, empty, invalid or corrupt.
+    #[cfg(feature = "db")]
+    #[error(transparent)]
+    SharedState(#[from] portcullis_admin::pgstate::PgStateError),
     #[error("--reload-interval: must be more than zero, e.g. 1s or 500ms")]
     ZeroReloadInterval,
     #[error("starting the runtime: {0}")]
@@ -92,6 +103,15 @@ impl CliError {
             CliError::Runtime(_) | CliError::Listen { .. } | CliError::Serve(_) => 1,
             #[cfg(feature = "db")]
             CliError::Db { error, .. } => error.exit_code(),
+            #[cfg(feature = "db")]
+            CliError::SharedState(e) => match e {
+                portcullis_admin::pgstate::PgStateError::Invalid(_)
+                | portcullis_admin::pgstate::PgStateError::Empty => 2,
+                _ => 1,
+            },
+            CliError::CatalogOrSharedState => 2,
+            #[cfg(not(feature = "db"))]
+            CliError::NoSharedState => 2,
             CliError::Catalog { .. }
             | CliError::Config { .. }
             | CliError::Export(_)

@@ -14,6 +14,8 @@ mod ctl;
 mod db;
 mod error;
 mod serve;
+#[cfg(feature = "db")]
+mod shared;
 mod versions;
 
 use clap::{Parser, Subcommand};
@@ -54,6 +56,9 @@ enum Command {
     /// Database patching: status and patch runs (docs/versions-and-db.md).
     #[cfg(feature = "db")]
     Db(db::DbArgs),
+    /// Move a directory catalog into or out of PostgreSQL (`serve --state postgres://…`).
+    #[cfg(feature = "db")]
+    Catalog(shared::CatalogArgs),
 }
 
 fn main() -> ExitCode {
@@ -71,6 +76,8 @@ fn main() -> ExitCode {
         Command::Downgrade(a) => versions::deploy(portcullis_admin::versions::Action::Downgrade, a),
         #[cfg(feature = "db")]
         Command::Db(a) => db::db(a),
+        #[cfg(feature = "db")]
+        Command::Catalog(a) => shared::catalog(a),
     };
     match outcome {
         Ok(outcome) => ExitCode::from(outcome.exit_code()),

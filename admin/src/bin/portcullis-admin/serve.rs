@@ -9,8 +9,9 @@ use std::time::Duration;
 
 #[derive(clap::Args)]
 pub struct ServeArgs {
+    /// The catalog directory (the single-machine default). Not with `--state postgres://…`.
     #[arg(long)]
-    catalog: PathBuf,
+    catalog: Option<PathBuf>,
     #[arg(long, default_value = "127.0.0.1:8080")]
     listen: SocketAddr,
     /// File holding the bearer token — or several, one `NAME TOKEN` per line, each named in
@@ -36,9 +37,11 @@ pub struct ServeArgs {
     /// Require client certificates signed by these PEM CA certificates.
     #[arg(long, requires = "tls_cert")]
     tls_client_ca: Option<PathBuf>,
-    /// ADMIN's state directory: enables the version endpoints (store and deploys).
+    /// `postgres://…`: serve the catalog kept in that PostgreSQL database, shared by every
+    /// replica given the same URL (load it with `catalog import`). A directory: ADMIN's state
+    /// directory, enabling the version endpoints (store and deploys).
     #[arg(long)]
-    state: Option<PathBuf>,
+    state: Option<String>,
     /// Where instance roots live (<ROOTS>/<instance id>); default <STATE>/roots.
     #[arg(long, requires = "state")]
     roots: Option<PathBuf>,
@@ -53,23 +56,51 @@ pub fn serve(a: ServeArgs) -> Result<Outcome, CliError> {
     let options = options(&a)?;
     let rt = tokio::runtime::Runtime::new().map_err(CliError::Runtime)?;
     rt.block_on(async move {
-        let state =
-            serve::AdminState::open(&a.catalog, options).map_err(|errors| CliError::Catalog {
-                dir: a.catalog.clone(),
-                errors,
-            })?;
+        let (state, source) = match (&a.catalog, shared_url(&a)) {
+            (None, Some(url)) => (open_shared(url, options).await?, "postgresql".to_owned()),
+            (Some(dir), None) => {
+                let state =
+                    serve::AdminState::open(dir, options).map_err(|errors| CliError::Catalog {
+                        dir: dir.clone(),
+                        errors,
+                    })?;
+                (state, dir.display().to_string())
+            }
+            _ => return Err(CliError::CatalogOrSharedState),
+        };
         let listener = tokio::net::TcpListener::bind(a.listen)
             .await
             .map_err(|source| CliError::Listen {
                 addr: a.listen,
                 source,
             })?;
-        tracing::info!(listen = %a.listen, catalog = %a.catalog.display(), "serving");
+        tracing::info!(listen = %a.listen, catalog = %source, "serving");
         serve::run(state, listener, shutdown_signal())
             .await
             .map_err(CliError::Serve)
     })?;
     Ok(Outcome::Done)
+}
+
+/// `--state` when it names a PostgreSQL database.
+fn shared_url(a: &ServeArgs) -> Option<&str> {
+    a.state.as_deref().filter(|s| is_state_url(s))
+}
+
+fn is_state_url(s: &str) -> bool {
+    s.starts_with("postgres://") || s.starts_with("postgresql://")
+}
+
+#[cfg(feature = "db")]
+async fn open_shared(url: &str, options: serve::Options) -> Result<serve::AdminState, CliError> {
+    serve::AdminState::open_shared(url, options)
+        .await
+        .map_err(CliError::from)
+}
+
+#[cfg(not(feature = "db"))]
+async fn open_shared(_: &str, _: serve::Options) -> Result<serve::AdminState, CliError> {
+    Err(CliError::NoSharedState)
 }
 
 /// Logs to stderr, `info` unless `RUST_LOG` says otherwise; colours only on a terminal.
@@ -107,18 +138,21 @@ fn options(a: &ServeArgs) -> Result<serve::Options, CliError> {
                 key,
                 client_ca: a.tls_client_ca.clone(),
             }),
-        agents: match &a.state {
+        // Agents' tokens, run states and reports live in a state directory (not in PostgreSQL).
+        agents: match a.state.as_ref().filter(|s| !is_state_url(s)) {
             Some(state) => {
                 let tokens = match &a.agent_tokens {
                     Some(path) => serve::read_tokens(path).map_err(CliError::Agents)?,
                     None => Vec::new(),
                 };
-                let hub = serve::AgentHub::open(state, tokens).map_err(CliError::Agents)?;
+                let hub =
+                    serve::AgentHub::open(Path::new(state), tokens).map_err(CliError::Agents)?;
                 Some(std::sync::Arc::new(hub))
             }
             None => None,
         },
-        versions: a.state.as_ref().map(|state| {
+        versions: a.state.as_ref().filter(|s| !is_state_url(s)).map(|state| {
+            let state = Path::new(state);
             let roots = a.roots.clone().unwrap_or_else(|| state.join("roots"));
             versions::Deployer::new(state, &roots)
         }),
