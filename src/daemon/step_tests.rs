@@ -49,7 +49,7 @@ impl Bench {
 
     fn config(&self, role: Role) -> Config {
         Config {
-            source: Some(format!("file://{}", self.export_path().display())),
+            source: Some(format!("file://{}", self.export_path().display()).into()),
             state_dir: self.dir.join("state"),
             role,
             ..Config::default()
@@ -205,7 +205,7 @@ async fn reload_changes_what_it_can_and_refuses_restart_only_keys() {
     let other = b.dir.join("other.csv");
     std::fs::write(&other, export(4)).expect("write");
     let mut elsewhere = d.config.clone();
-    elsewhere.source = Some(format!("file://{}", other.display()));
+    elsewhere.source = Some(format!("file://{}", other.display()).into());
     d.reload(elsewhere, options(&["eth1"])).expect("reload");
     assert!(matches!(
         d.poll_once().await,
