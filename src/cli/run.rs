@@ -313,5 +313,26 @@ mod tests {
         );
         assert_eq!(c.health.source, "10.0.0.254".parse().ok());
         assert!(parse_check("icmp").is_err());
+
+        let replicas = RunArgs {
+            source: vec![
+                "http://a/v1/export.csv".into(),
+                "http://b/v1/export.csv".into(),
+            ],
+            ..RunArgs::default()
+        };
+        let c = effective_config(&replicas).expect("valid");
+        let urls = c
+            .source
+            .as_ref()
+            .map(|s| s.urls().to_vec())
+            .unwrap_or_default();
+        assert_eq!(urls, ["http://a/v1/export.csv", "http://b/v1/export.csv"]);
+        let bad = RunArgs {
+            source: vec!["http://a/v1/export.csv".into(), "admin-b".into()],
+            ..RunArgs::default()
+        };
+        let e = effective_config(&bad).expect_err("every --source is checked");
+        assert!(e.to_string().contains("\"admin-b\""), "{e}");
     }
 }
