@@ -69,7 +69,7 @@ fn fetch(url: &str) -> Result<Vec<u8>, CliError> {
         reason,
     };
     let config = Config {
-        source: Some(url.to_owned()),
+        source: Some(url.into()),
         ..Config::read_default()?
     };
     let fetcher = Fetcher::from_config(&config).map_err(|e| failed(e.to_string()))?;

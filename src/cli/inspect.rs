@@ -87,7 +87,15 @@ pub fn status(state_dir: &Path, json: bool, config: Option<&Path>) -> Result<Exi
         return print_json(&StatusWithSync { status: &s, sync });
     }
     println!("role:          {}", s.role);
-    println!("source:        {}", s.source);
+    match s.replicas.iter().position(|r| *r == s.source) {
+        Some(i) => println!(
+            "source:        {} (ADMIN replica {} of {})",
+            s.source,
+            i + 1,
+            s.replicas.len()
+        ),
+        None => println!("source:        {}", s.source),
+    }
     println!("etag:          {}", s.etag.as_deref().unwrap_or("-"));
     println!("last poll:     {}", ago(s.last_poll_unix));
     let c = &s.counters;

@@ -23,8 +23,10 @@ pub struct RunArgs {
     /// Validate the configuration, print the effective one, and exit (0 valid, 2 invalid).
     #[arg(long)]
     pub check_config: bool,
+    /// Export URL; repeat it for several ADMIN replicas, tried in turn when one does not
+    /// answer (replaces the file's `source`).
     #[arg(long)]
-    pub source: Option<String>,
+    pub source: Vec<String>,
     /// Poll period, e.g. `3s`, `500ms`.
     #[arg(long, value_parser = humantime::parse_duration)]
     pub interval: Option<Duration>,
@@ -113,8 +115,8 @@ pub fn effective_config(args: &RunArgs) -> Result<Config, ConfigError> {
             }
         };
     }
-    if args.source.is_some() {
-        c.source = args.source.clone();
+    if !args.source.is_empty() {
+        c.source = Some(crate::daemon::config::Sources(args.source.clone()));
     }
     set!(interval <- args.interval);
     set!(long_poll <- args.long_poll);
@@ -257,7 +259,7 @@ mod tests {
     fn flags_override_the_file_and_work_without_one() {
         let args = RunArgs {
             config: None,
-            source: Some("http://127.0.0.1:9/export.csv".into()),
+            source: vec!["http://127.0.0.1:9/export.csv".into()],
             interval: Some(Duration::from_secs(1)),
             role: Some(Role::Standby),
             external: vec!["eth9".into()],
@@ -311,5 +313,26 @@ mod tests {
         );
         assert_eq!(c.health.source, "10.0.0.254".parse().ok());
         assert!(parse_check("icmp").is_err());
+
+        let replicas = RunArgs {
+            source: vec![
+                "http://a/v1/export.csv".into(),
+                "http://b/v1/export.csv".into(),
+            ],
+            ..RunArgs::default()
+        };
+        let c = effective_config(&replicas).expect("valid");
+        let urls = c
+            .source
+            .as_ref()
+            .map(|s| s.urls().to_vec())
+            .unwrap_or_default();
+        assert_eq!(urls, ["http://a/v1/export.csv", "http://b/v1/export.csv"]);
+        let bad = RunArgs {
+            source: vec!["http://a/v1/export.csv".into(), "admin-b".into()],
+            ..RunArgs::default()
+        };
+        let e = effective_config(&bad).expect_err("every --source is checked");
+        assert!(e.to_string().contains("\"admin-b\""), "{e}");
     }
 }

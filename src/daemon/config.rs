@@ -4,6 +4,7 @@
 //! fall back to a default on the hosts every packet crosses.
 
 use super::health::HealthConfig;
+pub use super::sources::Sources;
 use crate::apply::Guard;
 use crate::render::conntrackd::SyncLink;
 use crate::render::nft::{Backend, Ifname};
@@ -64,8 +65,9 @@ pub enum Role {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Config {
-    /// `http(s)://…/export.csv` or `file://…`.
-    pub source: Option<String>,
+    /// `http(s)://…/export.csv` or `file://…`; a list of them for several ADMIN replicas,
+    /// tried in turn when one does not answer.
+    pub source: Option<Sources>,
     #[serde(with = "duration")]
     pub interval: Duration,
     /// How long ADMIN may hold a request open until the export changes (`?wait=`), so a
@@ -208,14 +210,8 @@ impl Config {
     /// Checks what types alone cannot.
     pub fn validate(&self) -> Result<(), InvalidSetting> {
         let bad = |key: &'static str, expected: String| Err(InvalidSetting { key, expected });
-        if let Some(s) = &self.source {
-            if !(s.starts_with("http://") || s.starts_with("https://") || s.starts_with("file://"))
-            {
-                return bad(
-                    "source",
-                    format!("an http(s):// or file:// URL, found {s:?}"),
-                );
-            }
+        if let Some(expected) = self.source.as_ref().and_then(Sources::invalid) {
+            return bad("source", expected);
         }
         if self.interval < Duration::from_millis(100) {
             return bad("interval", "at least 100ms".into());
@@ -350,6 +346,32 @@ mod tests {
     }
 
     #[test]
+    fn the_source_is_one_url_or_a_list_of_replicas() {
+        let one = Config::parse("source = \"http://a/v1/export.csv\"\n", "p.toml").expect("one");
+        assert_eq!(one.source, Some(Sources::from("http://a/v1/export.csv")));
+        assert!(one
+            .to_toml()
+            .contains("source = \"http://a/v1/export.csv\""));
+        let text = "source = [\"https://a/v1/export.csv\", \"https://b/v1/export.csv\"]\n";
+        let two = Config::parse(text, "p.toml").expect("a list");
+        let urls = two.source.as_ref().map(Sources::urls).unwrap_or_default();
+        assert_eq!(urls, ["https://a/v1/export.csv", "https://b/v1/export.csv"]);
+        assert_eq!(
+            Config::parse(&two.to_toml(), "printed").expect("round trip"),
+            two
+        );
+        // Every URL is checked, and the error names the key and the bad entry.
+        let e = Config::parse("source = [\"http://a/x\", \"b\"]\n", "p.toml").expect_err("bad");
+        let e = e.to_string();
+        assert!(
+            e.contains("p.toml") && e.contains("source") && e.contains("\"b\""),
+            "{e}"
+        );
+        let e = Config::parse("source = 7\n", "p.toml").expect_err("not a URL");
+        assert!(e.to_string().contains("line 1"), "{e}");
+    }
+
+    #[test]
     fn the_drain_grace_is_a_duration() {
         let c = Config::parse("backend = \"ipvs\"\ndrain_grace = \"90s\"\n", "p.toml").expect("ok");
         assert_eq!(c.drain_grace, Duration::from_secs(90));
@@ -363,6 +385,10 @@ mod tests {
             "interval = \"10ms\"",
             "long_poll = \"1h\"",
             "source = \"ftp://x\"",
+            "source = []",
+            "source = [\"http://a/x\", \"ftp://b\"]",
+            "source = [\"http://a/x\", \"http://a/x\"]",
+            "source = [1]",
             "backend = \"iptables\"",
             "drain_grace = \"soon\"",
             "role = \"leader\"",

@@ -24,6 +24,8 @@ pub enum DaemonError {
 pub struct Daemon<F, C> {
     pub config: Config,
     pub(super) fetcher: Fetcher,
+    /// Which ADMIN replica of `source` the next fetch asks.
+    pub(super) replicas: super::replicas::Replicas,
     pub(super) state_dir: StateDir,
     pub(super) journal: Journal,
     pub syncer: Syncer<F, C>,
@@ -75,11 +77,14 @@ impl<F: Firewall, C: Conntrack> Daemon<F, C> {
         // The sync metrics follow the [sync] of the start; a reload does not move them.
         let metrics = Metrics::new(config.sync.as_ref().map(|s| s.socket.clone()));
         let health = super::health::HealthMonitor::new(&config.health, metrics.health.clone());
+        let replicas = super::replicas::Replicas::new(fetcher.replica_count());
+        metrics.source_in_use(fetcher.source(replicas.current()));
         Ok(Daemon {
             state_dir: StateDir::new(&config.state_dir),
             journal: Journal::new(&config.state_dir),
             config,
             fetcher,
+            replicas,
             syncer,
             etag: None,
             last_poll: None,

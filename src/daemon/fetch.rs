@@ -44,7 +44,8 @@ pub enum FetchError {
 #[derive(Clone)]
 pub struct Fetcher {
     client: reqwest::Client,
-    source: String,
+    /// The configured URLs (ADMIN replicas); [`super::replicas`] picks the one to ask.
+    sources: Vec<String>,
     timeout: Duration,
     max_body: u64,
     bearer: Option<String>,
@@ -61,9 +62,14 @@ impl Fetcher {
     /// certificate files now, so a missing file fails start-up (or a reload) rather than the
     /// first poll.
     pub fn from_config(config: &Config) -> Result<Fetcher, FetchError> {
-        let source = config.source.clone().ok_or_else(|| {
-            FetchError::Setup("no source configured (--source or `source =`)".into())
-        })?;
+        let sources = config
+            .source
+            .as_ref()
+            .map(|s| s.urls().to_vec())
+            .filter(|urls| !urls.is_empty())
+            .ok_or_else(|| {
+                FetchError::Setup("no source configured (--source or `source =`)".into())
+            })?;
         let bearer = match &config.bearer_token_file {
             Some(p) => Some(
                 String::from_utf8(read(p, "the bearer token file")?)
@@ -107,7 +113,7 @@ impl Fetcher {
         })?;
         Ok(Fetcher {
             client,
-            source,
+            sources,
             timeout: config.request_timeout,
             max_body: config.max_body_bytes,
             bearer,
@@ -115,20 +121,44 @@ impl Fetcher {
         })
     }
 
-    /// Fetches the export unless it still has ETag `etag`. With long-polling on and an ETag to
-    /// compare with, asks the server to hold the request until the export changes.
+    /// The URL of replica `replica` (the first when out of range).
+    pub fn source(&self, replica: usize) -> &str {
+        self.sources
+            .get(replica)
+            .or(self.sources.first())
+            .map_or("", String::as_str)
+    }
+
+    /// How many replicas there are to choose from.
+    pub fn replica_count(&self) -> usize {
+        self.sources.len()
+    }
+
+    /// Fetches the export from the first replica (see [`Fetcher::fetch_from`]).
     pub async fn fetch(&self, etag: Option<&str>) -> Result<Fetched, FetchError> {
-        if let Some(path) = self.source.strip_prefix("file://") {
+        self.fetch_from(0, etag).await
+    }
+
+    /// Fetches the export from replica `replica` unless it still has ETag `etag`. With
+    /// long-polling on and an ETag to compare with, asks the server to hold the request until
+    /// the export changes.
+    pub async fn fetch_from(
+        &self,
+        replica: usize,
+        etag: Option<&str>,
+    ) -> Result<Fetched, FetchError> {
+        let source = self.source(replica);
+        if let Some(path) = source.strip_prefix("file://") {
             return self.fetch_file(path, etag).await;
         }
         let wait = self.long_poll.filter(|_| etag.is_some());
         let mut request = match wait {
             Some(wait) => {
-                let separator = if self.source.contains('?') { '&' } else { '?' };
-                let url = format!("{}{separator}wait={}ms", self.source, wait.as_millis());
+                let separator = if source.contains('?') { '&' } else { '?' };
+                let url = format!("{source}{separator}wait={}ms", wait.as_millis());
                 self.client.get(url).timeout(self.timeout + wait)
             }
-            None => self.client.get(&self.source).timeout(self.timeout),
+            None => self.client.get(source).timeout(self.timeout),
         };
         if let Some(tag) = etag {
             request = request.header(reqwest::header::IF_NONE_MATCH, tag);

@@ -44,7 +44,11 @@ pub struct Entry {
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct Status {
     pub role: String,
+    /// The export URL in use: with several ADMIN replicas, the one the next poll asks.
     pub source: String,
+    /// Every replica configured, in order, when there are several.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub replicas: Vec<String>,
     pub etag: Option<String>,
     pub last_poll_unix: Option<u64>,
     pub services: usize,

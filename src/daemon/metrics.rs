@@ -26,6 +26,11 @@ pub struct Outcome {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct SourceUrl {
+    pub url: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct Cache {
     pub cache: &'static str,
 }
@@ -122,6 +127,9 @@ pub struct Metrics {
     pub apply_seconds: Histogram,
     pub virtual_services: Gauge,
     pub real_servers: Gauge,
+    /// 1 for the ADMIN replica (export URL) in use; only that one is listed.
+    source: Family<SourceUrl, Gauge>,
+    source_switches: Counter,
     since_last_sync: Gauge,
     last_sync_unix: Arc<AtomicU64>,
     sync: Option<SyncMetrics>,
@@ -176,6 +184,18 @@ impl Metrics {
             "Seconds since the rules were last confirmed current (applied, adopted or unchanged)",
             since_last_sync.clone(),
         );
+        let source = Family::<SourceUrl, Gauge>::default();
+        let source_switches = Counter::default();
+        registry.register(
+            "source",
+            "The export URL (ADMIN replica) in use, labelled url; always 1",
+            source.clone(),
+        );
+        registry.register(
+            "source_switches",
+            "Switches to another ADMIN replica because the one in use did not answer",
+            source_switches.clone(),
+        );
         let sync = sync_socket.map(|socket| SyncMetrics::register(&mut registry, socket));
         let health = Arc::new(super::health::board::Board::default());
         let target = &health.metrics;
@@ -203,6 +223,8 @@ impl Metrics {
             apply_seconds,
             virtual_services,
             real_servers,
+            source,
+            source_switches,
             since_last_sync,
             last_sync_unix: Arc::new(AtomicU64::new(0)),
         }
@@ -210,6 +232,25 @@ impl Metrics {
 
     pub fn poll(&self, outcome: &'static str) {
         self.polls.get_or_create(&Outcome { outcome }).inc();
+    }
+
+    /// `url` is the replica in use from now on (start, reload).
+    pub fn source_in_use(&self, url: &str) {
+        self.source.clear();
+        self.source
+            .get_or_create(&SourceUrl {
+                url: url.to_owned(),
+            })
+            .set(1);
+    }
+
+    /// The replica at `from` did not answer; `to` is asked next.
+    pub fn source_switched(&self, from: &str, to: &str) {
+        self.source_switches.inc();
+        self.source.remove(&SourceUrl {
+            url: from.to_owned(),
+        });
+        self.source_in_use(to);
     }
 
     /// The rules are known to match the current export.
@@ -322,6 +363,21 @@ mod tests {
             "{text}"
         );
         assert!(text.ends_with("# EOF\n"));
+        m.source_in_use("http://a/v1/export.csv");
+        m.source_switched("http://a/v1/export.csv", "http://b/v1/export.csv");
+        let text = m.render();
+        assert!(
+            text.contains("portcullis_source{url=\"http://b/v1/export.csv\"} 1"),
+            "{text}"
+        );
+        assert!(
+            !text.contains("url=\"http://a/"),
+            "only the one in use: {text}"
+        );
+        assert!(
+            text.contains("portcullis_source_switches_total 1"),
+            "{text}"
+        );
         assert!(
             !text.contains("portcullis_sync"),
             "no [sync], no sync metrics: {text}"

@@ -30,7 +30,9 @@ pub mod metrics;
 pub mod pacing;
 pub mod record;
 pub mod reload;
+pub mod replicas;
 pub mod role;
+pub mod sources;
 pub mod step;
 pub mod sync_threads;
 

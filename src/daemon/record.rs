@@ -122,7 +122,13 @@ impl<F: Firewall, C: Conntrack> Daemon<F, C> {
         let applied = self.syncer.applied();
         Status {
             role: format!("{:?}", self.config.role).to_lowercase(),
-            source: self.config.source.clone().unwrap_or_default(),
+            source: self.fetcher.source(self.replicas.current()).to_owned(),
+            replicas: match self.fetcher.replica_count() {
+                1 => Vec::new(),
+                _ => (0..self.fetcher.replica_count())
+                    .map(|i| self.fetcher.source(i).to_owned())
+                    .collect(),
+            },
             etag: self.etag.clone(),
             last_poll_unix: self.last_poll,
             services: applied.map_or(0, |s| s.services.len()),

@@ -69,9 +69,13 @@ impl<F: Firewall, C: Conntrack> Daemon<F, C> {
             changed.insert("policy".to_owned());
         }
         if self.config.source != new.source {
-            // Another ADMIN may number its ETags differently: fetch the export whole.
+            // Another ADMIN may number its ETags differently: fetch the export whole, from
+            // the first of the new replicas.
             self.etag = None;
             self.etag_in_force = false;
+            self.replicas = super::replicas::Replicas::new(fetcher.replica_count());
+            self.metrics
+                .source_in_use(fetcher.source(self.replicas.current()));
         }
         self.fetcher = fetcher;
         self.syncer.set_guard(Some(new.guards));

@@ -239,12 +239,29 @@ impl<F: Firewall, C: Conntrack> Daemon<F, C> {
     ) -> impl std::future::Future<Output = Result<Fetched, FetchError>> + 'static {
         self.counters.polls += 1;
         self.last_poll = Some(unix_now());
-        let (fetcher, etag) = (self.fetcher.clone(), self.etag.clone());
-        async move { fetcher.fetch(etag.as_deref()).await }
+        let replica = self.replicas.current();
+        let etag = if self.replicas.unconditional() {
+            None
+        } else {
+            self.etag.clone()
+        };
+        let fetcher = self.fetcher.clone();
+        async move { fetcher.fetch_from(replica, etag.as_deref()).await }
+    }
+
+    /// The replica that did not answer hands the next fetch to the next one.
+    fn choose_replica(&mut self, fetched: &Result<Fetched, FetchError>) {
+        let from = self.replicas.current();
+        if let Some(to) = self.replicas.after_fetch(fetched) {
+            let (from, to) = (self.fetcher.source(from), self.fetcher.source(to));
+            tracing::warn!(from, to, "ADMIN replica did not answer; switching");
+            self.metrics.source_switched(from, to);
+        }
     }
 
     /// What follows a fetch.
     pub(super) fn finish_poll(&mut self, fetched: Result<Fetched, FetchError>) -> Step {
+        self.choose_replica(&fetched);
         self.pacing
             .after_fetch(&fetched, !self.config.long_poll.is_zero());
         match fetched {
@@ -396,8 +413,10 @@ impl<F: Firewall, C: Conntrack> Daemon<F, C> {
 
     /// How long to wait before the next poll (see [`super::pacing`]).
     pub fn next_delay(&self) -> Duration {
-        self.pacing
-            .next_delay(self.config.interval, self.counters.consecutive_failures)
+        let failures = self
+            .replicas
+            .failures_for_backoff(self.counters.consecutive_failures);
+        self.pacing.next_delay(self.config.interval, failures)
     }
 }
 

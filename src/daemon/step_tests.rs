@@ -49,7 +49,7 @@ impl Bench {
 
     fn config(&self, role: Role) -> Config {
         Config {
-            source: Some(format!("file://{}", self.export_path().display())),
+            source: Some(format!("file://{}", self.export_path().display()).into()),
             state_dir: self.dir.join("state"),
             role,
             ..Config::default()
@@ -205,7 +205,7 @@ async fn reload_changes_what_it_can_and_refuses_restart_only_keys() {
     let other = b.dir.join("other.csv");
     std::fs::write(&other, export(4)).expect("write");
     let mut elsewhere = d.config.clone();
-    elsewhere.source = Some(format!("file://{}", other.display()));
+    elsewhere.source = Some(format!("file://{}", other.display()).into());
     d.reload(elsewhere, options(&["eth1"])).expect("reload");
     assert!(matches!(
         d.poll_once().await,
@@ -388,4 +388,44 @@ async fn the_daemon_waits_for_an_apply_in_progress() {
         Step::Applied(SyncOutcome::Incremental { .. })
     ));
     assert_eq!(d.status().services, 5);
+}
+
+#[tokio::test]
+async fn a_reload_keeps_the_replica_in_use_unless_the_list_changes() {
+    let b = Bench::new("replicas");
+    b.publish(&export(3));
+    let here = format!("file://{}", b.export_path().display());
+    let missing = format!("file://{}", b.dir.join("missing.csv").display());
+    let mut config = b.config(Role::Active);
+    config.source = Some(super::config::Sources(vec![missing.clone(), here.clone()]));
+    let mut d = Daemon::new(
+        config.clone(),
+        TwinFirewall::default(),
+        RecordingConntrack::default(),
+        options(&["eth0"]),
+    )
+    .expect("daemon");
+    // The first replica does not answer (no file, no cache yet): the next poll reads the second.
+    assert!(matches!(d.start().await, Step::NothingToStartFrom(_)));
+    assert_eq!(d.status().source, here);
+    assert!(matches!(d.poll_once().await, Step::Applied(_)));
+    d.reload(config.clone(), options(&["eth0"]))
+        .expect("reload");
+    assert_eq!(d.status().source, here, "same list: same replica");
+    assert_eq!(
+        d.poll_once().await,
+        Step::NotModified,
+        "and its ETag still holds"
+    );
+    config.source = Some(super::config::Sources(vec![
+        missing.clone(),
+        here.clone(),
+        here.clone() + "?x",
+    ]));
+    d.reload(config, options(&["eth0"])).expect("reload");
+    assert_eq!(
+        d.status().source,
+        missing,
+        "a new list starts at its first replica"
+    );
 }

@@ -49,7 +49,7 @@ mod tests {
         let dir = crate::test_dir("sync-threads");
         std::fs::write(dir.join("export.csv"), b"").expect("write export");
         let config = Config {
-            source: Some(format!("file://{}", dir.join("export.csv").display())),
+            source: Some(format!("file://{}", dir.join("export.csv").display()).into()),
             state_dir: dir.join("state"),
             role: Role::Standby,
             ..Config::default()

@@ -53,7 +53,7 @@ fn transitions_drain_and_restore_and_every_export_is_overlaid_again() {
     let publish = |text: String| std::fs::write(&source, text).expect("write");
     publish(export(10, 10));
     let mut config = Config {
-        source: Some(format!("file://{}", source.display())),
+        source: Some(format!("file://{}", source.display()).into()),
         state_dir: dir.join("state"),
         role: Role::Active,
         ..Config::default()
