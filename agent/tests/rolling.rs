@@ -91,6 +91,10 @@ async fn a_rolling_upgrade_goes_one_instance_at_a_time_and_stops_at_a_broken_ver
     let (status, r) = post_json(&url, &format!("/v1/types/web/upgrade?to={v2}&wait=60s")).await;
     assert_eq!(status, 200, "{r:#}");
     assert_eq!(r["outcome"], "ok");
+    // The time per instance (edit → agent's report of the new version tested), for the docs.
+    for i in r["instances"].as_array().unwrap() {
+        eprintln!("rolling upgrade: {} {:.2} s", i["instance"], i["seconds"]);
+    }
     let done: Vec<&str> = r["instances"]
         .as_array()
         .unwrap()

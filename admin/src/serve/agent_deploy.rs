@@ -289,6 +289,8 @@ pub struct RollingReport {
     pub instances: Vec<AgentDeployReport>,
     /// Not attempted because the rollout stopped: they keep their version.
     pub not_attempted: Vec<String>,
+    /// Why it stopped (`None` when every instance succeeded).
+    pub error: Option<String>,
 }
 
 /// `POST /v1/types/{type}/upgrade?to=ID[&wait=60s]`: a rolling upgrade (or downgrade: the
@@ -338,6 +340,7 @@ pub(crate) async fn rolling(
         outcome: "ok".into(),
         instances: Vec::new(),
         not_attempted: Vec::new(),
+        error: None,
     };
     for (n, id) in ids.iter().enumerate() {
         let r = deploy_one(&state, &identity, id, action, Some(&to), wait).await?;
@@ -345,6 +348,15 @@ pub(crate) async fn rolling(
         if stop {
             report.outcome = r.outcome.clone();
             report.not_attempted = ids[n + 1..].to_vec();
+            report.error = Some(format!(
+                "stopped at {id}: {}{}; {} not attempted",
+                r.outcome,
+                r.error
+                    .as_deref()
+                    .map(|e| format!(" ({e})"))
+                    .unwrap_or_default(),
+                report.not_attempted.len()
+            ));
         }
         report.instances.push(r);
         if stop {
