@@ -71,6 +71,53 @@ fn the_systemd_unit_verifies() {
     assert!(out.status.success() && stderr.trim().is_empty(), "{stderr}");
 }
 
+/// The agent's unit verifies too, and every asset its package lists exists: it keeps the
+/// services alive across agent restarts (`KillMode=process`), which the tests of the agent
+/// (adoption after a restart) rely on.
+#[test]
+fn the_agent_package_and_its_unit() {
+    let unit = std::fs::read_to_string(common::repo().join("dist/portcullis-agent.service"))
+        .expect("agent unit");
+    assert!(
+        unit.contains("\nKillMode=process\n"),
+        "services outlive the agent"
+    );
+    let manifest: toml::Value = toml::from_str(
+        &std::fs::read_to_string(common::repo().join("agent/Cargo.toml")).expect("Cargo.toml"),
+    )
+    .expect("toml");
+    let assets = manifest["package"]["metadata"]["deb"]["assets"]
+        .as_array()
+        .expect("assets");
+    for asset in assets {
+        let source = asset[0].as_str().expect("source");
+        if source == "target/release/portcullis-agent" {
+            continue; // built by scripts/package itself
+        }
+        let path = common::repo().join("agent").join(source);
+        assert!(path.exists(), "{source}: nothing at {}", path.display());
+    }
+    if !common::require_tool("systemd-analyze", "systemd") {
+        return;
+    }
+    // The agent binary is not built by this package's tests: any executable stands in for it
+    // (verify checks the unit, not the agent).
+    let local = unit.replace(
+        "/usr/bin/portcullis-agent",
+        env!("CARGO_BIN_EXE_portcullis"),
+    );
+    let dir = common::tmp_dir("agent-unit");
+    let path = dir.join("portcullis-agent.service");
+    std::fs::write(&path, local).expect("write unit");
+    let out = Command::new("systemd-analyze")
+        .args(["verify", "--man=no"])
+        .arg(&path)
+        .output()
+        .expect("systemd-analyze");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success() && stderr.trim().is_empty(), "{stderr}");
+}
+
 /// Every `assets` source of `[package.metadata.deb]` exists once the generator has run, so
 /// `scripts/package` cannot fail on a renamed file.
 #[test]

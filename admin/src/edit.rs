@@ -62,6 +62,11 @@ pub enum Edit {
         id: String,
         state: State,
     },
+    /// The version the instance should run (`None`: no version); agents install it.
+    SetVersion {
+        id: String,
+        version: Option<String>,
+    },
     AddServer(ServerSpec),
     RemoveServer {
         name: String,
@@ -76,6 +81,7 @@ impl Edit {
             Edit::DeleteInstance { .. } => "delete-instance",
             Edit::MoveInstance { .. } => "move-instance",
             Edit::SetState { .. } => "set-state",
+            Edit::SetVersion { .. } => "set-version",
             Edit::AddServer(_) => "add-server",
             Edit::RemoveServer { .. } => "remove-server",
         }
@@ -201,6 +207,18 @@ pub fn apply(catalog: &Catalog, edit: &Edit) -> Result<Applied, EditError> {
             let at = position(&inv, id)?;
             let before = json(&inv.instances[at]);
             inv.instances[at].state = *state;
+            let after = json(&inv.instances[at]);
+            Ok(Applied {
+                inventory: inv,
+                target: id.clone(),
+                before,
+                after,
+            })
+        }
+        Edit::SetVersion { id, version } => {
+            let at = position(&inv, id)?;
+            let before = json(&inv.instances[at]);
+            inv.instances[at].version = version.clone();
             let after = json(&inv.instances[at]);
             Ok(Applied {
                 inventory: inv,

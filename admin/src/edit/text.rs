@@ -42,7 +42,8 @@ fn in_place(text: &str, before: &Inventory, edit: &Edit, after: &Inventory) -> O
             insert_after(text, last, &instance_flow(new), "-")
         }
         Edit::DeleteInstance { id } => remove_lines(text, node_of(id)?, "-"),
-        Edit::MoveInstance { id, .. } => {
+        // A version change rewrites its own entry, like a move.
+        Edit::MoveInstance { id, .. } | Edit::SetVersion { id, .. } => {
             let at = before.instances.iter().position(|i| i.id == *id)?;
             let node = node_of(id)?;
             let moved = after.instances.get(at)?;

@@ -140,6 +140,12 @@ impl AgentHub {
         found
     }
 
+    /// Whether `server` has an agent (a token in `--agent-tokens`): its instances' versions are
+    /// changed through the agent rather than copied into `--roots` on the ADMIN host.
+    pub fn manages(&self, server: &str) -> bool {
+        self.tokens.iter().any(|(s, _)| s == server)
+    }
+
     pub fn run_control(&self, instance: &str) -> RunControl {
         self.lock().run.get(instance).copied().unwrap_or_default()
     }

@@ -41,6 +41,10 @@ pub fn router(state: AdminState) -> Router {
     let writes = Router::new()
         .route("/v1/instances/{id}/{action}", post(mutate))
         .route("/v1/instances", post(inventory_api::create_instance))
+        .route(
+            "/v1/types/{type}/{action}",
+            post(super::agent_deploy::rolling),
+        )
         .route("/v1/instances/{id}", delete(inventory_api::delete_instance))
         .route("/v1/servers", post(inventory_api::add_server))
         .route("/v1/servers/{name}", delete(inventory_api::remove_server))
@@ -353,7 +357,7 @@ async fn mutate(
     body: axum::body::Bytes,
 ) -> Result<Response, ApiError> {
     if let Some(a) = crate::versions::Action::parse(&action) {
-        return super::versions_api::deploy(&state, &id, a, q).await;
+        return super::versions_api::deploy(&state, &identity, &id, a, q).await;
     }
     let target = match action.as_str() {
         "drain" => State::Drained,

@@ -7,6 +7,7 @@
 //! [`AdminState::set_state`] — long-polling gateways see the new export within milliseconds.
 
 mod agent;
+mod agent_deploy;
 mod agent_hub;
 mod audit;
 mod auth;

@@ -86,14 +86,30 @@ pub(crate) async fn instance_versions(
 #[derive(Deserialize, Default)]
 pub(crate) struct DeployQuery {
     to: Option<String>,
+    /// How long to wait for the agent's report (servers with agents only), e.g. `60s`.
+    wait: Option<String>,
 }
 
+/// On a server with an agent, through the agent (`agent_deploy.rs`); otherwise into `--roots`
+/// on the ADMIN host.
 pub(crate) async fn deploy(
     state: &AdminState,
+    identity: &super::auth::Identity,
     id: &str,
     action: Action,
     q: DeployQuery,
 ) -> Result<Response, ApiError> {
+    if super::agent_deploy::through_agent(state, id) {
+        return super::agent_deploy::deploy_response(
+            state,
+            identity,
+            id,
+            action,
+            q.to.as_deref(),
+            q.wait.as_deref(),
+        )
+        .await;
+    }
     let d = deployer(state)?;
     let catalog = state.snapshot().catalog.clone();
     let r = d

@@ -95,14 +95,24 @@ enum CtlCommand {
     Undrain { id: String },
     /// Take an instance out of the export altogether.
     Maintenance { id: String },
-    /// Install, upgrade or downgrade an instance's version (the server runs the type's tests).
+    /// Install, upgrade or downgrade an instance's version, or (--type) every instance of a
+    /// type one at a time, stopping at the first failure. On a server with an agent ADMIN sets
+    /// the version and waits for the agent's report; exit 1 when it rolled back or timed out.
     Deploy {
         /// install, upgrade or downgrade.
         action: String,
-        id: String,
+        /// The instance (or --type).
+        #[arg(required_unless_present = "type_name", conflicts_with = "type_name")]
+        id: Option<String>,
+        /// A rolling upgrade or downgrade of every instance of TYPE (needs --to).
+        #[arg(long = "type", value_name = "TYPE")]
+        type_name: Option<String>,
         /// The version to switch to [default: the server's choice].
         #[arg(long)]
         to: Option<String>,
+        /// How long ADMIN waits for each agent's report, e.g. 60s [default: ADMIN's, 60s].
+        #[arg(long)]
+        wait: Option<String>,
     },
     /// The database patch status of an instance.
     Db { id: String },
@@ -122,6 +132,8 @@ enum Shown {
     Object(Value),
     Change(Value),
     Audit(Value),
+    /// A rolling change of a type: one row per instance.
+    Rollout(Value),
 }
 
 pub fn ctl(a: CtlArgs) -> Result<(), CtlError> {
@@ -133,6 +145,13 @@ pub fn ctl(a: CtlArgs) -> Result<(), CtlError> {
     let shown = rt.block_on(run(&client, a.command)).inspect_err(|e| {
         if a.json {
             println!("{}", e.json());
+        } else if let CtlError::Refused { body, .. } = e {
+            // A deploy that rolled back or timed out: its report is the useful part.
+            if body["instances"].is_array() {
+                print::rollout(body);
+            } else if body["outcome"].is_string() {
+                print::object(body);
+            }
         }
     })?;
     if a.json {
@@ -141,7 +160,8 @@ pub fn ctl(a: CtlArgs) -> Result<(), CtlError> {
             | Shown::Servers(v)
             | Shown::Object(v)
             | Shown::Change(v)
-            | Shown::Audit(v) => v,
+            | Shown::Audit(v)
+            | Shown::Rollout(v) => v,
         };
         println!("{}", serde_json::to_string_pretty(v).unwrap_or_default());
     } else {
@@ -151,6 +171,7 @@ pub fn ctl(a: CtlArgs) -> Result<(), CtlError> {
             Shown::Object(v) => print::object(&v),
             Shown::Change(v) => print::change(&v),
             Shown::Audit(v) => print::audit(&v),
+            Shown::Rollout(v) => print::rollout(&v),
         }
     }
     Ok(())
@@ -249,17 +270,44 @@ async fn run(c: &Client, command: CtlCommand) -> Result<Shown, CtlError> {
         C::Drain { id } => state_change(c, &id, "drain").await?,
         C::Undrain { id } => state_change(c, &id, "undrain").await?,
         C::Maintenance { id } => state_change(c, &id, "maintenance").await?,
-        C::Deploy { action, id, to } => {
+        C::Deploy {
+            action,
+            id,
+            type_name,
+            to,
+            wait,
+        } => {
             if !matches!(action.as_str(), "install" | "upgrade" | "downgrade") {
                 return Err(CtlError::Usage(format!(
                     "deploy: expected install, upgrade or downgrade, found {action:?}"
                 )));
             }
-            let mut path = format!("/v1/instances/{}/{action}", segment(&id)?);
+            let mut path = match (id, type_name) {
+                (Some(id), None) => format!("/v1/instances/{}/{action}", segment(&id)?),
+                (None, Some(t)) => format!("/v1/types/{}/{action}", segment(&t)?),
+                _ => {
+                    return Err(CtlError::Usage(
+                        "deploy: give an instance id or --type TYPE".into(),
+                    ))
+                }
+            };
+            let mut query = Vec::new();
             if let Some(v) = to {
-                path.push_str(&format!("?to={}", segment(&v)?));
+                query.push(format!("to={}", segment(&v)?));
             }
-            Shown::Object(c.call(Method::POST, &path, None).await?)
+            if let Some(w) = wait {
+                query.push(format!("wait={}", segment(&w)?));
+            }
+            if !query.is_empty() {
+                path.push('?');
+                path.push_str(&query.join("&"));
+            }
+            let v = c.call(Method::POST, &path, None).await?;
+            if v["instances"].is_array() {
+                Shown::Rollout(v)
+            } else {
+                Shown::Object(v)
+            }
         }
         C::Db { id } => Shown::Object(
             c.call(Method::GET, &format!("/v1/db/{}", segment(&id)?), None)

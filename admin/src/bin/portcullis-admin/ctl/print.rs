@@ -139,3 +139,35 @@ pub fn located_error(e: &Value) -> Option<String> {
         e["kind"].as_str()?,
     ))
 }
+
+/// A rolling change: `INSTANCE OLD NEW RESULT SECONDS`, then what was not attempted.
+pub fn rollout(v: &Value) {
+    let rows = v["instances"]
+        .as_array()
+        .map(|list| {
+            list.iter()
+                .map(|i| {
+                    vec![
+                        cell(&i["instance"]),
+                        cell(&i["from"]),
+                        cell(&i["to"]),
+                        cell(&i["outcome"]),
+                        i["seconds"]
+                            .as_f64()
+                            .map_or_else(|| "-".to_owned(), |s| format!("{s:.1}")),
+                    ]
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    table(&["INSTANCE", "OLD", "NEW", "RESULT", "SECONDS"], rows);
+    for id in v["not_attempted"].as_array().into_iter().flatten() {
+        println!("{}: not attempted (keeps its version)", cell(id));
+    }
+    println!(
+        "{} -> {}: {}",
+        cell(&v["type"]),
+        cell(&v["to"]),
+        cell(&v["outcome"])
+    );
+}
