@@ -114,7 +114,7 @@ async fn demo(dir: &Path, args: &Args) -> Result<(), DemoError> {
         catalog.display()
     ));
     let config = Config {
-        source: Some(source),
+        source: Some(source.into()),
         interval: Duration::from_secs(1),
         long_poll: Duration::from_secs(30),
         state_dir: dir.join("gateway"),
