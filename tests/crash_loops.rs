@@ -196,17 +196,26 @@ fn kill_9_during_apply_leaves_the_old_or_the_new_table_never_a_mix() {
         let _ = child.wait();
         if whole_group {
             tally.group_kills += 1;
-        } else {
-            // A surviving nft child finishes its transaction on its own; wait for it so the
-            // check below sees the kernel's final word (it is old or new either way).
-            let _ = common::wait_until(10, || {
-                let alive = Command::new("pgrep")
-                    .args(["-g", &pid.to_string()])
-                    .output()
-                    .is_ok_and(|o| o.status.success());
-                (!alive).then_some(())
-            });
         }
+        // Wait until nothing of the group is left, whichever was killed, so the check below
+        // sees the kernel's final word (old or new either way). A surviving nft child
+        // finishes its transaction on its own; a killed one too, if the kill found it inside
+        // the kernel: SIGKILL takes effect only when the batch's sendmsg returns, and an
+        // incremental batch that deletes from an interval set (pipapo) spends up to seconds
+        // committing. Listed during that commit, the table is a transient mix: hash sets
+        // and maps already show the new generation, the interval set still its old view
+        // with the deleted elements filtered out and the added ones not yet in (seen: the new
+        // table minus the one element added to `frontends_v4`).
+        common::wait_until(30, || {
+            let alive = Command::new("pgrep")
+                .args(["-g", &pid.to_string()])
+                .output()
+                .is_ok_and(|o| o.status.success());
+            (!alive).then_some(())
+        })
+        .unwrap_or_else(|| {
+            panic!("iteration {i}: the apply's process group outlived the kill by 30 s")
+        });
         let table = live();
         let is_old = drift(&exports[current].expected, &table).is_empty();
         let is_new = drift(&exports[target].expected, &table).is_empty();

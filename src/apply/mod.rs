@@ -18,6 +18,7 @@ mod guard;
 pub mod ipvs;
 mod nft_cli;
 mod readback;
+pub mod stamp;
 mod sync;
 mod table;
 mod twin;
@@ -51,4 +52,11 @@ pub trait Firewall {
     /// Deletes our table — everything portcullis put in nftables, nothing else. `false` when
     /// there was none.
     fn delete_table(&mut self) -> Result<bool, NftError>;
+    /// Whether our table has a chain of this name. Lists the whole table unless the
+    /// implementation can ask for the one chain (as `nft list chain` does).
+    fn has_chain(&mut self, name: &str) -> Result<bool, NftError> {
+        Ok(self
+            .read_table()?
+            .is_some_and(|t| t.chains.contains_key(name)))
+    }
 }

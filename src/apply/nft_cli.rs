@@ -142,6 +142,20 @@ impl Firewall for NftCli {
     fn delete_table(&mut self) -> Result<bool, NftError> {
         NftCli::delete_table(self)
     }
+    fn has_chain(&mut self, name: &str) -> Result<bool, NftError> {
+        let (ok, _, stderr) = self.run(&["list", "chain", FAMILY, TABLE, name])?;
+        if ok {
+            return Ok(true);
+        }
+        // No table, or no such chain in it.
+        if stderr.contains("No such file or directory") {
+            return Ok(false);
+        }
+        Err(NftError::Rejected {
+            diagnostics: Vec::new(),
+            stderr,
+        })
+    }
 }
 
 /// `script` in an anonymous memory file (memfd), complete and rewound: a file only this

@@ -16,10 +16,12 @@ use super::conntrack::{Conntrack, ConntrackFlush};
 use super::error::NftError;
 use super::guard::Guard;
 use super::ipvs::{IpvsPlan, IpvsSync, IpvsSyncError, Scope};
+use super::stamp::Stamp;
 use super::table::{drift, TableState, TransactionRefused};
 use super::Firewall;
 use crate::diff::{DiffSummary, ServiceChange, StateDiff};
 use crate::model::{DesiredState, RealKey, VirtualService};
+use crate::render::nft::transaction::{Chain, Object};
 use crate::render::nft::{full_ruleset, incremental, Backend, RenderOptions, Transaction};
 use std::collections::BTreeSet;
 
@@ -86,6 +88,11 @@ pub struct Syncer<F, C> {
     applied: Option<DesiredState>,
     guard: Option<Guard>,
     ipvs: Option<IpvsSync>,
+    /// The stamp chains the table carries, as far as this syncer knows.
+    stamps: Vec<Stamp>,
+    /// The stamp the next applied state gets (`apply --once`); `None`: the table is left
+    /// without one, as the daemon's changes carry no export digest.
+    next_stamp: Option<Stamp>,
 }
 
 impl<F: Firewall, C: Conntrack> Syncer<F, C> {
@@ -97,7 +104,26 @@ impl<F: Firewall, C: Conntrack> Syncer<F, C> {
             applied: None,
             guard: None,
             ipvs: None,
+            stamps: Vec::new(),
+            next_stamp: None,
         }
+    }
+
+    /// Stamps the table with `stamp` when the next sync or reconcile applies its state.
+    pub fn set_next_stamp(&mut self, stamp: Stamp) {
+        self.next_stamp = Some(stamp);
+    }
+
+    /// Takes `state` as applied without reading the table, when the table carries `stamp`,
+    /// the stamp of the export `state` came from: the next [`Syncer::sync`] sends only the
+    /// difference. `false` (nothing assumed) when the stamp is not there.
+    pub fn assume_stamped(&mut self, state: DesiredState, stamp: Stamp) -> Result<bool, NftError> {
+        if !self.firewall.has_chain(stamp.chain())? {
+            return Ok(false);
+        }
+        self.applied = Some(state);
+        self.stamps = vec![stamp];
+        Ok(true)
     }
 
     /// Balance with IPVS (the `ipvs` backend): every sync then keeps the owned IPVS
@@ -155,6 +181,11 @@ impl<F: Firewall, C: Conntrack> Syncer<F, C> {
         let tx = full_ruleset(&state, &self.opts);
         let expected = TableState::from_transaction(&tx).map_err(SyncError::Render)?;
         let live = self.firewall.read_table()?;
+        self.stamps = live
+            .iter()
+            .flat_map(|t| t.chains.keys())
+            .filter_map(|c| Stamp::from_chain(c))
+            .collect();
         let differences = drift(&expected, &live);
         let ipvs = match self.ipvs.as_mut() {
             Some(ipvs) => {
@@ -241,29 +272,43 @@ impl<F: Firewall, C: Conntrack> Syncer<F, C> {
         if let (Some(ipvs), Some(p)) = (self.ipvs.as_mut(), ipvs_plan.as_mut()) {
             ipvs.execute_before_swap(p, &state)?;
         }
-        // 2. The nft transaction.
+        // 2. The nft transaction, and the stamp with it.
         let mut outcome = match nft {
-            NftStep::Keep(outcome) => outcome,
-            NftStep::Full { tx, drift } => {
+            NftStep::Keep(outcome) => {
+                let restamp = self.restamp(Transaction::default());
+                if !restamp.is_empty() {
+                    self.firewall.apply(&restamp)?;
+                }
+                outcome
+            }
+            NftStep::Full { mut tx, drift } => {
+                // The full script deletes the table: old stamps go with it.
+                self.stamps.clear();
+                tx = self.restamp(tx);
                 self.firewall.apply(&tx)?;
                 SyncOutcome::Full { drift }
             }
-            NftStep::Incremental { tx, summary } => match self.firewall.apply(&tx) {
-                Ok(()) => SyncOutcome::Incremental {
-                    summary,
-                    operations: tx.len(),
-                    conntrack_flushed: 0,
-                },
-                Err(e) => {
-                    tracing::warn!(error = %e, "incremental transaction refused; regenerating the table whole");
-                    self.firewall.apply(&full_ruleset(&state, &self.opts))?;
-                    SyncOutcome::Full {
-                        drift: vec![format!("incremental transaction refused: {e}")],
+            NftStep::Incremental { tx, summary } => {
+                match self.firewall.apply(&self.restamp(tx.clone())) {
+                    Ok(()) => SyncOutcome::Incremental {
+                        summary,
+                        operations: tx.len(),
+                        conntrack_flushed: 0,
+                    },
+                    Err(e) => {
+                        tracing::warn!(error = %e, "incremental transaction refused; regenerating the table whole");
+                        self.stamps.clear();
+                        let tx = self.restamp(full_ruleset(&state, &self.opts));
+                        self.firewall.apply(&tx)?;
+                        SyncOutcome::Full {
+                            drift: vec![format!("incremental transaction refused: {e}")],
+                        }
                     }
                 }
-            },
+            }
         };
         self.applied = Some(state);
+        self.stamps = self.next_stamp.take().into_iter().collect();
         // 3. IPVS drains, and deletes of what is idle.
         if let (Some(ipvs), Some(p)) = (self.ipvs.as_mut(), ipvs_plan) {
             let report = ipvs.execute_after_swap(p)?;
@@ -288,6 +333,32 @@ impl<F: Firewall, C: Conntrack> Syncer<F, C> {
             *conntrack_flushed = flushed;
         }
         Ok(outcome)
+    }
+
+    /// `tx` plus the stamp's change: the known stamps deleted (unless one is the next), the
+    /// next one added. Nothing when the stamps are already right.
+    fn restamp(&self, mut tx: Transaction) -> Transaction {
+        for old in self
+            .stamps
+            .iter()
+            .filter(|s| Some(*s) != self.next_stamp.as_ref())
+        {
+            tx.delete(Object::Chain(Chain {
+                name: old.chain().to_owned(),
+                hook: None,
+            }));
+        }
+        if let Some(next) = self
+            .next_stamp
+            .as_ref()
+            .filter(|n| !self.stamps.contains(n))
+        {
+            tx.add(Object::Chain(Chain {
+                name: next.chain().to_owned(),
+                hook: None,
+            }));
+        }
+        tx
     }
 
     fn flush_conntrack(&mut self, entries: &[ConntrackFlush]) -> usize {

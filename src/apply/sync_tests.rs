@@ -305,3 +305,76 @@ fn the_guard_refuses_and_changes_nothing() {
         SyncOutcome::Incremental { .. }
     ));
 }
+
+fn chains_named_applied(s: &Syncer<TwinFirewall, RecordingConntrack>) -> Vec<String> {
+    s.firewall
+        .table
+        .iter()
+        .flat_map(|t| t.chains.keys())
+        .filter(|c| c.starts_with(crate::apply::stamp::PREFIX))
+        .cloned()
+        .collect()
+}
+
+#[test]
+fn a_stamped_table_is_trusted_and_only_the_difference_sent() {
+    let opts = syncer().options().clone();
+    let (a, b) = (Stamp::of(b"a", &opts), Stamp::of(b"b", &opts));
+    let mut first = syncer();
+    first.set_next_stamp(a.clone());
+    first.sync(state(10)).expect("full");
+    assert_eq!(chains_named_applied(&first), [a.chain()]);
+
+    // A new process (apply --once): the stamp is found, nothing is read, one increment.
+    let mut second = syncer();
+    second.firewall = first.firewall.clone();
+    second.firewall.dumps = 0;
+    assert!(second.assume_stamped(state(10), a.clone()).expect("look"));
+    second.set_next_stamp(b.clone());
+    let outcome = second.sync(state(9)).expect("sync");
+    assert!(
+        matches!(outcome, SyncOutcome::Incremental { .. }),
+        "{outcome:?}"
+    );
+    assert_eq!(second.firewall.dumps, 0, "the table was never listed");
+    assert_eq!(
+        chains_named_applied(&second),
+        [b.chain()],
+        "the stamp swapped with it"
+    );
+    // Stamps are not content: the table is still exactly a full render of the state.
+    let mut content = second.firewall.table.clone().expect("table");
+    content
+        .chains
+        .retain(|c, _| !c.starts_with(crate::apply::stamp::PREFIX));
+    assert_eq!(
+        Some(content),
+        second.expected_table(&state(9)).expect("render")
+    );
+
+    // Another export's stamp proves nothing.
+    let mut third = syncer();
+    third.firewall = second.firewall.clone();
+    assert!(!third.assume_stamped(state(9), a).expect("look"));
+}
+
+#[test]
+fn a_change_without_a_stamp_removes_the_stamp() {
+    let mut s = syncer();
+    s.set_next_stamp(Stamp::of(b"a", s.options()));
+    s.sync(state(10)).expect("full");
+    // The daemon: no export digest to stamp with; its increment drops the old one.
+    s.sync(state(9)).expect("incremental");
+    assert!(chains_named_applied(&s).is_empty());
+    // And a reconcile that adopts a stamped table drops it too.
+    let mut stamped = syncer();
+    stamped.set_next_stamp(Stamp::of(b"b", stamped.options()));
+    stamped.sync(state(9)).expect("full");
+    let mut daemon = syncer();
+    daemon.firewall = stamped.firewall.clone();
+    assert_eq!(
+        daemon.reconcile(state(9)).expect("adopt"),
+        SyncOutcome::Adopted
+    );
+    assert!(chains_named_applied(&daemon).is_empty());
+}

@@ -6,6 +6,7 @@ use super::error::{warn, CliError, Exit, FAILED, OK};
 use super::input::{display_name, read_source};
 use super::live::CliSyncer;
 use crate::apply::ipvs::{IpvsSync, DEFAULT_DRAIN_GRACE};
+use crate::apply::stamp::Stamp;
 use crate::apply::{ConntrackNetlink, Guard, NftCli, SyncOutcome, Syncer};
 use crate::daemon::cache::StateDir;
 use crate::daemon::control::ApplyLock;
@@ -30,6 +31,9 @@ pub struct ApplyOnce<'a> {
     pub state_dir: &'a Path,
     /// IPVS backend: take over IPVS services the export names that portcullis did not create.
     pub adopt_ipvs: bool,
+    /// Read the live table back and repair it whole, even when its stamp says it is what the
+    /// cached export rendered (a hand edit the stamp cannot see).
+    pub read_back: bool,
 }
 
 pub fn apply_once(args: ApplyOnce) -> Result<Exit, CliError> {
@@ -67,16 +71,18 @@ pub fn apply_once(args: ApplyOnce) -> Result<Exit, CliError> {
     }
     let cache = StateDir::new(args.state_dir);
     let journal = Journal::new(args.state_dir);
-    let last_good = match cache.load() {
-        Ok(Some(c)) => portcullis_export::parse(&c.export)
-            .ok()
-            .map(|e| DesiredState::from_export(&e)),
-        Ok(None) => None,
+    let cached = match cache.load() {
+        Ok(c) => c,
         Err(e) => {
             warn(e);
             None
         }
     };
+    let mut last_good = cached.as_ref().and_then(|c| {
+        portcullis_export::parse(&c.export)
+            .ok()
+            .map(|e| DesiredState::from_export(&e))
+    });
     if let (false, Some(old)) = (args.force, &last_good) {
         if let Err(refusal) = Guard::default().check(old, &state) {
             journal_entry(&journal, "refused", refusal.to_string(), Duration::ZERO);
@@ -86,6 +92,22 @@ pub fn apply_once(args: ApplyOnce) -> Result<Exit, CliError> {
             });
         }
     }
+    // The fast path: a table stamped with the cached export's digest is what that export
+    // rendered, so only the difference is sent. Otherwise (no stamp, another export, a
+    // commit-confirm that must read what it may restore, --read-back) the table is read back.
+    // The IPVS backend always reads its IPVS table back (a restart repairs hand edits there,
+    // which no stamp covers).
+    let fast =
+        args.opts.backend == Backend::Nft && !args.read_back && args.confirm_within.is_none();
+    let stamped = match (&cached, fast.then(|| last_good.take()).flatten()) {
+        (Some(c), Some(old)) => syncer
+            .assume_stamped(old, Stamp::of(&c.export, &args.opts))
+            .unwrap_or_else(|e| {
+                warn(format!("cannot look for the table's stamp: {e}"));
+                false
+            }),
+        _ => false,
+    };
     let rollback = match args.confirm_within {
         Some(_) => {
             Some(confirm::rollback_target(&mut syncer, last_good).map_err(CliError::NoRollback)?)
@@ -95,7 +117,12 @@ pub fn apply_once(args: ApplyOnce) -> Result<Exit, CliError> {
     warn_if_the_daemon_is_active(args.state_dir);
     let started = Instant::now();
     let (services, reals) = (state.services.len(), state.real_server_count());
-    let outcome = syncer.reconcile(state);
+    syncer.set_next_stamp(Stamp::of(&bytes, &args.opts));
+    let outcome = if stamped {
+        syncer.sync(state)
+    } else {
+        syncer.reconcile(state)
+    };
     report_ipvs(&syncer);
     let outcome = match outcome {
         Ok(outcome) => outcome,
@@ -163,9 +190,21 @@ fn describe(outcome: &SyncOutcome, services: usize, reals: usize) -> String {
             ));
             format!("apply --once: full ({} differences)", drift.len())
         }
-        other => {
-            say(&format!("applied: {other:?}"));
-            format!("apply --once: {other:?}")
+        SyncOutcome::Unchanged => {
+            say(&format!(
+                "nothing to do: the table is stamped with this export ({services} services)"
+            ));
+            "unchanged (stamped)".to_owned()
+        }
+        SyncOutcome::Incremental {
+            summary,
+            operations,
+            ..
+        } => {
+            say(&format!(
+                "applied: only the difference ({operations} operations: {summary}); the table's stamp named the cached export"
+            ));
+            format!("apply --once: incremental ({operations} operations)")
         }
     }
 }

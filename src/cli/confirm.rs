@@ -8,6 +8,7 @@
 //! or the last-known-good export, checked against the live table. Anything else (a table that
 //! drifted, no cache) is refused rather than rolled back approximately.
 
+use crate::apply::stamp::Stamp;
 use crate::apply::{drift, Conntrack, Firewall, NftError, SyncError, Syncer};
 use crate::model::DesiredState;
 use std::io::Write;
@@ -61,8 +62,9 @@ fn io(path: &Path) -> impl FnOnce(std::io::Error) -> ConfirmError + '_ {
 pub enum Rollback {
     /// There was no table: delete ours.
     NoTable,
-    /// The live table was exactly this state's (the last-known-good export).
-    To(Box<DesiredState>),
+    /// The live table was exactly this state's (the last-known-good export), with this
+    /// stamp (or none).
+    To(Box<DesiredState>, Option<Stamp>),
 }
 
 /// Works out the rollback target before anything changes, or says why there is none.
@@ -86,7 +88,11 @@ pub fn rollback_target<F: Firewall, C: Conntrack>(
             first: first.clone(),
         });
     }
-    Ok(Rollback::To(Box::new(old)))
+    let stamp = live
+        .iter()
+        .flat_map(|t| t.chains.keys())
+        .find_map(|c| Stamp::from_chain(c));
+    Ok(Rollback::To(Box::new(old), stamp))
 }
 
 /// Puts the table back as it was.
@@ -100,7 +106,13 @@ pub fn roll_back<F: Firewall, C: Conntrack>(
             .delete_table()
             .map(|_| ())
             .map_err(Into::into),
-        Rollback::To(state) => syncer.reconcile(*state).map(|_| ()),
+        Rollback::To(state, stamp) => {
+            // Byte-identical means the stamp too: the one it had, or none.
+            if let Some(stamp) = stamp {
+                syncer.set_next_stamp(stamp);
+            }
+            syncer.reconcile(*state).map(|_| ())
+        }
     }
 }
 

@@ -112,7 +112,8 @@ pub enum Command {
         table: TableArgs,
     },
     /// Apply one export to the kernel and exit (root). Exit 0 applied or nothing to do,
-    /// 2 rejected input, 1 apply failure. Reads the live table first: a table that already
+    /// 2 rejected input, 1 apply failure. A table stamped with the last-known-good export's
+    /// digest gets only the difference; otherwise the live table is read: one that already
     /// matches is left alone, anything else is regenerated whole in one transaction.
     Apply {
         /// Apply once and exit (the only mode of `apply`; `portcullis run` is the daemon).
@@ -141,6 +142,10 @@ pub enum Command {
         /// create (e.g. after losing the state file), instead of refusing.
         #[arg(long)]
         adopt_ipvs: bool,
+        /// Read the live table back and repair it whole, even when its stamp says it is what
+        /// the last-known-good export rendered (which makes the apply send only the change).
+        #[arg(long)]
+        read_back: bool,
         #[command(flatten)]
         table: TableArgs,
     },
@@ -266,6 +271,7 @@ fn dispatch(command: Command) -> Result<Exit, CliError> {
             confirm_within,
             state_dir,
             adopt_ipvs,
+            read_back,
             table,
         } => apply::apply_once(apply::ApplyOnce {
             source: &source,
@@ -275,6 +281,7 @@ fn dispatch(command: Command) -> Result<Exit, CliError> {
             confirm_within,
             state_dir: &state_dir,
             adopt_ipvs,
+            read_back,
         }),
         Command::Confirm { state_dir } => apply::confirm(&state_dir),
         Command::Flush { state_dir } => live::flush(&state_dir),
