@@ -35,6 +35,15 @@ if [ "$(cat /t/mode)" = sync ]; then
 	exit
 fi
 
+# PORTCULLIS_VM_MODE=health: only the health-check check (while working on it).
+if [ "$(cat /t/mode)" = health ]; then
+	check_tail=200 source /t/health.sh
+	sed 's/^/  | /' "$out" # what it measured, on a pass too
+	echo "guest checks: $failed failed"
+	[ "$failed" = 0 ]
+	exit
+fi
+
 # --- the client, driven by the Rust test binary -----------------------------------------
 PORTCULLIS_VM_GUEST=1 timeout 120 /t/ipvs_vm >"$out" 2>&1
 client_rc=$?
@@ -285,6 +294,9 @@ overlap_loop() { # ITERATIONS
 }
 export -f overlap_loop
 check ipvs-overlapping-applies-are-serialized overlap_loop 10
+
+# Real-server health checks drive the ipvs backend's weights (issue 17).
+check_tail=200 source /t/health.sh
 
 # Two directors with the IPVS connection sync threads (issue 20).
 check_tail=200 source /t/failover.sh
