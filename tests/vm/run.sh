@@ -178,7 +178,7 @@ timeout --kill-after=5 "$limit" qemu-system-x86_64 \
 	-nographic -no-reboot -nodefaults -serial "file:$serial" -display none \
 	-net none </dev/null >"$work/qemu.log" 2>&1 || rc=$?
 elapsed=$(( $(date +%s) - start ))
-sed -e 's/\r$//' "$serial" | grep -v '^$' >&2 || true
+sed -e 's/\r$//' "$serial" | grep -av '^$' >&2 || true
 if [ "$rc" = 124 ] || [ "$rc" = 137 ]; then
 	die "guest hung: no power-off within ${limit}s"
 fi
