@@ -148,7 +148,7 @@ mkdir -p "$p/t/examples" "$p/lib/x86_64-linux-gnu"
 strip_copy() { if command -v strip >/dev/null; then strip -o "$2" "$1"; else cp "$1" "$2"; fi; }
 strip_copy "$guest_exe" "$p/t/ipvs_vm"
 strip_copy "$portcullis_exe" "$p/t/portcullis"
-cp "$here/guest.sh" "$here/failover.sh" "$here/bench.sh" "$here/expected-next-ops.txt" "$p/t/"
+cp "$here/guest.sh" "$here/failover.sh" "$here/health.sh" "$here/bench.sh" "$here/expected-next-ops.txt" "$p/t/"
 cp "$repo"/rules/examples/*.csv "$p/t/examples/"
 echo "$mode" > "$p/t/mode"
 echo "${BENCH_REPS:-3}" > "$p/t/bench_reps"
@@ -178,7 +178,7 @@ timeout --kill-after=5 "$limit" qemu-system-x86_64 \
 	-nographic -no-reboot -nodefaults -serial "file:$serial" -display none \
 	-net none </dev/null >"$work/qemu.log" 2>&1 || rc=$?
 elapsed=$(( $(date +%s) - start ))
-sed -e 's/\r$//' "$serial" | grep -v '^$' >&2 || true
+sed -e 's/\r$//' "$serial" | grep -av '^$' >&2 || true
 if [ "$rc" = 124 ] || [ "$rc" = 137 ]; then
 	die "guest hung: no power-off within ${limit}s"
 fi

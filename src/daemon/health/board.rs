@@ -28,6 +28,9 @@ pub struct TargetState {
     /// Unix seconds of the last transition (0: up since the target was added).
     pub since_unix: u64,
     pub probes: u64,
+    /// Probes that failed, whether or not they were enough to take the target down: what a
+    /// lossy path costs shows here long before it causes a transition.
+    pub failures: u64,
     pub transitions: u64,
     pub last_latency_ms: Option<f64>,
     /// Why the last probe failed; `None` when it passed.
@@ -155,6 +158,7 @@ impl Board {
             return false;
         };
         state.probes += 1;
+        state.failures += u64::from(result.is_err());
         state.last_latency_ms = Some(latency.as_secs_f64() * 1000.0);
         let flipped = state.health.observe(result.is_ok(), rise, fall);
         state.last_error = result.err();
