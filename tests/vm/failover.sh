@@ -6,7 +6,8 @@
 #
 #   client c (10.40.0.2 on lo) ==ca== dA ==ra== real server r (10.60.0.10 on lo)
 #                              ==cb== dB ==rb==
-#   dA ==sync0== dB  (10.70.0.1 / 10.70.0.2)
+#   dA ==fsync0== dB  (10.70.0.1 / 10.70.0.2; not `sync0`: the client checks leave a dummy
+#   of that name in the guest, and creating the veth pair then fails with "File exists")
 #
 # Both directors route to both ends all the time; a failover moves the VIP (an address on
 # the director's client side) and switches the client's and the real server's routes to the
@@ -38,10 +39,10 @@ failover_topology() {
 		ns "f$d" sysctl -qw net.ipv4.vs.conntrack=1
 		i=$((i + 1))
 	done
-	/sbin/ip link add sync0 netns fA type veth peer name sync0 netns fB
-	ns fA /sbin/ip addr add 10.70.0.1/24 dev sync0
-	ns fB /sbin/ip addr add 10.70.0.2/24 dev sync0
-	for d in A B; do ns "f$d" /sbin/ip link set sync0 multicast on up; done
+	/sbin/ip link add fsync0 netns fA type veth peer name fsync0 netns fB
+	ns fA /sbin/ip addr add 10.70.0.1/24 dev fsync0
+	ns fB /sbin/ip addr add 10.70.0.2/24 dev fsync0
+	for d in A B; do ns "f$d" /sbin/ip link set fsync0 multicast on up; done
 	# A owns the VIP; the ends route through A.
 	ns fA /sbin/ip addr add "$vip/32" dev eth0
 	ns fc /sbin/ip route add "$vip/32" via 10.51.0.1 src 10.40.0.2
@@ -64,7 +65,7 @@ failover_topology() {
 			interval = "1s"
 			role = "$role"
 			[sync]
-			interface = "sync0"
+			interface = "fsync0"
 			local_address = "10.70.0.$me"
 			peer_address = "10.70.0.$peer"
 			ipvs_sync_id = 9
@@ -82,8 +83,8 @@ failover_topology() {
 	ns fA ipvsadm -L --daemon
 	ns fB ipvsadm -L --daemon
 	ns fA ipvsadm -Ln | grep -q 10.60.0.10:8080 || { cat /tmp/fA.log; return 1; }
-	ns fA ipvsadm -L --daemon | grep -q 'master sync daemon (mcast=sync0, syncid=9,'
-	ns fB ipvsadm -L --daemon | grep -q 'backup sync daemon (mcast=sync0, syncid=9,'
+	ns fA ipvsadm -L --daemon | grep -q 'master sync daemon (mcast=fsync0, syncid=9,'
+	ns fB ipvsadm -L --daemon | grep -q 'backup sync daemon (mcast=fsync0, syncid=9,'
 }
 
 # A client that holds one connection and sends a numbered line every 200 ms, logging each
@@ -156,8 +157,8 @@ connection_synced_then_survives_failover() {
 	}
 	[ "$(wc -l </tmp/fclient.log)" -ge $((before + 10)) ] || { echo "echo stalled after the move"; return 1; }
 	echo "connections kept: 1/1 ($(awk "BEGIN { printf \"%.1f\", $EPOCHREALTIME - $t0 }") s for 10 echoes)"
-	ns fB ipvsadm -L --daemon | grep -q 'master sync daemon (mcast=sync0, syncid=9,'
-	ns fA ipvsadm -L --daemon | grep -q 'backup sync daemon (mcast=sync0, syncid=9,'
+	ns fB ipvsadm -L --daemon | grep -q 'master sync daemon (mcast=fsync0, syncid=9,'
+	ns fA ipvsadm -L --daemon | grep -q 'backup sync daemon (mcast=fsync0, syncid=9,'
 }
 
 failover_cleanup() {
