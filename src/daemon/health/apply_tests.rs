@@ -5,6 +5,7 @@
 
 use crate::apply::{RecordingConntrack, TwinFirewall};
 use crate::daemon::config::{Config, Role};
+use crate::daemon::health::probe::ProbeError;
 use crate::daemon::Daemon;
 use crate::model::health::{Probe, Target};
 use std::time::Duration;
@@ -39,7 +40,8 @@ fn weights(d: &Daemon<TwinFirewall, RecordingConntrack>) -> Vec<u16> {
 /// `n` probe results for target `t` with the config's rise 2 / fall 3.
 fn probes(d: &Daemon<TwinFirewall, RecordingConntrack>, t: u8, pass: bool, n: usize) {
     for _ in 0..n {
-        let result = if pass { Ok(()) } else { Err("refused".into()) };
+        let refused = ProbeError::Connect(std::io::ErrorKind::ConnectionRefused.into());
+        let result = if pass { Ok(()) } else { Err(&refused) };
         d.health
             .board()
             .record(&target(t), result, Duration::ZERO, 2, 3, 1);

@@ -146,7 +146,7 @@ impl Board {
     pub fn record(
         &self,
         target: &Target,
-        result: Result<(), String>,
+        result: Result<(), &super::probe::ProbeError>,
         latency: Duration,
         rise: u32,
         fall: u32,
@@ -161,7 +161,8 @@ impl Board {
         state.failures += u64::from(result.is_err());
         state.last_latency_ms = Some(latency.as_secs_f64() * 1000.0);
         let flipped = state.health.observe(result.is_ok(), rise, fall);
-        state.last_error = result.err();
+        // Kept as text: it is shown (status, /health), never acted on.
+        state.last_error = result.err().map(ToString::to_string);
         let labels = TargetLabels::of(target);
         self.metrics
             .latency_seconds
@@ -238,14 +239,18 @@ mod tests {
         }
     }
 
+    fn refused() -> super::super::probe::ProbeError {
+        super::super::probe::ProbeError::Connect(std::io::ErrorKind::ConnectionRefused.into())
+    }
+
     #[test]
     fn records_transitions_once_and_forgets_dropped_targets() {
         let board = Board::default();
         board.retain(&[t(1), t(2)].into());
         let ms = Duration::from_millis(3);
-        assert!(!board.record(&t(1), Err("refused".into()), ms, 2, 2, 10));
-        assert!(board.record(&t(1), Err("refused".into()), ms, 2, 2, 11));
-        assert!(!board.record(&t(1), Err("refused".into()), ms, 2, 2, 12));
+        assert!(!board.record(&t(1), Err(&refused()), ms, 2, 2, 10));
+        assert!(board.record(&t(1), Err(&refused()), ms, 2, 2, 11));
+        assert!(!board.record(&t(1), Err(&refused()), ms, 2, 2, 12));
         assert_eq!(board.down(), [t(1)].into());
         let transitions = board.take_transitions();
         assert_eq!(transitions.len(), 1);
@@ -255,7 +260,7 @@ mod tests {
                 transitions[0].time_unix,
                 transitions[0].error.as_deref()
             ),
-            (false, 11, Some("refused"))
+            (false, 11, Some("connect: connection refused"))
         );
         assert!(board.take_transitions().is_empty());
         // A result for a target no longer wanted is ignored.

@@ -131,7 +131,7 @@ async fn probe_loop(
         let now = super::super::core::unix_now();
         let flipped = board.record(
             &target,
-            result.map_err(|e| e.to_string()),
+            result.as_ref().map(|_| ()),
             latency,
             settings.rise,
             settings.fall,
