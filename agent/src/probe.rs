@@ -13,32 +13,64 @@ fn host(address: &str) -> String {
     }
 }
 
-async fn once(client: &reqwest::Client, address: &str, t: &TestSpec) -> Result<String, String> {
+/// Why one try of a test failed; its text goes into the report's `detail`.
+#[derive(Debug, thiserror::Error)]
+enum TestFailure {
+    #[error("GET {url}: {source}")]
+    Request {
+        url: String,
+        #[source]
+        source: reqwest::Error,
+    },
+    #[error("GET {url}: HTTP {got} (expected {expected})")]
+    Status {
+        url: String,
+        got: u16,
+        expected: u16,
+    },
+    #[error("connect {addr}: {source}")]
+    Connect {
+        addr: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("connect {addr}: timed out")]
+    Timeout { addr: String },
+}
+
+/// One try of a test: what passed (for the report), or why it failed.
+async fn once(
+    client: &reqwest::Client,
+    address: &str,
+    t: &TestSpec,
+) -> Result<String, TestFailure> {
     let per_try = Duration::from_secs(2);
     match t {
         TestSpec::Http {
             port, path, expect, ..
         } => {
             let url = format!("http://{}:{port}{path}", host(address));
-            let r = client
-                .get(&url)
-                .timeout(per_try)
-                .send()
-                .await
-                .map_err(|e| format!("GET {url}: {e}"))?;
+            let r = match client.get(&url).timeout(per_try).send().await {
+                Ok(r) => r,
+                Err(source) => return Err(TestFailure::Request { url, source }),
+            };
             let got = r.status().as_u16();
             if got == *expect {
                 Ok(format!("GET {url}: HTTP {got}"))
             } else {
-                Err(format!("GET {url}: HTTP {got} (expected {expect})"))
+                Err(TestFailure::Status {
+                    url,
+                    got,
+                    expected: *expect,
+                })
             }
         }
         TestSpec::Tcp { port, .. } => {
             let addr = format!("{}:{port}", host(address));
             match tokio::time::timeout(per_try, tokio::net::TcpStream::connect(&addr)).await {
                 Ok(Ok(_)) => Ok(format!("connect {addr}: ok")),
-                Ok(Err(e)) => Err(format!("connect {addr}: {e}")),
-                Err(_) => Err(format!("connect {addr}: timed out")),
+                Ok(Err(source)) => Err(TestFailure::Connect { addr, source }),
+                Err(_) => Err(TestFailure::Timeout { addr }),
             }
         }
     }
@@ -70,7 +102,7 @@ pub async fn run(
             }
             match once(&client, address, t).await {
                 Ok(d) => break (true, d),
-                Err(d) if start.elapsed() + interval >= deadline => break (false, d),
+                Err(e) if start.elapsed() + interval >= deadline => break (false, e.to_string()),
                 Err(_) => tokio::time::sleep(interval).await,
             }
         };
