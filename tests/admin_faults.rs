@@ -330,7 +330,10 @@ fn a_restart_or_promotion_while_admin_serves_a_mass_withdrawal_keeps_the_last_kn
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let table = common::wait_until(10, || gw.table());
+    // Waits for the table to be the last good one, not merely present: a listing taken
+    // during the commit can show part of the transaction (see tests/daemon.rs).
+    let table =
+        common::wait_until(10, || gw.table().filter(|t| *t == applied)).or_else(|| gw.table());
     let took = promoted.elapsed();
     assert_eq!(
         table.as_deref(),
