@@ -1,6 +1,9 @@
 //! The `check` column (format 1.1): how the gateway probes a real server's health.
 //!
-//! Text forms: empty (the gateway's configured default), `none`, `tcp`, `http:PATH:STATUS`.
+//! Text forms: empty (the gateway's configured default), `none`, `tcp`, `http:PATH:STATUS`,
+//! and `http:PATH:STATUS@HOST` when the server wants a `Host` header other than its own
+//! address (virtual hosts). The status follows the last colon, so a path may hold colons and
+//! `@` and the host is still unambiguous; a host is a DNS name or IPv4 address, no port.
 //! The path travels in an HTTP request line the gateway writes, so its characters are
 //! restricted to a safe subset of RFC 3986 (no spaces, quotes, commas or control characters:
 //! nothing that could end the request line or need CSV quoting).
@@ -21,12 +24,31 @@ pub enum Check {
     Disabled,
     /// A TCP connection to the real server's port must be accepted.
     Tcp,
-    /// `GET path` on the real server's port must answer with `status`.
-    Http { path: Arc<str>, status: u16 },
+    /// `GET path` on the real server's port must answer with `status`; `host` is the `Host`
+    /// header when given (else the real server's own address and port).
+    Http {
+        path: Arc<str>,
+        status: u16,
+        host: Option<Arc<str>>,
+    },
 }
 
 const EXPECTED: &str =
-    "empty (the gateway's default), none, tcp, or http:PATH:STATUS (e.g. http:/health:200)";
+    "empty (the gateway's default), none, tcp, or http:PATH:STATUS[@HOST] (e.g. http:/health:200)";
+
+/// Longest `Host` accepted: a DNS name's limit.
+pub const MAX_CHECK_HOST: usize = 253;
+
+/// A DNS name or an IPv4 address: letters, digits, `-` and `.`, not starting with `-` or
+/// `.`. It travels in a header line, so nothing else is allowed.
+fn host_ok(host: &str) -> bool {
+    !host.is_empty()
+        && host.len() <= MAX_CHECK_HOST
+        && !host.starts_with(['-', '.'])
+        && host
+            .bytes()
+            .all(|c| c.is_ascii_alphanumeric() || c == b'-' || c == b'.')
+}
 
 fn path_char_ok(c: u8) -> bool {
     c.is_ascii_alphanumeric()
@@ -51,6 +73,15 @@ impl Check {
         let Some((path, status)) = rest.rsplit_once(':') else {
             return Err(EXPECTED.into());
         };
+        let (status, host) = match status.split_once('@') {
+            Some((status, host)) if host_ok(host) => (status, Some(Arc::from(host))),
+            Some(_) => {
+                return Err(format!(
+                    "http:PATH:STATUS@HOST with a HOST of at most {MAX_CHECK_HOST} letters, digits, - and . ({EXPECTED})"
+                ))
+            }
+            None => (status, None),
+        };
         let status = match status.as_bytes() {
             [b'1'..=b'5', b'0'..=b'9', b'0'..=b'9'] => status.parse::<u16>().ok(),
             _ => None,
@@ -65,6 +96,7 @@ impl Check {
         Ok(Self::Http {
             path: Arc::from(path),
             status,
+            host,
         })
     }
 }
@@ -82,7 +114,16 @@ impl fmt::Display for Check {
         match self {
             Self::Disabled => f.write_str("none"),
             Self::Tcp => f.write_str("tcp"),
-            Self::Http { path, status } => write!(f, "http:{path}:{status}"),
+            Self::Http {
+                path,
+                status,
+                host: None,
+            } => write!(f, "http:{path}:{status}"),
+            Self::Http {
+                path,
+                status,
+                host: Some(host),
+            } => write!(f, "http:{path}:{status}@{host}"),
         }
     }
 }
@@ -106,7 +147,14 @@ mod tests {
 
     #[test]
     fn every_form_round_trips() {
-        for text in ["none", "tcp", "http:/health:200", "http:/a:b/c?x=1&y=2:503"] {
+        for text in [
+            "none",
+            "tcp",
+            "http:/health:200",
+            "http:/a:b/c?x=1&y=2:503",
+            "http:/health:200@www.example.com",
+            "http:/a@b:c:204@10.0.0.1",
+        ] {
             let check = Check::parse(text).expect(text);
             assert_eq!(check.to_string(), text);
         }
@@ -115,7 +163,16 @@ mod tests {
             Check::parse("http:/a:b:204"),
             Ok(Check::Http {
                 path: Arc::from("/a:b"),
-                status: 204
+                status: 204,
+                host: None,
+            })
+        );
+        assert_eq!(
+            Check::parse("http:/a@b:204@api.example"),
+            Ok(Check::Http {
+                path: Arc::from("/a@b"),
+                status: 204,
+                host: Some(Arc::from("api.example")),
             })
         );
     }
@@ -138,6 +195,12 @@ mod tests {
             "http:/a\"b:200",
             "http:/a\r\nHost: x:200",
             "http:/a;b:200",
+            "http:/health:200@",
+            "http:/health:200@-x",
+            "http:/health:200@a b",
+            "http:/health:200@h:8080",
+            "http:/health:200@h\r\nX-Evil: 1",
+            "http:/health:200@h_o",
             &format!("http:/{}:200", "a".repeat(MAX_CHECK_PATH)),
         ] {
             assert!(Check::parse(bad).is_err(), "{bad:?}");

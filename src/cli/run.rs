@@ -75,7 +75,7 @@ pub struct RunArgs {
     pub client_cert: Option<PathBuf>,
     #[arg(long)]
     pub client_key: Option<PathBuf>,
-    /// Health check of rows without one (TCP services): none, tcp or http:PATH:STATUS.
+    /// Health check of rows without one (TCP services): none, tcp or http:PATH:STATUS[@HOST].
     #[arg(long, value_parser = parse_check)]
     pub health_default: Option<portcullis_export::Check>,
     /// Time between two health probes of one real server, e.g. `2s`.

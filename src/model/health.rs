@@ -49,8 +49,12 @@ impl ExportedChecks {
 pub enum Probe {
     /// A TCP connection must be accepted.
     Tcp,
-    /// `GET path` must answer `status`.
-    Http { path: String, status: u16 },
+    /// `GET path` must answer `status`; `host` is the `Host` header when not the endpoint.
+    Http {
+        path: String,
+        status: u16,
+        host: Option<String>,
+    },
 }
 
 /// One thing the checker probes. Real servers of several services that share an endpoint
@@ -65,8 +69,12 @@ impl fmt::Display for Target {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match &self.probe {
             Probe::Tcp => write!(f, "tcp {}", self.endpoint),
-            Probe::Http { path, status } => {
-                write!(f, "http {}{path} (expects {status})", self.endpoint)
+            Probe::Http { path, status, host } => {
+                write!(f, "http {}{path} (expects {status}", self.endpoint)?;
+                match host {
+                    Some(host) => write!(f, ", Host {host})"),
+                    None => f.write_str(")"),
+                }
             }
         }
     }
@@ -99,9 +107,10 @@ pub fn targets(
             let probe = match check {
                 Check::Disabled => continue,
                 Check::Tcp => Probe::Tcp,
-                Check::Http { path, status } => Probe::Http {
+                Check::Http { path, status, host } => Probe::Http {
                     path: path.to_string(),
                     status: *status,
+                    host: host.as_deref().map(str::to_owned),
                 },
             };
             let Some(port) = real.port.or(fallback_port) else {

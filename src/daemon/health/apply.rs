@@ -100,6 +100,7 @@ mod tests {
             probe: Probe::Http {
                 path: "/health".into(),
                 status: 200,
+                host: None,
             },
         };
         let down = transition_entry(&Transition {

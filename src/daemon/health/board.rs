@@ -77,7 +77,16 @@ impl TargetLabels {
     fn of(t: &Target) -> Self {
         let probe = match &t.probe {
             crate::model::health::Probe::Tcp => "tcp".to_owned(),
-            crate::model::health::Probe::Http { path, status } => format!("http:{path}:{status}"),
+            crate::model::health::Probe::Http {
+                path,
+                status,
+                host: None,
+            } => format!("http:{path}:{status}"),
+            crate::model::health::Probe::Http {
+                path,
+                status,
+                host: Some(host),
+            } => format!("http:{path}:{status}@{host}"),
         };
         TargetLabels {
             endpoint: t.endpoint.to_string(),

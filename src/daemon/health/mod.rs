@@ -33,7 +33,7 @@ use std::time::Duration;
 #[serde(deny_unknown_fields, default)]
 pub struct HealthConfig {
     /// The check of rows whose `check` column is empty, for TCP services: `none` (the
-    /// default: nothing is probed unless the export asks), `tcp` or `http:PATH:STATUS`.
+    /// default: nothing is probed unless the export asks), `tcp` or `http:PATH:STATUS[@HOST]`.
     pub default: Check,
     /// Time between two probes of one target (each ±10 %).
     #[serde(with = "super::config::duration")]

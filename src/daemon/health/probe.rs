@@ -52,10 +52,15 @@ async fn exchange(
         .map_err(ProbeError::Connect)?;
     match &target.probe {
         Probe::Tcp => Ok(()),
-        Probe::Http { path, status } => {
+        Probe::Http { path, status, host } => {
+            // Without a configured host, the server is asked as itself (address:port), as
+            // keepalived's HTTP_GET does without `virtualhost`.
+            let host = match host {
+                Some(host) => host.clone(),
+                None => target.endpoint.to_string(),
+            };
             let request = format!(
-                "GET {path} HTTP/1.0\r\nHost: {}\r\nUser-Agent: portcullis-health\r\nConnection: close\r\n\r\n",
-                target.endpoint
+                "GET {path} HTTP/1.0\r\nHost: {host}\r\nUser-Agent: portcullis-health\r\nConnection: close\r\n\r\n"
             );
             stream
                 .write_all(request.as_bytes())
@@ -167,6 +172,7 @@ mod tests {
         Probe::Http {
             path: path.into(),
             status,
+            host: None,
         }
     }
 
@@ -219,6 +225,19 @@ mod tests {
         let asked = asked.await.expect("server");
         assert!(asked.starts_with("GET /health?x=1 HTTP/1.0\r\n"), "{asked}");
         assert!(asked.contains(&format!("Host: {addr}\r\n")), "{asked}");
+
+        // A configured virtual host is the Host header instead.
+        let (addr, asked) = serve_once("HTTP/1.1 204 No Content\r\n\r\n").await;
+        let vhost = Probe::Http {
+            path: "/".into(),
+            status: 204,
+            host: Some("api.example".into()),
+        };
+        probe(&target(addr, vhost), T, None)
+            .await
+            .expect("204 as expected");
+        let asked = asked.await.expect("server");
+        assert!(asked.contains("\r\nHost: api.example\r\n"), "{asked}");
 
         let (addr, _) = serve_once("HTTP/1.0 500 Internal Server Error\r\n\r\n").await;
         let e = probe(&target(addr, http("/health", 200)), T, None)
