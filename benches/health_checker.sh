@@ -2,13 +2,17 @@
 # CPU of the health checker at scale (issue 17: 10k real servers checked every 2 s should
 # cost at most 10 % of one core). In a fresh network namespace: N addresses on lo, one TCP
 # listener on all of them (a python accept-and-close loop, whose own CPU is not counted), and
-# `portcullis run` on the nft backend with an export of N real servers, each with a `tcp`
-# check, [health] interval 2 s. Once the first apply is done and every target was probed,
-# the daemon's CPU time (utime+stime from /proc) over WINDOW seconds is printed as % of one
-# core, with the probes the daemon made meanwhile. The daemon does nothing else then (the
-# export file does not change), so that is the checker's cost.
+# `portcullis run` on the nft backend with an export of N real servers, [health] interval 2 s.
+# Measured twice in the same run: the baseline with every row's check `none` (the daemon
+# idle with the same table and export), then with `tcp` checks. Once the first apply is done
+# (and, with checks, every target was probed), the daemon's CPU time (utime+stime from /proc)
+# over WINDOW seconds is taken as % of one core; the checker's cost is the difference. The
+# export file does not change meanwhile, so nothing else runs.
 #
 #   benches/health_checker.sh [PORTCULLIS_EXE] [N=10000] [WINDOW=20]
+#
+# Prints a Markdown section; with PORTCULLIS_BENCH_SUMMARY set (benches/run), also its
+# headline line for the summary table.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 exe="${1:-target/release/portcullis}"
@@ -18,9 +22,18 @@ window="${3:-20}"
 [ -x "$exe" ] || { echo "health_checker.sh: no $exe (cargo build --release)" >&2; exit 1; }
 ns="pchc$$"
 dir="$(mktemp -d)"
+daemon=""
+listener=""
+stop_daemon() {
+	if [ -n "$daemon" ]; then
+		kill "$daemon" 2>/dev/null || true
+		wait "$daemon" 2>/dev/null || true
+		daemon=""
+	fi
+}
 cleanup() {
-	[ -n "${daemon:-}" ] && kill "$daemon" 2>/dev/null && wait "$daemon" 2>/dev/null
-	[ -n "${listener:-}" ] && kill "$listener" 2>/dev/null
+	stop_daemon
+	[ -n "$listener" ] && kill "$listener" 2>/dev/null
 	ip netns del "$ns" 2>/dev/null || true
 	rm -rf "$dir"
 }
@@ -41,12 +54,27 @@ while True:
     c, _ = s.accept(); c.close()
 ' &
 listener=$!
-{
-	echo "# portcullis-export 1.1"
-	echo "service,instance,proto,vip,vport,fwmark,rip,rport,weight,scheduler,method,persistence,check"
-	for i in $(seq 0 $((n - 1))); do echo "web,web.r$i,tcp,192.0.2.10,80,,$(rip "$i"),9000,1,rr,nat,,tcp"; done
-} >"$dir/export.csv"
-cat >"$dir/portcullis.toml" <<TOML
+
+probes() { ip netns exec "$ns" python3 -c '
+import json, urllib.request
+v = json.load(urllib.request.urlopen("http://127.0.0.1:9977/health"))
+t = v["targets"]
+print(len(t), sum(x["probes"] for x in t), sum(x["failures"] for x in t), sum(x["transitions"] for x in t))
+' 2>/dev/null || echo "0 0 0 0"; }
+ticks() { awk '{ print $14 + $15 }' "/proc/$daemon/stat"; }
+hz="$(getconf CLK_TCK)"
+
+# measure CHECK: runs the daemon with every row's check CHECK; sets cpu, probed, failed,
+# transitions and rss.
+measure() {
+	local check="$1" targets=0 total=0 p0 f0 t0 p1 f1 t1 c0 c1
+	{
+		echo "# portcullis-export 1.1"
+		echo "service,instance,proto,vip,vport,fwmark,rip,rport,weight,scheduler,method,persistence,check"
+		for i in $(seq 0 $((n - 1))); do echo "web,web.r$i,tcp,192.0.2.10,80,,$(rip "$i"),9000,1,rr,nat,,$check"; done
+	} >"$dir/export.csv"
+	rm -rf "$dir/state"
+	cat >"$dir/portcullis.toml" <<TOML
 source = "file://$dir/export.csv"
 interval = "5s"
 long_poll = "0s"
@@ -61,31 +89,55 @@ timeout = "1s"
 rise = 2
 fall = 3
 TOML
-ip netns exec "$ns" "$exe" run --config "$dir/portcullis.toml" 2>"$dir/daemon.log" &
-daemon=$!
-probes() { ip netns exec "$ns" python3 -c '
-import json, urllib.request
-v = json.load(urllib.request.urlopen("http://127.0.0.1:9977/health"))
-t = v["targets"]
-print(len(t), sum(x["probes"] for x in t), sum(x["failures"] for x in t), sum(x["transitions"] for x in t))
-' 2>/dev/null || echo "0 0 0 0"; }
-# Settle: first apply done and every target probed at least once (first probes are spread
-# over one interval).
-for _ in $(seq 1 120); do
-	read -r targets total _ _ < <(probes)
-	[ "$targets" = "$n" ] && [ "$total" -ge "$n" ] && break
-	sleep 1
-done
-[ "$targets" = "$n" ] || { echo "the daemon did not probe $n targets:"; tail "$dir/daemon.log"; exit 1; }
-sleep 4
-ticks() { awk '{ print $14 + $15 }' "/proc/$daemon/stat"; }
-hz="$(getconf CLK_TCK)"
-read -r _ p0 f0 t0 < <(probes)
-c0="$(ticks)"
-sleep "$window"
-c1="$(ticks)"
-read -r _ p1 f1 t1 < <(probes)
-cpu="$(awk "BEGIN { printf \"%.1f\", 100 * ($c1 - $c0) / $hz / $window }")"
-echo "health checker: $n tcp targets every 2 s, ${window} s window: ${cpu} % of one core;" \
-	"$((p1 - p0)) probes ($(( (p1 - p0) / window ))/s), $((f1 - f0)) failed, $((t1 - t0)) transitions;" \
-	"rss $(awk '/VmRSS/ { print $2 / 1024 " MiB" }' "/proc/$daemon/status")"
+	ip netns exec "$ns" "$exe" run --config "$dir/portcullis.toml" 2>"$dir/daemon.log" &
+	daemon=$!
+	# Settle: the first apply done and, with checks, every target probed at least once
+	# (the first probes are spread over one interval).
+	for _ in $(seq 1 120); do
+		if [ "$check" = none ]; then
+			[ -s "$dir/state/status.json" ] && break
+		else
+			read -r targets total _ _ < <(probes)
+			[ "$targets" = "$n" ] && [ "$total" -ge "$n" ] && break
+		fi
+		sleep 1
+	done
+	if [ "$check" != none ] && [ "$targets" != "$n" ]; then
+		echo "the daemon did not probe $n targets:" >&2
+		tail "$dir/daemon.log" >&2
+		exit 1
+	fi
+	sleep 4
+	read -r _ p0 f0 t0 < <(probes)
+	c0="$(ticks)"
+	sleep "$window"
+	c1="$(ticks)"
+	read -r _ p1 f1 t1 < <(probes)
+	cpu="$(awk "BEGIN { printf \"%.1f\", 100 * ($c1 - $c0) / $hz / $window }")"
+	probed=$((p1 - p0))
+	failed=$((f1 - f0))
+	transitions=$((t1 - t0))
+	rss="$(awk '/VmRSS/ { printf "%.0f MiB", $2 / 1024 }' "/proc/$daemon/status")"
+	stop_daemon
+}
+
+measure none
+base_cpu="$cpu"
+base_rss="$rss"
+measure tcp
+cost="$(awk "BEGIN { printf \"%.1f\", $cpu - $base_cpu }")"
+
+echo "## Health checker: CPU of $n tcp checks every 2 s (release build, ${window} s window)"
+echo
+echo "The same daemon, table and export, measured twice in one run: checks \`none\` (the baseline) and \`tcp\`. The checker's cost is the difference. Goal: at most 10 % of one core."
+echo
+echo "| daemon | CPU (% of one core) | probes in the window | probes/s (asked: $((n / 2))/s) | failed | transitions | RSS |"
+echo "|---|---:|---:|---:|---:|---:|---:|"
+echo "| baseline: checks \`none\` | $base_cpu % | 0 | 0 | 0 | 0 | $base_rss |"
+echo "| $n \`tcp\` checks | $cpu % | $probed | $((probed / window)) | $failed | $transitions | $rss |"
+echo "| **the checker's cost** | **$cost %** | | | | | |"
+echo
+if [ -n "${PORTCULLIS_BENCH_SUMMARY:-}" ]; then
+	printf '%s\t%s\t%s\t%s\t%s\t%s\n' health "CPU of $n tcp checks every 2 s (% of one core)" \
+		"$cpu %" "the same daemon, checks none" "$base_cpu %" "+$cost points" >>"$PORTCULLIS_BENCH_SUMMARY"
+fi

@@ -11,6 +11,8 @@
 
 #[path = "../tests/common/mod.rs"]
 mod common;
+#[path = "support/seed.rs"]
+mod seed;
 #[path = "summary.rs"]
 mod summary;
 
@@ -19,98 +21,14 @@ use common::Netns;
 use portcullis::apply::{ConntrackNetlink, NftCli, Syncer};
 use portcullis::model::DesiredState;
 use portcullis::render::nft::{full_ruleset, Backend};
+use seed::{baseline, flipped, median, ms};
 use std::io::{BufRead, BufReader, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-fn median(mut v: Vec<Duration>) -> Duration {
-    v.sort();
-    v[v.len() / 2]
-}
-
-fn ms(d: Duration) -> String {
-    format!("{:.1} ms", d.as_secs_f64() * 1000.0)
-}
-
 fn state_with(n: usize) -> DesiredState {
     DesiredState::from_rows(&portcullis::synth::rows_with_services(n))
-}
-
-/// `rows` with the first real server drained on even rounds, restored on odd ones.
-fn flipped(
-    rows: &[portcullis_export::ExportRow],
-    round: usize,
-) -> Vec<portcullis_export::ExportRow> {
-    let mut rows = rows.to_vec();
-    rows[0].weight = if round.is_multiple_of(2) { 0 } else { 100 };
-    rows
-}
-
-/// The seed's way, the baseline: one iptables DNAT rule per export row, the whole file loaded
-/// by `iptables-restore` every time something changes (a 3-second cron job regenerating it).
-/// A cost baseline, not an equivalent: rows after the first of a service never match.
-fn iptables_file(rows: &[portcullis_export::ExportRow]) -> String {
-    let mut out = String::from("*nat\n:PREROUTING ACCEPT [0:0]\n");
-    for r in rows {
-        let ports = if r.vport.first == r.vport.last {
-            r.vport.first.to_string()
-        } else {
-            format!("{}:{}", r.vport.first, r.vport.last)
-        };
-        let to = match r.rport {
-            Some(p) => format!("{}:{p}", r.rip),
-            None => r.rip.to_string(),
-        };
-        out.push_str(&format!(
-            "-A PREROUTING -d {}/32 -p {} --dport {ports} -j DNAT --to-destination {to}\n",
-            r.vip, r.proto
-        ));
-    }
-    out.push_str("COMMIT\n");
-    out
-}
-
-/// `iptables-restore FILE` in namespace `ns`; its time.
-fn iptables_restore(ns: &Netns, file: &std::path::Path) -> Duration {
-    let t = Instant::now();
-    let out = Command::new("ip")
-        .args(["netns", "exec", &ns.name, "iptables-restore"])
-        .arg(file)
-        .output()
-        .expect("iptables-restore (Debian package iptables)");
-    let took = t.elapsed();
-    assert!(
-        out.status.success(),
-        "iptables-restore: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    took
-}
-
-/// Times of the baseline at `n` services: a cold load, and the reload of the whole file with
-/// one row changed that the cron job does for every change.
-fn baseline(
-    reps: usize,
-    rows: &[portcullis_export::ExportRow],
-    tag: usize,
-) -> (Duration, Duration) {
-    let file = std::env::temp_dir().join(format!("pc-bench-{}-{tag}.ipt", std::process::id()));
-    std::fs::write(&file, iptables_file(rows)).expect("write");
-    let mut cold = Vec::new();
-    for rep in 0..reps {
-        let ns = Netns::new(&format!("ipt{rep}"));
-        cold.push(iptables_restore(&ns, &file));
-    }
-    let ns = Netns::new("iptreload");
-    iptables_restore(&ns, &file);
-    let mut reload = Vec::new();
-    for round in 0..reps {
-        std::fs::write(&file, iptables_file(&flipped(rows, round))).expect("write");
-        reload.push(iptables_restore(&ns, &file));
-    }
-    let _ = std::fs::remove_file(&file);
-    (median(cold), median(reload))
 }
 
 fn apply_table(reps: usize, sizes: &[usize]) -> Vec<ApplyRow> {

@@ -1,0 +1,147 @@
+//! What a health transition costs the data plane (issue 17: at most 25 ms at 100k rows), on
+//! the nft backend in a network namespace (needs root):
+//!
+//! - portcullis: the daemon's path for one real server found down (then up again) — the
+//!   overlay of the export in force (`model::health::overlay`), then `Syncer::sync` of the
+//!   overlaid state: diff, render of the increment, `nft -f`;
+//! - floor: `nft -f` alone, of the very transaction that sync sends, in the same table;
+//! - baseline: the seed's way, where any change is a reload of every row with
+//!   `iptables-restore`.
+//!
+//! `cargo bench --bench health_transition` prints a table; `-- --quick` skips 100k rows.
+
+#[path = "../tests/common/mod.rs"]
+mod common;
+#[path = "support/seed.rs"]
+mod seed;
+#[path = "summary.rs"]
+mod summary;
+
+use common::Netns;
+use portcullis::apply::{ConntrackNetlink, NftCli, Syncer};
+use portcullis::diff::StateDiff;
+use portcullis::model::health::{overlay, targets, ExportedChecks, Target};
+use portcullis::model::DesiredState;
+use portcullis::render::nft::{incremental, Backend};
+use portcullis_export::Check;
+use seed::{baseline, median, ms};
+use std::collections::BTreeSet;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+/// Times of one size: the transitions through portcullis, and nft alone for the same scripts.
+struct Measured {
+    down: Duration,
+    up: Duration,
+    floor: Duration,
+}
+
+fn nft_file(ns: &Netns, script: &str) -> Duration {
+    let file = std::env::temp_dir().join(format!("pc-health-{}.nft", std::process::id()));
+    std::fs::write(&file, script).expect("write script");
+    let t = Instant::now();
+    let out = Command::new("ip")
+        .args(["netns", "exec", &ns.name, "nft", "-f"])
+        .arg(&file)
+        .output()
+        .expect("nft");
+    let took = t.elapsed();
+    let _ = std::fs::remove_file(&file);
+    assert!(
+        out.status.success(),
+        "nft -f: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    took
+}
+
+fn measure(reps: usize, exported: &DesiredState) -> Measured {
+    let opts = common::render_options(Backend::Nft, &["eth0"]);
+    // Every real server probed over TCP (the gateway's default); the first one fails.
+    let probed = targets(exported, &ExportedChecks::default(), Some(&Check::Tcp));
+    let victim: Target = probed.values().next().cloned().expect("a probed server");
+    let down = BTreeSet::from([victim]);
+    let ns = Netns::new("health");
+    let mut s = Syncer::new(
+        NftCli::in_netns(&ns.name),
+        ConntrackNetlink::in_netns(&ns.name).expect("conntrack socket"),
+        opts,
+    );
+    s.sync(exported.clone()).expect("load");
+    let (mut down_times, mut up_times, mut floor) = (Vec::new(), Vec::new(), Vec::new());
+    for _ in 0..reps {
+        // As `Daemon::on_health_change`: overlay the export in force, sync the result.
+        let t = Instant::now();
+        let overlaid = overlay(exported, &probed, &down);
+        s.sync(overlaid.state.clone()).expect("down");
+        down_times.push(t.elapsed());
+        assert_eq!(overlaid.held_down.len(), 1, "one server held down");
+
+        let t = Instant::now();
+        let overlaid = overlay(exported, &probed, &BTreeSet::new());
+        s.sync(overlaid.state).expect("up");
+        up_times.push(t.elapsed());
+    }
+    // The floor: the same down transaction by nft alone, then back up, in the same table.
+    let held = overlay(exported, &probed, &down).state;
+    for _ in 0..reps {
+        let there = incremental(
+            &StateDiff::between(exported, &held),
+            exported,
+            &held,
+            Backend::Nft,
+        );
+        let back = incremental(
+            &StateDiff::between(&held, exported),
+            &held,
+            exported,
+            Backend::Nft,
+        );
+        floor.push(nft_file(&ns, &there.to_nft()));
+        nft_file(&ns, &back.to_nft());
+    }
+    Measured {
+        down: median(down_times),
+        up: median(up_times),
+        floor: median(floor),
+    }
+}
+
+fn main() {
+    let quick = std::env::args().any(|a| a == "--quick");
+    if !common::require_nft() {
+        eprintln!("health_transition: needs root and nft; nothing measured");
+        return;
+    }
+    let reps = if quick { 3 } else { 7 };
+    println!("## A health transition on the nft backend (median of {reps})\n");
+    println!("One real server found down (its weight 0 in the overlay), then up again, in a table of N rows (2 real servers per service, every server probed). Baseline: the seed's way, any change reloads every row with `iptables-restore`.\n");
+    println!("| rows | portcullis: down | portcullis: up | floor: `nft -f` of the same increment | baseline: iptables-restore reload | baseline ÷ portcullis (down) |");
+    println!("|---:|---:|---:|---:|---:|---:|");
+    let sizes: &[usize] = if quick {
+        &[1_000, 10_000]
+    } else {
+        &[1_000, 10_000, 100_000]
+    };
+    for &rows_n in sizes {
+        let rows = portcullis::synth::rows_with_services(rows_n / 2);
+        let exported = DesiredState::from_rows(&rows);
+        let m = measure(reps, &exported);
+        let (_, reload) = baseline(reps.min(3), &rows, rows_n);
+        println!(
+            "| {rows_n} | {} | {} | {} | {} | {:.1}× |",
+            ms(m.down),
+            ms(m.up),
+            ms(m.floor),
+            ms(reload),
+            reload.as_secs_f64() / m.down.as_secs_f64()
+        );
+        summary::times(
+            "health",
+            &format!("a real server found down → applied, {rows_n} rows"),
+            m.down,
+            "seed: reload everything with iptables-restore",
+            reload,
+        );
+    }
+}
