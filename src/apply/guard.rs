@@ -45,15 +45,21 @@ impl std::error::Error for GuardRefusal {}
 
 impl Guard {
     pub fn check(&self, applied: &DesiredState, new: &DesiredState) -> Result<(), GuardRefusal> {
-        let total = applied.services.len();
-        if total == 0 {
-            return Ok(());
-        }
         let removed = applied
             .services
             .keys()
             .filter(|k| !new.services.contains_key(*k))
             .count();
+        self.check_removal(applied.services.len(), removed)
+    }
+
+    /// [`Guard::check`] from the counts: `removed` of the `total` applied services go. For
+    /// a caller that has the diff already (the sync path), where counting again would cost
+    /// a lookup per service of a 100k-row export on every change.
+    pub fn check_removal(&self, total: usize, removed: usize) -> Result<(), GuardRefusal> {
+        if total == 0 {
+            return Ok(());
+        }
         let refuse = |reason: String| {
             Err(GuardRefusal {
                 removed,

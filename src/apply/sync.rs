@@ -227,10 +227,10 @@ impl<F: Firewall, C: Conntrack> Syncer<F, C> {
         let Some(old) = &self.applied else {
             return self.plan_reconcile(state);
         };
-        if let Some(guard) = &self.guard {
-            guard.check(old, &state)?;
-        }
         let diff = StateDiff::between(old, &state);
+        if let Some(guard) = &self.guard {
+            guard.check_removal(old.services.len(), diff.summary().services_removed)?;
+        }
         let ipvs = match self.ipvs.as_mut() {
             // Scoped to what changed: with no change, only drains are finished — unless the
             // last IPVS step was refused half-way, when the plan covers everything again.

@@ -12,7 +12,7 @@ use super::control::{ApplyLock, ControlError};
 use super::core::{unix_now, Baseline, Daemon};
 use super::fetch::{FetchError, Fetched};
 use crate::apply::{Conntrack, Firewall, GuardRefusal, SyncError, SyncOutcome};
-use crate::model::health::ExportedChecks;
+use crate::model::health::{ExportedChecks, Overlaid};
 use crate::model::DesiredState;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -335,11 +335,15 @@ impl<F: Firewall, C: Conntrack> Daemon<F, C> {
             self.etag_in_force = true;
             return Step::Cached;
         }
-        let to_apply = overlaid.state.clone();
+        let Overlaid {
+            state: to_apply,
+            held_down,
+            fail_open,
+        } = overlaid;
         match self.locked(|syncer| syncer.sync(to_apply)) {
             Ok(Ok(outcome)) => {
                 self.health.commit(state, checks, targets);
-                self.health.note_applied(&overlaid);
+                self.health.note_applied(&held_down, &fail_open);
                 self.store(&body, etag.as_deref(), save);
                 self.etag = etag;
                 self.etag_in_force = true;

@@ -146,11 +146,17 @@ pub fn overlay(exported: &DesiredState, targets: &TargetMap, down: &BTreeSet<Tar
     if down.is_empty() {
         return out;
     }
-    for (key, svc) in out.state.services.iter_mut() {
-        let is_down = |real: &RealKey| {
-            targets
-                .get(&(*key, *real))
-                .is_some_and(|t| down.contains(t))
+    // The real servers found down, per service, in one pass over the targets: a health
+    // transition touches only their services, not every service of a 100k-row export.
+    let mut hit: BTreeMap<ServiceKey, Vec<RealKey>> = BTreeMap::new();
+    for ((key, real), target) in targets {
+        if down.contains(target) {
+            hit.entry(*key).or_default().push(*real);
+        }
+    }
+    for (key, hit_reals) in hit {
+        let Some(svc) = out.state.services.get_mut(&key) else {
+            continue;
         };
         let serving: Vec<RealKey> = svc
             .reals
@@ -158,19 +164,23 @@ pub fn overlay(exported: &DesiredState, targets: &TargetMap, down: &BTreeSet<Tar
             .filter(|(_, rs)| rs.weight > 0)
             .map(|(k, _)| *k)
             .collect();
-        let down_now: Vec<RealKey> = serving.iter().copied().filter(is_down).collect();
+        let down_now: Vec<RealKey> = serving
+            .iter()
+            .copied()
+            .filter(|real| hit_reals.contains(real))
+            .collect();
         if down_now.is_empty() {
             continue;
         }
         if down_now.len() == serving.len() {
-            out.fail_open.push(*key);
+            out.fail_open.push(key);
             continue;
         }
         for real in down_now {
             if let Some(mut rs) = svc.reals.get(&real).cloned() {
                 rs.weight = 0;
                 svc.reals.insert(real, rs);
-                out.held_down.push((*key, real));
+                out.held_down.push((key, real));
             }
         }
     }

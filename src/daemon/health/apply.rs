@@ -8,6 +8,7 @@ use crate::daemon::config::Role;
 use crate::daemon::core::{unix_now, Daemon};
 use crate::daemon::journal::Entry;
 use crate::daemon::step::Step;
+use crate::model::health::Overlaid;
 use std::time::Instant;
 
 /// The journal line of one transition.
@@ -47,17 +48,20 @@ impl<F: Firewall, C: Conntrack> Daemon<F, C> {
         if self.config.role != Role::Active {
             return None;
         }
-        let overlaid = self.health.current()?;
-        if self.syncer.applied() == Some(&overlaid.state) {
-            self.health.note_applied(&overlaid);
+        let started = Instant::now();
+        let Overlaid {
+            state,
+            held_down,
+            fail_open,
+        } = self.health.current()?;
+        if self.syncer.applied() == Some(&state) {
+            self.health.note_applied(&held_down, &fail_open);
             self.write_status();
             return None;
         }
-        let started = Instant::now();
-        let state = overlaid.state.clone();
         let step = match self.locked(|syncer| syncer.sync(state)) {
             Ok(Ok(outcome)) => {
-                self.health.note_applied(&overlaid);
+                self.health.note_applied(&held_down, &fail_open);
                 self.counters.last_apply_unix = Some(unix_now());
                 Step::Applied(outcome)
             }

@@ -18,7 +18,7 @@ pub mod probe;
 pub mod state;
 
 use crate::model::health::{overlay, targets, ExportedChecks, Overlaid, Target, TargetMap};
-use crate::model::{DesiredState, ServiceKey};
+use crate::model::{DesiredState, RealKey, ServiceKey};
 use board::{Board, HeldDown, OverlayView};
 use checker::Checker;
 use portcullis_export::Check;
@@ -146,8 +146,8 @@ impl HealthMonitor {
 
     /// Records what an applied overlay did, for `/health` and `status`; a service that
     /// starts or stops failing open is logged loudly, once.
-    pub fn note_applied(&mut self, overlaid: &Overlaid) {
-        let now: BTreeSet<ServiceKey> = overlaid.fail_open.iter().copied().collect();
+    pub fn note_applied(&mut self, held_down: &[(ServiceKey, RealKey)], fail_open: &[ServiceKey]) {
+        let now: BTreeSet<ServiceKey> = fail_open.iter().copied().collect();
         for key in now.difference(&self.fail_open) {
             tracing::error!(service = %key, "health: every real server of the service is down; failing open, all kept in rotation");
         }
@@ -156,15 +156,14 @@ impl HealthMonitor {
         }
         self.fail_open = now;
         self.checker.board().set_overlay(OverlayView {
-            held_down: overlaid
-                .held_down
+            held_down: held_down
                 .iter()
                 .map(|(service, real)| HeldDown {
                     service: *service,
                     real: *real,
                 })
                 .collect(),
-            fail_open: overlaid.fail_open.clone(),
+            fail_open: fail_open.to_vec(),
         });
     }
 
