@@ -2,8 +2,8 @@
 //! the nft backend in a network namespace (needs root):
 //!
 //! - portcullis: the daemon's path for one real server found down (then up again) — the
-//!   overlay of the export in force (`model::health::overlay`), then `Syncer::sync` of the
-//!   overlaid state: diff, render of the increment, `nft -f`;
+//!   services the changed target touches, overlaid anew (`model::health::overlay_changes`),
+//!   then `Syncer::sync_services` of those: diff, render of the increment, `nft -f`;
 //! - floor: `nft -f` alone, of the very transaction that sync sends, in the same table;
 //! - baseline: the seed's way, where any change is a reload of every row with
 //!   `iptables-restore`.
@@ -20,7 +20,9 @@ mod summary;
 use common::Netns;
 use portcullis::apply::{ConntrackNetlink, Guard, NftCli, Syncer};
 use portcullis::diff::StateDiff;
-use portcullis::model::health::{overlay, targets, ExportedChecks, Target};
+use portcullis::model::health::{
+    by_target, overlay, overlay_changes, targets, ExportedChecks, ServiceOverlay, Target,
+};
 use portcullis::model::DesiredState;
 use portcullis::render::nft::{incremental, Backend};
 use portcullis_export::Check;
@@ -81,18 +83,30 @@ fn measure(reps: usize, exported: &DesiredState) -> Measured {
     s.set_guard(Some(Guard::default()));
     s.sync(exported.clone()).expect("load");
     let (mut down_times, mut up_times, mut floor) = (Vec::new(), Vec::new(), Vec::new());
+    let inverse = by_target(&probed);
+    let up = BTreeSet::new();
+    // As `Daemon::on_health_change` does: the services the changed targets touch, overlaid
+    // anew, and a sync of those services only.
+    let transition = |s: &mut Syncer<NftCli, ConntrackNetlink>, from, to| {
+        let changes = overlay_changes(exported, &inverse, from, to);
+        let held = changes
+            .iter()
+            .filter(|(_, _, effect)| matches!(effect, ServiceOverlay::HeldDown(_)))
+            .count();
+        let patch = changes.into_iter().map(|(k, svc, _)| (k, svc)).collect();
+        s.sync_services(patch)
+            .expect("a state is applied")
+            .expect("transition");
+        held
+    };
     for _ in 0..reps {
-        // As `Daemon::on_health_change`: overlay the export in force, sync the result.
         let t = Instant::now();
-        let overlaid = overlay(exported, &probed, &down);
-        let held = overlaid.held_down.len();
-        s.sync(overlaid.state).expect("down");
+        let held = transition(&mut s, &up, &down);
         down_times.push(t.elapsed());
         assert_eq!(held, 1, "one server held down");
 
         let t = Instant::now();
-        let overlaid = overlay(exported, &probed, &BTreeSet::new());
-        s.sync(overlaid.state).expect("up");
+        transition(&mut s, &down, &up);
         up_times.push(t.elapsed());
     }
     // The floor: the same down transaction by nft alone, then back up, in the same table.

@@ -409,6 +409,9 @@ pub fn removed_reals(diff: &StateDiff, old: &DesiredState) -> Vec<ConntrackFlush
     out.into_iter().collect()
 }
 
+#[path = "sync_patch.rs"]
+mod patch;
+
 #[cfg(test)]
 #[path = "sync_tests.rs"]
 mod tests;

@@ -378,3 +378,56 @@ fn a_change_without_a_stamp_removes_the_stamp() {
     );
     assert!(chains_named_applied(&daemon).is_empty());
 }
+
+/// The patch path ends where a whole sync of the patched state ends: the same table, and
+/// the same applied state; a patch of what is applied sends nothing; without an applied
+/// state it does nothing.
+#[test]
+fn a_service_patch_is_a_whole_sync_of_the_patched_state() {
+    let mut s = syncer();
+    assert!(s.sync_services(Vec::new()).is_none(), "nothing applied yet");
+    let before = state(20);
+    s.sync(before.clone()).expect("load");
+    let (key, svc) = before
+        .services
+        .iter()
+        .find(|(_, svc)| svc.reals.iter().filter(|(_, r)| r.weight > 0).count() >= 2)
+        .map(|(k, v)| (*k, v.clone()))
+        .expect("a service with two serving servers");
+    let mut drained = svc.clone();
+    let (real, mut rs) = drained
+        .reals
+        .iter()
+        .find(|(_, r)| r.weight > 0)
+        .map(|(k, r)| (*k, r.clone()))
+        .expect("serving");
+    rs.weight = 0;
+    drained.reals.insert(real, rs);
+    let mut after = before.clone();
+    after.services.insert(key, drained.clone());
+
+    let outcome = s
+        .sync_services(vec![(key, drained.clone())])
+        .expect("applied")
+        .expect("synced");
+    assert!(
+        matches!(outcome, SyncOutcome::Incremental { .. }),
+        "{outcome:?}"
+    );
+    assert_eq!(s.applied(), Some(&after));
+    assert_eq!(s.firewall.table, s.expected_table(&after).expect("render"));
+    let sent = s.firewall.applied.len();
+    assert_eq!(
+        s.sync_services(vec![(key, drained)])
+            .expect("applied")
+            .expect("synced"),
+        SyncOutcome::Unchanged
+    );
+    assert_eq!(s.firewall.applied.len(), sent, "nothing sent for no change");
+    // And back: the table is the original one again.
+    s.sync_services(vec![(key, svc)])
+        .expect("applied")
+        .expect("synced");
+    assert_eq!(s.applied(), Some(&before));
+    assert_eq!(s.firewall.table, s.expected_table(&before).expect("render"));
+}

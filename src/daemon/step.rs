@@ -339,11 +339,12 @@ impl<F: Firewall, C: Conntrack> Daemon<F, C> {
             state: to_apply,
             held_down,
             fail_open,
+            down,
         } = overlaid;
         match self.locked(|syncer| syncer.sync(to_apply)) {
             Ok(Ok(outcome)) => {
                 self.health.commit(state, checks, targets);
-                self.health.note_applied(&held_down, &fail_open);
+                self.health.note_applied(&held_down, &fail_open, down);
                 self.store(&body, etag.as_deref(), save);
                 self.etag = etag;
                 self.etag_in_force = true;

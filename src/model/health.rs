@@ -10,7 +10,7 @@
 //! new export is overlaid again, so a server ADMIN drained stays drained when its check
 //! recovers, and one ADMIN restores comes back only if its check passes.
 
-use super::{DesiredState, RealKey, ServiceKey};
+use super::{DesiredState, RealKey, ServiceKey, VirtualService};
 use portcullis_export::{Check, Export, Proto};
 use serde::Serialize;
 use std::collections::{BTreeMap, BTreeSet};
@@ -133,6 +133,52 @@ pub struct Overlaid {
     /// Envoy's panic threshold does), since sending clients somewhere beats sending them
     /// nowhere when the checks themselves may be what is broken.
     pub fail_open: Vec<ServiceKey>,
+    /// The targets found down that this overlay was computed from.
+    pub down: BTreeSet<Target>,
+}
+
+/// What the overlay does to one service.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ServiceOverlay {
+    /// Nothing of it is down: as exported.
+    Exported,
+    /// These real servers are down: weight 0.
+    HeldDown(Vec<RealKey>),
+    /// Every serving real server is down: kept as exported.
+    FailOpen,
+}
+
+/// `svc` with its serving real servers in `hit` (found down) at weight 0, unless that is
+/// all of them; `None` when the service stays as exported.
+pub fn overlay_service(
+    svc: &VirtualService,
+    hit: &[RealKey],
+) -> (Option<VirtualService>, ServiceOverlay) {
+    let serving: Vec<RealKey> = svc
+        .reals
+        .iter()
+        .filter(|(_, rs)| rs.weight > 0)
+        .map(|(k, _)| *k)
+        .collect();
+    let down_now: Vec<RealKey> = serving
+        .iter()
+        .copied()
+        .filter(|real| hit.contains(real))
+        .collect();
+    if down_now.is_empty() {
+        return (None, ServiceOverlay::Exported);
+    }
+    if down_now.len() == serving.len() {
+        return (None, ServiceOverlay::FailOpen);
+    }
+    let mut out = svc.clone();
+    for real in &down_now {
+        if let Some(mut rs) = out.reals.get(real).cloned() {
+            rs.weight = 0;
+            out.reals.insert(*real, rs);
+        }
+    }
+    (Some(out), ServiceOverlay::HeldDown(down_now))
 }
 
 /// `exported` with every real server whose target is in `down` at weight 0 — except in a
@@ -141,13 +187,14 @@ pub struct Overlaid {
 pub fn overlay(exported: &DesiredState, targets: &TargetMap, down: &BTreeSet<Target>) -> Overlaid {
     let mut out = Overlaid {
         state: exported.clone(),
+        down: down.clone(),
         ..Overlaid::default()
     };
     if down.is_empty() {
         return out;
     }
-    // The real servers found down, per service, in one pass over the targets: a health
-    // transition touches only their services, not every service of a 100k-row export.
+    // The real servers found down, per service, in one pass over the targets (not a lookup
+    // per real server of a 100k-row export).
     let mut hit: BTreeMap<ServiceKey, Vec<RealKey>> = BTreeMap::new();
     for ((key, real), target) in targets {
         if down.contains(target) {
@@ -158,30 +205,61 @@ pub fn overlay(exported: &DesiredState, targets: &TargetMap, down: &BTreeSet<Tar
         let Some(svc) = out.state.services.get_mut(&key) else {
             continue;
         };
-        let serving: Vec<RealKey> = svc
-            .reals
-            .iter()
-            .filter(|(_, rs)| rs.weight > 0)
-            .map(|(k, _)| *k)
-            .collect();
-        let down_now: Vec<RealKey> = serving
-            .iter()
-            .copied()
-            .filter(|real| hit_reals.contains(real))
-            .collect();
-        if down_now.is_empty() {
-            continue;
-        }
-        if down_now.len() == serving.len() {
-            out.fail_open.push(key);
-            continue;
-        }
-        for real in down_now {
-            if let Some(mut rs) = svc.reals.get(&real).cloned() {
-                rs.weight = 0;
-                svc.reals.insert(real, rs);
-                out.held_down.push((key, real));
+        match overlay_service(svc, &hit_reals) {
+            (Some(overlaid), ServiceOverlay::HeldDown(reals)) => {
+                *svc = overlaid;
+                out.held_down.extend(reals.into_iter().map(|r| (key, r)));
             }
+            (_, ServiceOverlay::FailOpen) => out.fail_open.push(key),
+            _ => {}
+        }
+    }
+    out
+}
+
+/// Which probed real servers each target decides: the inverse of a [`TargetMap`], so a
+/// health transition finds the services it touches without a pass over all of them.
+pub type ByTarget = BTreeMap<Target, Vec<(ServiceKey, RealKey)>>;
+
+pub fn by_target(targets: &TargetMap) -> ByTarget {
+    let mut out = ByTarget::new();
+    for (key, target) in targets {
+        out.entry(target.clone()).or_default().push(*key);
+    }
+    out
+}
+
+/// The services whose overlay changes when the down set goes from `before` to `down`,
+/// each overlaid anew: as exported again, or with its down servers at weight 0. O(the
+/// targets that changed), for the daemon's health transitions.
+pub fn overlay_changes(
+    exported: &DesiredState,
+    by_target: &ByTarget,
+    before: &BTreeSet<Target>,
+    down: &BTreeSet<Target>,
+) -> Vec<(ServiceKey, VirtualService, ServiceOverlay)> {
+    let touched: BTreeSet<ServiceKey> = before
+        .symmetric_difference(down)
+        .filter_map(|t| by_target.get(t))
+        .flatten()
+        .map(|(key, _)| *key)
+        .collect();
+    // Their real servers whose target is down now.
+    let mut hit: BTreeMap<ServiceKey, Vec<RealKey>> = BTreeMap::new();
+    for (key, real) in down.iter().filter_map(|t| by_target.get(t)).flatten() {
+        if touched.contains(key) {
+            hit.entry(*key).or_default().push(*real);
+        }
+    }
+    let mut out = Vec::new();
+    for key in touched {
+        let Some(svc) = exported.services.get(&key) else {
+            continue;
+        };
+        let hit = hit.get(&key).map_or(&[][..], Vec::as_slice);
+        match overlay_service(svc, hit) {
+            (Some(overlaid), effect) => out.push((key, overlaid, effect)),
+            (None, effect) => out.push((key, svc.clone(), effect)),
         }
     }
     out

@@ -150,3 +150,69 @@ fn a_server_drained_in_the_export_stays_drained_and_does_not_count_as_serving() 
         ]
     );
 }
+
+/// Every subset of `targets`' distinct targets.
+fn every_down_set(targets: &TargetMap) -> Vec<BTreeSet<Target>> {
+    let distinct: Vec<Target> = targets
+        .values()
+        .cloned()
+        .collect::<BTreeSet<_>>()
+        .into_iter()
+        .collect();
+    (0..1u32 << distinct.len())
+        .map(|bits| {
+            distinct
+                .iter()
+                .enumerate()
+                .filter(|(i, _)| bits & (1 << i) != 0)
+                .map(|(_, t)| t.clone())
+                .collect()
+        })
+        .collect()
+}
+
+/// The transition path is the full overlay, computed from the changed targets only: for
+/// every pair of down sets (before, after), patching overlay(before) with
+/// overlay_changes(before → after) gives overlay(after) — the state, what is held down
+/// and what fails open.
+#[test]
+fn a_transition_patch_gives_the_same_state_as_the_whole_overlay() {
+    let (state, checks) = load();
+    let map = targets(&state, &checks, Some(&Check::Tcp));
+    let inverse = by_target(&map);
+    let sets = every_down_set(&map);
+    assert!(sets.len() >= 32, "{} down sets", sets.len());
+    for before in &sets {
+        let from = overlay(&state, &map, before);
+        for after in &sets {
+            let want = overlay(&state, &map, after);
+            let mut patched = from.state.clone();
+            let mut held: BTreeSet<(ServiceKey, RealKey)> =
+                from.held_down.iter().copied().collect();
+            let mut fail_open: BTreeSet<ServiceKey> = from.fail_open.iter().copied().collect();
+            for (key, svc, effect) in overlay_changes(&state, &inverse, before, after) {
+                patched.services.insert(key, svc);
+                held.retain(|(k, _)| *k != key);
+                fail_open.remove(&key);
+                match effect {
+                    ServiceOverlay::Exported => {}
+                    ServiceOverlay::HeldDown(reals) => {
+                        held.extend(reals.into_iter().map(|r| (key, r)))
+                    }
+                    ServiceOverlay::FailOpen => {
+                        fail_open.insert(key);
+                    }
+                }
+            }
+            assert_eq!(patched, want.state, "{before:?} -> {after:?}");
+            assert_eq!(
+                held,
+                want.held_down.iter().copied().collect::<BTreeSet<_>>()
+            );
+            assert_eq!(
+                fail_open,
+                want.fail_open.iter().copied().collect::<BTreeSet<_>>()
+            );
+        }
+    }
+}

@@ -3,11 +3,14 @@
 //! incremental path (one weight change is one small transaction, or one IPVS edit).
 
 use super::board::Transition;
+use super::HealthPatch;
 use crate::apply::{Conntrack, Firewall};
+use crate::apply::{SyncError, SyncOutcome};
 use crate::daemon::config::Role;
 use crate::daemon::core::{unix_now, Daemon};
 use crate::daemon::journal::Entry;
 use crate::daemon::step::Step;
+use crate::daemon::step::StepError;
 use crate::model::health::Overlaid;
 use std::time::Instant;
 
@@ -49,19 +52,18 @@ impl<F: Firewall, C: Conntrack> Daemon<F, C> {
             return None;
         }
         let started = Instant::now();
-        let Overlaid {
-            state,
-            held_down,
-            fail_open,
-        } = self.health.current()?;
-        if self.syncer.applied() == Some(&state) {
-            self.health.note_applied(&held_down, &fail_open);
-            self.write_status();
-            return None;
-        }
-        let step = match self.locked(|syncer| syncer.sync(state)) {
-            Ok(Ok(outcome)) => {
-                self.health.note_applied(&held_down, &fail_open);
+        let applied = match self.health.transition() {
+            // The usual case: only the services the transition touches.
+            Some(patch) if self.syncer.applied().is_some() => self.apply_transition(patch),
+            // No overlay known to be in the kernel: the whole state.
+            _ => self.apply_overlay()?,
+        };
+        let step = match applied {
+            Ok(Ok(None)) => {
+                self.write_status();
+                return None;
+            }
+            Ok(Ok(Some(outcome))) => {
                 self.counters.last_apply_unix = Some(unix_now());
                 Step::Applied(outcome)
             }
@@ -86,7 +88,54 @@ impl<F: Firewall, C: Conntrack> Daemon<F, C> {
         self.write_status();
         Some(step)
     }
+
+    /// Syncs the services a transition changes; `None` inside when nothing changed.
+    fn apply_transition(&mut self, patch: HealthPatch) -> HealthApply {
+        if patch.services.is_empty() {
+            self.health.note_transition(patch);
+            return Ok(Ok(None));
+        }
+        let services = patch
+            .services
+            .iter()
+            .map(|(key, svc, _)| (*key, svc.clone()))
+            .collect();
+        match self.locked(|syncer| syncer.sync_services(services))? {
+            Some(Ok(outcome)) => {
+                self.health.note_transition(patch);
+                Ok(Ok((outcome != SyncOutcome::Unchanged).then_some(outcome)))
+            }
+            Some(Err(e)) => Ok(Err(e)),
+            // The syncer has nothing applied (it was checked just before): sync it whole.
+            None => self.apply_overlay().unwrap_or(Ok(Ok(None))),
+        }
+    }
+
+    /// Syncs the export in force overlaid with what is down now, whole. `None` without an
+    /// export.
+    fn apply_overlay(&mut self) -> Option<HealthApply> {
+        let Overlaid {
+            state,
+            held_down,
+            fail_open,
+            down,
+        } = self.health.current()?;
+        if self.syncer.applied() == Some(&state) {
+            self.health.note_applied(&held_down, &fail_open, down);
+            return Some(Ok(Ok(None)));
+        }
+        Some(self.locked(|syncer| syncer.sync(state)).map(|result| {
+            result.map(|outcome| {
+                self.health.note_applied(&held_down, &fail_open, down);
+                Some(outcome)
+            })
+        }))
+    }
 }
+
+/// A health apply: busy (another apply holds the lock), failed, or what was applied
+/// (`None`: nothing needed to be).
+type HealthApply = Result<Result<Option<SyncOutcome>, SyncError>, StepError>;
 
 #[cfg(test)]
 #[path = "apply_tests.rs"]

@@ -17,12 +17,17 @@ pub mod checker;
 pub mod probe;
 pub mod state;
 
-use crate::model::health::{overlay, targets, ExportedChecks, Overlaid, Target, TargetMap};
+use crate::model::health::{
+    by_target, overlay, overlay_changes, targets, ByTarget, ExportedChecks, Overlaid,
+    ServiceOverlay, Target, TargetMap,
+};
+use crate::model::VirtualService;
 use crate::model::{DesiredState, RealKey, ServiceKey};
 use board::{Board, HeldDown, OverlayView};
 use checker::Checker;
 use portcullis_export::Check;
 use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
 use std::collections::BTreeSet;
 use std::net::IpAddr;
 use std::sync::Arc;
@@ -93,6 +98,12 @@ pub struct HealthMonitor {
     /// The last export taken (applied on an active node, cached on a standby).
     exported: Option<(DesiredState, ExportedChecks)>,
     targets: TargetMap,
+    by_target: ByTarget,
+    /// The down set of the overlay the data plane holds; `None` until one is applied (or
+    /// after an export is taken without applying it).
+    applied_down: Option<BTreeSet<Target>>,
+    /// Real servers held down in what the data plane holds, per service.
+    held: BTreeMap<ServiceKey, Vec<RealKey>>,
     /// Services last seen failing open, so the warning is said once per change.
     fail_open: BTreeSet<ServiceKey>,
     /// A health apply failed: retried after the next poll.
@@ -106,6 +117,9 @@ impl HealthMonitor {
             checker: Checker::new(config.clone(), board),
             exported: None,
             targets: TargetMap::new(),
+            by_target: ByTarget::new(),
+            applied_down: None,
+            held: BTreeMap::new(),
             fail_open: BTreeSet::new(),
             retry: false,
         }
@@ -134,8 +148,10 @@ impl HealthMonitor {
     pub fn commit(&mut self, state: DesiredState, checks: ExportedChecks, targets: TargetMap) {
         let wanted: BTreeSet<Target> = targets.values().cloned().collect();
         self.checker.set_targets(&wanted);
+        self.by_target = by_target(&targets);
         self.targets = targets;
         self.exported = Some((state, checks));
+        self.applied_down = None;
     }
 
     /// The state to apply now: the export in force, overlaid with what is down.
@@ -144,27 +160,73 @@ impl HealthMonitor {
         Some(overlay(state, &self.targets, &self.checker.board().down()))
     }
 
+    /// The services a health transition changes since the overlay the data plane holds,
+    /// each overlaid anew: O(the targets that changed). `None` when no overlay is known to
+    /// be applied: the whole state is synced instead ([`HealthMonitor::current`]).
+    pub fn transition(&self) -> Option<HealthPatch> {
+        let (state, _) = self.exported.as_ref()?;
+        let before = self.applied_down.as_ref()?;
+        let down = self.checker.board().down();
+        let services = overlay_changes(state, &self.by_target, before, &down);
+        Some(HealthPatch { services, down })
+    }
+
+    /// Records an applied transition (see [`HealthMonitor::note_applied`]).
+    pub fn note_transition(&mut self, patch: HealthPatch) {
+        let mut fail_open = self.fail_open.clone();
+        for (key, _, effect) in &patch.services {
+            self.held.remove(key);
+            fail_open.remove(key);
+            match effect {
+                ServiceOverlay::Exported => {}
+                ServiceOverlay::HeldDown(reals) => {
+                    self.held.insert(*key, reals.clone());
+                }
+                ServiceOverlay::FailOpen => {
+                    fail_open.insert(*key);
+                }
+            }
+        }
+        self.publish(fail_open, patch.down);
+    }
+
     /// Records what an applied overlay did, for `/health` and `status`; a service that
     /// starts or stops failing open is logged loudly, once.
-    pub fn note_applied(&mut self, held_down: &[(ServiceKey, RealKey)], fail_open: &[ServiceKey]) {
-        let now: BTreeSet<ServiceKey> = fail_open.iter().copied().collect();
+    pub fn note_applied(
+        &mut self,
+        held_down: &[(ServiceKey, RealKey)],
+        fail_open: &[ServiceKey],
+        down: BTreeSet<Target>,
+    ) {
+        self.held.clear();
+        for (key, real) in held_down {
+            self.held.entry(*key).or_default().push(*real);
+        }
+        self.publish(fail_open.iter().copied().collect(), down);
+    }
+
+    fn publish(&mut self, now: BTreeSet<ServiceKey>, down: BTreeSet<Target>) {
         for key in now.difference(&self.fail_open) {
             tracing::error!(service = %key, "health: every real server of the service is down; failing open, all kept in rotation");
         }
         for key in self.fail_open.difference(&now) {
             tracing::warn!(service = %key, "health: the service no longer fails open");
         }
-        self.fail_open = now;
         self.checker.board().set_overlay(OverlayView {
-            held_down: held_down
+            held_down: self
+                .held
                 .iter()
-                .map(|(service, real)| HeldDown {
-                    service: *service,
-                    real: *real,
+                .flat_map(|(service, reals)| {
+                    reals.iter().map(|real| HeldDown {
+                        service: *service,
+                        real: *real,
+                    })
                 })
                 .collect(),
-            fail_open: fail_open.to_vec(),
+            fail_open: now.iter().copied().collect(),
         });
+        self.fail_open = now;
+        self.applied_down = Some(down);
     }
 
     /// New `[health]` settings: tasks restart with them, the default may change the targets.
@@ -180,4 +242,12 @@ impl HealthMonitor {
     pub fn probed(&self) -> usize {
         self.checker.targets()
     }
+}
+
+/// A health transition: the services it changes (each whole, as the data plane should hold
+/// it, with what the overlay did to it) and the down set it was computed from.
+#[derive(Clone, Debug)]
+pub struct HealthPatch {
+    pub services: Vec<(ServiceKey, VirtualService, ServiceOverlay)>,
+    pub down: BTreeSet<Target>,
 }
