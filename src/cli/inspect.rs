@@ -3,10 +3,12 @@
 
 use super::error::{CliError, Exit, OK};
 use super::pipeline::print_json;
+use crate::apply::ipvs::sync_daemon;
 use crate::daemon::config::{Config, Role};
 use crate::daemon::conntrackd::{query_stats, SyncStats};
 use crate::daemon::journal::{Journal, Status};
 use crate::render::conntrackd::{SyncLink, Transport};
+use crate::render::nft::Backend;
 use serde::Serialize;
 use std::path::Path;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -38,11 +40,65 @@ struct SyncReport {
     error: Option<String>,
 }
 
+/// The `ipvs` backend's connection sync as `status` shows it: the kernel's sync threads
+/// against the one this node's role wants, and the size of its connection table.
+#[derive(Serialize)]
+struct IpvsSyncReport {
+    interface: String,
+    sync_id: u32,
+    /// `master` on the active node, `backup` on the standby.
+    wanted: &'static str,
+    /// The threads running, e.g. `master on sync0 (sync id 9)`.
+    running: Vec<String>,
+    /// Entries of the IPVS connection table (synchronised ones included).
+    connections: Option<usize>,
+    error: Option<String>,
+}
+
 #[derive(Serialize)]
 struct StatusWithSync<'a> {
     #[serde(flatten)]
     status: &'a Status,
+    /// conntrackd's (the nft backend).
     sync: Option<SyncReport>,
+    /// The kernel's IPVS sync threads (the ipvs backend).
+    ipvs_sync: Option<IpvsSyncReport>,
+}
+
+fn ipvs_sync_report(link: &SyncLink, status: &Status) -> IpvsSyncReport {
+    let mut errors = Vec::new();
+    let running = match sync_daemon::running_threads() {
+        Ok(threads) => threads
+            .iter()
+            .map(|d| {
+                format!(
+                    "{} on {} (sync id {})",
+                    if d.backup { "backup" } else { "master" },
+                    d.interface,
+                    d.sync_id
+                )
+            })
+            .collect(),
+        Err(e) => {
+            errors.push(format!("IPVS sync threads: {e}"));
+            Vec::new()
+        }
+    };
+    let connections = sync_daemon::connection_count()
+        .map_err(|e| errors.push(format!("/proc/net/ip_vs_conn: {e}")))
+        .ok();
+    IpvsSyncReport {
+        interface: link.interface.clone(),
+        sync_id: u32::from(link.ipvs_sync_id),
+        wanted: if status.role == "active" {
+            "master"
+        } else {
+            "backup"
+        },
+        running,
+        connections,
+        error: (!errors.is_empty()).then(|| errors.join("; ")),
+    }
 }
 
 fn sync_report(link: &SyncLink, status: &Status) -> SyncReport {
@@ -82,9 +138,19 @@ pub fn status(state_dir: &Path, json: bool, config: Option<&Path>) -> Result<Exi
             Config::default()
         }),
     };
-    let sync = config.sync.as_ref().map(|link| sync_report(link, &s));
+    // The ipvs backend syncs connections with the kernel's threads, the nft one with
+    // conntrackd: each is asked about its own.
+    let (sync, ipvs_sync) = match (&config.sync, config.backend) {
+        (None, _) => (None, None),
+        (Some(link), Backend::Ipvs) => (None, Some(ipvs_sync_report(link, &s))),
+        (Some(link), _) => (Some(sync_report(link, &s)), None),
+    };
     if json {
-        return print_json(&StatusWithSync { status: &s, sync });
+        return print_json(&StatusWithSync {
+            status: &s,
+            sync,
+            ipvs_sync,
+        });
     }
     println!("role:          {}", s.role);
     match s.replicas.iter().position(|r| *r == s.source) {
@@ -132,7 +198,29 @@ pub fn status(state_dir: &Path, json: bool, config: Option<&Path>) -> Result<Exi
     if let Some(r) = &sync {
         print_sync(r);
     }
+    if let Some(r) = &ipvs_sync {
+        print_ipvs_sync(r);
+    }
     Ok(OK)
+}
+
+fn print_ipvs_sync(r: &IpvsSyncReport) {
+    println!(
+        "sync:          {} (IPVS sync thread) over {}, sync id {}",
+        r.wanted, r.interface, r.sync_id
+    );
+    if r.running.is_empty() && r.error.is_none() {
+        println!("sync threads:  none running");
+    }
+    for thread in &r.running {
+        println!("sync threads:  {thread}");
+    }
+    if let Some(n) = r.connections {
+        println!("sync table:    {n} connections in IPVS (synchronised ones included)");
+    }
+    if let Some(e) = &r.error {
+        println!("sync error:    {e}");
+    }
 }
 
 fn print_sync(r: &SyncReport) {

@@ -161,6 +161,21 @@ connection_synced_then_survives_failover() {
 	ns fA ipvsadm -L --daemon | grep -q 'backup sync daemon (mcast=fsync0, syncid=9,'
 }
 
+# `portcullis status` on each director reports its IPVS sync thread (after the failover: B
+# the master, A the backup) and the connections in its table, the synchronised one too.
+status_shows_the_sync_threads() {
+	local d want out
+	for d in A B; do
+		want=backup
+		[ "$d" = B ] && want=master
+		out="$(ns "f$d" "$pc" status --state-dir "/tmp/fstate$d" --config "/tmp/f$d.toml")"
+		echo "$out" | grep '^sync'
+		echo "$out" | grep -q "^sync:          $want (IPVS sync thread) over fsync0, sync id 9" || return 1
+		echo "$out" | grep -q "^sync threads:  $want on fsync0 (sync id 9)" || return 1
+		echo "$out" | grep -qE '^sync table:    [1-9][0-9]* connections in IPVS' || return 1
+	done
+}
+
 failover_cleanup() {
 	pkill -f 'run --config /tmp/f[AB].toml' || true
 	pkill -f 'nc -ll -p 8080' || true
@@ -168,7 +183,9 @@ failover_cleanup() {
 }
 
 export vip
-export -f failover_topology echo_client connection_synced_then_survives_failover failover_cleanup
+export -f failover_topology echo_client connection_synced_then_survives_failover \
+	status_shows_the_sync_threads failover_cleanup
 check ipvs-sync-topology-two-directors failover_topology
 check ipvs-sync-connection-survives-failover connection_synced_then_survives_failover
+check ipvs-sync-status-shows-the-threads status_shows_the_sync_threads
 failover_cleanup >/dev/null 2>&1

@@ -127,6 +127,20 @@ pub fn converge(
     Ok(ops)
 }
 
+/// The sync threads this network namespace's kernel runs, as `portcullis status` shows them.
+pub fn running_threads() -> Result<Vec<SyncDaemon>, IpvsError> {
+    IpvsNetlink::open()?.daemons()
+}
+
+/// Connections in this network namespace's IPVS table, the synchronised ones included:
+/// the entries of `/proc/net/ip_vs_conn` (what `ipvsadm -Lnc` lists), after its header.
+pub fn connection_count() -> std::io::Result<usize> {
+    use std::io::BufRead;
+    let table = std::fs::File::open("/proc/net/ip_vs_conn")?;
+    let lines = std::io::BufReader::new(table).lines().count();
+    Ok(lines.saturating_sub(1))
+}
+
 /// The in-memory twin: threads as a list, the kernel's refusals of a second thread of one
 /// state (EEXIST) and of stopping one that does not run (ESRCH).
 #[derive(Debug, Default)]
