@@ -344,3 +344,66 @@ fn sync_config_renders_conntrackd_from_the_sync_section() {
     );
     assert_eq!(std::fs::read_to_string(&target).expect("kept"), conf);
 }
+
+/// `portcullis status | head -1` and friends: a reader that goes away is not an error. The
+/// pipe's read end is closed before the command writes, so its write fails with EPIPE (Rust
+/// ignores SIGPIPE), where `println!` used to panic with exit status 101.
+#[test]
+fn status_and_log_end_quietly_when_the_reader_went_away() {
+    use portcullis::daemon::journal::{Entry, Journal, Status};
+    let dir = tempfile::tempdir().expect("temp dir");
+    let journal = Journal::new(dir.path());
+    journal
+        .write_status(&Status {
+            role: "active".into(),
+            source: "file:///nowhere.csv".into(),
+            ..Status::default()
+        })
+        .expect("status");
+    journal
+        .append(&Entry {
+            time_unix: 1,
+            etag: None,
+            result: "applied".into(),
+            detail: "a change".into(),
+            summary: None,
+            duration_ms: 1.0,
+        })
+        .expect("journal");
+    let state_dir = dir.path().to_str().expect("utf-8 path");
+    // An empty configuration: no [sync] section to query.
+    let config = dir.path().join("portcullis.toml");
+    std::fs::write(&config, "").expect("config");
+    let config = config.to_str().expect("utf-8 path");
+    for args in [
+        vec!["status", "--state-dir", state_dir, "--config", config],
+        vec![
+            "status",
+            "--json",
+            "--state-dir",
+            state_dir,
+            "--config",
+            config,
+        ],
+        vec!["log", "--state-dir", state_dir],
+    ] {
+        let (reader, writer) = std::io::pipe().expect("pipe");
+        drop(reader);
+        let out = Command::new(env!("CARGO_BIN_EXE_portcullis"))
+            .args(&args)
+            .stdout(writer)
+            .output()
+            .expect("run portcullis");
+        assert_eq!(
+            out.status.code(),
+            Some(0),
+            "{args:?}: {}",
+            text(&out.stderr)
+        );
+        assert!(
+            !text(&out.stderr).contains("panicked"),
+            "{args:?}: {}",
+            text(&out.stderr)
+        );
+    }
+}

@@ -2,7 +2,7 @@
 //! (so they work whether or not the daemon is running).
 
 use super::error::{CliError, Exit, OK};
-use super::pipeline::print_json;
+use super::pipeline::{emit, print_json};
 use crate::apply::ipvs::sync_daemon;
 use crate::daemon::config::{Config, Role};
 use crate::daemon::conntrackd::{query_stats, SyncStats};
@@ -12,6 +12,15 @@ use crate::render::nft::Backend;
 use serde::Serialize;
 use std::path::Path;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+/// Appends a line to a command's output, written whole at its end by [`emit`] (which ends
+/// quietly when the reader went away, where `println!` would panic).
+macro_rules! say {
+    ($out:expr, $($arg:tt)*) => {{
+        use std::fmt::Write as _;
+        let _ = writeln!($out, $($arg)*);
+    }};
+}
 
 fn ago(unix: Option<u64>) -> String {
     let Some(t) = unix else {
@@ -152,98 +161,120 @@ pub fn status(state_dir: &Path, json: bool, config: Option<&Path>) -> Result<Exi
             ipvs_sync,
         });
     }
-    println!("role:          {}", s.role);
+    let mut out = String::new();
+    say!(out, "role:          {}", s.role);
     match s.replicas.iter().position(|r| *r == s.source) {
-        Some(i) => println!(
+        Some(i) => say!(
+            out,
             "source:        {} (ADMIN replica {} of {})",
             s.source,
             i + 1,
             s.replicas.len()
         ),
-        None => println!("source:        {}", s.source),
+        None => say!(out, "source:        {}", s.source),
     }
-    println!("etag:          {}", s.etag.as_deref().unwrap_or("-"));
-    println!("last poll:     {}", ago(s.last_poll_unix));
+    say!(out, "etag:          {}", s.etag.as_deref().unwrap_or("-"));
+    say!(out, "last poll:     {}", ago(s.last_poll_unix));
     let c = &s.counters;
-    println!("last apply:    {}", ago(c.last_apply_unix));
-    println!(
+    say!(out, "last apply:    {}", ago(c.last_apply_unix));
+    say!(
+        out,
         "applied:       {} virtual services, {} real servers",
-        s.services, s.real_servers
+        s.services,
+        s.real_servers
     );
-    println!(
+    say!(
+        out,
         "polls:         {} ({} unchanged), {} applied, {} rejected, {} refused by the guard, {} failed",
         c.polls, c.not_modified, c.applied, c.rejected, c.refused, c.failed
     );
     if let Some(e) = &c.last_error {
-        println!(
+        say!(
+            out,
             "last error:    {e} ({} failures in a row)",
             c.consecutive_failures
         );
     }
     let h = &s.health;
     if h.probed > 0 || !h.down.is_empty() || !h.fail_open.is_empty() {
-        println!(
+        say!(
+            out,
             "health:        {} endpoints probed, {} real servers down, {} services failing open",
             h.probed,
             h.down.len(),
             h.fail_open.len()
         );
         for d in &h.down {
-            println!("  down:        {d}");
+            say!(out, "  down:        {d}");
         }
         for f in &h.fail_open {
-            println!("  fail open:   {f} (every real server fails its check; all kept)");
+            say!(
+                out,
+                "  fail open:   {f} (every real server fails its check; all kept)"
+            );
         }
     }
     if let Some(r) = &sync {
-        print_sync(r);
+        print_sync(&mut out, r);
     }
     if let Some(r) = &ipvs_sync {
-        print_ipvs_sync(r);
+        print_ipvs_sync(&mut out, r);
     }
-    Ok(OK)
+    emit(&out)
 }
 
-fn print_ipvs_sync(r: &IpvsSyncReport) {
-    println!(
+fn print_ipvs_sync(out: &mut String, r: &IpvsSyncReport) {
+    say!(
+        out,
         "sync:          {} (IPVS sync thread) over {}, sync id {}",
-        r.wanted, r.interface, r.sync_id
+        r.wanted,
+        r.interface,
+        r.sync_id
     );
     if r.running.is_empty() && r.error.is_none() {
-        println!("sync threads:  none running");
+        say!(out, "sync threads:  none running");
     }
     for thread in &r.running {
-        println!("sync threads:  {thread}");
+        say!(out, "sync threads:  {thread}");
     }
     if let Some(n) = r.connections {
-        println!("sync table:    {n} connections in IPVS (synchronised ones included)");
+        say!(
+            out,
+            "sync table:    {n} connections in IPVS (synchronised ones included)"
+        );
     }
     if let Some(e) = &r.error {
-        println!("sync error:    {e}");
+        say!(out, "sync error:    {e}");
     }
 }
 
-fn print_sync(r: &SyncReport) {
+fn print_sync(out: &mut String, r: &SyncReport) {
     let transport = match r.transport {
         Transport::Udp => "udp",
         Transport::Multicast => "multicast",
     };
-    println!(
+    say!(
+        out,
         "sync:          {} (conntrackd), peer {} over {} ({transport})",
-        r.role, r.peer, r.interface
+        r.role,
+        r.peer,
+        r.interface
     );
     match (&r.conntrackd, &r.error) {
         (Some(c), _) => {
-            println!(
+            say!(
+                out,
                 "sync caches:   {} connections of this node, {} from the peer",
-                c.internal_entries, c.external_entries
+                c.internal_entries,
+                c.external_entries
             );
-            println!(
+            say!(
+        out,
                 "sync traffic:  {} packets sent, {} received ({} send / {} receive errors, {} messages lost)",
                 c.sent_packets, c.received_packets, c.send_errors, c.receive_errors, c.lost_messages
             );
         }
-        (None, Some(e)) => println!("sync error:    {e}"),
+        (None, Some(e)) => say!(out, "sync error:    {e}"),
         (None, None) => {}
     }
 }
@@ -258,10 +289,12 @@ pub fn log(state_dir: &Path, n: usize, json: bool) -> Result<Exit, CliError> {
     if json {
         return print_json(&entries);
     }
+    let mut out = String::new();
     for e in entries {
         let when = humantime::format_rfc3339_seconds(UNIX_EPOCH + Duration::from_secs(e.time_unix));
         let summary = e.summary.map(|s| format!(": {s}")).unwrap_or_default();
-        println!(
+        say!(
+            out,
             "{when}  {:<8} {}{summary}  [{} in {:.0} ms]",
             e.result,
             e.detail,
@@ -269,7 +302,7 @@ pub fn log(state_dir: &Path, n: usize, json: bool) -> Result<Exit, CliError> {
             e.duration_ms
         );
     }
-    Ok(OK)
+    emit(&out)
 }
 
 /// `portcullis promote` / `demote`: records the wanted role and wakes the daemon through its

@@ -90,10 +90,26 @@ pub(crate) fn render_options(
 }
 
 pub fn print_json(value: &impl serde::Serialize) -> Result<Exit, CliError> {
-    let text = serde_json::to_string_pretty(value)
+    let mut text = serde_json::to_string_pretty(value)
         .map_err(|e| CliError::io("cannot encode JSON")(std::io::Error::other(e)))?;
-    println!("{text}");
-    Ok(OK)
+    text.push('\n');
+    emit(&text)
+}
+
+/// Writes `text` to standard output. A reader that went away (`portcullis status | head -1`)
+/// ends the command quietly, as ripgrep does: Rust ignores SIGPIPE, so the write fails with
+/// EPIPE, and `println!` would panic on it.
+pub fn emit(text: &str) -> Result<Exit, CliError> {
+    use std::io::Write;
+    let mut stdout = std::io::stdout().lock();
+    match stdout
+        .write_all(text.as_bytes())
+        .and_then(|()| stdout.flush())
+    {
+        Ok(()) => Ok(OK),
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(OK),
+        Err(e) => Err(CliError::io("cannot write to standard output")(e)),
+    }
 }
 
 pub fn check(file: &Path, json: bool) -> Result<Exit, CliError> {
