@@ -21,7 +21,7 @@ use common::Netns;
 use portcullis::apply::{ConntrackNetlink, NftCli, Syncer};
 use portcullis::model::DesiredState;
 use portcullis::render::nft::{full_ruleset, Backend};
-use seed::{baseline, flipped, median, ms};
+use seed::{baseline, flipped, median, ms, nft_file};
 use std::io::{BufRead, BufReader, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::process::Command;
@@ -49,18 +49,7 @@ fn apply_table(reps: usize, sizes: &[usize]) -> Vec<ApplyRow> {
         let mut cold = Vec::new();
         for rep in 0..reps {
             let ns = Netns::new(&format!("floor{rep}"));
-            let t = Instant::now();
-            let out = Command::new("ip")
-                .args(["netns", "exec", &ns.name, "nft", "-f"])
-                .arg(&file)
-                .output()
-                .expect("nft");
-            floor.push(t.elapsed());
-            assert!(
-                out.status.success(),
-                "{}",
-                String::from_utf8_lossy(&out.stderr)
-            );
+            floor.push(nft_file(&ns, &file));
             drop(ns);
 
             let ns = Netns::new(&format!("cold{rep}"));

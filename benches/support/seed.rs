@@ -13,6 +13,23 @@ pub fn median(mut v: Vec<Duration>) -> Duration {
     v[v.len() / 2]
 }
 
+/// `nft -f FILE` in namespace `ns`, timed: the raw floor every nft bench compares with.
+pub fn nft_file(ns: &Netns, file: &std::path::Path) -> Duration {
+    let t = Instant::now();
+    let out = Command::new("ip")
+        .args(["netns", "exec", &ns.name, "nft", "-f"])
+        .arg(file)
+        .output()
+        .expect("nft");
+    let took = t.elapsed();
+    assert!(
+        out.status.success(),
+        "nft -f: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    took
+}
+
 pub fn ms(d: Duration) -> String {
     format!("{:.1} ms", d.as_secs_f64() * 1000.0)
 }
