@@ -289,10 +289,12 @@ impl<F: Firewall, C: Conntrack> Syncer<F, C> {
                 SyncOutcome::Full { drift }
             }
             NftStep::Incremental { tx, summary } => {
-                match self.firewall.apply(&self.restamp(tx.clone())) {
+                // Counted before the stamp's own operations join it.
+                let operations = tx.len();
+                match self.firewall.apply(&self.restamp(tx)) {
                     Ok(()) => SyncOutcome::Incremental {
                         summary,
-                        operations: tx.len(),
+                        operations,
                         conntrack_flushed: 0,
                     },
                     Err(e) => {
