@@ -10,8 +10,9 @@
 //! - [`cli`] is the netops command line on top, and the one place that prints errors.
 //! - [`durable`] is the one way state files are written (atomic, fsynced).
 //!
-//! Model, diff and render do no I/O. The one `unsafe` call (glibc's `malloc_trim`, in the
-//! daemon's step) is allowed where it stands; everything else is denied it.
+//! Model, diff and render do no I/O. Two `unsafe` calls are allowed where they stand —
+//! glibc's `malloc_trim` in the daemon's step, and registering the health prober's raw
+//! socket (which it owns) with tokio — everything else is denied it.
 
 #![deny(unsafe_code)]
 

@@ -10,13 +10,12 @@
 mod common;
 
 use common::gateway::get;
+use common::health_daemon::Daemon;
 use common::lab::{in_netns, Lab, VIP1};
-use common::{require_nft, terminate, tmp_dir, wait_until};
+use common::{require_nft, wait_until};
 use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader, Write};
 use std::net::{TcpListener, TcpStream};
-use std::path::PathBuf;
-use std::process::{Child, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicU16, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -107,106 +106,6 @@ fn serve(conn: TcpStream, name: &str, status: &AtomicU16) {
     }
 }
 
-struct Daemon {
-    child: Child,
-    dir: PathBuf,
-    ns: String,
-    metrics_port: u16,
-}
-
-impl Daemon {
-    fn start(lab: &Lab, backends: usize) -> Daemon {
-        Daemon::start_with(lab, backends, FALL, "500ms")
-    }
-
-    fn start_with(lab: &Lab, backends: usize, fall: u64, timeout: &str) -> Daemon {
-        let dir = tmp_dir("health");
-        let rows: String = (1..=backends)
-            .map(|n| {
-                format!(
-                    "web,web.b{n},tcp,{VIP1},80,,{},{PORT},1,rr,nat,,http:/health:200\n",
-                    Lab::backend_ip(n)
-                )
-            })
-            .collect();
-        let export = format!(
-            "# portcullis-export 1.1\nservice,instance,proto,vip,vport,fwmark,rip,rport,weight,scheduler,method,persistence,check\n{rows}"
-        );
-        std::fs::write(dir.join("export.csv"), export).expect("export");
-        let metrics_port = in_netns(&lab.gw.name, || {
-            TcpListener::bind("127.0.0.1:0")
-                .and_then(|l| l.local_addr())
-                .expect("free port")
-                .port()
-        });
-        let config = format!(
-            "source = \"file://{}\"\ninterval = \"500ms\"\nlong_poll = \"0s\"\n\
-             state_dir = \"{}\"\nrole = \"active\"\nmetrics = \"127.0.0.1:{metrics_port}\"\n\
-             [interfaces]\nexternal = [\"g0\"]\n\
-             [health]\ninterval = \"{INTERVAL_S}s\"\ntimeout = \"{timeout}\"\nrise = 2\nfall = {fall}\n",
-            dir.join("export.csv").display(),
-            dir.join("state").display(),
-        );
-        std::fs::write(dir.join("portcullis.toml"), config).expect("config");
-        let log = std::fs::File::create(dir.join("daemon.log")).expect("log");
-        let child = lab
-            .gw
-            .command(env!("CARGO_BIN_EXE_portcullis"))
-            .args(["run", "--config"])
-            .arg(dir.join("portcullis.toml"))
-            .env("RUST_LOG", "info")
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .expect("portcullis run");
-        Daemon {
-            child,
-            dir,
-            ns: lab.gw.name.clone(),
-            metrics_port,
-        }
-    }
-
-    /// A GET on the daemon's metrics listener: the body of a 200.
-    fn get(&self, path: &str) -> String {
-        match get(&self.ns, self.metrics_port, path) {
-            Some((200, body)) => body,
-            other => panic!("GET {path}: {other:?}"),
-        }
-    }
-
-    /// `portcullis status` as an operator reads it.
-    fn status_text(&self) -> String {
-        let out = std::process::Command::new(env!("CARGO_BIN_EXE_portcullis"))
-            .args(["status", "--state-dir"])
-            .arg(self.dir.join("state"))
-            .output()
-            .expect("portcullis status");
-        String::from_utf8_lossy(&out.stdout).into_owned()
-    }
-
-    fn log(&self) -> String {
-        std::fs::read_to_string(self.dir.join("daemon.log")).unwrap_or_default()
-    }
-
-    fn status(&self) -> serde_json::Value {
-        std::fs::read_to_string(self.dir.join("state/status.json"))
-            .ok()
-            .and_then(|t| serde_json::from_str(&t).ok())
-            .unwrap_or_default()
-    }
-
-    fn journal(&self) -> String {
-        std::fs::read_to_string(self.dir.join("state/journal.jsonl")).unwrap_or_default()
-    }
-}
-
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        let _ = terminate(&mut self.child);
-    }
-}
-
 /// `n` new connections through the VIP: who answered, `None` for a refused one.
 fn spread(lab: &Lab, n: usize) -> BTreeMap<Option<String>, usize> {
     let mut seen = BTreeMap::new();
@@ -228,7 +127,7 @@ fn failed_checks_take_backends_out_and_passing_ones_bring_them_back() {
         .enumerate()
         .map(|(i, ns)| Backend::start(&ns.name, &format!("b{}", i + 1)))
         .collect();
-    let daemon = Daemon::start(&lab, 3);
+    let daemon = Daemon::start(&lab, 3, PORT, "http:/health:200", INTERVAL_S, FALL, "500ms");
     let ctx = |what: &str| format!("{what}\n--- daemon log:\n{}", daemon.log());
 
     // Up: every backend answers.
@@ -446,7 +345,15 @@ fn twenty_percent_packet_loss_with_fall_three_removes_no_backend() {
         .map(|(i, ns)| Backend::start(&ns.name, &format!("b{}", i + 1)))
         .collect();
     // The operations guide's timeout (1 s, at most the interval).
-    let daemon = Daemon::start_with(&lab, 3, LOSS_FALL, "1s");
+    let daemon = Daemon::start(
+        &lab,
+        3,
+        PORT,
+        "http:/health:200",
+        INTERVAL_S,
+        LOSS_FALL,
+        "1s",
+    );
     let ctx = |what: &str| format!("{what}\n--- daemon log:\n{}", daemon.log());
     let probed = wait_until(20, || {
         let (_, body) = get(&daemon.ns, daemon.metrics_port, "/health")?;

@@ -96,6 +96,9 @@ pub struct RunArgs {
     /// Health probes in flight at once, at most.
     #[arg(long)]
     pub health_max_concurrent: Option<usize>,
+    /// How tcp health checks reach a server: a half-open handshake, or a full connection.
+    #[arg(long, value_enum)]
+    pub health_tcp_probe: Option<crate::daemon::health::TcpProbe>,
 }
 
 fn parse_check(s: &str) -> Result<portcullis_export::Check, String> {
@@ -136,6 +139,7 @@ pub fn effective_config(args: &RunArgs) -> Result<Config, ConfigError> {
     set!(health.rise <- args.health_rise);
     set!(health.fall <- args.health_fall);
     set!(health.max_concurrent <- args.health_max_concurrent);
+    set!(health.tcp_probe <- args.health_tcp_probe);
     if args.health_source.is_some() {
         c.health.source = args.health_source;
     }

@@ -6,8 +6,9 @@
 
 use super::board::Board;
 use super::probe::probe;
-use super::HealthConfig;
-use crate::model::health::Target;
+use super::syn::SynProber;
+use super::{HealthConfig, TcpProbe};
+use crate::model::health::{Probe, Target};
 use std::collections::{BTreeMap, BTreeSet};
 use std::hash::{BuildHasher, RandomState};
 use std::sync::Arc;
@@ -21,6 +22,10 @@ pub struct Checker {
     settings: Arc<HealthConfig>,
     semaphore: Arc<Semaphore>,
     tasks: BTreeMap<Target, AbortHandle>,
+    /// The half-open prober of `tcp` checks, opened with the first targets (it needs the
+    /// runtime); `Err` once opening failed, so it is tried and warned about once per
+    /// configuration.
+    syn: Option<Result<Arc<SynProber>, ()>>,
 }
 
 impl Checker {
@@ -31,6 +36,7 @@ impl Checker {
             board,
             changed: Arc::new(Notify::new()),
             tasks: BTreeMap::new(),
+            syn: None,
         }
     }
 
@@ -60,6 +66,8 @@ impl Checker {
             }
             return;
         };
+        let _entered = runtime.enter();
+        let syn = self.syn_prober(wanted);
         for t in wanted {
             if self.tasks.contains_key(t) {
                 continue;
@@ -67,12 +75,32 @@ impl Checker {
             let task = runtime.spawn(probe_loop(
                 t.clone(),
                 self.settings.clone(),
+                syn.clone(),
                 self.semaphore.clone(),
                 self.board.clone(),
                 self.changed.clone(),
             ));
             self.tasks.insert(t.clone(), task.abort_handle());
         }
+    }
+
+    /// The half-open prober, opened now if `tcp_probe = "syn"` and a target has a TCP check.
+    fn syn_prober(&mut self, wanted: &BTreeSet<Target>) -> Option<Arc<SynProber>> {
+        if self.settings.tcp_probe != TcpProbe::Syn {
+            return None;
+        }
+        if self.syn.is_none() && wanted.iter().any(|t| t.probe == Probe::Tcp) {
+            self.syn = Some(match SynProber::open(self.settings.source) {
+                Ok(p) => Ok(Arc::new(p)),
+                Err(e) => {
+                    tracing::warn!(
+                        "health: no half-open tcp checks ({e}; they need CAP_NET_RAW): connecting instead"
+                    );
+                    Err(())
+                }
+            });
+        }
+        self.syn.clone().and_then(Result::ok)
     }
 
     /// New settings: every task restarts with them (states are kept).
@@ -82,6 +110,7 @@ impl Checker {
         }
         let targets: BTreeSet<Target> = self.tasks.keys().cloned().collect();
         self.stop();
+        self.syn = None;
         self.semaphore = Arc::new(Semaphore::new(settings.max_concurrent.max(1)));
         self.settings = Arc::new(settings);
         self.set_targets(&targets);
@@ -112,6 +141,7 @@ fn random_share() -> f64 {
 async fn probe_loop(
     target: Target,
     settings: Arc<HealthConfig>,
+    syn: Option<Arc<SynProber>>,
     semaphore: Arc<Semaphore>,
     board: Arc<Board>,
     changed: Arc<Notify>,
@@ -124,7 +154,7 @@ async fn probe_loop(
                 return;
             };
             let started = Instant::now();
-            let result = probe(&target, settings.timeout, settings.source).await;
+            let result = probe(&target, settings.timeout, settings.source, syn.as_deref()).await;
             (result, started.elapsed())
         };
         let (result, latency) = result;
@@ -149,7 +179,6 @@ async fn probe_loop(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::health::Probe;
     use tokio::net::TcpListener;
 
     #[tokio::test]

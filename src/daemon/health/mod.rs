@@ -6,6 +6,7 @@
 //!
 //! - [`state`]: the rise/fall state machine (pure);
 //! - [`probe`]: one TCP or HTTP probe, with its deadline and optional source address;
+//! - [`syn`] (with [`syn_packet`]): TCP checks as half-open handshakes from a raw socket;
 //! - [`checker`]: the tasks, one per target, jittered, bounded by a semaphore;
 //! - [`board`]: what they found, shared with the metrics listener (`GET /health`);
 //! - [`apply`]: the daemon's side — a transition is journaled and applied through the same
@@ -16,6 +17,8 @@ pub mod board;
 pub mod checker;
 pub mod probe;
 pub mod state;
+pub mod syn;
+pub mod syn_packet;
 
 use crate::model::health::{
     by_target, overlay, overlay_changes, targets, ByTarget, ExportedChecks, Overlaid,
@@ -55,6 +58,19 @@ pub struct HealthConfig {
     pub source: Option<IpAddr>,
     /// Probes in flight at once, at most (each holds a socket for up to `timeout`).
     pub max_concurrent: usize,
+    /// How `tcp` checks reach a server: `syn`, a half-open handshake from a raw socket (a
+    /// quarter of the kernel's work of a connection; IPv6 targets and a gateway without
+    /// CAP_NET_RAW connect instead), or `connect`, a full connection closed with a reset.
+    pub tcp_probe: TcpProbe,
+}
+
+/// See [`HealthConfig::tcp_probe`].
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum TcpProbe {
+    #[default]
+    Syn,
+    Connect,
 }
 
 impl Default for HealthConfig {
@@ -67,6 +83,7 @@ impl Default for HealthConfig {
             fall: 3,
             source: None,
             max_concurrent: 256,
+            tcp_probe: TcpProbe::Syn,
         }
     }
 }

@@ -1,0 +1,160 @@
+//! Half-open TCP checks (`src/daemon/health/syn.rs`) against real kernels in namespaces: the
+//! prober's SYNs are answered — SYN-ACK by a listening backend, RST by a closed port, nothing
+//! by an absent host — and the half-open connection is gone from the backend at once (the
+//! gateway's kernel resets it). Then the daemon with `tcp` checks, which go through the
+//! prober by default: a backend whose port starts refusing, or goes silent, is taken out and
+//! comes back.
+
+mod common;
+
+use common::gateway::get;
+use common::health_daemon::Daemon;
+use common::lab::{in_netns, Lab, VIP1};
+use common::{require_nft, wait_until};
+use portcullis::daemon::health::syn::SynProber;
+use portcullis::daemon::health::syn_packet::Answer;
+use std::collections::BTreeSet;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+const PORT: u16 = 8080; // served by every lab backend
+const TIMEOUT: Duration = Duration::from_millis(600);
+
+/// Checks each of `targets` in turn from namespace `ns`: the answer, or `None` when none came
+/// within `TIMEOUT`.
+fn check_each(ns: &str, targets: Vec<SocketAddr>) -> Vec<Option<Answer>> {
+    in_netns(ns, move || {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("runtime");
+        runtime.block_on(async {
+            let prober = SynProber::open(None).expect("a raw socket (root has CAP_NET_RAW)");
+            let mut answers = Vec::new();
+            for t in targets {
+                let answer = tokio::time::timeout(TIMEOUT, prober.check(t, TIMEOUT)).await;
+                answers.push(answer.ok().map(|a| a.expect("an IPv4 target")));
+            }
+            answers
+        })
+    })
+}
+
+fn addr(ip: &str, port: u16) -> SocketAddr {
+    format!("{ip}:{port}").parse().expect("address")
+}
+
+#[test]
+fn syn_probes_tell_listening_refused_and_silent_apart_and_leave_nothing_half_open() {
+    if !require_nft() {
+        return;
+    }
+    let lab = Lab::new("sy", 1);
+    let backend = Lab::backend_ip(1);
+    let absent = "10.200.1.77"; // on the backend's link, but no host answers for it
+    let answers = check_each(
+        &lab.gw.name,
+        vec![addr(&backend, PORT), addr(&backend, 7), addr(absent, PORT)],
+    );
+    assert_eq!(
+        answers,
+        [Some(Answer::Listening), Some(Answer::Refused), None],
+        "listening, closed port, absent host"
+    );
+
+    // Many probes of one endpoint: every one is answered and matched (source ports and
+    // sequence numbers are reused and must not confuse answers).
+    let answers = check_each(&lab.gw.name, vec![addr(&backend, PORT); 200]);
+    let listening = answers
+        .iter()
+        .filter(|a| **a == Some(Answer::Listening))
+        .count();
+    assert_eq!(listening, 200, "{answers:?}");
+
+    // The backend keeps no half-open connection: the gateway's kernel reset each SYN-ACK (a
+    // SYN_RECV socket would otherwise linger through the server's SYN-ACK retries, ~1 min).
+    let half_open = wait_until(5, || {
+        let listed = lab.backends[0].exec(&["ss", "-Htn", "state", "syn-recv"]);
+        listed.trim().is_empty().then_some(())
+    });
+    assert!(
+        half_open.is_some(),
+        "half-open connections left on the backend:\n{}",
+        lab.backends[0].exec(&["ss", "-Htn", "state", "syn-recv"])
+    );
+}
+
+/// The set of backends the daemon holds down, from its status file.
+fn down(daemon: &Daemon) -> BTreeSet<String> {
+    daemon.status()["health"]["down"]
+        .as_array()
+        .map(|d| d.iter().map(|t| t.to_string()).collect())
+        .unwrap_or_default()
+}
+
+#[test]
+fn the_daemon_takes_out_a_refusing_or_silent_backend_with_half_open_checks() {
+    if !require_nft() {
+        return;
+    }
+    let lab = Lab::new("sd", 2);
+    let daemon = Daemon::start(&lab, 2, PORT, "tcp", 1, 2, "500ms");
+    let ctx = |what: &str| format!("{what}\n--- daemon log:\n{}", daemon.log());
+    let probed = wait_until(20, || {
+        let (_, body) = get(&daemon.ns, daemon.metrics_port, "/health")?;
+        let view: serde_json::Value = serde_json::from_str(&body).ok()?;
+        let targets = view["targets"].as_array()?;
+        (targets.len() == 2 && targets.iter().all(|t| t["up"] == true)).then_some(())
+    });
+    assert!(probed.is_some(), "{}", ctx("both backends probed and up"));
+    assert!(
+        !daemon.log().contains("connecting instead"),
+        "{}",
+        ctx("the daemon probes half-open")
+    );
+
+    let b1 = &lab.backends[0];
+    let rule = |verdict: &str| {
+        b1.exec(&["nft", "add table inet hc; delete table inet hc"]);
+        if !verdict.is_empty() {
+            b1.exec(&[
+                "nft",
+                &format!(
+                    "add table inet hc; add chain inet hc in {{ type filter hook input priority 0; }}; \
+                     add rule inet hc in tcp dport {PORT} {verdict}"
+                ),
+            ]);
+        }
+    };
+    for (verdict, error) in [("reject with tcp reset", "refused"), ("drop", "no answer")] {
+        rule(verdict);
+        let taken_out = wait_until(10, || (down(&daemon).len() == 1).then_some(()));
+        assert!(
+            taken_out.is_some(),
+            "{}",
+            ctx(&format!("{verdict}: b1 goes down"))
+        );
+        let view = daemon.get("/health");
+        assert!(
+            view.contains(error),
+            "{}",
+            ctx(&format!("{verdict}: {view}"))
+        );
+        // New connections through the VIP reach b2 only.
+        for _ in 0..10 {
+            assert_eq!(
+                lab.tcp_ask(VIP1, 80).as_deref(),
+                Some("b2"),
+                "{}",
+                ctx(verdict)
+            );
+        }
+        rule("");
+        let back = wait_until(10, || down(&daemon).is_empty().then_some(()));
+        assert!(
+            back.is_some(),
+            "{}",
+            ctx(&format!("{verdict} lifted: b1 comes back"))
+        );
+    }
+}
