@@ -211,7 +211,10 @@ impl Gateway {
             state,
             ns: ns.name.clone(),
         };
-        let started = common::wait_until(60, || (gw.journal_lines() >= 1).then_some(()));
+        // The journal line comes first, the status snapshot right after it.
+        let started = common::wait_until(60, || {
+            (gw.journal_lines() >= 1 && gw.source().is_some()).then_some(())
+        });
         assert!(started.is_some(), "the daemon never applied an export");
         gw
     }
@@ -234,9 +237,13 @@ impl Gateway {
 
     /// The replica the daemon's next poll asks (status.json's `source`).
     pub fn source(&self) -> Option<String> {
+        Some(self.status()?["source"].as_str()?.to_owned())
+    }
+
+    /// The daemon's status snapshot (status.json, rewritten atomically after every step).
+    pub fn status(&self) -> Option<serde_json::Value> {
         let text = std::fs::read_to_string(self.state.join("status.json")).ok()?;
-        let v: serde_json::Value = serde_json::from_str(&text).ok()?;
-        Some(v["source"].as_str()?.to_owned())
+        serde_json::from_str(&text).ok()
     }
 
     /// The kernel's table, as `nft` lists it in the namespace.
