@@ -134,18 +134,27 @@ impl Cluster {
         format!("postgres://postgres@127.0.0.1:{}/{db}", self.port)
     }
 
-    /// Creates an empty database and returns its URL.
+    /// Creates an empty database and returns its URL. With the cluster's own `createdb` (over
+    /// its socket), not a client library: the gateway's demo crate shares this file, and it
+    /// links no PostgreSQL client.
     pub async fn create_db(&self, name: &str) -> String {
-        use sqlx::Connection;
-        let mut c = sqlx::PgConnection::connect(&self.url("postgres"))
-            .await
-            .expect("connect to the test cluster");
-        sqlx::raw_sql(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
-            .execute(&mut c)
-            .await
-            .expect("create database");
-        c.close().await.ok();
+        let port = self.port.to_string();
+        let host = self.dir.path().display().to_string();
+        self.run(
+            "createdb",
+            &["-h", &host, "-p", &port, "-U", "postgres", name],
+        );
         self.url(name)
+    }
+
+    /// The URL of database `db` over the cluster's Unix socket: it reaches the server from
+    /// another network namespace, where 127.0.0.1 is not this one's loopback.
+    pub fn socket_url(&self, db: &str) -> String {
+        format!(
+            "postgres://postgres@localhost:{}/{db}?host={}",
+            self.port,
+            self.dir.path().display()
+        )
     }
 
     pub fn path(&self) -> &Path {
