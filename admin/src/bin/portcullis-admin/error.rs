@@ -47,6 +47,9 @@ pub enum CliError {
     },
     #[error(transparent)]
     Export(#[from] portcullis_export::WriteError),
+    /// `export`: an unknown `--location`, or no cloud-wide export (fwmarks span locations).
+    #[error("{0}")]
+    ExportRefused(String),
     #[error("{}: {source}", path.display())]
     TokenFile {
         path: PathBuf,
@@ -120,6 +123,7 @@ impl CliError {
             CliError::Catalog { .. }
             | CliError::Config { .. }
             | CliError::Export(_)
+            | CliError::ExportRefused(_)
             | CliError::TokenFile { .. }
             | CliError::EmptyTokenFile(_)
             | CliError::BadTokenLine { .. }
