@@ -157,7 +157,29 @@ impl Catalog {
             }
         }
         if errors.is_empty() {
-            if let Err(e) = portcullis_export::validate_rows(&crate::export::rows(&catalog)) {
+            // What gateways receive must validate: the cloud-wide export, or — when a fwmark
+            // groups frontends of several locations, which only per-location exports can
+            // serve — each location's export on its own.
+            let rows = crate::export::rows(&catalog);
+            let parts: Vec<(Option<&str>, Vec<_>)> =
+                if crate::export::spanning_fwmarks(&catalog, &rows).is_empty() {
+                    vec![(None, rows)]
+                } else {
+                    catalog
+                        .inventory
+                        .locations
+                        .keys()
+                        .filter_map(|name| {
+                            let mine = crate::export::location_rows(&catalog, &rows, name)?;
+                            Some((Some(name.as_str()), mine))
+                        })
+                        .collect()
+                };
+            for (location, part) in parts {
+                let Err(e) = portcullis_export::validate_rows(&part) else {
+                    continue;
+                };
+                let whose = location.map_or_else(String::new, |l| format!(" of location {l}"));
                 for e in e.errors {
                     errors.push(CatalogError {
                         file: INVENTORY_FILE.into(),
@@ -165,7 +187,7 @@ impl Catalog {
                         column: 1,
                         key: String::new(),
                         kind: ErrorKind::ExportRejected,
-                        message: format!("the derived export would be rejected: {e}"),
+                        message: format!("the derived export{whose} would be rejected: {e}"),
                     });
                 }
             }

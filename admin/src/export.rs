@@ -7,7 +7,7 @@ use crate::catalog::Catalog;
 use crate::inventory::{Instance, State};
 use crate::meta::To;
 use portcullis_export::{ExportRow, InstanceId, PortRange, ServiceType, WriteError};
-use std::collections::HashMap;
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 /// Rows in a stable order: type, gateway entry, inventory order, address, port.
 pub fn rows(catalog: &Catalog) -> Vec<ExportRow> {
@@ -78,7 +78,100 @@ fn rport(to: &To, vport: PortRange) -> Option<u16> {
     }
 }
 
-/// The export CSV text.
+/// The rows of location `name` (`?location=`): those whose VIP is one of its IP-label
+/// addresses. `None` for an unknown location.
+pub fn location_rows(catalog: &Catalog, rows: &[ExportRow], name: &str) -> Option<Vec<ExportRow>> {
+    let location = catalog.inventory.locations.get(name)?;
+    let vips: BTreeSet<_> = location.ip_labels.values().flatten().collect();
+    Some(
+        rows.iter()
+            .filter(|r| vips.contains(&r.vip))
+            .cloned()
+            .collect(),
+    )
+}
+
+/// Firewall marks whose rows belong to more than one location, each with those locations.
+/// A fwmark service sends every frontend to every real server, so such a mark is valid in
+/// each location's export (its own VIPs and real servers) but not in one cloud-wide export:
+/// no single gateway pair may program both locations' halves as one service.
+pub fn spanning_fwmarks(catalog: &Catalog, rows: &[ExportRow]) -> BTreeMap<u32, Vec<String>> {
+    let mut vip_location = HashMap::new();
+    for (name, location) in &catalog.inventory.locations {
+        for vip in location.ip_labels.values().flatten() {
+            vip_location.entry(*vip).or_insert(name.as_str());
+        }
+    }
+    let mut marks: BTreeMap<u32, BTreeSet<&str>> = BTreeMap::new();
+    for r in rows {
+        if let (Some(mark), Some(loc)) = (r.fwmark, vip_location.get(&r.vip)) {
+            marks.entry(mark).or_default().insert(loc);
+        }
+    }
+    marks
+        .into_iter()
+        .filter(|(_, locs)| locs.len() > 1)
+        .map(|(mark, locs)| (mark, locs.into_iter().map(str::to_owned).collect()))
+        .collect()
+}
+
+/// Why the cloud-wide export is not served when fwmarks span locations (see
+/// [`spanning_fwmarks`]), naming the marks, their types and `?location=`.
+pub fn cloud_wide_refusal(catalog: &Catalog, rows: &[ExportRow]) -> Option<String> {
+    let spanning = spanning_fwmarks(catalog, rows);
+    if spanning.is_empty() {
+        return None;
+    }
+    let marks: Vec<String> = spanning
+        .iter()
+        .map(|(mark, locs)| {
+            let service = rows
+                .iter()
+                .find(|r| r.fwmark == Some(*mark))
+                .map_or_else(String::new, |r| format!(" ({})", r.service));
+            format!("fwmark {mark}{service} in {}", locs.join(" and "))
+        })
+        .collect();
+    let names: Vec<&str> = catalog
+        .inventory
+        .locations
+        .keys()
+        .map(String::as_str)
+        .collect();
+    Some(format!(
+        "no cloud-wide export: {} groups frontends of several locations, which no single gateway pair may program as one service; fetch each location's export instead (?location=NAME, or export --location NAME; one of {})",
+        marks.join(", "),
+        names.join(", ")
+    ))
+}
+
+/// Why an export cannot be written.
+#[derive(Debug, thiserror::Error)]
+pub enum ExportError {
+    #[error("no location {0:?}")]
+    UnknownLocation(String),
+    #[error("{0}")]
+    SpansLocations(String),
+    #[error(transparent)]
+    Write(#[from] WriteError),
+}
+
+/// The export CSV text: the whole cloud's (refused when fwmarks span locations), or with
+/// `location` that location's rows only.
+pub fn csv_of(catalog: &Catalog, location: Option<&str>) -> Result<String, ExportError> {
+    let all = rows(catalog);
+    let chosen = match location {
+        Some(name) => location_rows(catalog, &all, name)
+            .ok_or_else(|| ExportError::UnknownLocation(name.to_owned()))?,
+        None => match cloud_wide_refusal(catalog, &all) {
+            Some(why) => return Err(ExportError::SpansLocations(why)),
+            None => all,
+        },
+    };
+    Ok(portcullis_export::to_string(&chosen)?)
+}
+
+/// The cloud-wide export CSV text.
 pub fn csv(catalog: &Catalog) -> Result<String, WriteError> {
     portcullis_export::to_string(&rows(catalog))
 }

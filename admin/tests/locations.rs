@@ -8,8 +8,8 @@ use std::time::Duration;
 const TOKEN: &str = "s3cret-token";
 
 /// The example catalog with app2 in a second location, `ams`, with its own addresses. (No tg
-/// instance there: a fwmark entry groups every VIP with every real server cloud-wide, so tg
-/// cannot yet span two locations — docs/catalog.md, "Locations".)
+/// instance there, so the cloud-wide export stays servable: a fwmark type in two locations is
+/// tests/fwmark_locations.rs.)
 fn two_locations() -> tempfile::TempDir {
     let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("example-catalog");
     let dir = tempfile::tempdir().unwrap();

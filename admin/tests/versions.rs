@@ -386,7 +386,7 @@ async fn concurrent_upgrades_of_one_instance_are_serialized() {
 
     let spawn = |to: &str| {
         Command::new(env!("CARGO_BIN_EXE_portcullis-admin"))
-            .args(["upgrade", "web.s1.1", "--to", to, "--catalog"])
+            .args(["upgrade", "web.s1.1", "--to", to, "--local", "--catalog"])
             .arg(&cat_dir)
             .arg("--state")
             .arg(&state)
@@ -417,7 +417,7 @@ async fn concurrent_upgrades_of_one_instance_are_serialized() {
     svc.status.store(503, Ordering::SeqCst);
     svc.delay_ms.store(0, Ordering::SeqCst);
     let out = Command::new(env!("CARGO_BIN_EXE_portcullis-admin"))
-        .args(["downgrade", "web.s1.1", "--catalog"])
+        .args(["downgrade", "web.s1.1", "--local", "--catalog"])
         .arg(&cat_dir)
         .arg("--state")
         .arg(&state)

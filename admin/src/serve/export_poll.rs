@@ -26,14 +26,20 @@ pub(super) struct ExportQuery {
     location: Option<String>,
 }
 
-/// The export a request asked for in `snap`: (CSV, ETag) of the whole cloud or of one location.
-fn view(snap: &Snapshot, location: Option<&str>) -> Option<(axum::body::Bytes, String)> {
+/// The export a request asked for in `snap`: (CSV, ETag) of the whole cloud or of one
+/// location; 404 for an unknown location, 409 for a cloud-wide export that fwmarks spanning
+/// locations rule out (docs/catalog.md, "Locations").
+fn view(snap: &Snapshot, location: Option<&str>) -> Result<(axum::body::Bytes, String), ApiError> {
     match location {
-        None => Some((snap.csv.clone(), snap.etag.clone())),
+        None => match &snap.refused {
+            Some(why) => Err(ApiError::new(StatusCode::CONFLICT, why.clone())),
+            None => Ok((snap.csv.clone(), snap.etag.clone())),
+        },
         Some(name) => snap
             .locations
             .get(name)
-            .map(|l| (l.csv.clone(), l.etag.clone())),
+            .map(|l| (l.csv.clone(), l.etag.clone()))
+            .ok_or_else(|| ApiError::new(StatusCode::NOT_FOUND, format!("no location {name:?}"))),
     }
 }
 
@@ -86,14 +92,8 @@ pub(super) async fn export(
     // Subscribe before looking, so a change between the look and the wait is not missed.
     let mut rx = state.subscribe();
     let location = q.location.as_deref();
-    let unknown = || {
-        ApiError::new(
-            StatusCode::NOT_FOUND,
-            format!("no location {:?}", location.unwrap_or_default()),
-        )
-    };
     let snap = rx.borrow_and_update().clone();
-    let seen = view(&snap, location).ok_or_else(unknown)?;
+    let seen = view(&snap, location)?;
     if wait.is_zero() {
         return Ok(if none_match(inm.as_deref(), &seen.1) {
             not_modified(&seen.1)
@@ -133,8 +133,9 @@ pub(super) async fn export(
                     break;
                 }
                 let snap: Arc<Snapshot> = rx.borrow_and_update().clone();
-                // A location removed meanwhile (a hand edit): hold on; the next poll gets 404.
-                let Some(now) = view(&snap, location) else { continue };
+                // A location removed meanwhile (a hand edit), or the cloud-wide export now
+                // refused: hold on; the next poll gets the 404 or 409.
+                let Ok(now) = view(&snap, location) else { continue };
                 current = now;
                 if !none_match(inm.as_deref(), &current.1) {
                     return Ok(applied(csv_response(&current)));

@@ -338,6 +338,7 @@ async fn status(Ext(state): Ext<AdminState>) -> Json<serde_json::Value> {
         "types": snap.catalog.metas.len(),
         "instances": snap.catalog.inventory.instances.len(),
         "export_bytes": snap.csv.len(),
+        "export_refused": snap.refused,
         "long_polls": held,
         "reload": {
             "ok": reload.errors.is_none(),

@@ -11,9 +11,14 @@ use std::time::SystemTime;
 #[derive(Debug)]
 pub struct Snapshot {
     pub catalog: Arc<Catalog>,
+    /// The cloud-wide export (empty when [`Snapshot::refused`]).
     pub csv: axum::body::Bytes,
-    /// Strong ETag of the CSV, quotes included.
+    /// Strong ETag of the CSV, quotes included. When the cloud-wide export is refused, the
+    /// digest of every location's export instead, so it still moves with every change.
     pub etag: String,
+    /// Why the cloud-wide export is not served (409): a fwmark groups frontends of several
+    /// locations, which only the per-location exports can carry.
+    pub refused: Option<String>,
     /// The catalog revision: a digest of every catalog file's text (`X-Catalog-Revision`,
     /// `If-Match`). Any change to the catalog, by the API or by hand, changes it.
     pub revision: String,
@@ -78,15 +83,14 @@ impl Snapshot {
             }])
         };
         let rows = crate::export::rows(&catalog);
-        let csv = portcullis_export::to_string(&rows).map_err(rejected)?;
+        let refused = crate::export::cloud_wide_refusal(&catalog, &rows);
+        let csv = match refused {
+            Some(_) => String::new(),
+            None => portcullis_export::to_string(&rows).map_err(rejected)?,
+        };
         let mut locations = std::collections::BTreeMap::new();
-        for (name, location) in &catalog.inventory.locations {
-            let vips: Vec<_> = location.ip_labels.values().flatten().collect();
-            let mine: Vec<_> = rows
-                .iter()
-                .filter(|r| vips.contains(&&r.vip))
-                .cloned()
-                .collect();
+        for name in catalog.inventory.locations.keys() {
+            let mine = crate::export::location_rows(&catalog, &rows, name).unwrap_or_default();
             let text = portcullis_export::to_string(&mine).map_err(rejected)?;
             let etag = etag_of(text.as_bytes());
             let export = LocationExport {
@@ -95,9 +99,20 @@ impl Snapshot {
             };
             locations.insert(name.clone(), export);
         }
+        let etag = match refused {
+            None => etag_of(csv.as_bytes()),
+            Some(_) => {
+                let tags: String = locations
+                    .values()
+                    .map(|l: &LocationExport| l.etag.as_str())
+                    .collect();
+                etag_of(tags.as_bytes())
+            }
+        };
         Ok(Snapshot {
             catalog: Arc::new(catalog),
-            etag: etag_of(csv.as_bytes()),
+            etag,
+            refused,
             csv: csv.into(),
             revision,
             locations,

@@ -16,6 +16,9 @@ pub struct CheckArgs {
 #[derive(clap::Args)]
 pub struct ExportArgs {
     dir: PathBuf,
+    /// Only this location's rows (what its gateway pair fetches with `?location=`).
+    #[arg(long)]
+    location: Option<String>,
 }
 
 #[derive(clap::Args)]
@@ -66,7 +69,11 @@ pub fn check(a: CheckArgs) -> Result<Outcome, CliError> {
 
 pub fn export(a: ExportArgs) -> Result<Outcome, CliError> {
     let c = load(&a.dir)?;
-    print!("{}", portcullis_admin::export::csv(&c)?);
+    let csv = portcullis_admin::export::csv_of(&c, a.location.as_deref()).map_err(|e| match e {
+        portcullis_admin::export::ExportError::Write(e) => CliError::Export(e),
+        refused => CliError::ExportRefused(refused.to_string()),
+    })?;
+    print!("{csv}");
     Ok(Outcome::Done)
 }
 

@@ -177,6 +177,47 @@ pub fn ctl(a: CtlArgs) -> Result<(), CtlError> {
     Ok(())
 }
 
+/// Where `portcullis-admin install|upgrade|downgrade` send their change (without `--local`).
+pub struct Remote {
+    pub url: Option<String>,
+    pub token_file: Option<PathBuf>,
+    pub json: bool,
+    /// How long ADMIN waits for each agent's report.
+    pub wait: Duration,
+}
+
+/// `portcullis-admin install|upgrade|downgrade`: exactly `ctl deploy` (the same request, the
+/// same report), so the two spellings cannot drift apart.
+pub fn deploy(
+    remote: Remote,
+    action: &str,
+    id: Option<String>,
+    type_name: Option<String>,
+    to: Option<String>,
+) -> Result<(), CtlError> {
+    // Milliseconds: humantime's own rendering ("1m 30s") has a space, not a path segment.
+    let wait = format!("{}ms", remote.wait.as_millis());
+    ctl(CtlArgs {
+        url: remote.url,
+        token_file: remote.token_file,
+        json: remote.json,
+        if_match: None,
+        // ADMIN answers 504 itself when the agent is late; the request must outlive that, and
+        // a rolling change waits once per instance.
+        timeout: remote
+            .wait
+            .saturating_mul(if type_name.is_some() { 100 } else { 1 })
+            + Duration::from_secs(30),
+        command: CtlCommand::Deploy {
+            action: action.to_owned(),
+            id,
+            type_name,
+            to,
+            wait: Some(wait),
+        },
+    })
+}
+
 /// A path segment as given, refusing what would change the path (`/`, `?`, `#`, `%`).
 fn segment(s: &str) -> Result<&str, CtlError> {
     if s.is_empty() || s.contains(['/', '?', '#', '%', ' ']) {

@@ -47,6 +47,9 @@ pub enum CliError {
     },
     #[error(transparent)]
     Export(#[from] portcullis_export::WriteError),
+    /// `export`: an unknown `--location`, or no cloud-wide export (fwmarks span locations).
+    #[error("{0}")]
+    ExportRefused(String),
     #[error("{}: {source}", path.display())]
     TokenFile {
         path: PathBuf,
@@ -86,6 +89,10 @@ pub enum CliError {
     /// `ctl`: the server refused, could not be reached, or the usage or token was wrong.
     #[error(transparent)]
     Ctl(crate::ctl::CtlError),
+    /// `install|upgrade|downgrade` refused by ADMIN before anything changed (unknown instance
+    /// or version, no agent, a deploy already running): bad input, as in the local mode.
+    #[error(transparent)]
+    DeployRefused(crate::ctl::CtlError),
     #[error("{id} is in use by {} (current or downgrade target)", users.join(", "))]
     VersionInUse { id: String, users: Vec<String> },
     /// `json`: the command was asked for JSON, so the error goes to stdout as
@@ -100,6 +107,7 @@ impl CliError {
         match self {
             CliError::NoInstance { .. } => 1,
             CliError::Ctl(e) => e.exit_code(),
+            CliError::DeployRefused(_) => 2,
             CliError::Runtime(_) | CliError::Listen { .. } | CliError::Serve(_) => 1,
             #[cfg(feature = "db")]
             CliError::Db { error, .. } => error.exit_code(),
@@ -115,6 +123,7 @@ impl CliError {
             CliError::Catalog { .. }
             | CliError::Config { .. }
             | CliError::Export(_)
+            | CliError::ExportRefused(_)
             | CliError::TokenFile { .. }
             | CliError::EmptyTokenFile(_)
             | CliError::BadTokenLine { .. }
@@ -137,7 +146,7 @@ impl CliError {
                 println!("{v}");
                 return;
             }
-            CliError::Ctl(e) => {
+            CliError::Ctl(e) | CliError::DeployRefused(e) => {
                 for line in e.located() {
                     eprintln!("{line}");
                 }

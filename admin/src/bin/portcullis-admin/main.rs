@@ -45,9 +45,11 @@ enum Command {
     Serve(serve::ServeArgs),
     /// The version store: build, list, show, rm, gc (docs/versions-and-db.md).
     Version(versions::VersionArgs),
-    /// Install a version into an instance that has none, then run its type's tests.
+    /// Install a version into an instance that has none, through ADMIN and the server's agent
+    /// (waits for its report); --local: on this host.
     Install(versions::DeployArgs),
-    /// Switch an instance to another version; a failing test switches it back (exit 1).
+    /// Switch an instance (or --type, one at a time) to another version through ADMIN and the
+    /// agent; a failing test switches it back (exit 1). --local: on this host.
     Upgrade(versions::DeployArgs),
     /// Like upgrade; without --to, back to the version before the current one.
     Downgrade(versions::DeployArgs),

@@ -45,23 +45,46 @@ enum VersionCommand {
     Gc,
 }
 
+/// `install|upgrade|downgrade`. By default a client of a running ADMIN (as `ctl deploy`): it
+/// sets the instance's version there and waits for the agent's report. `--local` is the
+/// older mode for a server without an agent: it materialises the release on this host.
 #[derive(clap::Args)]
 pub struct DeployArgs {
-    instance: String,
+    /// The instance (or --type).
+    #[arg(required_unless_present = "type_name", conflicts_with = "type_name")]
+    instance: Option<String>,
+    /// Every instance of TYPE, one at a time, stopping at the first that does not succeed.
+    #[arg(long = "type", value_name = "TYPE", conflicts_with = "local")]
+    type_name: Option<String>,
     /// The version id (required for install and upgrade).
     #[arg(long)]
     to: Option<String>,
-    #[arg(long)]
-    catalog: PathBuf,
-    /// ADMIN's state directory (the version store and instance records).
-    #[arg(long, default_value = DEFAULT_STATE)]
-    state: PathBuf,
-    /// Where instance roots live (<ROOTS>/<instance id>); default <STATE>/roots.
-    #[arg(long)]
+    /// ADMIN's base URL [default: $PORTCULLIS_ADMIN_URL, else http://127.0.0.1:8080].
+    #[arg(long, conflicts_with = "local")]
+    url: Option<String>,
+    /// File holding the bearer token [default: $PORTCULLIS_ADMIN_TOKEN].
+    #[arg(long, conflicts_with = "local")]
+    token_file: Option<PathBuf>,
+    /// How long ADMIN waits for the agent's report (per instance), e.g. 60s [default: 60s].
+    #[arg(long, value_parser = humantime::parse_duration, conflicts_with = "local")]
+    timeout: Option<Duration>,
+    /// Materialise on THIS host, without ADMIN or an agent (servers without an agent): needs
+    /// --catalog; nothing restarts the service.
+    #[arg(long, requires = "catalog")]
+    local: bool,
+    /// --local: the catalog directory.
+    #[arg(long, requires = "local")]
+    catalog: Option<PathBuf>,
+    /// --local: ADMIN's state directory (the version store and instance records)
+    /// [default: /var/lib/portcullis-admin].
+    #[arg(long, requires = "local")]
+    state: Option<PathBuf>,
+    /// --local: where instance roots live (<ROOTS>/<instance id>); default <STATE>/roots.
+    #[arg(long, requires = "local")]
     roots: Option<PathBuf>,
-    /// How long the type's tests are retried after the switch, e.g. 30s.
-    #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
-    test_timeout: Duration,
+    /// --local: how long the type's tests are retried after the switch [default: 30s].
+    #[arg(long, value_parser = humantime::parse_duration, requires = "local")]
+    test_timeout: Option<Duration>,
     #[arg(long)]
     json: bool,
 }
@@ -161,12 +184,25 @@ fn remove(store: &Store, state: &Path, id: &str) -> Result<(), CliError> {
 }
 
 pub fn deploy(action: Action, a: DeployArgs) -> Result<Outcome, CliError> {
-    let catalog = crate::catalog::load(&a.catalog)?;
-    let roots = a.roots.clone().unwrap_or_else(|| a.state.join("roots"));
-    let mut deployer = Deployer::new(&a.state, &roots);
-    deployer.test_deadline = a.test_timeout;
+    if !a.local {
+        return remote(action, a);
+    }
+    let (Some(dir), Some(instance)) = (&a.catalog, &a.instance) else {
+        // clap enforces both (--local requires --catalog, --type conflicts with --local).
+        return Err(CliError::Ctl(crate::ctl::CtlError::Usage(
+            "--local needs an instance and --catalog".into(),
+        )));
+    };
+    let catalog = crate::catalog::load(dir)?;
+    let state = a
+        .state
+        .clone()
+        .unwrap_or_else(|| PathBuf::from(DEFAULT_STATE));
+    let roots = a.roots.clone().unwrap_or_else(|| state.join("roots"));
+    let mut deployer = Deployer::new(&state, &roots);
+    deployer.test_deadline = a.test_timeout.unwrap_or(Duration::from_secs(30));
     let rt = crate::current_thread_runtime()?;
-    let r = rt.block_on(deployer.deploy(&catalog, &a.instance, action, a.to.as_deref()))?;
+    let r = rt.block_on(deployer.deploy(&catalog, instance, action, a.to.as_deref()))?;
     if a.json {
         println!("{}", serde_json::to_string_pretty(&r).unwrap_or_default());
     } else {
@@ -177,6 +213,34 @@ pub fn deploy(action: Action, a: DeployArgs) -> Result<Outcome, CliError> {
     } else {
         Outcome::Done
     })
+}
+
+/// Through a running ADMIN. Exit codes as the local mode's: 0 done or unchanged, 1 the change
+/// did not take (rolled back, failed, no report in time, ADMIN unreachable), 2 refused before
+/// anything changed (bad usage or token, unknown instance or version, a deploy under way).
+fn remote(action: Action, a: DeployArgs) -> Result<Outcome, CliError> {
+    use crate::ctl::CtlError;
+    let name = match action {
+        Action::Install => "install",
+        Action::Upgrade => "upgrade",
+        Action::Downgrade => "downgrade",
+    };
+    let target = crate::ctl::Remote {
+        url: a.url,
+        token_file: a.token_file,
+        json: a.json,
+        wait: a.timeout.unwrap_or(Duration::from_secs(60)),
+    };
+    match crate::ctl::deploy(target, name, a.instance, a.type_name, a.to) {
+        Ok(()) => Ok(Outcome::Done),
+        // 422 rolled back or failed, 504 no report in time: the change was tried.
+        Err(e @ CtlError::Refused { status, .. })
+            if (400..500).contains(&status) && status != 422 =>
+        {
+            Err(CliError::DeployRefused(e))
+        }
+        Err(e) => Err(CliError::Ctl(e)),
+    }
 }
 
 fn print_deploy(r: &DeployReport) {
