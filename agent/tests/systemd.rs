@@ -243,6 +243,13 @@ async fn instances_run_as_systemd_units_and_an_agent_restart_adopts_them() {
         .build("web", &service_tree(dir.path()), Some("web-1"))
         .unwrap()
         .id;
+    let broken_tree = dir.path().join("tree-broken");
+    std::fs::create_dir_all(&broken_tree).unwrap();
+    std::fs::write(broken_tree.join("server.py"), "import sys\nsys.exit(3)\n").unwrap();
+    let broken = store
+        .build("web", &broken_tree, Some("web-broken"))
+        .unwrap()
+        .id;
     // Arguments systemd's ExecStart= syntax would otherwise split, expand or unescape.
     std::fs::write(
         catalog.join("meta/web.yaml"),
@@ -341,6 +348,21 @@ async fn instances_run_as_systemd_units_and_an_agent_restart_adopts_them() {
     assert_eq!(m.show(UNIT, "NRestarts"), "1");
     let log = std::fs::read_to_string(root.with_extension("log")).unwrap();
     assert!(log.contains("adopted running instance"), "{log}");
+
+    // A version that exits at once: systemd is restarting it when its tests run, which fails
+    // them at once, and the instance is back on v1 as a unit again.
+    inventory(&catalog, &[("a", &broken)]);
+    let v = until(&url, "web.a.1", "broken version rolled back", |v| {
+        v["observed"]["last_change"]["to"] == broken.as_str()
+            && v["observed"]["last_change"]["outcome"] == "rolled-back"
+            && running(&v1)(v)
+    })
+    .await;
+    let why = v["observed"]["last_change"]["error"].as_str().unwrap_or("");
+    assert!(why.contains("exit status 3"), "{v:#}");
+    let main_pid = pid(&v).to_string();
+    assert_eq!(m.show(UNIT, "MainPID"), main_pid);
+    assert_eq!(healthy("127.0.0.1", port).await, main_pid);
 
     // Removed from the inventory (moved to b, which has no agent here): stopped, its unit
     // gone from systemd.

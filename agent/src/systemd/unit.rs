@@ -135,9 +135,8 @@ pub fn render(l: &Launch) -> Result<String, AgentError> {
          KillMode=control-group\n\
          NoNewPrivileges=yes\n",
         id = l.id,
-        id_desc =
-            l.id.replace('%', "%%")
-                .replace(|c: char| c.is_control(), "?"),
+        // Escaped: a raw id could end the line with a `\` (a continuation) or hold a specifier.
+        id_desc = escape_name(&l.id),
         exec = exec_start(&l.argv)?,
         dir = path_value(&l.dir)?,
         log = path_value(&l.log)?,
@@ -206,6 +205,34 @@ mod tests {
             ..l
         };
         assert!(render(&bad).is_err());
+    }
+
+    /// ADMIN's strings cannot add settings: every line is one of the unit's own, and none
+    /// ends with a `\\` (a continuation line).
+    #[test]
+    fn values_cannot_inject_settings() {
+        let evil = "x\nExecStartPre=/bin/rm -rf /\\";
+        let l = Launch {
+            id: evil.into(),
+            argv: vec![evil.into(), evil.into()],
+            env: vec![("E".into(), evil.into())],
+            dir: "/srv/p".into(),
+            log: "/srv/p/output.log".into(),
+            stop_timeout: Duration::from_secs(1),
+        };
+        let unit = render(&l).unwrap();
+        for line in unit
+            .lines()
+            .filter(|l| !l.starts_with('#') && !l.starts_with('['))
+        {
+            assert!(!line.ends_with('\\'), "{line}");
+            assert!(!line.starts_with("ExecStartPre"), "{unit}");
+        }
+        let dir_with_newline = Launch {
+            dir: "/srv/p\nUser=root".into(),
+            ..l
+        };
+        assert!(render(&dir_with_newline).is_err());
     }
 
     /// The real parser's verdict: `systemd-analyze verify` (package systemd) on a generated
