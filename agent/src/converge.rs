@@ -404,3 +404,7 @@ fn exited<R: Running>(p: &mut R) -> Option<String> {
 fn stop_timeout(d: &DesiredInstance) -> Duration {
     Duration::from_millis(d.run.as_ref().map_or(10_000, |r| r.stop_timeout_ms))
 }
+
+#[cfg(test)]
+#[path = "converge_tests.rs"]
+mod tests;
