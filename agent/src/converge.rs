@@ -99,6 +99,7 @@ impl<S: Supervisor> Agent<S> {
     }
 
     pub async fn converge(&mut self, desired: &Desired) {
+        self.supervisor.refresh();
         for d in &desired.instances {
             let mut s = self.instances.remove(&d.id).unwrap_or_default();
             match self.converge_one(&mut s, d, &desired.address).await {

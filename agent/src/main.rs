@@ -121,9 +121,7 @@ async fn run(args: RunArgs) -> Result<(), AgentError> {
     match args.supervisor {
         Supervisor::Process => run_with(args, supervise::Processes).await,
         Supervisor::Systemd => {
-            let units = systemd::Units {
-                unit_dir: args.unit_dir.clone(),
-            };
+            let units = systemd::Units::new(args.unit_dir.clone());
             units.check()?;
             run_with(args, units).await
         }

@@ -74,6 +74,9 @@ pub trait Supervisor {
     }
     /// Forgets an instance that is no longer placed here (after [`Supervisor::stop`]).
     fn remove(&self, id: &str) -> Result<(), AgentError>;
+    /// Called once per pass before the instances are looked at: a supervisor whose
+    /// observations cost a process (`systemctl show`) takes them all at once here.
+    fn refresh(&self) {}
 }
 
 /// `--supervisor process`: children of the agent in their own process groups.

@@ -6,7 +6,9 @@
 //! restarts a crashed instance itself (`Restart=on-failure`); the unit outlives the agent, and
 //! a restarted agent adopts every unit that is active (or between restarts) — it restarts
 //! nothing healthy. The calls block (a `systemctl` run takes milliseconds; `stop` waits for
-//! the process and runs off the runtime's threads).
+//! the process and runs off the runtime's threads). A `systemctl show` costs ~10 ms of wall
+//! time, so a pass asks once for every unit ([`Supervisor::refresh`]) and the instances read
+//! that snapshot; a unit started or stopped since is asked about on its own.
 
 mod show;
 mod unit;
@@ -15,9 +17,15 @@ use crate::error::{io, AgentError};
 use crate::host::write_atomically;
 use crate::process::{self, ProcessId};
 use crate::supervise::{Launch, Running, State, Status, Supervisor};
+use std::cell::RefCell;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
 use std::process::Command;
-use std::time::Duration;
+use std::rc::Rc;
+use std::time::{Duration, Instant};
+
+/// How long a pass's snapshot answers for (a pass is every 250 ms).
+const SNAPSHOT_AGE: Duration = Duration::from_millis(200);
 
 use unit::unit_name;
 
@@ -46,10 +54,22 @@ fn show(name: &str) -> Result<show::Unit, AgentError> {
         .ok_or_else(|| AgentError::Refused(format!("systemctl show {name}: no output")))
 }
 
+/// One `systemctl show` of every unit the agent handles.
+#[derive(Default)]
+struct Snapshot {
+    /// The units it handed out and not removed since.
+    known: BTreeSet<String>,
+    at: Option<Instant>,
+    units: BTreeMap<String, show::Unit>,
+}
+
+type Shared = Rc<RefCell<Snapshot>>;
+
 pub struct Units {
     /// Where the units go: `/run/systemd/system` (runtime units: gone after a reboot, when
     /// the agent starts the instances again).
-    pub unit_dir: PathBuf,
+    unit_dir: PathBuf,
+    snapshot: Shared,
 }
 
 /// A unit the agent started or adopted.
@@ -57,6 +77,21 @@ pub struct UnitRef {
     name: String,
     /// The last main pid seen (systemd's restarts change it).
     pid: u32,
+    snapshot: Shared,
+}
+
+impl UnitRef {
+    fn observe(&self) -> Result<show::Unit, AgentError> {
+        let cached = {
+            let s = self.snapshot.borrow();
+            s.at.filter(|at| at.elapsed() < SNAPSHOT_AGE)
+                .and_then(|_| s.units.get(&self.name).cloned())
+        };
+        match cached {
+            Some(u) => Ok(u),
+            None => show(&self.name),
+        }
+    }
 }
 
 impl Running for UnitRef {
@@ -68,7 +103,7 @@ impl Running for UnitRef {
     }
 
     fn status(&mut self) -> Status {
-        match show(&self.name) {
+        match self.observe() {
             Ok(u) => {
                 let st = u.status();
                 if let State::Running { pid } = st.state {
@@ -88,6 +123,25 @@ impl Running for UnitRef {
 }
 
 impl Units {
+    pub fn new(unit_dir: PathBuf) -> Units {
+        Units {
+            unit_dir,
+            snapshot: Shared::default(),
+        }
+    }
+
+    fn handle(&self, name: String, pid: u32) -> UnitRef {
+        let mut s = self.snapshot.borrow_mut();
+        // What the snapshot says about it predates this start or stop.
+        s.units.remove(&name);
+        s.known.insert(name.clone());
+        UnitRef {
+            name,
+            pid,
+            snapshot: self.snapshot.clone(),
+        }
+    }
+
     /// Fails unless a systemd manager answers `systemctl`.
     pub fn check(&self) -> Result<(), AgentError> {
         systemctl(&["show", "-p", "Version", "--value"])
@@ -117,9 +171,9 @@ impl Supervisor for Units {
             .inspect_err(|e| tracing::warn!(instance = id, %e, "cannot observe its unit"))
             .ok()?;
         match u.status().state {
-            State::Running { pid } => Some(UnitRef { name, pid }),
+            State::Running { pid } => Some(self.handle(name, pid)),
             // systemd is restarting it: its business, not a reason to start it again.
-            State::Restarting { .. } => Some(UnitRef { name, pid: 0 }),
+            State::Restarting { .. } => Some(self.handle(name, 0)),
             State::Exited { .. } => None,
         }
     }
@@ -128,13 +182,16 @@ impl Supervisor for Units {
         let name = self.install(l)?;
         // A unit that hit its start limit refuses to start until its failure is cleared.
         let _ = systemctl(&["reset-failed", &name]);
-        systemctl(&["start", &name])?;
-        let pid = show(&name)?.main_pid;
-        Ok(UnitRef { name, pid })
+        let started = systemctl(&["start", &name]);
+        let unit = self.handle(name, 0);
+        started?;
+        let pid = show(&unit.name)?.main_pid;
+        Ok(UnitRef { pid, ..unit })
     }
 
     async fn stop(&self, running: UnitRef, _timeout: Duration) -> String {
         // The unit's `TimeoutStopSec=` (the instance's stop-timeout) bounds the wait.
+        self.snapshot.borrow_mut().units.remove(&running.name);
         let name = running.name;
         let stopped = tokio::task::spawn_blocking(move || {
             systemctl(&["stop", &name])?;
@@ -148,8 +205,39 @@ impl Supervisor for Units {
         }
     }
 
+    fn refresh(&self) {
+        let names: Vec<String> = self.snapshot.borrow().known.iter().cloned().collect();
+        if names.is_empty() {
+            return;
+        }
+        let mut args = vec!["show", "--timestamp=unix", "-p", show::PROPERTIES];
+        args.extend(names.iter().map(String::as_str));
+        let at = Instant::now();
+        let units = match systemctl(&args) {
+            Ok(text) => show::parse(&text),
+            Err(e) => {
+                tracing::warn!(%e, "observing the units");
+                Vec::new()
+            }
+        };
+        let mut s = self.snapshot.borrow_mut();
+        // One block per unit, in the order asked; anything else is not trusted.
+        if units.len() == names.len() {
+            s.units = names.into_iter().zip(units).collect();
+            s.at = Some(at);
+        } else {
+            s.units.clear();
+            s.at = None;
+        }
+    }
+
     fn remove(&self, id: &str) -> Result<(), AgentError> {
         let name = unit_name(id);
+        {
+            let mut s = self.snapshot.borrow_mut();
+            s.known.remove(&name);
+            s.units.remove(&name);
+        }
         let path = self.unit_dir.join(&name);
         if !path.exists() {
             return Ok(());

@@ -64,11 +64,16 @@ impl Unit {
 
     pub fn status(&self) -> Status {
         let state = match (self.active_state.as_str(), self.sub_state.as_str()) {
-            ("active" | "reloading" | "deactivating", _) if self.main_pid != 0 => {
+            (_, "auto-restart") => State::Restarting { how: self.how() },
+            ("active" | "reloading", _) if self.main_pid != 0 => {
                 State::Running { pid: self.main_pid }
             }
-            // Between a crash and systemd's restart (`RestartSec=`), or starting again.
-            (_, "auto-restart") | ("activating", _) => State::Restarting { how: self.how() },
+            // On its way up or down (its main process gone, the rest of its group being
+            // stopped, then perhaps systemd's restart): systemd's business until it settles
+            // as inactive or failed.
+            ("activating" | "deactivating" | "active" | "reloading", _) => {
+                State::Restarting { how: self.how() }
+            }
             _ => State::Exited { how: self.how() },
         };
         Status {
