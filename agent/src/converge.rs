@@ -9,7 +9,7 @@
 use crate::client::Admin;
 use crate::error::AgentError;
 use crate::host::{Host, Local};
-use crate::process::{self, Process};
+use crate::supervise::{Launch, Running, State, Supervisor};
 use portcullis_agent_proto::{
     ChangeOutcome, Desired, DesiredInstance, Observed, ObservedInstance, ProcessState, RunState,
     TestResult,
@@ -28,10 +28,9 @@ pub fn now() -> u64 {
         .map_or(0, |d| d.as_secs())
 }
 
-#[derive(Default)]
-struct Supervised {
+struct Supervised<R> {
     local: Local,
-    process: Option<Process>,
+    process: Option<R>,
     started: Option<Instant>,
     restarts: u32,
     last_exit: Option<String>,
@@ -42,23 +41,43 @@ struct Supervised {
     error: Option<String>,
 }
 
-pub struct Agent {
+// Not derived: that would require `R: Default`.
+impl<R> Default for Supervised<R> {
+    fn default() -> Self {
+        Supervised {
+            local: Local::default(),
+            process: None,
+            started: None,
+            restarts: 0,
+            last_exit: None,
+            tests: Vec::new(),
+            last_change: None,
+            backoff: Duration::ZERO,
+            next_start: None,
+            error: None,
+        }
+    }
+}
+
+pub struct Agent<S: Supervisor> {
     pub host: Host,
     pub admin: Admin,
     pub test_deadline: Duration,
-    instances: BTreeMap<String, Supervised>,
+    supervisor: S,
+    instances: BTreeMap<String, Supervised<S::Running>>,
 }
 
-impl Agent {
-    /// Picks up what a previous agent left: instance directories and the processes in their
-    /// pid files that are still those processes. Nothing is restarted.
-    pub fn new(host: Host, admin: Admin, test_deadline: Duration) -> Agent {
+impl<S: Supervisor> Agent<S> {
+    /// Picks up what a previous agent left: instance directories and what its supervisor still
+    /// runs for them (for processes: the ones in their pid files that are still those
+    /// processes). Nothing is restarted.
+    pub fn new(host: Host, admin: Admin, test_deadline: Duration, supervisor: S) -> Agent<S> {
         let mut instances = BTreeMap::new();
         for id in host.local_instances() {
             let local = host.local(&id);
-            let process = local.process.and_then(Process::adopt);
+            let process = supervisor.adopt(&id, local.process);
             if let Some(p) = &process {
-                tracing::info!(instance = %id, pid = p.id.pid, "adopted running instance");
+                tracing::info!(instance = %id, pid = p.id().pid, "adopted running instance");
             }
             instances.insert(
                 id,
@@ -74,11 +93,13 @@ impl Agent {
             host,
             admin,
             test_deadline,
+            supervisor,
             instances,
         }
     }
 
     pub async fn converge(&mut self, desired: &Desired) {
+        self.supervisor.refresh();
         for d in &desired.instances {
             let mut s = self.instances.remove(&d.id).unwrap_or_default();
             match self.converge_one(&mut s, d, &desired.address).await {
@@ -102,8 +123,11 @@ impl Agent {
             if let Some(s) = self.instances.remove(&id) {
                 if let Some(p) = s.process {
                     let timeout = Duration::from_secs(10);
-                    p.stop(timeout).await;
+                    self.supervisor.stop(p, timeout).await;
                 }
+            }
+            if let Err(e) = self.supervisor.remove(&id) {
+                tracing::warn!(instance = %id, %e, "removing its supervision failed");
             }
             match self.host.uninstall(&id) {
                 Ok(()) => tracing::info!(instance = %id, "removed"),
@@ -114,7 +138,7 @@ impl Agent {
 
     async fn converge_one(
         &self,
-        s: &mut Supervised,
+        s: &mut Supervised<S::Running>,
         d: &DesiredInstance,
         address: &str,
     ) -> Result<(), AgentError> {
@@ -129,7 +153,7 @@ impl Agent {
             && self.host.current(&d.id).is_some();
         if !should_run {
             if let Some(p) = s.process.take() {
-                let how = p.stop(stop_timeout(d)).await;
+                let how = self.supervisor.stop(p, stop_timeout(d)).await;
                 tracing::info!(instance = %d.id, %how, "stopped");
                 s.last_exit = Some(how);
                 s.local.process = None;
@@ -139,15 +163,22 @@ impl Agent {
             return Ok(());
         }
         if d.restart_generation > s.local.restart_generation {
-            if let Some(p) = s.process.take() {
-                s.last_exit = Some(p.stop(stop_timeout(d)).await);
-            }
             s.local.restart_generation = d.restart_generation;
-            self.start(s, d)?;
+            match s.process.take() {
+                Some(p) => {
+                    let Some(launch) = self.launch(d)? else {
+                        return Ok(());
+                    };
+                    let (p, how) = self.supervisor.restart(p, &launch).await?;
+                    s.last_exit = Some(how);
+                    self.started(s, d, p)?;
+                }
+                None => self.start(s, d)?,
+            }
             return Ok(());
         }
         if let Some(p) = &mut s.process {
-            if let Some(how) = p.exited() {
+            if let State::Exited { how } = p.status().state {
                 tracing::warn!(instance = %d.id, %how, "exited; restarting after backoff");
                 let ran = s.started.map_or(Duration::ZERO, |t| t.elapsed());
                 s.backoff = if ran >= HEALTHY_RUN || s.backoff.is_zero() {
@@ -172,8 +203,9 @@ impl Agent {
         Ok(())
     }
 
-    fn start(&self, s: &mut Supervised, d: &DesiredInstance) -> Result<(), AgentError> {
-        let Some(run) = &d.run else { return Ok(()) };
+    /// How `d` runs here, `None` if it does not run at all.
+    fn launch(&self, d: &DesiredInstance) -> Result<Option<Launch>, AgentError> {
+        let Some(run) = &d.run else { return Ok(None) };
         let argv = run
             .command
             .iter()
@@ -185,9 +217,32 @@ impl Agent {
             .map(|(k, v)| Ok((k.clone(), self.host.expand(&d.id, v)?)))
             .collect::<Result<Vec<_>, AgentError>>()?;
         let dir = self.host.instance_dir(&d.id)?;
-        let p = process::spawn(&argv, &env, &dir, &dir.join("output.log"))?;
-        tracing::info!(instance = %d.id, pid = p.id.pid, "started");
-        s.local.process = Some(p.id);
+        Ok(Some(Launch {
+            id: d.id.clone(),
+            argv,
+            env,
+            log: dir.join("output.log"),
+            dir,
+            stop_timeout: stop_timeout(d),
+        }))
+    }
+
+    fn start(&self, s: &mut Supervised<S::Running>, d: &DesiredInstance) -> Result<(), AgentError> {
+        let Some(launch) = self.launch(d)? else {
+            return Ok(());
+        };
+        let p = self.supervisor.start(&launch)?;
+        self.started(s, d, p)
+    }
+
+    fn started(
+        &self,
+        s: &mut Supervised<S::Running>,
+        d: &DesiredInstance,
+        p: S::Running,
+    ) -> Result<(), AgentError> {
+        tracing::info!(instance = %d.id, pid = p.id().pid, "started");
+        s.local.process = Some(p.id());
         s.local.since = now();
         s.process = Some(p);
         s.started = Some(Instant::now());
@@ -198,7 +253,7 @@ impl Agent {
     /// Install, switch, restart, test; roll back on failure.
     async fn change(
         &self,
-        s: &mut Supervised,
+        s: &mut Supervised<S::Running>,
         d: &DesiredInstance,
         address: &str,
         from: Option<String>,
@@ -224,23 +279,23 @@ impl Agent {
             }
         }
         let runs = d.run.is_some() && d.run_state == RunState::Running;
-        let old_pid = s.process.as_ref().map(|p| p.id.pid);
+        let old_pid = s.process.as_ref().map(|p| p.id().pid);
         if let Some(p) = s.process.take() {
-            s.last_exit = Some(p.stop(stop_timeout(d)).await);
+            s.last_exit = Some(self.supervisor.stop(p, stop_timeout(d)).await);
         }
         self.host.switch_current(&d.id, to.as_deref())?;
         tracing::info!(instance = %d.id, ?from, ?to, "switched");
         if runs && to.is_some() {
             self.start(s, d)?;
-            let new_pid = s.process.as_ref().map(|p| p.id.pid);
+            let new_pid = s.process.as_ref().map(|p| p.id().pid);
             let proc_ref = &mut s.process;
             let results =
                 crate::probe::run(address, &d.tests, self.test_deadline, || {
                     match proc_ref.as_mut() {
-                        Some(p) if Some(p.id.pid) == old_pid => {
+                        Some(p) if Some(p.id().pid) == old_pid => {
                             Err("the pid did not change".into())
                         }
-                        Some(p) => match p.exited() {
+                        Some(p) => match exited(p) {
                             Some(how) => Err(format!("the new process exited: {how}")),
                             None => Ok(()),
                         },
@@ -249,7 +304,7 @@ impl Agent {
                 })
                 .await;
             // A process that died after its last test passed failed too.
-            let died = s.process.as_mut().and_then(|p| p.exited());
+            let died = s.process.as_mut().and_then(exited);
             let passed = results.iter().all(|r| r.ok) && died.is_none() && new_pid != old_pid;
             s.tests = results;
             if !passed {
@@ -263,7 +318,7 @@ impl Agent {
                     });
                 tracing::warn!(instance = %d.id, ?to, ?why, "tests failed; rolling back");
                 if let Some(p) = s.process.take() {
-                    s.last_exit = Some(p.stop(stop_timeout(d)).await);
+                    s.last_exit = Some(self.supervisor.stop(p, stop_timeout(d)).await);
                 }
                 self.host.switch_current(&d.id, from.as_deref())?;
                 if let Some(v) = &to {
@@ -289,7 +344,17 @@ impl Agent {
                 .and_then(|d| d.instances.iter().find(|i| &i.id == id))
                 .and_then(|i| i.run.as_ref())
                 .is_some();
-            let alive = s.process.as_mut().is_some_and(|p| p.exited().is_none());
+            let status = s.process.as_mut().map(|p| p.status());
+            let pid = match status.as_ref().map(|st| &st.state) {
+                Some(State::Running { pid }) => Some(*pid),
+                _ => None,
+            };
+            let alive = pid.is_some();
+            // A supervisor restarting it on its own is in its backoff: failed for now.
+            let restarting = matches!(
+                status.as_ref().map(|st| &st.state),
+                Some(State::Restarting { .. })
+            );
             let version = self.host.current(id);
             // A first install that failed leaves nothing to run: that is a failure, not a stop.
             let never_installed =
@@ -298,7 +363,7 @@ impl Agent {
                 ProcessState::Running
             } else if !runs {
                 ProcessState::Installed
-            } else if s.next_start.is_some() || s.error.is_some() || never_installed {
+            } else if restarting || s.next_start.is_some() || s.error.is_some() || never_installed {
                 ProcessState::Failed
             } else {
                 ProcessState::Stopped
@@ -307,14 +372,16 @@ impl Agent {
                 id: id.clone(),
                 version,
                 state,
-                pid: if alive {
-                    s.process.as_ref().map(|p| p.id.pid)
-                } else {
-                    None
+                pid,
+                since: status
+                    .as_ref()
+                    .and_then(|st| st.since)
+                    .unwrap_or(s.local.since),
+                restarts: s.restarts + status.as_ref().map_or(0, |st| st.restarts),
+                last_exit: match status.map(|st| st.state) {
+                    Some(State::Restarting { how }) => Some(how),
+                    _ => s.last_exit.clone(),
                 },
-                since: s.local.since,
-                restarts: s.restarts,
-                last_exit: s.last_exit.clone(),
                 tests: s.tests.clone(),
                 last_change: s.last_change.clone(),
             });
@@ -327,6 +394,18 @@ impl Agent {
     }
 }
 
+/// `Some(how)` once the process is not running, whether or not its supervisor restarts it.
+fn exited<R: Running>(p: &mut R) -> Option<String> {
+    match p.status().state {
+        State::Running { .. } => None,
+        State::Restarting { how } | State::Exited { how } => Some(how),
+    }
+}
+
 fn stop_timeout(d: &DesiredInstance) -> Duration {
     Duration::from_millis(d.run.as_ref().map_or(10_000, |r| r.stop_timeout_ms))
 }
+
+#[cfg(test)]
+#[path = "converge_tests.rs"]
+mod tests;

@@ -3,7 +3,8 @@
 //! Pull model, like the gateway: one task long-polls the server's desired state and caches it
 //! on disk; one converges the host to the last desired state it has (the cached one when ADMIN
 //! is down) and hands what it observes to a third, which reports it. Stopping the agent leaves
-//! the services running; the next agent adopts them by their pid files.
+//! the services running; the next agent adopts them (by their pid files, or as the systemd
+//! units that are active).
 
 #![forbid(unsafe_code)]
 
@@ -13,6 +14,8 @@ mod error;
 mod host;
 mod probe;
 mod process;
+mod supervise;
+mod systemd;
 
 use clap::{Parser, Subcommand, ValueEnum};
 use client::{Admin, Poll};
@@ -40,6 +43,8 @@ enum Command {
 enum Supervisor {
     /// The agent runs and restarts the processes itself.
     Process,
+    /// systemd runs each instance as a generated unit (`portcullis-instance-<id>.service`).
+    Systemd,
 }
 
 #[derive(clap::Args)]
@@ -56,9 +61,12 @@ struct RunArgs {
     /// File holding this server's token (`serve --agent-tokens` on ADMIN).
     #[arg(long)]
     token_file: Option<PathBuf>,
-    /// Who runs the instances (systemd units are future work).
+    /// Who runs the instances.
     #[arg(long, value_enum, default_value = "process")]
     supervisor: Supervisor,
+    /// Where `--supervisor systemd` writes the instances' units.
+    #[arg(long, default_value = "/run/systemd/system")]
+    unit_dir: PathBuf,
     /// How long ADMIN may hold a desired-state poll.
     #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
     wait: Duration,
@@ -110,7 +118,20 @@ fn read_token(path: &std::path::Path) -> Result<String, AgentError> {
 }
 
 async fn run(args: RunArgs) -> Result<(), AgentError> {
-    let Supervisor::Process = args.supervisor;
+    match args.supervisor {
+        Supervisor::Process => run_with(args, supervise::Processes).await,
+        Supervisor::Systemd => {
+            let units = systemd::Units::new(args.unit_dir.clone());
+            units.check()?;
+            run_with(args, units).await
+        }
+    }
+}
+
+async fn run_with<S: supervise::Supervisor>(
+    args: RunArgs,
+    supervisor: S,
+) -> Result<(), AgentError> {
     std::fs::create_dir_all(&args.root).map_err(error::io(&args.root))?;
     let root = std::fs::canonicalize(&args.root).map_err(error::io(&args.root))?;
     let token = args.token_file.as_deref().map(read_token).transpose()?;
@@ -157,7 +178,7 @@ async fn run(args: RunArgs) -> Result<(), AgentError> {
     tokio::spawn(report_loop(reporter, report_rx));
 
     let admin = Admin::new(&args.admin, &args.server, token)?;
-    let mut agent = converge::Agent::new(host, admin, args.test_deadline);
+    let mut agent = converge::Agent::new(host, admin, args.test_deadline, supervisor);
     tracing::info!(server = %args.server, root = %args.root.display(), "agent running");
     let mut stop = Box::pin(shutdown());
     loop {

@@ -25,7 +25,7 @@ pub struct Process {
 }
 
 /// The start time of a live (not zombie) process; `None` when there is none.
-fn start_time(pid: u32) -> Option<u64> {
+pub fn start_time(pid: u32) -> Option<u64> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
     // The command name is in parentheses and may hold spaces: fields start after the last ')'.
     let rest = &stat[stat.rfind(')')? + 1..];
