@@ -6,7 +6,9 @@
 //! ADMIN is down every instance keeps serving: the first on the new version, the second
 //! finishes its change on its own, the third on the old version, the agents alive. When ADMIN
 //! is back, every report agrees with the inventory ADMIN recorded; re-issuing the same rollout
-//! skips the two done (`unchanged`, same pids) and upgrades only the third.
+//! skips the two done (`unchanged`, same pids) and upgrades only the third. Killed again
+//! while the first instance changes to a version that fails: its agent rolls back alone, and
+//! the re-issued rollout puts the inventory back to the version that runs and stops there.
 
 mod support;
 
@@ -276,6 +278,67 @@ async fn admin_killed_mid_rollout_agents_keep_serving_and_reissuing_completes_it
     assert!(running(&v2)(&third), "{third:#}");
     assert_eq!(third["version"], v2.as_str());
     assert_ne!(pid(&third), pids[2]);
+
+    // Killed again, mid-change to a version that exits after 1.5 s: the agent rolls back on its
+    // own while ADMIN is down, and the inventory names the broken version when ADMIN returns.
+    // The re-issued rollout learns the verdict from the report, puts the inventory back to
+    // what runs, and stops there.
+    let sick = tree(dir.path(), "sick", true, 200);
+    let script = std::fs::read_to_string(sick.join("server.py")).unwrap();
+    std::fs::write(
+        sick.join("server.py"),
+        format!("import time\ntime.sleep(1.5)\n{script}"),
+    )
+    .unwrap();
+    let sick = store.build("web", &sick, Some("web-sick")).unwrap().id;
+    let rollout = {
+        let url = url.clone();
+        let sick = sick.clone();
+        tokio::spawn(async move {
+            client_long()
+                .post(format!("{url}/v1/types/web/upgrade?to={sick}&wait=60s"))
+                .bearer_auth(ADMIN_TOKEN)
+                .send()
+                .await
+        })
+    };
+    let start = Instant::now();
+    while current(&roots[0], &ids[0]).as_deref() != Some(sick.as_str()) {
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "never switched to {sick}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let mut admin = admin;
+    admin.0.kill().unwrap();
+    admin.0.wait().unwrap();
+    assert!(rollout.await.unwrap().is_err());
+    // Back on v2 without ADMIN.
+    let body = healthy(a, port).await;
+    assert!(body.starts_with("v2 "), "{body}");
+    assert_eq!(current(&roots[0], &ids[0]).as_deref(), Some(v2.as_str()));
+    let admin = spawn_admin(&catalog, &state, admin_port, &admin_log).await;
+    assert_eq!(instance(&url, &ids[0]).await["version"], sick.as_str());
+    let r = client_long()
+        .post(format!("{url}/v1/types/web/upgrade?to={sick}&wait=60s"))
+        .bearer_auth(ADMIN_TOKEN)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 422);
+    let r: Value = serde_json::from_slice(&r.bytes().await.unwrap()).unwrap();
+    assert_eq!(r["outcome"], "rolled-back", "{r:#}");
+    assert_eq!(r["not_attempted"], serde_json::json!(ids[1..]));
+    let first = until(&url, &ids[0], "v2 running", running(&v2)).await;
+    assert_eq!(
+        first["version"],
+        v2.as_str(),
+        "the inventory went back to what runs"
+    );
+    for id in &ids[1..] {
+        assert_eq!(instance(&url, id).await["version"], v2.as_str());
+    }
     drop(cleanup);
     drop(admin);
 }
