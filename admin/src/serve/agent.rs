@@ -239,11 +239,8 @@ async fn observed(
             format!("no server {server}"),
         ));
     }
-    let h = hub.clone();
-    let s = server.clone();
-    tokio::task::spawn_blocking(move || h.set_observed(&s, report))
+    hub.set_observed(&server, report)
         .await
-        .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?
         .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
     Ok(StatusCode::NO_CONTENT.into_response())
 }
@@ -260,10 +257,9 @@ async fn run_action(
             format!("no instance {id}"),
         ));
     }
-    let i = id.clone();
-    let c = tokio::task::spawn_blocking(move || hub.set_run(&i, action))
+    let c = hub
+        .set_run(&id, action)
         .await
-        .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?
         .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
     tracing::info!(instance = %id, ?action, "desired run state changed");
     Ok(

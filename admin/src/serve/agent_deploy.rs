@@ -229,11 +229,21 @@ pub(crate) async fn deploy_one(
     if !already {
         set_version(state, identity, id, Some(target.clone())).await?;
     }
+    // What the agent runs again after a failed change: the inventory goes back to it.
+    let mut back = from.clone();
     loop {
         let seen = observed_instance(&hub, &inst.server, id);
         if let Some((outcome, error)) = seen.as_ref().and_then(|o| verdict(o, &target)) {
             report.outcome = outcome;
             report.error = error;
+            if already {
+                // The inventory named the target before this request (a rollout re-issued after
+                // ADMIN was killed mid-change): the agent's report says what it went back to.
+                back = seen
+                    .as_ref()
+                    .and_then(|o| o.last_change.as_ref())
+                    .and_then(|c| c.from.clone());
+            }
             report.tests = seen.map(|o| o.tests).unwrap_or_default();
             break;
         }
@@ -251,8 +261,8 @@ pub(crate) async fn deploy_one(
     report.seconds = start.elapsed().as_secs_f64();
     // The agent runs the previous release again: say so in the inventory too, or the desired
     // state would name a version that runs nowhere.
-    if matches!(report.outcome.as_str(), "rolled-back" | "failed") && !already {
-        set_version(state, identity, id, from).await?;
+    if matches!(report.outcome.as_str(), "rolled-back" | "failed") && back != Some(target.clone()) {
+        set_version(state, identity, id, back).await?;
     }
     tracing::info!(instance = %id, to = %target, outcome = %report.outcome,
         seconds = report.seconds, "version change through the agent");

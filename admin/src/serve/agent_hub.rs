@@ -8,13 +8,15 @@
 //!
 //! Both are written atomically before they are served, so an ADMIN restart keeps a stopped
 //! instance stopped. A change bumps a `watch` generation that desired-state long-polls wait on.
+//! Replicas sharing a catalog in PostgreSQL keep both there instead (agent_pg.rs,
+//! [`AgentHub::open_shared`]), so every replica serves every agent.
 
 use crate::desired::RunControl;
 use crate::versions::Store;
 use portcullis_agent_proto::{Observed, RunState};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use tokio::sync::watch;
 
 #[derive(Debug, thiserror::Error)]
@@ -31,6 +33,15 @@ pub enum HubError {
     },
     #[error("{path}:{line}: expected `SERVER TOKEN`")]
     TokenLine { path: PathBuf, line: usize },
+    #[cfg(feature = "db")]
+    #[error("PostgreSQL: {0}")]
+    Sql(#[from] sqlx::Error),
+    /// A row ADMIN did not write (shared state in PostgreSQL).
+    #[error("corrupt agent state in PostgreSQL: {0}")]
+    Stored(String),
+    /// A blocking write's task panicked or was cancelled.
+    #[error("{0}")]
+    Task(String),
 }
 
 #[derive(Default)]
@@ -47,6 +58,9 @@ pub struct AgentHub {
     tokens: Vec<(String, String)>,
     data: Mutex<Data>,
     changed: watch::Sender<u64>,
+    /// Run states and reports in PostgreSQL rather than under `dir`.
+    #[cfg(feature = "db")]
+    shared: Option<super::agent_pg::PgHub>,
 }
 
 impl std::fmt::Debug for AgentHub {
@@ -118,7 +132,42 @@ impl AgentHub {
             tokens,
             data: Mutex::new(Data { run, observed }),
             changed: watch::channel(0).0,
+            #[cfg(feature = "db")]
+            shared: None,
         })
+    }
+
+    /// The hub of a replica sharing its catalog in PostgreSQL at `url`: run states and reports
+    /// in the database (shared by every replica, followed through `NOTIFY`), the version store
+    /// (the blobs agents fetch) under `store_dir`. Spawns the task following the database; it
+    /// ends with the hub.
+    #[cfg(feature = "db")]
+    pub async fn open_shared(
+        url: &str,
+        store_dir: &Path,
+        tokens: Vec<(String, String)>,
+    ) -> Result<Arc<AgentHub>, HubError> {
+        let pg = super::agent_pg::PgHub::connect(url).await?;
+        let data = Data {
+            run: pg.load_run().await?,
+            observed: pg.load_observed(None).await?,
+        };
+        let hub = Arc::new(AgentHub {
+            dir: store_dir.join("agents"),
+            store: Store::new(store_dir),
+            tokens,
+            data: Mutex::new(data),
+            changed: watch::channel(0).0,
+            shared: Some(pg.clone()),
+        });
+        let weak = Arc::downgrade(&hub);
+        tokio::spawn(async move {
+            while let Err(e) = follow(&weak, &pg).await {
+                tracing::warn!(%e, "following the agents' state in PostgreSQL; reconnecting");
+                tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+            }
+        });
+        Ok(hub)
     }
 
     pub fn store(&self) -> &Store {
@@ -156,7 +205,25 @@ impl AgentHub {
 
     /// Sets the desired run state (`restart`: running, and the restart generation bumped).
     /// Written before it is served. Returns the new control.
-    pub fn set_run(&self, instance: &str, action: RunAction) -> Result<RunControl, HubError> {
+    pub async fn set_run(
+        self: &Arc<Self>,
+        instance: &str,
+        action: RunAction,
+    ) -> Result<RunControl, HubError> {
+        #[cfg(feature = "db")]
+        if let Some(pg) = &self.shared {
+            let c = pg.save_run(instance, action).await?;
+            self.lock().run.insert(instance.to_owned(), c);
+            self.changed.send_modify(|g| *g += 1);
+            return Ok(c);
+        }
+        let (hub, i) = (self.clone(), instance.to_owned());
+        tokio::task::spawn_blocking(move || hub.set_run_in_dir(&i, action))
+            .await
+            .map_err(|e| HubError::Task(e.to_string()))?
+    }
+
+    fn set_run_in_dir(&self, instance: &str, action: RunAction) -> Result<RunControl, HubError> {
         let mut data = self.lock();
         let mut c = data.run.get(instance).copied().unwrap_or_default();
         match action {
@@ -180,7 +247,24 @@ impl AgentHub {
         self.lock().observed.get(server).cloned()
     }
 
-    pub fn set_observed(&self, server: &str, report: Observed) -> Result<(), HubError> {
+    pub async fn set_observed(
+        self: &Arc<Self>,
+        server: &str,
+        report: Observed,
+    ) -> Result<(), HubError> {
+        #[cfg(feature = "db")]
+        if let Some(pg) = &self.shared {
+            pg.save_observed(server, &report).await?;
+            self.lock().observed.insert(server.to_owned(), report);
+            return Ok(());
+        }
+        let (hub, s) = (self.clone(), server.to_owned());
+        tokio::task::spawn_blocking(move || hub.set_observed_in_dir(&s, report))
+            .await
+            .map_err(|e| HubError::Task(e.to_string()))?
+    }
+
+    fn set_observed_in_dir(&self, server: &str, report: Observed) -> Result<(), HubError> {
         let path = self.dir.join("observed").join(format!("{server}.json"));
         self.write(&path, &report)?;
         self.lock().observed.insert(server.to_owned(), report);
@@ -197,6 +281,44 @@ impl AgentHub {
             std::fs::create_dir_all(parent).map_err(io)?;
         }
         crate::durable::write_atomically(path, &bytes).map_err(io)
+    }
+}
+
+/// Follows the database for the hub behind `weak` until the hub is gone (`Ok`) or the
+/// connection breaks (the error): reloads what each notification names, everything at first.
+#[cfg(feature = "db")]
+async fn follow(
+    weak: &std::sync::Weak<AgentHub>,
+    pg: &super::agent_pg::PgHub,
+) -> Result<(), HubError> {
+    use super::agent_pg::{next_change, Change};
+    let mut listener = pg.listen().await?;
+    let mut change = Change::All;
+    loop {
+        let (run, observed) = match &change {
+            Change::All => (Some(pg.load_run().await?), pg.load_observed(None).await?),
+            Change::Run => (Some(pg.load_run().await?), BTreeMap::new()),
+            Change::Observed(server) => (None, pg.load_observed(Some(server)).await?),
+        };
+        // In a block: neither the hub nor its lock is held while waiting for the next change.
+        {
+            let Some(hub) = weak.upgrade() else {
+                return Ok(());
+            };
+            let run_changed = {
+                let mut data = hub.lock();
+                data.observed.extend(observed);
+                run.is_some_and(|run| {
+                    let changed = run != data.run;
+                    data.run = run;
+                    changed
+                })
+            };
+            if run_changed {
+                hub.changed.send_modify(|g| *g += 1);
+            }
+        }
+        change = next_change(&mut listener).await?;
     }
 }
 

@@ -9,6 +9,8 @@
 mod agent;
 mod agent_deploy;
 mod agent_hub;
+#[cfg(feature = "db")]
+mod agent_pg;
 mod audit;
 mod auth;
 mod conn;

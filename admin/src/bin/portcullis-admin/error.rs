@@ -61,6 +61,8 @@ pub enum CliError {
     BadTokenLine { path: PathBuf, line: usize },
     #[error("agents: {0}")]
     Agents(portcullis_admin::serve::HubError),
+    #[error("serve --state postgres://… --agent-tokens F also needs --agent-store DIR: the state directory whose version store serves the agents' blobs")]
+    AgentStoreNeeded,
     #[error(
         "serve: give either --catalog DIR or --state postgres://… (a shared catalog), not both"
     )]
@@ -117,7 +119,7 @@ impl CliError {
                 | portcullis_admin::pgstate::PgStateError::Empty => 2,
                 _ => 1,
             },
-            CliError::CatalogOrSharedState => 2,
+            CliError::CatalogOrSharedState | CliError::AgentStoreNeeded => 2,
             #[cfg(not(feature = "db"))]
             CliError::NoSharedState => 2,
             CliError::Catalog { .. }

@@ -49,6 +49,11 @@ pub struct ServeArgs {
     /// read that server's desired state and write its report (agents need --state).
     #[arg(long, requires = "state")]
     agent_tokens: Option<PathBuf>,
+    /// With `--state postgres://…` and `--agent-tokens`: a state directory whose version store
+    /// serves the agents' blobs (every replica needs the versions placed on servers). The
+    /// agents' run states and reports are kept in PostgreSQL, shared by the replicas.
+    #[arg(long, requires = "agent_tokens")]
+    agent_store: Option<PathBuf>,
 }
 
 pub fn serve(a: ServeArgs) -> Result<Outcome, CliError> {
@@ -57,7 +62,11 @@ pub fn serve(a: ServeArgs) -> Result<Outcome, CliError> {
     let rt = tokio::runtime::Runtime::new().map_err(CliError::Runtime)?;
     rt.block_on(async move {
         let (state, source) = match (&a.catalog, shared_url(&a)) {
-            (None, Some(url)) => (open_shared(url, options).await?, "postgresql".to_owned()),
+            (None, Some(url)) => {
+                let agents = shared_agents(&a, url).await?;
+                let options = serve::Options { agents, ..options };
+                (open_shared(url, options).await?, "postgresql".to_owned())
+            }
             (Some(dir), None) => {
                 let state =
                     serve::AdminState::open(dir, options).map_err(|errors| CliError::Catalog {
@@ -96,6 +105,32 @@ async fn open_shared(url: &str, options: serve::Options) -> Result<serve::AdminS
     serve::AdminState::open_shared(url, options)
         .await
         .map_err(CliError::from)
+}
+
+/// The agents' hub of a replica: run states and reports in PostgreSQL, blobs from
+/// `--agent-store`.
+#[cfg(feature = "db")]
+async fn shared_agents(
+    a: &ServeArgs,
+    url: &str,
+) -> Result<Option<std::sync::Arc<serve::AgentHub>>, CliError> {
+    let Some(tokens) = &a.agent_tokens else {
+        return Ok(None);
+    };
+    let store = a.agent_store.as_ref().ok_or(CliError::AgentStoreNeeded)?;
+    let tokens = serve::read_tokens(tokens).map_err(CliError::Agents)?;
+    serve::AgentHub::open_shared(url, store, tokens)
+        .await
+        .map(Some)
+        .map_err(CliError::Agents)
+}
+
+#[cfg(not(feature = "db"))]
+async fn shared_agents(
+    _: &ServeArgs,
+    _: &str,
+) -> Result<Option<std::sync::Arc<serve::AgentHub>>, CliError> {
+    Ok(None)
 }
 
 #[cfg(not(feature = "db"))]
@@ -138,7 +173,8 @@ fn options(a: &ServeArgs) -> Result<serve::Options, CliError> {
                 key,
                 client_ca: a.tls_client_ca.clone(),
             }),
-        // Agents' tokens, run states and reports live in a state directory (not in PostgreSQL).
+        // With a state directory, agents' run states and reports live there; with PostgreSQL
+        // (`shared_agents`), in the database.
         agents: match a.state.as_ref().filter(|s| !is_state_url(s)) {
             Some(state) => {
                 let tokens = match &a.agent_tokens {
