@@ -22,10 +22,27 @@ struct Manager {
     pid: u32,
     dir: PathBuf,
     agent: Option<Child>,
+    agent_log: Option<PathBuf>,
 }
 
 impl Drop for Manager {
     fn drop(&mut self) {
+        if std::thread::panicking() {
+            // What the agent and systemd thought, for the failure's report.
+            let status = self
+                .nsenter()
+                .args(["systemctl", "status", "--no-pager", "--all"])
+                .output();
+            if let Ok(o) = status {
+                eprintln!("systemctl status:\n{}", String::from_utf8_lossy(&o.stdout));
+            }
+            if let Some(log) = &self.agent_log {
+                eprintln!(
+                    "agent log:\n{}",
+                    std::fs::read_to_string(log).unwrap_or_default()
+                );
+            }
+        }
         if let Some(a) = &mut self.agent {
             kill_agent(a);
         }
@@ -129,14 +146,31 @@ fn start_manager(dir: &Path) -> Manager {
         pid: 0,
         dir: dir.to_owned(),
         agent: None,
+        agent_log: None,
     };
     let started = Instant::now();
-    // The script execs unshare, which forks systemd.
-    m.pid = wait_for("systemd to start", Duration::from_secs(10), || {
-        children(script_pid)
+    // The script execs unshare, which forks systemd. If the script ends first (no cgroup v2
+    // to write, no namespaces), say why.
+    let log = dir.join("manager.log");
+    m.pid = loop {
+        if let Some(p) = children(script_pid)
             .into_iter()
             .find(|p| comm(*p) == "systemd")
-    });
+        {
+            break p;
+        }
+        if let Ok(Some(status)) = m.script.try_wait() {
+            panic!(
+                "the private systemd did not start ({status}): {}",
+                std::fs::read_to_string(&log).unwrap_or_default()
+            );
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "waited 10 s for the private systemd"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    };
     wait_for("systemd to answer", Duration::from_secs(10), || {
         let out = m.systemctl(&["is-system-running"]);
         (out.trim() == "running").then_some(())
@@ -184,6 +218,7 @@ impl Manager {
             .spawn()
             .unwrap();
         self.agent = Some(child);
+        self.agent_log = Some(root.with_extension("log"));
     }
 }
 
