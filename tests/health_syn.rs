@@ -8,9 +8,11 @@
 mod common;
 
 use common::gateway::get;
-use common::health_daemon::Daemon;
+#[path = "health_support/daemon.rs"]
+mod health_daemon;
 use common::lab::{in_netns, Lab, VIP1};
 use common::{require_nft, wait_until};
+use health_daemon::Daemon;
 use portcullis::daemon::health::syn::SynProber;
 use portcullis::daemon::health::syn_packet::Answer;
 use std::collections::BTreeSet;

@@ -3,7 +3,6 @@
 
 pub mod fault_admin;
 pub mod gateway;
-pub mod health_daemon;
 pub mod lab;
 pub mod stub_admin;
 

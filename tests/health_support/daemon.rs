@@ -2,9 +2,9 @@
 //! gateway namespace on an export of one checked service, read through its metrics listener,
 //! status file, journal and log.
 
-use super::gateway::get;
-use super::lab::{in_netns, Lab, VIP1};
-use super::{terminate, tmp_dir};
+use crate::common::gateway::get;
+use crate::common::lab::{in_netns, Lab, VIP1};
+use crate::common::{terminate, tmp_dir};
 use std::net::TcpListener;
 use std::path::PathBuf;
 use std::process::{Child, Stdio};
