@@ -11,6 +11,7 @@ mod common;
 
 use common::gateway::get;
 #[path = "health_support/daemon.rs"]
+#[allow(dead_code)] // each suite uses part of it
 mod health_daemon;
 use common::lab::{in_netns, Lab, VIP1};
 use common::{require_nft, wait_until};

@@ -12,7 +12,6 @@
 //! instance at a time throughout, as one 30-instance rollout would go. ADMIN runs as a process
 //! of its own (this binary re-executed) so its CPU time is its own.
 
-#[allow(dead_code)]
 #[path = "../tests/support/mod.rs"]
 mod support;
 
@@ -196,13 +195,13 @@ async fn bench() {
             .push(spawn_agent(&url, server, &root, &token_file));
     }
     let agent_pids: Vec<u32> = cleanup.agents.iter().map(|a| a.id()).collect();
-    for k in 0..TYPES {
+    for (k, version) in v1.iter().enumerate() {
         for (server, _) in SERVERS {
             until(
                 &url,
                 &format!("w{k}.{server}.1"),
                 "v1 running",
-                running(&v1[k]),
+                running(version),
             )
             .await;
         }
@@ -219,9 +218,9 @@ async fn bench() {
         .unwrap();
     let t0 = Instant::now();
     let mut per_instance = Vec::new();
-    for k in 0..TYPES {
+    for (k, version) in v2.iter().enumerate() {
         let r = long
-            .post(format!("{url}/v1/types/w{k}/upgrade?to={}&wait=60s", v2[k]))
+            .post(format!("{url}/v1/types/w{k}/upgrade?to={version}&wait=60s"))
             .bearer_auth(ADMIN_TOKEN)
             .send()
             .await
