@@ -139,16 +139,23 @@ pub fn wait_for_confirmation(dir: &Path, within: Duration) -> Result<Answer, Con
     let pending = dir.join(PENDING);
     let deadline = now_unix() + within.as_secs();
     let pending_text = format!("{} {deadline}\n", std::process::id());
-    crate::durable::write_atomic(&pending, pending_text.as_bytes()).map_err(io(&pending))?;
-    let answer = wait(&confirmed, within);
+    let announce = || crate::durable::write_atomic(&pending, pending_text.as_bytes());
+    let answer = wait(&confirmed, within, announce);
     let _ = std::fs::remove_file(&pending);
     let _ = std::fs::remove_file(&confirmed);
     answer.map_err(io(dir))
 }
 
 /// The wait itself, on a small runtime for the signals (the daemon's signal handling, the
-/// same crate: no second one for this).
-fn wait(confirmed: &Path, within: Duration) -> std::io::Result<Answer> {
+/// same crate: no second one for this). `announce` writes the pending marker once the
+/// handlers are in place: whoever reads the marker learns this pid, and a SIGHUP or SIGINT
+/// sent from then on must find them installed, not the default action that ends the
+/// process without a rollback.
+fn wait(
+    confirmed: &Path,
+    within: Duration,
+    announce: impl FnOnce() -> std::io::Result<()>,
+) -> std::io::Result<Answer> {
     use tokio::signal::unix::{signal, SignalKind};
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -158,6 +165,7 @@ fn wait(confirmed: &Path, within: Duration) -> std::io::Result<Answer> {
         let mut terminate = signal(SignalKind::terminate())?;
         // Installed so SIGHUP's default action (ending the process) cannot end the wait.
         let _hangup = signal(SignalKind::hangup())?;
+        announce()?;
         let marker = async {
             while !confirmed.exists() {
                 tokio::time::sleep(POLL).await;
