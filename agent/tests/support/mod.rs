@@ -3,6 +3,8 @@
 
 #![allow(dead_code)]
 
+pub mod netns;
+
 use portcullis_admin::serve::{self, AdminState, AgentHub, Options};
 use serde_json::Value;
 use std::os::unix::fs::PermissionsExt;
