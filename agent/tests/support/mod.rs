@@ -3,6 +3,8 @@
 
 #![allow(dead_code)]
 
+pub mod netns;
+
 use portcullis_admin::serve::{self, AdminState, AgentHub, Options};
 use serde_json::Value;
 use std::os::unix::fs::PermissionsExt;
@@ -62,10 +64,17 @@ pub fn free_port() -> u16 {
         .port()
 }
 
+/// The inventory of [`SERVERS`] with `versions` as its (server, version) instances.
 pub fn inventory(catalog: &Path, versions: &[(&str, &str)]) {
+    let servers: Vec<(&str, String)> = SERVERS.iter().map(|(s, a)| (*s, a.to_string())).collect();
+    inventory_at(catalog, &servers, versions)
+}
+
+/// The inventory of `servers`, (name, address), with `versions` as its (server, version) instances.
+pub fn inventory_at(catalog: &Path, servers: &[(&str, String)], versions: &[(&str, &str)]) {
     let mut text =
         String::from("locations:\n  l1: { ip-labels: { www: [203.0.113.1] } }\nservers:\n");
-    for (name, addr) in SERVERS {
+    for (name, addr) in servers {
         text.push_str(&format!(
             "  {name}: {{ kind: app, location: l1, address: {addr} }}\n"
         ));
@@ -116,8 +125,22 @@ pub fn kill_group(pid: i32) {
     }
 }
 
+pub const AGENT_BIN: &str = env!("CARGO_BIN_EXE_portcullis-agent");
+
 pub fn spawn_agent(url: &str, server: &str, root: &Path, token_file: &Path) -> Child {
-    Command::new(env!("CARGO_BIN_EXE_portcullis-agent"))
+    spawn_agent_with(Command::new(AGENT_BIN), url, server, root, token_file)
+}
+
+/// Like [`spawn_agent`], with `agent` the command that runs [`AGENT_BIN`] (e.g. inside a
+/// network namespace).
+pub fn spawn_agent_with(
+    mut agent: Command,
+    url: &str,
+    server: &str,
+    root: &Path,
+    token_file: &Path,
+) -> Child {
+    agent
         .args([
             "run",
             "--admin",
