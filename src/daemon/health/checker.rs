@@ -2,10 +2,12 @@
 //! added together do not probe in step, and neither do the two gateways of a pair), all
 //! sharing a semaphore so at most `max_concurrent` probes — and their sockets — are in
 //! flight at once. Results go to the [`Board`]; a transition wakes the daemon through a
-//! [`Notify`], which coalesces: a burst of transitions costs one apply.
+//! [`Notify`], which coalesces: a burst of transitions costs one apply. The tasks run on a
+//! thread of their own ([`ProbeThread`]), started with the first targets.
 
 use super::board::Board;
 use super::probe::probe;
+use super::probe_thread::ProbeThread;
 use super::syn::SynProber;
 use super::{HealthConfig, TcpProbe};
 use crate::model::health::{Probe, Target};
@@ -26,6 +28,9 @@ pub struct Checker {
     /// runtime); `Err` once opening failed, so it is tried and warned about once per
     /// configuration.
     syn: Option<Result<Arc<SynProber>, ()>>,
+    /// Where the probe tasks run; `Err` once starting it failed (the daemon's runtime then
+    /// runs them).
+    thread: Option<Result<ProbeThread, ()>>,
 }
 
 impl Checker {
@@ -37,6 +42,7 @@ impl Checker {
             changed: Arc::new(Notify::new()),
             tasks: BTreeMap::new(),
             syn: None,
+            thread: None,
         }
     }
 
@@ -60,10 +66,11 @@ impl Checker {
             }
             keep
         });
-        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
-            if !wanted.is_empty() {
-                tracing::error!("health checks need the async runtime; not probing");
-            }
+        if wanted.is_empty() {
+            return;
+        }
+        let Some(runtime) = self.runtime() else {
+            tracing::error!("health checks need the async runtime; not probing");
             return;
         };
         let _entered = runtime.enter();
@@ -81,6 +88,19 @@ impl Checker {
                 self.changed.clone(),
             ));
             self.tasks.insert(t.clone(), task.abort_handle());
+        }
+    }
+
+    /// The probe thread's runtime, started now if need be; the current one if it cannot start.
+    fn runtime(&mut self) -> Option<tokio::runtime::Handle> {
+        let thread = self.thread.get_or_insert_with(|| {
+            ProbeThread::start().map_err(|e| {
+                tracing::warn!("health: no probe thread ({e}): probing on the daemon's runtime");
+            })
+        });
+        match thread {
+            Ok(t) => Some(t.handle().clone()),
+            Err(()) => tokio::runtime::Handle::try_current().ok(),
         }
     }
 

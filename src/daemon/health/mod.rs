@@ -16,6 +16,7 @@ pub mod apply;
 pub mod board;
 pub mod checker;
 pub mod probe;
+pub mod probe_thread;
 pub mod state;
 pub mod syn;
 pub mod syn_packet;
