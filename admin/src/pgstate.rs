@@ -93,21 +93,33 @@ pub fn is_url(s: &str) -> bool {
     s.starts_with("postgres://") || s.starts_with("postgresql://")
 }
 
+/// A pool on `url` whose tables exist: `schema` (idempotent DDL) runs under the transaction
+/// advisory lock `lock`, so replicas starting together do not race to create the same tables.
+pub(crate) async fn connect_with_schema(
+    url: &str,
+    max_connections: u32,
+    lock: i64,
+    schema: &'static str,
+) -> Result<PgPool, sqlx::Error> {
+    let pool = PgPoolOptions::new()
+        .max_connections(max_connections)
+        .acquire_timeout(Duration::from_secs(10))
+        .connect(url)
+        .await?;
+    let mut tx = pool.begin().await?;
+    sqlx::query("SELECT pg_advisory_xact_lock($1)")
+        .bind(lock)
+        .execute(&mut *tx)
+        .await?;
+    sqlx::raw_sql(schema).execute(&mut *tx).await?;
+    tx.commit().await?;
+    Ok(pool)
+}
+
 impl PgStore {
     /// Connects and creates the tables when missing.
     pub async fn connect(url: &str) -> Result<PgStore, PgStateError> {
-        let pool = PgPoolOptions::new()
-            .max_connections(16)
-            .acquire_timeout(Duration::from_secs(10))
-            .connect(url)
-            .await?;
-        let mut tx = pool.begin().await?;
-        sqlx::query("SELECT pg_advisory_xact_lock($1)")
-            .bind(SCHEMA_LOCK)
-            .execute(&mut *tx)
-            .await?;
-        sqlx::raw_sql(SCHEMA).execute(&mut *tx).await?;
-        tx.commit().await?;
+        let pool = connect_with_schema(url, 16, SCHEMA_LOCK, SCHEMA).await?;
         Ok(PgStore { pool })
     }
 

@@ -15,10 +15,9 @@
 use super::agent_hub::{HubError, RunAction};
 use crate::desired::RunControl;
 use portcullis_agent_proto::{Observed, RunState};
-use sqlx::postgres::{PgListener, PgPool, PgPoolOptions};
+use sqlx::postgres::{PgListener, PgPool};
 use sqlx::Row;
 use std::collections::BTreeMap;
-use std::time::Duration;
 
 pub const CHANNEL: &str = "portcullis_agents";
 
@@ -68,18 +67,7 @@ fn state_text(s: RunState) -> &'static str {
 
 impl PgHub {
     pub async fn connect(url: &str) -> Result<PgHub, HubError> {
-        let pool = PgPoolOptions::new()
-            .max_connections(4)
-            .acquire_timeout(Duration::from_secs(10))
-            .connect(url)
-            .await?;
-        let mut tx = pool.begin().await?;
-        sqlx::query("SELECT pg_advisory_xact_lock($1)")
-            .bind(SCHEMA_LOCK)
-            .execute(&mut *tx)
-            .await?;
-        sqlx::raw_sql(SCHEMA).execute(&mut *tx).await?;
-        tx.commit().await?;
+        let pool = crate::pgstate::connect_with_schema(url, 4, SCHEMA_LOCK, SCHEMA).await?;
         Ok(PgHub { pool })
     }
 
