@@ -38,10 +38,7 @@ fn main() {
 /// The re-executed binary: ADMIN on `catalog\nstate\naddr` until killed.
 fn admin_process(spec: &str) {
     let lines: Vec<&str> = spec.lines().collect();
-    let tokens: Vec<(String, String)> = SERVERS
-        .iter()
-        .map(|(s, _)| (s.to_string(), format!("token-{s}")))
-        .collect();
+    let tokens = server_tokens();
     let rt = tokio::runtime::Runtime::new().unwrap();
     rt.block_on(async {
         let _admin = start_admin(
@@ -168,10 +165,7 @@ async fn bench() {
         .unwrap();
     let admin_pid = admin.id();
     let _admin = Killed(vec![admin]);
-    let mut cleanup = Cleanup {
-        agents: Vec::new(),
-        roots: Vec::new(),
-    };
+    let mut cleanup = Cleanup::new();
     let start = Instant::now();
     while client()
         .get(format!("{url}/v1/instances"))
@@ -185,15 +179,7 @@ async fn bench() {
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    for (server, _) in SERVERS {
-        let root = dir.path().join(format!("root-{server}"));
-        let token_file = dir.path().join(format!("token-{server}"));
-        std::fs::write(&token_file, format!("token-{server}\n")).unwrap();
-        cleanup.roots.push(root.clone());
-        cleanup
-            .agents
-            .push(spawn_agent(&url, server, &root, &token_file));
-    }
+    cleanup.spawn_agents(&url, dir.path());
     let agent_pids: Vec<u32> = cleanup.agents.iter().map(|a| a.id()).collect();
     for (k, version) in v1.iter().enumerate() {
         for (server, _) in SERVERS {

@@ -13,7 +13,7 @@
 mod support;
 
 use serde_json::Value;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Child, Command};
 use std::time::{Duration, Instant};
 use support::*;
@@ -114,17 +114,9 @@ fn answer_pid(body: &str) -> i32 {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn admin_killed_mid_rollout_agents_keep_serving_and_reissuing_completes_it() {
-    let python = python();
-    let dir = tempfile::tempdir().unwrap();
-    let catalog = dir.path().join("catalog");
-    let state = dir.path().join("state");
-    std::fs::create_dir_all(catalog.join("meta")).unwrap();
-    let port = free_port();
-    let store = portcullis_admin::versions::Store::new(&state);
-    let v1 = store
-        .build("web", &tree(dir.path(), "v1", false, 200), Some("web-v1"))
-        .unwrap()
-        .id;
+    let web = WebType::new(GREETING);
+    let (dir, catalog, state, port) = (&web.dir, web.catalog.clone(), web.state.clone(), web.port);
+    let v1 = web.version("v1", false, 200);
     // v2 sleeps before it listens: its health test takes 1.5 s, a window to kill ADMIN in.
     let slow = tree(dir.path(), "v2", false, 200);
     let script = std::fs::read_to_string(slow.join("server.py")).unwrap();
@@ -133,37 +125,14 @@ async fn admin_killed_mid_rollout_agents_keep_serving_and_reissuing_completes_it
         format!("import time\ntime.sleep(1.5)\n{script}"),
     )
     .unwrap();
-    let v2 = store.build("web", &slow, Some("web-v2")).unwrap().id;
-    std::fs::write(
-        catalog.join("meta/web.yaml"),
-        format!(
-            "type: web\nconfig: {{ greeting: \"hello from ${{id}}\" }}\n\
-             run:\n  command: [{python}, \"${{release}}/server.py\", \"${{host-ip}}\", {port}, \"${{config}}\"]\n  \
-             stop-timeout: 5s\n\
-             tests:\n  - {{ name: health, http: /health, port: {port}, expect: 200 }}\n"
-        ),
-    )
-    .unwrap();
+    let v2 = web.version_of("v2", &slow);
     inventory(&catalog, &[("a", &v1), ("b", &v1), ("c", &v1)]);
     let admin_port = free_port();
     let url = format!("http://127.0.0.1:{admin_port}");
     let admin_log = dir.path().join("admin.log");
     let admin = spawn_admin(&catalog, &state, admin_port, &admin_log).await;
-    let mut cleanup = Cleanup {
-        agents: Vec::new(),
-        roots: Vec::new(),
-    };
-    let mut roots: Vec<PathBuf> = Vec::new();
-    for (server, _) in SERVERS {
-        let root = dir.path().join(format!("root-{server}"));
-        let token_file = dir.path().join(format!("token-{server}"));
-        std::fs::write(&token_file, format!("token-{server}\n")).unwrap();
-        cleanup.roots.push(root.clone());
-        cleanup
-            .agents
-            .push(spawn_agent(&url, server, &root, &token_file));
-        roots.push(root);
-    }
+    let mut cleanup = Cleanup::new();
+    let roots = cleanup.spawn_agents(&url, dir.path());
     let ids: Vec<String> = SERVERS.iter().map(|(s, _)| format!("web.{s}.1")).collect();
     let mut pids = Vec::new();
     for id in &ids {
@@ -290,7 +259,7 @@ async fn admin_killed_mid_rollout_agents_keep_serving_and_reissuing_completes_it
         format!("import time\ntime.sleep(1.5)\n{script}"),
     )
     .unwrap();
-    let sick = store.build("web", &sick, Some("web-sick")).unwrap().id;
+    let sick = web.version_of("sick", &sick);
     let rollout = {
         let url = url.clone();
         let sick = sick.clone();

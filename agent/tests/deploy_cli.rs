@@ -52,38 +52,13 @@ fn code(out: &Output, want: i32) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn upgrade_and_downgrade_wait_for_the_agents_report() {
-    let python = python();
-    let dir = tempfile::tempdir().unwrap();
-    let catalog = dir.path().join("catalog");
-    let state = dir.path().join("state");
-    std::fs::create_dir_all(catalog.join("meta")).unwrap();
-    let port = free_port();
-    let store = portcullis_admin::versions::Store::new(&state);
-    let build = |tag: &str, broken: bool| {
-        store
-            .build(
-                "web",
-                &tree(dir.path(), tag, broken, 200),
-                Some(&format!("web-{tag}")),
-            )
-            .unwrap()
-            .id
-    };
+    let web = WebType::new("");
+    let (dir, catalog, state) = (&web.dir, web.catalog.clone(), web.state.clone());
     let (v1, v2, broken) = (
-        build("v1", false),
-        build("v2", false),
-        build("broken", true),
+        web.version("v1", false, 200),
+        web.version("v2", false, 200),
+        web.version("broken", true, 200),
     );
-    std::fs::write(
-        catalog.join("meta/web.yaml"),
-        format!(
-            "type: web\n\
-             run:\n  command: [{python}, \"${{release}}/server.py\", \"${{host-ip}}\", {port}, \"${{config}}\"]\n  \
-             stop-timeout: 5s\n\
-             tests:\n  - {{ name: health, http: /health, port: {port}, expect: 200 }}\n"
-        ),
-    )
-    .unwrap();
     inventory(&catalog, &[("a", &v1)]);
     let tokens = vec![("a".to_owned(), "token-a".to_owned())];
     let server = start_admin(&catalog, &state, &tokens, "127.0.0.1:0".parse().unwrap()).await;

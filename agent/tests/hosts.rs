@@ -26,48 +26,12 @@ async fn agents_install_run_stop_roll_back_and_survive_restarts() {
     if !require_netns() {
         return;
     }
-    let python = python();
-    let dir = tempfile::tempdir().unwrap();
-    let catalog = dir.path().join("catalog");
-    let state = dir.path().join("state");
-    std::fs::create_dir_all(catalog.join("meta")).unwrap();
-    let port = free_port();
-    let store = portcullis_admin::versions::Store::new(&state);
-    let v1 = store
-        .build("web", &tree(dir.path(), "v1", false, 200), Some("web-1"))
-        .unwrap()
-        .id;
-    let v2 = store
-        .build("web", &tree(dir.path(), "v2", false, 200), Some("web-2"))
-        .unwrap()
-        .id;
-    let unhealthy = store
-        .build(
-            "web",
-            &tree(dir.path(), "sick", false, 503),
-            Some("web-sick"),
-        )
-        .unwrap()
-        .id;
-    let broken = store
-        .build(
-            "web",
-            &tree(dir.path(), "broken", true, 200),
-            Some("web-broken"),
-        )
-        .unwrap()
-        .id;
-    std::fs::write(
-        catalog.join("meta/web.yaml"),
-        format!(
-            "type: web\ninstall: {{ mkdir: [data] }}\nuninstall: [\"${{instance-dir}}/data\"]\n\
-             config: {{ greeting: \"hello from ${{id}}\" }}\n\
-             run:\n  command: [{python}, \"${{release}}/server.py\", \"${{host-ip}}\", {port}, \"${{config}}\"]\n  \
-             stop-timeout: 5s\n\
-             tests:\n  - {{ name: health, http: /health, port: {port}, expect: 200 }}\n"
-        ),
-    )
-    .unwrap();
+    let web = WebType::new("install: { mkdir: [data] }\nuninstall: [\"${instance-dir}/data\"]\nconfig: { greeting: \"hello from ${id}\" }\n");
+    let (dir, catalog, state, port) = (&web.dir, web.catalog.clone(), web.state.clone(), web.port);
+    let v1 = web.version("v1", false, 200);
+    let v2 = web.version("v2", false, 200);
+    let unhealthy = web.version("sick", false, 503);
+    let broken = web.version("broken", true, 200);
     // Declared before `cleanup`, so dropped after it: the agents and services are ended first,
     // then the namespaces go (ending anything still left in them).
     let servers: Vec<Netns> = SERVERS.iter().map(|(s, _)| Netns::new(s)).collect();
@@ -79,10 +43,7 @@ async fn agents_install_run_stop_roll_back_and_survive_restarts() {
     let (addr_a, addr_b, addr_c) = (&addresses[0].1, &addresses[1].1, &addresses[2].1);
     let inventory = |versions: &[(&str, &str)]| inventory_at(&catalog, &addresses, versions);
     inventory(&[("a", &v1), ("b", &v1), ("c", &v1)]);
-    let tokens: Vec<(String, String)> = SERVERS
-        .iter()
-        .map(|(s, _)| (s.to_string(), format!("token-{s}")))
-        .collect();
+    let tokens = server_tokens();
     // On every address: each agent reaches ADMIN at the root namespace's end of its own link,
     // the test at 127.0.0.1.
     let admin = start_admin(&catalog, &state, &tokens, "0.0.0.0:0".parse().unwrap()).await;
@@ -98,10 +59,7 @@ async fn agents_install_run_stop_roll_back_and_survive_restarts() {
             token_file,
         )
     };
-    let mut cleanup = Cleanup {
-        agents: Vec::new(),
-        roots: Vec::new(),
-    };
+    let mut cleanup = Cleanup::new();
     let mut token_files = Vec::new();
     for ((server, _), netns) in SERVERS.iter().zip(&servers) {
         let root = dir.path().join(format!("root-{server}"));

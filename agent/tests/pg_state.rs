@@ -37,31 +37,10 @@ async fn agents_work_against_replicas_sharing_postgresql() {
     let Some(cluster) = pg::Cluster::start() else {
         return;
     };
-    let python = python();
-    let dir = tempfile::tempdir().unwrap();
-    let catalog = dir.path().join("catalog");
-    let state = dir.path().join("state");
-    std::fs::create_dir_all(catalog.join("meta")).unwrap();
-    let port = free_port();
-    let store = portcullis_admin::versions::Store::new(&state);
-    let v1 = store
-        .build("web", &tree(dir.path(), "v1", false, 200), Some("web-v1"))
-        .unwrap()
-        .id;
-    let v2 = store
-        .build("web", &tree(dir.path(), "v2", false, 200), Some("web-v2"))
-        .unwrap()
-        .id;
-    std::fs::write(
-        catalog.join("meta/web.yaml"),
-        format!(
-            "type: web\nconfig: {{ greeting: \"hello from ${{id}}\" }}\n\
-             run:\n  command: [{python}, \"${{release}}/server.py\", \"${{host-ip}}\", {port}, \"${{config}}\"]\n  \
-             stop-timeout: 5s\n\
-             tests:\n  - {{ name: health, http: /health, port: {port}, expect: 200 }}\n"
-        ),
-    )
-    .unwrap();
+    let web = WebType::new(GREETING);
+    let (dir, catalog, state) = (&web.dir, web.catalog.clone(), web.state.clone());
+    let v1 = web.version("v1", false, 200);
+    let v2 = web.version("v2", false, 200);
     inventory(&catalog, &[("a", &v1), ("b", &v1)]);
     let url = cluster.create_db("agents").await;
     let sources = portcullis_admin::catalog::Sources::read(&catalog).unwrap();
@@ -71,19 +50,13 @@ async fn agents_work_against_replicas_sharing_postgresql() {
         .import(&sources, "test")
         .await
         .unwrap();
-    let tokens: Vec<(String, String)> = SERVERS
-        .iter()
-        .map(|(s, _)| (s.to_string(), format!("token-{s}")))
-        .collect();
+    let tokens = server_tokens();
     let (ra, rb) = (
         replica(&url, &state, &tokens).await,
         replica(&url, &state, &tokens).await,
     );
     let (ua, ub) = (ra.url(), rb.url());
-    let mut cleanup = Cleanup {
-        agents: Vec::new(),
-        roots: Vec::new(),
-    };
+    let mut cleanup = Cleanup::new();
     for (server, admin) in [("a", &ua), ("b", &ub)] {
         let root = dir.path().join(format!("root-{server}"));
         let token_file = dir.path().join(format!("token-{server}"));

@@ -29,58 +29,19 @@ async fn post_json(url: &str, path: &str) -> (u16, Value) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_rolling_upgrade_goes_one_instance_at_a_time_and_stops_at_a_broken_version() {
-    let python = python();
-    let dir = tempfile::tempdir().unwrap();
-    let catalog = dir.path().join("catalog");
-    let state = dir.path().join("state");
-    std::fs::create_dir_all(catalog.join("meta")).unwrap();
-    let port = free_port();
-    let store = portcullis_admin::versions::Store::new(&state);
-    let build = |tag: &str, broken: bool| {
-        store
-            .build(
-                "web",
-                &tree(dir.path(), tag, broken, 200),
-                Some(&format!("web-{tag}")),
-            )
-            .unwrap()
-            .id
-    };
+    let web = WebType::new(GREETING);
+    let (dir, catalog, state) = (&web.dir, web.catalog.clone(), web.state.clone());
     let (v1, v2, broken) = (
-        build("v1", false),
-        build("v2", false),
-        build("broken", true),
+        web.version("v1", false, 200),
+        web.version("v2", false, 200),
+        web.version("broken", true, 200),
     );
-    std::fs::write(
-        catalog.join("meta/web.yaml"),
-        format!(
-            "type: web\nconfig: {{ greeting: \"hello from ${{id}}\" }}\n\
-             run:\n  command: [{python}, \"${{release}}/server.py\", \"${{host-ip}}\", {port}, \"${{config}}\"]\n  \
-             stop-timeout: 5s\n\
-             tests:\n  - {{ name: health, http: /health, port: {port}, expect: 200 }}\n"
-        ),
-    )
-    .unwrap();
     inventory(&catalog, &[("a", &v1), ("b", &v1), ("c", &v1)]);
-    let tokens: Vec<(String, String)> = SERVERS
-        .iter()
-        .map(|(s, _)| (s.to_string(), format!("token-{s}")))
-        .collect();
+    let tokens = server_tokens();
     let admin = start_admin(&catalog, &state, &tokens, "127.0.0.1:0".parse().unwrap()).await;
     let url = admin.url();
-    let mut cleanup = Cleanup {
-        agents: Vec::new(),
-        roots: Vec::new(),
-    };
-    for (server, _) in SERVERS {
-        let root = dir.path().join(format!("root-{server}"));
-        let token_file = dir.path().join(format!("token-{server}"));
-        std::fs::write(&token_file, format!("token-{server}\n")).unwrap();
-        cleanup.roots.push(root.clone());
-        cleanup
-            .agents
-            .push(spawn_agent(&url, server, &root, &token_file));
-    }
+    let mut cleanup = Cleanup::new();
+    cleanup.spawn_agents(&url, dir.path());
     let ids: Vec<String> = SERVERS.iter().map(|(s, _)| format!("web.{s}.1")).collect();
     let mut pids = Vec::new();
     for id in &ids {

@@ -55,6 +55,64 @@ pub fn tree(base: &Path, tag: &str, broken: bool, status: u16) -> PathBuf {
     d
 }
 
+/// The `config` of the `web` type most suites deploy: one value with `${id}` in it.
+pub const GREETING: &str = "config: { greeting: \"hello from ${id}\" }\n";
+
+/// The `web` type a suite deploys: a temporary directory with a catalog holding its
+/// meta-configuration (the python service of [`tree`] on `port`, `${host-ip}`, checked by an
+/// HTTP health test) and ADMIN's state directory, whose version store takes its versions.
+pub struct WebType {
+    pub dir: tempfile::TempDir,
+    pub catalog: PathBuf,
+    pub state: PathBuf,
+    pub port: u16,
+    store: portcullis_admin::versions::Store,
+}
+
+impl WebType {
+    /// `extra`: more keys of the meta-configuration (`config`, `install`, `uninstall`), one
+    /// per line.
+    pub fn new(extra: &str) -> WebType {
+        let python = python();
+        let dir = tempfile::tempdir().unwrap();
+        let catalog = dir.path().join("catalog");
+        let state = dir.path().join("state");
+        std::fs::create_dir_all(catalog.join("meta")).unwrap();
+        let port = free_port();
+        std::fs::write(
+            catalog.join("meta/web.yaml"),
+            format!(
+                "type: web\n{extra}\
+                 run:\n  command: [{python}, \"${{release}}/server.py\", \"${{host-ip}}\", {port}, \"${{config}}\"]\n  \
+                 stop-timeout: 5s\n\
+                 tests:\n  - {{ name: health, http: /health, port: {port}, expect: 200 }}\n"
+            ),
+        )
+        .unwrap();
+        let store = portcullis_admin::versions::Store::new(&state);
+        WebType {
+            dir,
+            catalog,
+            state,
+            port,
+            store,
+        }
+    }
+
+    /// A version of [`tree`] (`broken`, answering `status`) built as `web-TAG`: its id.
+    pub fn version(&self, tag: &str, broken: bool, status: u16) -> String {
+        self.version_of(tag, &tree(self.dir.path(), tag, broken, status))
+    }
+
+    /// The directory `tree` built as version `web-TAG`: its id.
+    pub fn version_of(&self, tag: &str, tree: &Path) -> String {
+        self.store
+            .build("web", tree, Some(&format!("web-{tag}")))
+            .unwrap()
+            .id
+    }
+}
+
 pub fn free_port() -> u16 {
     // Free on 127.0.0.1; the other loopback addresses are unused by anything else here.
     std::net::TcpListener::bind("127.0.0.1:0")
@@ -92,6 +150,39 @@ pub fn inventory_at(catalog: &Path, servers: &[(&str, String)], versions: &[(&st
 pub struct Cleanup {
     pub agents: Vec<Child>,
     pub roots: Vec<PathBuf>,
+}
+
+impl Cleanup {
+    pub fn new() -> Cleanup {
+        Cleanup {
+            agents: Vec::new(),
+            roots: Vec::new(),
+        }
+    }
+
+    /// An agent per server of [`SERVERS`] polling `url`, each with its root and its token
+    /// file (`token-NAME`, as [`server_tokens`] gives ADMIN) under `dir`; the roots in order.
+    pub fn spawn_agents(&mut self, url: &str, dir: &Path) -> Vec<PathBuf> {
+        let mut roots = Vec::new();
+        for (server, _) in SERVERS {
+            let root = dir.join(format!("root-{server}"));
+            let token_file = dir.join(format!("token-{server}"));
+            std::fs::write(&token_file, format!("token-{server}\n")).unwrap();
+            self.roots.push(root.clone());
+            self.agents
+                .push(spawn_agent(url, server, &root, &token_file));
+            roots.push(root);
+        }
+        roots
+    }
+}
+
+/// Each server's agent token for ADMIN: `token-NAME`.
+pub fn server_tokens() -> Vec<(String, String)> {
+    SERVERS
+        .iter()
+        .map(|(s, _)| (s.to_string(), format!("token-{s}")))
+        .collect()
 }
 
 impl Drop for Cleanup {
