@@ -60,9 +60,17 @@ pub struct HeldDown {
     pub real: RealKey,
 }
 
+/// A target's record and its series: the labels and the latency gauge looked up once, when
+/// the target is added, rather than formatted and hashed again by every probe.
+struct Record {
+    state: TargetState,
+    labels: TargetLabels,
+    latency: Gauge<f64, AtomicU64>,
+}
+
 #[derive(Default)]
 struct Inner {
-    targets: BTreeMap<Target, TargetState>,
+    targets: BTreeMap<Target, Record>,
     pending: Vec<Transition>,
     overlay: OverlayView,
 }
@@ -133,20 +141,26 @@ impl Board {
     /// Keeps the records of `wanted` (new ones start up) and forgets the others.
     pub fn retain(&self, wanted: &BTreeSet<Target>) {
         let mut inner = self.lock();
-        inner.targets.retain(|t, _| {
+        inner.targets.retain(|t, record| {
             let keep = wanted.contains(t);
             if !keep {
-                let labels = TargetLabels::of(t);
-                self.metrics.up.remove(&labels);
-                self.metrics.latency_seconds.remove(&labels);
-                self.metrics.transitions.remove(&labels);
+                self.metrics.up.remove(&record.labels);
+                self.metrics.latency_seconds.remove(&record.labels);
+                self.metrics.transitions.remove(&record.labels);
             }
             keep
         });
         for t in wanted {
             if !inner.targets.contains_key(t) {
-                inner.targets.insert(t.clone(), TargetState::default());
-                self.metrics.up.get_or_create(&TargetLabels::of(t)).set(1);
+                let labels = TargetLabels::of(t);
+                self.metrics.up.get_or_create(&labels).set(1);
+                let latency = self.metrics.latency_seconds.get_or_create(&labels).clone();
+                let record = Record {
+                    state: TargetState::default(),
+                    labels,
+                    latency,
+                };
+                inner.targets.insert(t.clone(), record);
             }
         }
     }
@@ -162,21 +176,18 @@ impl Board {
         now_unix: u64,
     ) -> bool {
         let mut inner = self.lock();
-        let Some(state) = inner.targets.get_mut(target) else {
+        let Some(record) = inner.targets.get_mut(target) else {
             // Dropped by a new export while this probe ran.
             return false;
         };
+        record.latency.set(latency.as_secs_f64());
+        let state = &mut record.state;
         state.probes += 1;
         state.failures += u64::from(result.is_err());
         state.last_latency_ms = Some(latency.as_secs_f64() * 1000.0);
         let flipped = state.health.observe(result.is_ok(), rise, fall);
         // Kept as text: it is shown (status, /health), never acted on.
         state.last_error = result.err().map(ToString::to_string);
-        let labels = TargetLabels::of(target);
-        self.metrics
-            .latency_seconds
-            .get_or_create(&labels)
-            .set(latency.as_secs_f64());
         let Some(up) = flipped else {
             return false;
         };
@@ -188,8 +199,11 @@ impl Board {
             time_unix: now_unix,
             error: state.last_error.clone(),
         };
-        self.metrics.up.get_or_create(&labels).set(i64::from(up));
-        self.metrics.transitions.get_or_create(&labels).inc();
+        self.metrics
+            .up
+            .get_or_create(&record.labels)
+            .set(i64::from(up));
+        self.metrics.transitions.get_or_create(&record.labels).inc();
         if inner.pending.len() >= MAX_PENDING_TRANSITIONS {
             inner.pending.remove(0);
         }
@@ -202,7 +216,7 @@ impl Board {
         self.lock()
             .targets
             .iter()
-            .filter(|(_, s)| !s.health.is_up())
+            .filter(|(_, r)| !r.state.health.is_up())
             .map(|(t, _)| t.clone())
             .collect()
     }
@@ -226,9 +240,9 @@ impl Board {
             targets: inner
                 .targets
                 .iter()
-                .map(|(t, s)| TargetEntry {
+                .map(|(t, r)| TargetEntry {
                     target: t.clone(),
-                    state: s.clone(),
+                    state: r.state.clone(),
                 })
                 .collect(),
             overlay: inner.overlay.clone(),
