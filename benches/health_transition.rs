@@ -19,12 +19,11 @@ mod summary;
 
 use common::Netns;
 use portcullis::apply::{ConntrackNetlink, Guard, NftCli, Syncer};
-use portcullis::diff::StateDiff;
 use portcullis::model::health::{
     by_target, overlay, overlay_changes, targets, ExportedChecks, ServiceOverlay, Target,
 };
 use portcullis::model::DesiredState;
-use portcullis::render::nft::{incremental, Backend};
+use portcullis::render::nft::{incremental_between, Backend};
 use portcullis_export::Check;
 use seed::{baseline, median, ms, nft_file};
 use std::collections::BTreeSet;
@@ -101,18 +100,8 @@ fn measure(reps: usize, exported: &DesiredState) -> Measured {
     // The floor: the same down transaction by nft alone, then back up, in the same table.
     let held = overlay(exported, &probed, &down).state;
     for _ in 0..reps {
-        let there = incremental(
-            &StateDiff::between(exported, &held),
-            exported,
-            &held,
-            Backend::Nft,
-        );
-        let back = incremental(
-            &StateDiff::between(&held, exported),
-            &held,
-            exported,
-            Backend::Nft,
-        );
+        let there = incremental_between(exported, &held, Backend::Nft).expect("no collision");
+        let back = incremental_between(&held, exported, Backend::Nft).expect("no collision");
         floor.push(nft_script(&ns, &there.to_nft()));
         nft_script(&ns, &back.to_nft());
     }

@@ -91,19 +91,19 @@ fn apply_table(reps: usize, sizes: &[usize]) -> Vec<ApplyRow> {
         // The floor for a sync: nft itself adding, then deleting, one balancing element.
         let (mut raw_add, mut raw_del) = (Vec::new(), Vec::new());
         for _ in 0..reps.max(5) {
-            let one = "198.51.100.1 . tcp . 80 . 0";
+            let one = "198.51.100.1 . tcp . 80 . 2013265920";
             for (verb, times, text) in [
                 (
                     "add",
                     &mut raw_add,
                     format!(
-                        "add element inet portcullis lb_svc_flow_port_v4_29 {{ {one} : 10.1.1.1 . 80 }}"
+                        "add element inet portcullis lb_real_v4 {{ {one} : 10.1.1.1 . 80 }}"
                     ),
                 ),
                 (
                     "delete",
                     &mut raw_del,
-                    format!("delete element inet portcullis lb_svc_flow_port_v4_29 {{ {one} }}"),
+                    format!("delete element inet portcullis lb_real_v4 {{ {one} }}"),
                 ),
             ] {
                 let t = Instant::now();

@@ -112,7 +112,11 @@ fn bench(c: &mut Criterion) {
             BenchmarkId::new("nft_incremental_1_service", n),
             &diff,
             |b, d| {
-                b.iter(|| nft::incremental(black_box(d), &new, &fewer, nft::Backend::Nft).to_nft())
+                let patterns = nft::PatternIndex::of(&new);
+                b.iter(|| {
+                    nft::incremental(black_box(d), &new, &fewer, nft::Backend::Nft, &patterns)
+                        .map(|inc| inc.tx.to_nft())
+                })
             },
         );
         g.bench_with_input(BenchmarkId::new("ipvsadm", n), &new, |b, s| {

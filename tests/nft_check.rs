@@ -7,7 +7,6 @@ mod common;
 
 use common::{load_state, render_options, require_nft, Netns};
 use portcullis::apply::{drift, Firewall, NftCli, TableState};
-use portcullis::diff::StateDiff;
 use portcullis::model::DesiredState;
 use portcullis::render::nft::{self, Backend};
 
@@ -28,7 +27,7 @@ fn check_transition(name: &str, old: &DesiredState, new: &DesiredState) {
             .check(&full_old)
             .unwrap_or_else(|e| panic!("{name} {backend:?}: full(old): {e}"));
         via_inc.apply(&full_old).expect("apply full(old)");
-        let inc = nft::incremental(&StateDiff::between(old, new), old, new, backend);
+        let inc = nft::incremental_between(old, new, backend).expect("no pattern collision");
         via_inc
             .check(&inc)
             .unwrap_or_else(|e| panic!("{name} {backend:?}: nft -c refused the increment: {e}"));

@@ -307,7 +307,7 @@ fn a_rejected_export_changes_nothing_and_other_tables_are_untouched() {
     assert_eq!(live.status.code(), Some(1));
     let text = String::from_utf8_lossy(&live.stdout);
     assert!(
-        text.contains("lb_svc_flow_port_v4_29") && text.contains("10.200.2.2"),
+        text.contains("lb_real_v4") && text.contains("10.200.2.2"),
         "{text}"
     );
     assert_eq!(lab.tcp_ask(VIP1, 80).as_deref(), Some("b1"));
@@ -418,12 +418,8 @@ fn an_incremental_apply_changes_only_what_the_diff_says() {
     let (was, is) = (elements(&before), elements(&after));
     let removed: BTreeSet<_> = was.difference(&is).cloned().collect();
     let added: BTreeSet<_> = is.difference(&was).cloned().collect();
-    let tx = portcullis::render::nft::incremental(
-        &portcullis::diff::StateDiff::between(&first, &second),
-        &first,
-        &second,
-        Backend::Nft,
-    );
+    let tx = portcullis::render::nft::incremental_between(&first, &second, Backend::Nft)
+        .expect("no pattern collision");
     let (mut said_removed, mut said_added) = (BTreeSet::new(), BTreeSet::new());
     for op in &tx.ops {
         use portcullis::render::nft::transaction::{Object, Op};
@@ -447,12 +443,13 @@ fn an_incremental_apply_changes_only_what_the_diff_says() {
     assert!(removed
         .iter()
         .any(|(s, k, _)| s == "frontends_v4" && k == &format!("{VIP1} . tcp . 443")));
+    // Added: :80's elements (its new bucket pattern, its server) and that pattern's table.
     assert!(
-        added
-            .iter()
-            .all(|(_, k, _)| k.starts_with(&format!("{VIP1} . tcp . 80 ."))),
+        added.iter().all(|(s, k, _)| s.starts_with("lb_slot_")
+            || k.starts_with(&format!("{VIP1} . tcp . 80"))),
         "{added:?}"
     );
+    assert!(added.iter().any(|(s, _, _)| s == "lb_pattern_v4"));
     assert!(!removed
         .iter()
         .chain(&added)

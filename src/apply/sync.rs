@@ -22,7 +22,9 @@ use super::Firewall;
 use crate::diff::{DiffSummary, ServiceChange, StateDiff};
 use crate::model::{DesiredState, RealKey, VirtualService};
 use crate::render::nft::transaction::{Chain, Object};
-use crate::render::nft::{full_ruleset, incremental, Backend, RenderOptions, Transaction};
+use crate::render::nft::{
+    full_ruleset, incremental, Backend, PatternIndex, RenderOptions, Transaction,
+};
 use std::collections::BTreeSet;
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -64,6 +66,9 @@ struct SyncPlan {
     /// IPVS backend: adds and edits before the nft step, drains and deletes after it.
     ipvs: Option<IpvsPlan>,
     nft: NftStep,
+    /// The bucket patterns of `state` when the plan knows them (an incremental step);
+    /// otherwise they are counted from `state` once it is applied.
+    patterns: Option<PatternIndex>,
     /// Connections to forget once the rules no longer lead to their real server.
     conntrack: Vec<ConntrackFlush>,
 }
@@ -86,6 +91,9 @@ pub struct Syncer<F, C> {
     pub conntrack: C,
     opts: RenderOptions,
     applied: Option<DesiredState>,
+    /// The bucket patterns of `applied` (nft backend), so that a sync knows which pattern
+    /// tables it loads or drops without reading every service.
+    patterns: PatternIndex,
     guard: Option<Guard>,
     ipvs: Option<IpvsSync>,
     /// The stamp chains the table carries, as far as this syncer knows.
@@ -102,6 +110,7 @@ impl<F: Firewall, C: Conntrack> Syncer<F, C> {
             conntrack,
             opts,
             applied: None,
+            patterns: PatternIndex::default(),
             guard: None,
             ipvs: None,
             stamps: Vec::new(),
@@ -121,6 +130,7 @@ impl<F: Firewall, C: Conntrack> Syncer<F, C> {
         if !self.firewall.has_chain(stamp.chain())? {
             return Ok(false);
         }
+        self.patterns = self.patterns_of(&state);
         self.applied = Some(state);
         self.stamps = vec![stamp];
         Ok(true)
@@ -200,6 +210,7 @@ impl<F: Firewall, C: Conntrack> Syncer<F, C> {
                 state,
                 ipvs,
                 nft: NftStep::Keep(SyncOutcome::Adopted),
+                patterns: None,
                 conntrack: Vec::new(),
             });
         }
@@ -217,6 +228,7 @@ impl<F: Firewall, C: Conntrack> Syncer<F, C> {
                 tx,
                 drift: differences,
             },
+            patterns: None,
             conntrack,
         })
     }
@@ -240,22 +252,48 @@ impl<F: Firewall, C: Conntrack> Syncer<F, C> {
             }
             None => None,
         };
-        let (nft, conntrack) = if diff.is_empty() {
-            (NftStep::Keep(SyncOutcome::Unchanged), Vec::new())
+        let (nft, patterns, conntrack) = if diff.is_empty() {
+            let same = Some(self.patterns.clone());
+            (NftStep::Keep(SyncOutcome::Unchanged), same, Vec::new())
         } else {
-            let tx = incremental(&diff, old, &state, self.opts.backend);
-            let step = NftStep::Incremental {
-                tx,
-                summary: diff.summary(),
-            };
-            (step, removed_reals(&diff, old))
+            let (step, patterns) =
+                match incremental(&diff, old, &state, self.opts.backend, &self.patterns) {
+                    Some(inc) => (
+                        NftStep::Incremental {
+                            tx: inc.tx,
+                            summary: diff.summary(),
+                        },
+                        Some(inc.patterns),
+                    ),
+                    None => (Self::full_for_collision(&state, &self.opts), None),
+                };
+            (step, patterns, removed_reals(&diff, old))
         };
         Ok(SyncPlan {
             state,
             ipvs,
             nft,
+            patterns,
             conntrack,
         })
+    }
+
+    /// Two bucket patterns' ids collide: they are assigned together, so the table is
+    /// regenerated whole rather than patched (rare: 23 bits of hash per group).
+    fn full_for_collision(state: &DesiredState, opts: &RenderOptions) -> NftStep {
+        tracing::info!("bucket pattern ids collide; regenerating the table whole");
+        NftStep::Full {
+            tx: full_ruleset(state, opts),
+            drift: vec!["bucket pattern ids collide".to_owned()],
+        }
+    }
+
+    /// The bucket patterns of `state` (none on the IPVS backend, which has no bucket maps).
+    fn patterns_of(&self, state: &DesiredState) -> PatternIndex {
+        match self.opts.backend {
+            Backend::Nft => PatternIndex::of(state),
+            Backend::Ipvs => PatternIndex::default(),
+        }
     }
 
     /// Executes a plan, in its order. An error leaves what the earlier steps did in place;
@@ -266,6 +304,7 @@ impl<F: Firewall, C: Conntrack> Syncer<F, C> {
             state,
             ipvs: mut ipvs_plan,
             nft,
+            mut patterns,
             conntrack,
         } = plan;
         // 1. IPVS adds and edits.
@@ -299,6 +338,7 @@ impl<F: Firewall, C: Conntrack> Syncer<F, C> {
                     },
                     Err(e) => {
                         tracing::warn!(error = %e, "incremental transaction refused; regenerating the table whole");
+                        patterns = None;
                         self.stamps.clear();
                         let tx = self.restamp(full_ruleset(&state, &self.opts));
                         self.firewall.apply(&tx)?;
@@ -309,6 +349,7 @@ impl<F: Firewall, C: Conntrack> Syncer<F, C> {
                 }
             }
         };
+        self.patterns = patterns.unwrap_or_else(|| self.patterns_of(&state));
         self.applied = Some(state);
         self.stamps = self.next_stamp.take().into_iter().collect();
         // 3. IPVS drains, and deletes of what is idle.

@@ -62,11 +62,21 @@ impl<F: Firewall, C: Conntrack> Syncer<F, C> {
             }
             None => None,
         };
+        // The index is the whole applied state's: a pattern another service still uses stays.
+        let (nft, patterns) =
+            match incremental(diff, before, after, self.opts.backend, &self.patterns) {
+                Some(inc) => (
+                    NftStep::Incremental {
+                        tx: inc.tx,
+                        summary: diff.summary(),
+                    },
+                    Some(inc.patterns),
+                ),
+                None => (Self::full_for_collision(&state, &self.opts), None),
+            };
         Ok(SyncPlan {
-            nft: NftStep::Incremental {
-                tx: incremental(diff, before, after, self.opts.backend),
-                summary: diff.summary(),
-            },
+            nft,
+            patterns,
             conntrack: removed_reals(diff, before),
             ipvs,
             state,

@@ -160,12 +160,11 @@ pub fn render(
             ));
         }
         let old = load_state(old)?;
-        let tx = nft::incremental(
-            &StateDiff::between(&old, &state),
-            &old,
-            &state,
-            opts.backend,
-        );
+        let Some(tx) = nft::incremental_between(&old, &state, opts.backend) else {
+            println!("# bucket pattern ids collide: the change regenerates the table whole");
+            print!("{}", nft::full_ruleset(&state, opts).to_nft());
+            return Ok(OK);
+        };
         if tx.is_empty() {
             println!("# no nftables changes");
         } else {

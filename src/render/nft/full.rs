@@ -3,8 +3,9 @@
 
 use super::incremental::service_elements;
 use super::layout::{self, chains, interface_element, rule, sets};
+use super::patterns::{pattern_elements, PatternIds, PatternIndex};
 use super::transaction::{Object, Transaction};
-use super::RenderOptions;
+use super::{Backend, RenderOptions};
 use crate::model::DesiredState;
 
 /// `add table` first so that `delete table` succeeds on a fresh host, then the table rebuilt
@@ -56,8 +57,15 @@ pub fn full_ruleset(state: &DesiredState, opts: &RenderOptions) -> Transaction {
     }
     // Elements grouped per set (stable sort keeps service order), one statement per set.
     let mut elements = Vec::new();
+    let ids = match opts.backend {
+        Backend::Nft => PatternIndex::of(state).ids(),
+        Backend::Ipvs => PatternIds::new(),
+    };
+    for (pattern, &mark) in &ids {
+        elements.extend(pattern_elements(pattern, mark));
+    }
     for (key, svc) in &state.services {
-        elements.extend(service_elements(key, svc, opts.backend));
+        elements.extend(service_elements(key, svc, opts.backend, &ids));
     }
     elements.sort_by(|a, b| a.set.cmp(&b.set));
     for e in elements {

@@ -4,14 +4,21 @@
 
 use super::balance;
 use super::layout::{frontend_element, fwmark_element};
+use super::patterns::{pattern_elements, PatternIds, PatternIndex};
 use super::transaction::{Element, Object, Transaction};
 use super::Backend;
 use crate::diff::StateDiff;
 use crate::model::{DesiredState, ServiceKey, VirtualService};
 use std::collections::BTreeSet;
 
-/// Every element a service puts in the table, for `backend`.
-pub fn service_elements(key: &ServiceKey, svc: &VirtualService, backend: Backend) -> Vec<Element> {
+/// Every element a service puts in the table, for `backend`; `ids` are the marks of the
+/// bucket patterns of the state the service is part of.
+pub fn service_elements(
+    key: &ServiceKey,
+    svc: &VirtualService,
+    backend: Backend,
+    ids: &PatternIds,
+) -> Vec<Element> {
     let mut out: Vec<Element> = svc
         .frontends
         .iter()
@@ -25,34 +32,74 @@ pub fn service_elements(key: &ServiceKey, svc: &VirtualService, backend: Backend
         );
     }
     if backend == Backend::Nft {
-        out.extend(balance::elements(key, svc));
+        out.extend(balance::elements(key, svc, ids));
     }
     out
 }
 
-/// The transaction from `old` to `new` (`diff` is `StateDiff::between(old, new)`): for each
-/// changed service, the elements it had and no longer has are deleted, the ones it now has
-/// and did not have are added. Deletions come first: a key whose value changes (a frontend
-/// moving to another fwmark, a bucket whose server changes) must be gone before it
-/// is added back.
+/// An incremental transaction, and the bucket patterns the state has once it is applied.
+#[derive(Debug)]
+pub struct Increment {
+    pub tx: Transaction,
+    pub patterns: PatternIndex,
+}
+
+/// The transaction from `old` to `new` (`diff` is `StateDiff::between(old, new)`;
+/// `patterns` the index of the whole applied state — `old` may be only the part a patch
+/// touches): for each changed service, the elements it had and no longer has are deleted,
+/// the ones it now has and did not have are added; a bucket pattern's table is added with
+/// its first service and deleted with its last. Deletions come first: a key whose value
+/// changes (a frontend moving to another fwmark or pattern, a bucket whose server changes)
+/// must be gone before it is added back.
+///
+/// `None` when two patterns' hashes collide before or after: their ids then depend on each
+/// other, and the caller regenerates the table whole (rare: 23 bits per group).
 pub fn incremental(
     diff: &StateDiff,
     old: &DesiredState,
     new: &DesiredState,
     backend: Backend,
-) -> Transaction {
+    patterns: &PatternIndex,
+) -> Option<Increment> {
+    let mut next = patterns.clone();
+    if backend == Backend::Nft {
+        for change in &diff.changes {
+            let key = change.key();
+            if let Some(s) = old.services.get(key) {
+                next.remove(key, s);
+            }
+            if let Some(s) = new.services.get(key) {
+                next.add(key, s);
+            }
+        }
+    }
+    let (old_ids, new_ids) = (patterns.ids(), next.ids());
+    if !(PatternIndex::ids_are_hashes(&old_ids) && PatternIndex::ids_are_hashes(&new_ids)) {
+        return None;
+    }
     let mut deletes = BTreeSet::new();
     let mut adds = BTreeSet::new();
     for change in &diff.changes {
         let key = change.key();
-        let elements = |state: &DesiredState| -> BTreeSet<Element> {
+        let elements = |state: &DesiredState, ids: &PatternIds| -> BTreeSet<Element> {
             state.services.get(key).map_or_else(BTreeSet::new, |s| {
-                service_elements(key, s, backend).into_iter().collect()
+                service_elements(key, s, backend, ids).into_iter().collect()
             })
         };
-        let (before, after) = (elements(old), elements(new));
+        let (before, after) = (elements(old, &old_ids), elements(new, &new_ids));
         deletes.extend(before.difference(&after).cloned());
         adds.extend(after.difference(&before).cloned());
+    }
+    // With no collision a pattern's mark is its hash: the same before and after.
+    for (p, &mark) in &old_ids {
+        if !new_ids.contains_key(p) {
+            deletes.extend(pattern_elements(p, mark));
+        }
+    }
+    for (p, &mark) in &new_ids {
+        if !old_ids.contains_key(p) {
+            adds.extend(pattern_elements(p, mark));
+        }
     }
     // Sorted by set, so each set's changes form one statement. An element deleted by one
     // service and added unchanged by another (a frontend moving between services) stays in
@@ -64,7 +111,22 @@ pub fn incremental(
     for e in adds {
         tx.add(Object::Element(e));
     }
-    tx
+    Some(Increment { tx, patterns: next })
+}
+
+/// [`incremental`] from one whole state to another, for callers that hold both (tools, tests,
+/// benchmarks): the diff is computed and the index counted from `old`. `None` on a collision,
+/// as there.
+pub fn incremental_between(
+    old: &DesiredState,
+    new: &DesiredState,
+    backend: Backend,
+) -> Option<Transaction> {
+    let patterns = match backend {
+        Backend::Nft => PatternIndex::of(old),
+        Backend::Ipvs => PatternIndex::default(),
+    };
+    incremental(&StateDiff::between(old, new), old, new, backend, &patterns).map(|inc| inc.tx)
 }
 
 #[cfg(test)]
@@ -89,23 +151,74 @@ mod tests {
     }
 
     #[test]
-    fn a_drain_rewrites_only_the_drained_servers_buckets() {
+    fn a_drain_changes_the_pattern_and_loads_the_new_one_once() {
         let (old, new) = (eight(None), eight(Some(3)));
-        let tx = incremental(&StateDiff::between(&old, &new), &old, &new, Backend::Nft);
+        let inc = incremental(
+            &StateDiff::between(&old, &new),
+            &old,
+            &new,
+            Backend::Nft,
+            &PatternIndex::of(&old),
+        )
+        .expect("no collision");
+        assert_eq!(inc.patterns, PatternIndex::of(&new));
         let (mut deleted, mut added) = (Vec::new(), Vec::new());
-        for op in &tx.ops {
+        for op in &inc.tx.ops {
             match op {
                 Op::Delete(Object::Element(e)) => deleted.push(e.clone()),
                 Op::Add(Object::Element(e)) => added.push(e.clone()),
                 other => panic!("only element changes: {other}"),
             }
         }
-        let drained_value = Some("10.0.0.4 . 8080".to_owned());
-        // 61 buckets over 8 servers: the drained one had 7 or 8; each is deleted and re-added.
-        assert!((7..=8).contains(&deleted.len()), "{deleted:?}");
-        assert!(deleted.iter().all(|e| e.value == drained_value));
-        let keys = |v: &[Element]| v.iter().map(|e| e.key.clone()).collect::<Vec<_>>();
-        assert_eq!(keys(&deleted), keys(&added));
-        assert!(added.iter().all(|e| e.value != drained_value));
+        let sets = |v: &[Element], set: &str| v.iter().filter(|e| e.set == set).count();
+        // The service's pattern element, and the 61 buckets of the only pattern in use.
+        assert_eq!(sets(&deleted, "lb_pattern_v4"), 1);
+        assert_eq!(sets(&added, "lb_pattern_v4"), 1);
+        assert_eq!(sets(&deleted, "lb_slot_src_61"), 61);
+        assert_eq!(sets(&added, "lb_slot_src_61"), 61);
+        assert_eq!(deleted.len() + added.len(), 124, "no real changes");
+        // The old and new pattern tables differ only in the drained slot's buckets.
+        let table = |v: &[Element]| -> Vec<String> {
+            v.iter()
+                .filter(|e| e.set == "lb_slot_src_61")
+                .map(|e| e.value.clone().unwrap_or_default())
+                .collect()
+        };
+        let moved = table(&deleted)
+            .iter()
+            .zip(table(&added))
+            .filter(|(a, b)| *a != b)
+            .count();
+        assert!((7..=8).contains(&moved), "{moved}");
+    }
+
+    #[test]
+    fn a_pattern_shared_with_another_service_stays() {
+        let mut old = eight(None);
+        let mut other = old.clone();
+        let (k, s) = other.services.pop_first().expect("one");
+        let ServiceKey::Addr { proto, vip, .. } = k else {
+            panic!("addr")
+        };
+        let k2 = ServiceKey::Addr {
+            proto,
+            vip,
+            port: 81,
+        };
+        old.services.insert(k2, s);
+        let mut new = old.clone();
+        new.services.remove(&k2);
+        let inc = incremental(
+            &StateDiff::between(&old, &new),
+            &old,
+            &new,
+            Backend::Nft,
+            &PatternIndex::of(&old),
+        )
+        .expect("no collision");
+        assert!(inc.tx.ops.iter().all(
+            |op| !matches!(op, Op::Delete(Object::Element(e)) if e.set.starts_with("lb_slot"))
+        ));
+        assert_eq!(inc.patterns.len(), 1);
     }
 }

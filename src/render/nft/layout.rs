@@ -47,11 +47,20 @@ pub fn sets(backend: Backend) -> Vec<Set> {
     sets.push(set(FWMARKS_V6, V6, Some("mark"), c));
     if backend == Backend::Nft {
         for map in balance::maps() {
+            let comment = if map.name.starts_with("lb_pattern") {
+                "frontend: its bucket pattern, a scratch mark"
+            } else if map.name.starts_with("lb_slot") {
+                "pattern and bucket: the slot, a scratch mark"
+            } else if map.name.starts_with("lb_real") {
+                "frontend and slot: the real server to DNAT to"
+            } else {
+                "fwmark and bucket: the real server to DNAT to"
+            };
             sets.push(Set {
-                name: map.name(),
-                decl: SetDecl::Typeof(map.typeof_decl()),
+                name: map.name,
+                decl: SetDecl::Typeof(map.typeof_decl),
                 interval: false,
-                comment: Some("frontend or mark, and bucket: the real server to DNAT to"),
+                comment: Some(comment),
             });
         }
     }
@@ -131,10 +140,12 @@ pub fn chains(
     if backend == Backend::Nft {
         chains.push((
             base("prerouting_dnat", "nat", "prerouting", "dstnat"),
-            balance::maps()
-                .iter()
-                .map(balance::LbMap::lookup_rule)
-                .collect(),
+            balance::rules(),
+        ));
+        // Right after the DNAT: the balancing's scratch marks go before routing sees them.
+        chains.push((
+            base("prerouting_unmark", "filter", "prerouting", "dstnat + 1"),
+            vec![balance::unmark_rule()],
         ));
     }
     chains.push((base("input", "filter", "input", "filter"), input));

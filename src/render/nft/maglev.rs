@@ -30,7 +30,7 @@ impl StableKey for u32 {
 
 /// FNV-1a 64 finished with splitmix64's mixer: fixed by this code, not by `std`'s hasher
 /// (whose output may change between Rust releases).
-fn stable_hash(bytes: &[u8], salt: u64) -> u64 {
+pub(super) fn stable_hash(bytes: &[u8], salt: u64) -> u64 {
     let mut h: u64 = 0xcbf2_9ce4_8422_2325 ^ salt;
     for &b in bytes {
         h ^= u64::from(b);

@@ -8,12 +8,14 @@ mod incremental;
 pub mod jhash;
 pub mod layout;
 pub mod maglev;
+pub mod patterns;
 mod policy;
 pub mod transaction;
 
 pub use full::full_ruleset;
-pub use incremental::incremental;
+pub use incremental::{incremental, incremental_between, Increment};
 pub use layout::{Ifname, IfnameError};
+pub use patterns::PatternIndex;
 pub use policy::{BasePolicy, PolicyError, DEFAULT_POLICY};
 pub use transaction::Transaction;
 
