@@ -445,8 +445,10 @@ fn an_incremental_apply_changes_only_what_the_diff_says() {
         .any(|(s, k, _)| s == "frontends_v4" && k == &format!("{VIP1} . tcp . 443")));
     // Added: :80's elements (its new bucket pattern, its server) and that pattern's table.
     assert!(
-        added.iter().all(|(s, k, _)| s.starts_with("lb_slot_")
-            || k.starts_with(&format!("{VIP1} . tcp . 80"))),
+        added
+            .iter()
+            .all(|(s, k, _)| s.starts_with("lb_slot_")
+                || k.starts_with(&format!("{VIP1} . tcp . 80"))),
         "{added:?}"
     );
     assert!(added.iter().any(|(s, _, _)| s == "lb_pattern_v4"));

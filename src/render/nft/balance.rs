@@ -3,17 +3,18 @@
 //!
 //! Each virtual service has a prime number of **buckets** (a size class chosen from its server
 //! count, see [`SIZE_CLASSES`]) and [`super::maglev`] decides which real server owns each,
-//! from the servers' keys and weights alone. The bucket of a flow is `jhash` of its source
+//! from the servers' order and weights alone. The bucket of a flow is `jhash` of its source
 //! address (persistent services, sh, dh, mh: a client keeps its server) or of its source
 //! address and port (every other scheduler: nftables cannot count connections, so rr, wrr, lc,
 //! wlc, sed, nq, lblc and lblcr all become a weighted spread of flows), `mod` the bucket count,
-//! with a fixed seed. A service of one address and port looks its bucket up in the table of
-//! its **pattern**, shared by every service of the same shape ([`super::patterns`]: three
-//! static rules, about one element per export row); an fwmark service is marked first
-//! (interval map `fwmarks_*`, as for IPVS) and looks up `mark . bucket` in its own table, so its
-//! port ranges and addresses share one set of buckets. The maps have no `flags interval`:
-//! deleting from them is cheap, and a drain or weight change rewrites one element of a
-//! service of one address and port, or only the buckets whose owner changed of an fwmark one.
+//! with a fixed seed. Which server owns each bucket depends only on the service's **pattern**
+//! (selector, bucket count, weight of each server in key order), and services of the same
+//! pattern share one bucket table ([`super::patterns`]: three static rule steps, about one
+//! element per export row). A service of one address and port finds its pattern by frontend;
+//! an fwmark service is marked first (interval map `fwmarks_*`, as for IPVS) and finds it by
+//! mark, so its port ranges and addresses share one set of buckets. The maps have no
+//! `flags interval` except the fwmark frontends' real-server maps: deleting is cheap, and a
+//! drain or weight change rewrites one element per frontend (one per fwmark service).
 //!
 //! Why maps and not a chain per service: measured on nft 1.0.6 (Debian 12), a table with one
 //! chain per service and per real server took 14.7 s to load at 10k services, and *adding one
@@ -21,14 +22,13 @@
 //! With maps, every sync is element additions and deletions, whose cost does not grow with the
 //! table — which is the knftables rule: static chains, dynamic sets and maps.
 //!
-//! One bucket map per (hash, size class) — and per target and family for fwmark services —
-//! each with its one static rule.
+//! One bucket map per (hash, size class), shared by all patterns of that group.
 //! A weight-0 server owns no bucket: no new connections, while established flows keep their
 //! conntrack entry (DNAT is decided on a connection's first packet only). With every server
 //! drained the service has no element: packets are not translated and the gateway itself
 //! refuses the connection.
 
-use super::maglev::{self, StableKey};
+use super::maglev::StableKey;
 use super::patterns::{self, Pattern, PatternIds};
 use super::transaction::Element;
 use crate::model::{RealKey, ServiceKey, VirtualService};
@@ -125,126 +125,98 @@ impl Family {
 pub struct MapDecl {
     pub name: String,
     pub typeof_decl: String,
+    /// `flags interval`: only for keys with a port range (fwmark frontends).
+    pub interval: bool,
 }
 
 const BUCKET_TYPE: &str = "numgen random mod 65536";
 
-/// One bucket map of fwmark services and the static rule that consults it: `mark . bucket`
-/// → real server. fwmark services are few and have many frontends (port ranges, several
-/// addresses), so each keeps its own bucket table, keyed by its servers' addresses.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct MarkMap {
-    pub selector: Selector,
-    pub target: Target,
-    pub family: Family,
-    pub buckets: u32,
-}
-
-impl MarkMap {
-    /// `lb_mark_{src|flow}_{port|addr}_{v4|v6}_{buckets}`.
-    pub fn name(&self) -> String {
-        let selector = match self.selector {
-            Selector::Source => "src",
-            Selector::Flow => "flow",
-        };
-        let target = match self.target {
-            Target::AddrPort => "port",
-            Target::Addr => "addr",
-        };
-        format!(
-            "lb_mark_{selector}_{target}_{}_{}",
-            self.family.suffix(),
-            self.buckets
-        )
-    }
-
-    fn decl(&self) -> MapDecl {
-        let ip = self.family.ip();
-        let key = format!("meta mark . {BUCKET_TYPE}");
-        let typeof_decl = match self.target {
-            Target::AddrPort => format!("{key} : {ip} daddr . th dport"),
-            Target::Addr => format!("{key} : {ip} daddr"),
-        };
-        MapDecl {
-            name: self.name(),
-            typeof_decl,
-        }
-    }
-
-    /// The rule in `prerouting_dnat` that consults this map. A lookup that misses ends the
-    /// rule and the next one is tried; a hit DNATs and ends the chain. Ports in the hash or
-    /// the value need nft to know the packet has them.
-    fn lookup_rule(&self) -> String {
-        let ip = self.family.ip();
-        format!(
-            "meta l4proto {{ tcp, udp }} dnat {ip} to meta mark . jhash {} mod {} seed {HASH_SEED:#x} map @{}",
-            self.selector.fields(self.family),
-            self.buckets,
-            self.name()
-        )
-    }
-
-    fn all() -> Vec<MarkMap> {
-        let mut out = Vec::new();
-        for family in [Family::V4, Family::V6] {
-            for selector in [Selector::Source, Selector::Flow] {
-                for target in [Target::AddrPort, Target::Addr] {
-                    for &(_, buckets) in &SIZE_CLASSES {
-                        out.push(MarkMap {
-                            selector,
-                            target,
-                            family,
-                            buckets,
-                        });
-                    }
-                }
-            }
-        }
-        out
-    }
-}
-
-/// `lb_pattern_{v4|v6}`: frontend → its service's pattern (step 1 of [`patterns`]).
+/// `lb_pattern_{v4|v6}`: frontend of a service of one port → its pattern (step 1 of
+/// [`patterns`]).
 pub fn pattern_map_name(family: Family) -> String {
     format!("lb_pattern_{}", family.suffix())
 }
 
-/// `lb_real_{v4|v6}`: frontend and slot → real server (step 3).
+/// `lb_fwpattern`: fwmark → its service's pattern (step 1 for fwmark services, whose
+/// frontends are marked in `prerouting_mark` as for IPVS).
+pub const FWMARK_PATTERN_MAP: &str = "lb_fwpattern";
+
+/// `lb_real_{v4|v6}`: frontend and slot → real server (step 3, services of one port).
 pub fn real_map_name(family: Family) -> String {
     format!("lb_real_{}", family.suffix())
 }
 
+/// `lb_fwreal_{port|addr}_{v4|v6}`: fwmark frontend (a port range) and slot → real server
+/// (step 3, fwmark services). `addr` keeps the client's port (servers without `rport`).
+pub fn fwreal_map_name(target: Target, family: Family) -> String {
+    let t = match target {
+        Target::AddrPort => "port",
+        Target::Addr => "addr",
+    };
+    format!("lb_fwreal_{t}_{}", family.suffix())
+}
+
+fn dnat_value(target: Target, family: Family) -> String {
+    match target {
+        Target::AddrPort => format!("{} daddr . th dport", family.ip()),
+        Target::Addr => format!("{} daddr", family.ip()),
+    }
+}
+
 /// Every balancing map of the table.
 pub fn maps() -> Vec<MapDecl> {
-    let mut out = Vec::new();
+    let exact = |name: String, typeof_decl: String| MapDecl {
+        name,
+        typeof_decl,
+        interval: false,
+    };
+    let mut out = vec![exact(
+        FWMARK_PATTERN_MAP.to_owned(),
+        "meta mark : meta mark".to_owned(),
+    )];
     for family in [Family::V4, Family::V6] {
-        let ip = family.ip();
-        out.push(MapDecl {
-            name: pattern_map_name(family),
-            typeof_decl: format!("{} : meta mark", family.frontend()),
-        });
-        out.push(MapDecl {
-            name: real_map_name(family),
-            typeof_decl: format!("{} . meta mark : {ip} daddr . th dport", family.frontend()),
-        });
-    }
-    for selector in [Selector::Source, Selector::Flow] {
-        for &(_, buckets) in &SIZE_CLASSES {
+        out.push(exact(
+            pattern_map_name(family),
+            format!("{} : meta mark", family.frontend()),
+        ));
+        out.push(exact(
+            real_map_name(family),
+            format!(
+                "{} . meta mark : {}",
+                family.frontend(),
+                dnat_value(Target::AddrPort, family)
+            ),
+        ));
+        for target in [Target::AddrPort, Target::Addr] {
             out.push(MapDecl {
-                name: patterns::slot_map_name(selector, buckets),
-                typeof_decl: format!("meta mark . {BUCKET_TYPE} : meta mark"),
+                name: fwreal_map_name(target, family),
+                typeof_decl: format!(
+                    "{} . meta mark : {}",
+                    family.frontend(),
+                    dnat_value(target, family)
+                ),
+                interval: true,
             });
         }
     }
-    out.extend(MarkMap::all().iter().map(MarkMap::decl));
+    for selector in [Selector::Source, Selector::Flow] {
+        for &(_, buckets) in &SIZE_CLASSES {
+            out.push(exact(
+                patterns::slot_map_name(selector, buckets),
+                format!("meta mark . {BUCKET_TYPE} : meta mark"),
+            ));
+        }
+    }
     out
 }
 
-/// The static rules of `prerouting_dnat`, in order: the three steps of services of one
-/// address and port (see [`patterns`]), then the fwmark services' lookups.
+/// The static rules of `prerouting_dnat`, in order: the three steps of [`patterns`]. A lookup
+/// that misses ends its rule and the next one is tried; a DNAT ends the chain.
 pub fn rules() -> Vec<String> {
-    let mut out = Vec::new();
     let tcp_udp = "meta l4proto { tcp, udp }";
+    // 1. The pattern: from the fwmark (before the frontend lookup, which an fwmark
+    //    frontend misses, so the pattern stays), or from the frontend.
+    let mut out = vec![format!("meta mark set meta mark map @{FWMARK_PATTERN_MAP}")];
     for family in [Family::V4, Family::V6] {
         out.push(format!(
             "{tcp_udp} meta mark set {} map @{}",
@@ -252,34 +224,41 @@ pub fn rules() -> Vec<String> {
             pattern_map_name(family)
         ));
     }
+    // 2. The slot: the mark's group bits pick the one rule whose lookup can hit.
     for family in [Family::V4, Family::V6] {
         for selector in [Selector::Source, Selector::Flow] {
             for &(_, buckets) in &SIZE_CLASSES {
-                // The group bits pick the one rule whose lookup can hit; the frontend check
-                // keeps a foreign mark that happens to look like ours untouched.
                 let group = patterns::pattern_mark(patterns::group(selector, buckets), 0);
                 out.push(format!(
-                    "meta mark & {:#010x} == {group:#010x} {tcp_udp} {} @{} meta mark set meta mark . jhash {} mod {buckets} seed {HASH_SEED:#x} map @{}",
+                    "meta mark & {:#010x} == {group:#010x} {tcp_udp} meta mark set meta mark . jhash {} mod {buckets} seed {HASH_SEED:#x} map @{}",
                     patterns::GROUP_MASK,
-                    family.frontend(),
-                    pattern_map_name(family),
                     selector.fields(family),
                     patterns::slot_map_name(selector, buckets),
                 ));
             }
         }
     }
+    // 3. The real server of the frontend's slot. Ports in the key or the value need nft to
+    //    know the packet has them.
+    let slot = format!(
+        "meta mark & {:#010x} == {:#010x} {tcp_udp}",
+        patterns::SLOT_MASK,
+        patterns::SLOT_TAG
+    );
     for family in [Family::V4, Family::V6] {
+        let ip = family.ip();
+        let key = format!("{} . meta mark", family.frontend());
         out.push(format!(
-            "meta mark & {:#010x} == {:#010x} {tcp_udp} dnat {} to {} . meta mark map @{}",
-            patterns::SLOT_MASK,
-            patterns::SLOT_TAG,
-            family.ip(),
-            family.frontend(),
+            "{slot} dnat {ip} to {key} map @{}",
             real_map_name(family)
         ));
+        for target in [Target::AddrPort, Target::Addr] {
+            out.push(format!(
+                "{slot} dnat {ip} to {key} map @{}",
+                fwreal_map_name(target, family)
+            ));
+        }
     }
-    out.extend(MarkMap::all().iter().map(MarkMap::lookup_rule));
     out
 }
 
@@ -327,88 +306,77 @@ impl StableKey for &RealKey {
 }
 
 /// A service's buckets: their number, and each one's real server (`None` when the service has
-/// no server with weight). Servers of the other address family than the frontends (method
-/// `tun`, which IPVS tunnels) count as drained: DNAT cannot change the family. A service of
-/// one address and port has its pattern's table (slots are its servers in key order); an
-/// fwmark service its own, keyed by its servers' addresses.
-pub fn bucket_owners<'a>(
-    key: &ServiceKey,
-    svc: &'a VirtualService,
-) -> (u32, Vec<Option<&'a RealKey>>) {
+/// no server with weight): its pattern's table, slots being its servers in key order.
+/// Servers of the other address family than the frontends (method `tun`, which IPVS
+/// tunnels) count as drained: DNAT cannot change the family.
+pub fn bucket_owners(svc: &VirtualService) -> (u32, Vec<Option<&RealKey>>) {
     let reals: Vec<&RealKey> = svc.reals.keys().collect();
-    let (buckets, owners) = match key {
-        ServiceKey::Addr { .. } => match Pattern::of(svc) {
-            Some(p) => (p.buckets, p.owners()),
-            None => {
-                let buckets = bucket_count(reals.len());
-                (buckets, vec![None; buckets as usize])
-            }
-        },
-        ServiceKey::Fwmark { .. } => mark_bucket_owners(svc),
-    };
-    (
-        buckets,
-        owners.into_iter().map(|o| o.map(|i| reals[i])).collect(),
-    )
+    match Pattern::of(svc) {
+        Some(p) => (
+            p.buckets,
+            p.owners()
+                .into_iter()
+                .map(|o| o.map(|i| reals[i]))
+                .collect(),
+        ),
+        None => {
+            let buckets = bucket_count(reals.len());
+            (buckets, vec![None; buckets as usize])
+        }
+    }
 }
 
-/// An fwmark service's bucket table, as indexes into its real servers.
-fn mark_bucket_owners(svc: &VirtualService) -> (u32, Vec<Option<usize>>) {
-    let v6 = svc.is_ipv6();
-    let servers: Vec<(&RealKey, u32)> = svc
-        .reals
-        .iter()
-        .map(|(k, s)| {
-            let usable = k.addr.is_ipv6() == v6;
-            (k, if usable { u32::from(s.weight) } else { 0 })
-        })
-        .collect();
-    let buckets = bucket_count(servers.len());
-    (buckets, maglev::assign(&servers, buckets))
-}
-
-/// Every load-balancing element of a service. An fwmark service: one per bucket with an
-/// owner. A service of one address and port, per frontend: its pattern's mark (from `ids`,
-/// the applied state's patterns; none when no server has weight) and the real server of each
-/// slot — weight-0 servers included, so a drain only changes the pattern.
+/// Every load-balancing element of a service: per frontend, its pattern's mark (from `ids`,
+/// the whole state's patterns; none when no server has weight) and the real server of each
+/// slot — drained servers included, so a drain only changes the pattern. An fwmark service
+/// names its pattern once, by mark (its frontends are marked by `fwmarks_*`).
 pub fn elements(key: &ServiceKey, svc: &VirtualService, ids: &PatternIds) -> Vec<Element> {
     let family = Family::of(svc);
-    let reals: Vec<&RealKey> = svc.reals.keys().collect();
+    let pattern_mark = Pattern::of(svc).and_then(|p| ids.get(&p).copied());
     let value = |r: &RealKey, frontend_port: Option<u16>| match r.port.or(frontend_port) {
         Some(p) => format!("{} . {p}", r.addr),
         None => r.addr.to_string(),
     };
+    let usable: Vec<(usize, &RealKey)> = svc
+        .reals
+        .keys()
+        .enumerate()
+        .filter(|(_, r)| r.addr.is_ipv6() == svc.is_ipv6())
+        .collect();
     let mut out = Vec::new();
     match key {
         ServiceKey::Fwmark { mark } => {
-            let (buckets, owners) = mark_bucket_owners(svc);
-            let map = |target| {
-                MarkMap {
-                    selector: selector(svc),
-                    target,
-                    family,
-                    buckets,
-                }
-                .name()
-            };
-            let names = (map(Target::AddrPort), map(Target::Addr));
-            // Each server's value text once, not once per bucket.
-            let values: Vec<String> = reals.iter().map(|r| value(r, None)).collect();
-            for (bucket, owner) in owners.iter().enumerate() {
-                let Some(i) = *owner else { continue };
+            if let Some(pattern) = pattern_mark {
                 out.push(Element {
-                    set: if reals[i].port.is_some() {
-                        names.0.clone()
-                    } else {
-                        names.1.clone()
-                    },
-                    key: format!("{mark} . {bucket}"),
-                    value: Some(values[i].clone()),
+                    set: FWMARK_PATTERN_MAP.to_owned(),
+                    key: mark.to_string(),
+                    value: Some(pattern.to_string()),
                 });
+            }
+            let maps = (
+                fwreal_map_name(Target::AddrPort, family),
+                fwreal_map_name(Target::Addr, family),
+            );
+            for f in &svc.frontends {
+                let frontend = format!("{} . {} . {}", f.vip, svc.proto, f.ports);
+                for &(slot, r) in &usable {
+                    // `N-N`, not `N`: nft 1.0.6 encodes a lone host-order integer at the end
+                    // of an interval key wrongly on delete (ENOENT); the range form works
+                    // both ways and reads back as `N`.
+                    let m = patterns::slot_mark(slot);
+                    out.push(Element {
+                        set: if r.port.is_some() {
+                            maps.0.clone()
+                        } else {
+                            maps.1.clone()
+                        },
+                        key: format!("{frontend} . {m}-{m}"),
+                        value: Some(value(r, None)),
+                    });
+                }
             }
         }
         ServiceKey::Addr { .. } => {
-            let pattern_mark = Pattern::of(svc).and_then(|p| ids.get(&p).copied());
             let (pattern_map, real_map) = (pattern_map_name(family), real_map_name(family));
             for f in &svc.frontends {
                 let frontend = format!("{} . {} . {}", f.vip, svc.proto, f.ports);
@@ -419,10 +387,7 @@ pub fn elements(key: &ServiceKey, svc: &VirtualService, ids: &PatternIds) -> Vec
                         value: Some(mark.to_string()),
                     });
                 }
-                for (slot, r) in reals.iter().enumerate() {
-                    if r.addr.is_ipv6() != svc.is_ipv6() {
-                        continue;
-                    }
+                for &(slot, r) in &usable {
                     out.push(Element {
                         set: real_map.clone(),
                         key: format!("{frontend} . {}", patterns::slot_mark(slot)),
@@ -491,21 +456,21 @@ mod tests {
         assert_eq!(bucket_count(3), 61);
         assert_eq!(bucket_count(40), 193);
         assert_eq!(bucket_count(100_000), 3079);
-        let (drained, _) = bucket_owners(&addr_key(), &svc(&[1, 0, 1]));
-        let (all, _) = bucket_owners(&addr_key(), &svc(&[1, 1, 1]));
+        let (drained, _) = bucket_owners(&svc(&[1, 0, 1]));
+        let (all, _) = bucket_owners(&svc(&[1, 1, 1]));
         assert_eq!(drained, all);
     }
 
-    fn ids_of(s: &VirtualService) -> PatternIds {
+    fn ids_of(key: ServiceKey, s: &VirtualService) -> PatternIds {
         let mut state = crate::model::DesiredState::default();
-        state.services.insert(addr_key(), s.clone());
+        state.services.insert(key, s.clone());
         patterns::PatternIndex::of(&state).ids()
     }
 
     #[test]
     fn a_service_of_one_port_names_its_pattern_and_each_server_once() {
         let s = svc(&[1, 3, 0]);
-        let ids = ids_of(&s);
+        let ids = ids_of(addr_key(), &s);
         let e = elements(&addr_key(), &s, &ids);
         assert_eq!(e.len(), 4, "{e:?}");
         let mark = ids[&Pattern::of(&s).expect("has weight")];
@@ -526,14 +491,14 @@ mod tests {
             ]
         );
         let drained = svc(&[0, 0]);
-        let e = elements(&addr_key(), &drained, &ids_of(&drained));
+        let e = elements(&addr_key(), &drained, &ids_of(addr_key(), &drained));
         assert!(e.iter().all(|e| e.set == "lb_real_v4"), "no pattern: {e:?}");
     }
 
     #[test]
     fn the_pattern_shares_buckets_by_weight() {
         let s = svc(&[1, 3, 0]);
-        let (buckets, owners) = bucket_owners(&addr_key(), &s);
+        let (buckets, owners) = bucket_owners(&s);
         assert_eq!(buckets, 61);
         let to = |ip: &str| {
             owners
@@ -549,39 +514,56 @@ mod tests {
     }
 
     #[test]
-    fn fwmark_services_are_keyed_by_mark_and_keep_the_port_without_rport() {
+    fn fwmark_services_name_their_pattern_by_mark_and_keep_the_port_without_rport() {
         let mut s = svc(&[1, 1]);
         s.params.persistence = Some(300);
-        let e = elements(&ServiceKey::Fwmark { mark: 7 }, &s, &PatternIds::new());
-        assert_eq!(e.len(), 29);
-        assert!(e.iter().all(|e| e.set == "lb_mark_src_addr_v4_29"), "{e:?}");
-        assert!(e.iter().any(|e| e.key == "7 . 28"));
+        s.frontends = [Frontend {
+            vip: "192.0.2.10".parse().expect("ip"),
+            ports: PortRange {
+                first: 2000,
+                last: 2999,
+            },
+        }]
+        .into_iter()
+        .collect();
+        let key = ServiceKey::Fwmark { mark: 7 };
+        let ids = ids_of(key, &s);
+        let e = elements(&key, &s, &ids);
+        let mark = ids[&Pattern::of(&s).expect("has weight")];
+        assert_eq!(e.len(), 3, "{e:?}");
+        assert_eq!(
+            (e[0].set.as_str(), e[0].key.as_str()),
+            ("lb_fwpattern", "7")
+        );
+        assert_eq!(e[0].value, Some(mark.to_string()));
+        assert_eq!(e[1].set, "lb_fwreal_addr_v4");
+        assert_eq!(
+            e[1].key,
+            "192.0.2.10 . tcp . 2000-2999 . 2013265920-2013265920"
+        );
+        assert_eq!(e[1].value.as_deref(), Some("10.0.0.1"));
     }
 
     #[test]
     fn lookup_rules_hash_with_the_fixed_seed() {
         let rules = rules();
-        assert_eq!(rules.len(), 2 + 20 + 2 + 40);
+        assert_eq!(rules.len(), 1 + 2 + 20 + 6);
+        assert_eq!(rules[0], "meta mark set meta mark map @lb_fwpattern");
         assert_eq!(
-            rules[0],
+            rules[1],
             "meta l4proto { tcp, udp } meta mark set ip daddr . meta l4proto . th dport map @lb_pattern_v4"
         );
         assert_eq!(
-            rules[2],
-            "meta mark & 0xff800000 == 0x70000000 meta l4proto { tcp, udp } ip daddr . meta l4proto . th dport \
-             @lb_pattern_v4 meta mark set meta mark . jhash ip saddr mod 29 seed 0x706f7274 map @lb_slot_src_29"
+            rules[3],
+            "meta mark & 0xff800000 == 0x70000000 meta l4proto { tcp, udp } meta mark set meta mark . \
+             jhash ip saddr mod 29 seed 0x706f7274 map @lb_slot_src_29"
         );
         assert_eq!(
-            rules[22],
+            rules[23],
             "meta mark & 0xf8000000 == 0x78000000 meta l4proto { tcp, udp } dnat ip to ip daddr . \
              meta l4proto . th dport . meta mark map @lb_real_v4"
         );
-        assert_eq!(
-            rules[24],
-            "meta l4proto { tcp, udp } dnat ip to meta mark . jhash ip saddr mod 29 seed 0x706f7274 \
-             map @lb_mark_src_port_v4_29"
-        );
         assert!(rules.iter().all(|r| !r.contains("numgen")));
-        assert_eq!(maps().len(), 4 + 10 + 40);
+        assert_eq!(maps().len(), 1 + 2 * 4 + 10);
     }
 }

@@ -79,7 +79,7 @@ pub fn explain(state: &DesiredState, q: &Query) -> Vec<Explanation> {
         else {
             continue;
         };
-        let (buckets, owners) = bucket_owners(key, svc);
+        let (buckets, owners) = bucket_owners(svc);
         let by_source = selector(svc) == Selector::Source;
         let client = q.client.map(|client| {
             let bucket = hash_key(client, by_source, q.source_port)

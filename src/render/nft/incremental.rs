@@ -66,10 +66,10 @@ pub fn incremental(
         for change in &diff.changes {
             let key = change.key();
             if let Some(s) = old.services.get(key) {
-                next.remove(key, s);
+                next.remove(s);
             }
             if let Some(s) = new.services.get(key) {
-                next.add(key, s);
+                next.add(s);
             }
         }
     }

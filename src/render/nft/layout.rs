@@ -49,17 +49,17 @@ pub fn sets(backend: Backend) -> Vec<Set> {
         for map in balance::maps() {
             let comment = if map.name.starts_with("lb_pattern") {
                 "frontend: its bucket pattern, a scratch mark"
+            } else if map.name == balance::FWMARK_PATTERN_MAP {
+                "fwmark: its bucket pattern, a scratch mark"
             } else if map.name.starts_with("lb_slot") {
                 "pattern and bucket: the slot, a scratch mark"
-            } else if map.name.starts_with("lb_real") {
-                "frontend and slot: the real server to DNAT to"
             } else {
-                "fwmark and bucket: the real server to DNAT to"
+                "frontend and slot: the real server to DNAT to"
             };
             sets.push(Set {
                 name: map.name,
                 decl: SetDecl::Typeof(map.typeof_decl),
-                interval: false,
+                interval: map.interval,
                 comment: Some(comment),
             });
         }

@@ -1,5 +1,5 @@
 //! Bucket patterns: the two-level lookup that keeps the nft backend's element count near one
-//! per export row for services of one address and port.
+//! per export row.
 //!
 //! A service's servers are numbered by **slot**, in key order (address, then port). Its
 //! **pattern** is what the bucket table depends on once servers are slots: the hash selector,
@@ -13,16 +13,22 @@
 //! The packet carries the pattern, then the slot, in its mark between the static rules of
 //! `prerouting_dnat` (nft has no scratch register that outlives a rule):
 //!
-//! 1. `frontend → mark = PATTERN_TAG | group | id`            (`lb_pattern_v4`, one per frontend)
+//! 1. `frontend → mark = PATTERN_TAG | group | id`            (`lb_pattern_v4`, one per frontend;
+//!    an fwmark service's frontends are marked by `fwmarks_*` first, and `lb_fwpattern` maps
+//!    the fwmark to the pattern: one element per service)
 //! 2. `mark . jhash(...) mod buckets → mark = SLOT_TAG | slot` (`lb_slot_*`, shared; one rule
 //!    per group, which the mark's group bits select, so a packet does one such lookup)
-//! 3. `frontend . mark → DNAT to the slot's server`           (`lb_real_v4`, one per server)
+//! 3. `frontend . mark → DNAT to the slot's server`           (`lb_real_v4`, one per server and
+//!    frontend; `lb_fwreal_*` for fwmark frontends, with `flags interval` for their port ranges)
 //!
 //! and `prerouting_unmark` clears marks in [`RESERVED`] right after, so the scratch value never
 //! reaches routing. A drain or a weight change changes the pattern: one element of step 1
 //! (and the new pattern's table, when no other service uses it yet). Slots are positions, so
 //! adding or removing a server renumbers the slots after it — for such a change the service
 //! re-spreads like IPVS's `sh` scheduler, not like Maglev (docs/design.md).
+//!
+//! A service of one address and port is `ServiceKey::Addr`; an fwmark service groups port
+//! ranges on several addresses. Both share pattern tables; only step 1 and 3 differ.
 //!
 //! A pattern's id is a hash of the pattern (23 bits within its group), so it does not depend
 //! on which other patterns exist — unless two of them collide: then the ids of the colliding
@@ -32,7 +38,7 @@
 use super::balance::{bucket_count, Selector, SIZE_CLASSES};
 use super::maglev;
 use super::transaction::Element;
-use crate::model::{DesiredState, ServiceKey, VirtualService};
+use crate::model::{DesiredState, VirtualService};
 use std::collections::BTreeMap;
 
 /// Marks the nft backend uses as scratch on a connection's first packet (cleared right after
@@ -162,22 +168,22 @@ pub type PatternIds = BTreeMap<Pattern, u32>;
 impl PatternIndex {
     pub fn of(state: &DesiredState) -> PatternIndex {
         let mut index = PatternIndex::default();
-        for (key, svc) in &state.services {
-            index.add(key, svc);
+        for svc in state.services.values() {
+            index.add(svc);
         }
         index
     }
 
-    /// Counts `svc` in (services keyed by mark keep their own tables: not counted).
-    pub fn add(&mut self, key: &ServiceKey, svc: &VirtualService) {
-        if let (ServiceKey::Addr { .. }, Some(p)) = (key, Pattern::of(svc)) {
+    /// Counts `svc` in.
+    pub fn add(&mut self, svc: &VirtualService) {
+        if let Some(p) = Pattern::of(svc) {
             *self.users.entry(p).or_default() += 1;
         }
     }
 
     /// Counts `svc` out.
-    pub fn remove(&mut self, key: &ServiceKey, svc: &VirtualService) {
-        if let (ServiceKey::Addr { .. }, Some(p)) = (key, Pattern::of(svc)) {
+    pub fn remove(&mut self, svc: &VirtualService) {
+        if let Some(p) = Pattern::of(svc) {
             if let Some(n) = self.users.get_mut(&p) {
                 *n -= 1;
                 if *n == 0 {
