@@ -28,12 +28,10 @@
 //! drained the service has no element: packets are not translated and the gateway itself
 //! refuses the connection.
 
-use super::maglev::StableKey;
 use super::patterns::{self, Pattern, PatternIds};
 use super::transaction::Element;
 use crate::model::{RealKey, ServiceKey, VirtualService};
 use portcullis_export::Scheduler;
-use std::net::IpAddr;
 
 /// The fixed seed of every bucket hash. Fixed, so the bucket of a flow is a function of the
 /// packet alone: a regenerated table, a restarted gateway and the other gateway of the pair
@@ -282,26 +280,6 @@ pub fn selector(svc: &VirtualService) -> Selector {
         Selector::Source
     } else {
         Selector::Flow
-    }
-}
-
-impl StableKey for RealKey {
-    fn stable_bytes(&self) -> Vec<u8> {
-        let mut out = match self.addr {
-            IpAddr::V4(a) => a.octets().to_vec(),
-            IpAddr::V6(a) => a.octets().to_vec(),
-        };
-        match self.port {
-            Some(p) => out.extend_from_slice(&[1, (p >> 8) as u8, p as u8]),
-            None => out.push(0),
-        }
-        out
-    }
-}
-
-impl StableKey for &RealKey {
-    fn stable_bytes(&self) -> Vec<u8> {
-        (*self).stable_bytes()
     }
 }
 
