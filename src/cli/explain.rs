@@ -54,6 +54,16 @@ fn human(e: &Explanation) -> String {
         "{} ({}): frontend {}, {}\n  {} buckets, hash of {} (nft backend)",
         e.key, e.service, e.frontend, e.params, e.buckets, e.hash
     );
+    if let Some(p) = &e.pattern {
+        let _ = writeln!(
+            out,
+            "  bucket table: pattern {} in {}, shared by {} service{}",
+            p.mark,
+            p.map,
+            p.services,
+            if p.services == 1 { "" } else { "s" }
+        );
+    }
     let _ = writeln!(
         out,
         "  {:<28} {:<24} {:>6} {:>8} {:>8} {:>9}",

@@ -6,6 +6,7 @@
 
 use super::balance::{bucket_owners, selector, Selector, HASH_SEED};
 use super::jhash;
+use super::patterns::{slot_map_name, Pattern, PatternIndex};
 use crate::model::{DesiredState, RealKey, VirtualService};
 use portcullis_export::Proto;
 use serde::Serialize;
@@ -25,9 +26,23 @@ pub struct Explanation {
     /// What the bucket hash covers: `saddr` (a client keeps its server) or `saddr . sport`.
     pub hash: &'static str,
     pub buckets: u32,
+    /// The bucket table the service shares with every service of the same shape, as the
+    /// kernel's maps name it (`None`: no server has weight, the service has no table).
+    pub pattern: Option<PatternUse>,
     pub servers: Vec<ServerShare>,
     /// The client asked about, when one was.
     pub client: Option<ClientChoice>,
+}
+
+/// Which shared bucket table a service uses.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct PatternUse {
+    /// The pattern's mark, as `lb_pattern_*`/`lb_fwpattern` map to it (hex).
+    pub mark: String,
+    /// The map its buckets are in (`lb_slot_{src|flow}_{buckets}`).
+    pub map: String,
+    /// How many services of the export share it.
+    pub services: usize,
 }
 
 /// One real server's part of a service.
@@ -68,6 +83,8 @@ pub struct Query {
 /// Every service that answers at the query's address and port (a TCP and a UDP one may).
 pub fn explain(state: &DesiredState, q: &Query) -> Vec<Explanation> {
     let mut out = Vec::new();
+    let index = PatternIndex::of(state);
+    let ids = index.ids();
     for (key, svc) in &state.services {
         if q.proto.is_some_and(|p| p != svc.proto) {
             continue;
@@ -102,6 +119,13 @@ pub fn explain(state: &DesiredState, q: &Query) -> Vec<Explanation> {
             params: svc.params.to_string(),
             hash: if by_source { "saddr" } else { "saddr . sport" },
             buckets,
+            pattern: Pattern::of(svc).and_then(|p| {
+                Some(PatternUse {
+                    mark: format!("{:#010x}", ids.get(&p)?),
+                    map: slot_map_name(p.selector, p.buckets),
+                    services: index.users(&p),
+                })
+            }),
             servers: shares(svc, &owners, buckets),
             client,
         });
@@ -207,6 +231,35 @@ mod tests {
                 Selector::Flow => assert_eq!(c.bucket, None, "needs the source port"),
             }
         }
+    }
+
+    #[test]
+    fn services_of_one_shape_name_the_same_shared_table() {
+        let state = example();
+        let all: Vec<Explanation> = state
+            .services
+            .keys()
+            .filter_map(|key| match *key {
+                portcullis_export::ServiceKey::Addr { vip, port, proto } => {
+                    let mut q = query(&vip.to_string(), port, None);
+                    q.proto = Some(proto);
+                    explain(&state, &q).pop()
+                }
+                portcullis_export::ServiceKey::Fwmark { .. } => None,
+            })
+            .collect();
+        let index = PatternIndex::of(&state);
+        for e in &all {
+            let Some(p) = &e.pattern else { continue };
+            let same = all
+                .iter()
+                .filter(|o| o.pattern.as_ref().map(|q| &q.mark) == Some(&p.mark))
+                .count();
+            assert!(p.services >= same, "{p:?}");
+            assert!(p.services <= state.services.len());
+            assert!(p.map.starts_with("lb_slot_"));
+        }
+        assert!(!index.is_empty());
     }
 
     #[test]

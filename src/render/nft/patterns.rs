@@ -205,6 +205,11 @@ impl PatternIndex {
         self.users.keys()
     }
 
+    /// How many services use `pattern`.
+    pub fn users(&self, pattern: &Pattern) -> usize {
+        self.users.get(pattern).copied().unwrap_or(0)
+    }
+
     /// Each pattern's mark: its hash, or — when patterns of one group collide — the next free
     /// id after it, taken in pattern order. A function of the set of patterns alone.
     pub fn ids(&self) -> PatternIds {
