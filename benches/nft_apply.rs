@@ -13,6 +13,8 @@
 mod common;
 #[path = "support/seed.rs"]
 mod seed;
+#[path = "support/shapes.rs"]
+mod shapes;
 #[path = "summary.rs"]
 mod summary;
 
@@ -22,6 +24,7 @@ use portcullis::apply::{ConntrackNetlink, NftCli, Syncer};
 use portcullis::model::DesiredState;
 use portcullis::render::nft::{full_ruleset, Backend};
 use seed::{baseline, flipped, median, ms, nft_file};
+use shapes::persistent_rows;
 use std::io::{BufRead, BufReader, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::process::Command;
@@ -96,9 +99,7 @@ fn apply_table(reps: usize, sizes: &[usize]) -> Vec<ApplyRow> {
                 (
                     "add",
                     &mut raw_add,
-                    format!(
-                        "add element inet portcullis lb_real_v4 {{ {one} : 10.1.1.1 . 80 }}"
-                    ),
+                    format!("add element inet portcullis lb_real_v4 {{ {one} : 10.1.1.1 . 80 }}"),
                 ),
                 (
                     "delete",
@@ -164,33 +165,6 @@ fn apply_table(reps: usize, sizes: &[usize]) -> Vec<ApplyRow> {
         let _ = std::fs::remove_file(&file);
     }
     results
-}
-
-/// `n` rows of persistent services with 40 real servers each (the shape of a web tier with
-/// sticky sessions); real server `drained` of the first service at weight 0.
-fn persistent_rows(n: usize, drained: Option<usize>) -> Vec<portcullis_export::ExportRow> {
-    let mut text = String::from(
-        "service,instance,proto,vip,vport,fwmark,rip,rport,weight,scheduler,method,persistence\n",
-    );
-    for row in 0..n {
-        let (svc, real) = (row / 40, row % 40);
-        let weight = if svc == 0 && drained == Some(real) {
-            0
-        } else {
-            100
-        };
-        text.push_str(&format!(
-            "p{svc},p{svc}.s{real}.1,tcp,198.51.{}.{},443,,10.{}.{}.{},8443,{weight},wlc,nat,300\n",
-            100 + svc / 250,
-            svc % 250 + 1,
-            svc / 256,
-            svc % 256,
-            real + 1,
-        ));
-    }
-    portcullis_export::parse(text.as_bytes())
-        .expect("valid persistent rows")
-        .rows()
 }
 
 /// The worst case of the earlier interval layout: draining one of 40 servers of a persistent
