@@ -143,18 +143,19 @@ impl Firewall for NftCli {
         NftCli::delete_table(self)
     }
     fn has_chain(&mut self, name: &str) -> Result<bool, NftError> {
-        let (ok, _, stderr) = self.run(&["list", "chain", FAMILY, TABLE, name])?;
-        if ok {
-            return Ok(true);
+        // `list chains` of the family, not `list chain … NAME`: nft 1.0.6 fetches the whole
+        // table, elements included, to list one chain (3.8 s at 100k rows); the chain list
+        // alone takes milliseconds. Other tables' chains are in the answer and ignored.
+        let (ok, stdout, stderr) = self.run(&["-j", "list", "chains", FAMILY])?;
+        if !ok {
+            return Err(NftError::Rejected {
+                diagnostics: Vec::new(),
+                stderr,
+            });
         }
-        // No table, or no such chain in it.
-        if stderr.contains("No such file or directory") {
-            return Ok(false);
-        }
-        Err(NftError::Rejected {
-            diagnostics: Vec::new(),
-            stderr,
-        })
+        Ok(super::readback::chain_names(&stdout, TABLE)?
+            .iter()
+            .any(|c| c == name))
     }
 }
 

@@ -64,6 +64,21 @@ pub fn parse_table(json: &str) -> Result<TableState, NftError> {
     Ok(t)
 }
 
+/// The names of `table`'s chains in `nft -j list chains FAMILY` (every table's chains).
+pub fn chain_names(json: &str, table: &str) -> Result<Vec<String>, NftError> {
+    let doc: Value =
+        serde_json::from_str(json).map_err(|e| NftError::Output(format!("not JSON: {e}")))?;
+    let items = doc["nftables"]
+        .as_array()
+        .ok_or_else(|| NftError::Output("no `nftables` array".into()))?;
+    items
+        .iter()
+        .filter_map(|item| item.get("chain"))
+        .filter(|c| c.get("table").and_then(Value::as_str) == Some(table))
+        .map(|c| str_field(c, "name"))
+        .collect()
+}
+
 fn str_field(v: &Value, key: &str) -> Result<String, NftError> {
     v.get(key)
         .and_then(Value::as_str)
@@ -155,5 +170,22 @@ mod tests {
             parse_table(r#"{"nftables": [{"set": {"name": "s", "elem": [{"weird": 1}]}}]}"#)
                 .is_err()
         );
+    }
+
+    #[test]
+    fn chain_names_are_our_tables_only() {
+        let json = r#"{"nftables": [{"metainfo": {"version": "1.0.6"}},
+          {"chain": {"family": "inet", "table": "portcullis", "name": "applied_ab12", "handle": 3}},
+          {"chain": {"family": "inet", "table": "other", "name": "applied_ab12", "handle": 4}},
+          {"chain": {"family": "inet", "table": "portcullis", "name": "input", "handle": 5, "type": "filter", "hook": "input", "prio": 0, "policy": "accept"}}]}"#;
+        assert_eq!(
+            chain_names(json, "portcullis").expect("parses"),
+            vec!["applied_ab12", "input"]
+        );
+        assert_eq!(
+            chain_names(json, "none").expect("parses"),
+            Vec::<String>::new()
+        );
+        assert!(chain_names("[]", "portcullis").is_err());
     }
 }
