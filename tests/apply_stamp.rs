@@ -84,8 +84,8 @@ fn a_stamped_table_gets_only_the_difference_and_ends_as_a_full_render() {
         "element",
         "inet",
         "portcullis",
-        "frontends_v4",
-        "{ 198.18.0.1 . tcp . 9 }",
+        "fwmarks_v4",
+        "{ 198.18.0.1 . tcp . 9 : 5 }",
     ]);
     assert!(!live_matches(&ns, first), "the hand edit shows");
     let out = apply(&ns, &state, first, &["--read-back"]);

@@ -500,7 +500,7 @@ async fn the_audit_repairs_hand_edits_and_leaves_a_clean_table_alone() {
         .firewall
         .table
         .as_mut()
-        .and_then(|t| t.sets.get_mut("frontends_v4"))
+        .and_then(|t| t.sets.get_mut("lb_real_v4"))
         .expect("our set");
     let first = set.elements.keys().next().cloned().expect("an element");
     set.elements.remove(&first);

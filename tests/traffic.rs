@@ -149,6 +149,23 @@ fn round_robin_follows_weights_and_weight_zero_drains() {
     for _ in 0..30 {
         assert_eq!(lab.tcp_ask(VIP1, 80).as_deref(), Some("b2"));
     }
+
+    // Every server drained: nothing is translated, but the frontend is still accepted on
+    // input (it stays in the pattern map), so the gateway refuses the connection at once
+    // instead of dropping it on the external interface.
+    s.sync(state(&[
+        row("tcp", VIP1, 80, 1, 0),
+        row("tcp", VIP1, 80, 2, 0),
+        row("tcp", VIP1, 80, 3, 0),
+    ]))
+    .expect("drain all");
+    let addr: std::net::SocketAddr = format!("{VIP1}:80").parse().expect("addr");
+    let answer = common::lab::in_netns(&lab.client.name, move || {
+        std::net::TcpStream::connect_timeout(&addr, Duration::from_millis(700))
+            .map(|_| ())
+            .map_err(|e| e.kind())
+    });
+    assert_eq!(answer, Err(std::io::ErrorKind::ConnectionRefused));
 }
 
 #[test]
@@ -442,7 +459,7 @@ fn an_incremental_apply_changes_only_what_the_diff_says() {
     // :443 withdrawn (accept set and balancing map), :80 now all to b3; udp 53 untouched.
     assert!(removed
         .iter()
-        .any(|(s, k, _)| s == "frontends_v4" && k == &format!("{VIP1} . tcp . 443")));
+        .any(|(s, k, _)| s == "lb_pattern_v4" && k == &format!("{VIP1} . tcp . 443")));
     // Added: :80's elements (its new bucket pattern, its server) and that pattern's table.
     assert!(
         added

@@ -305,12 +305,17 @@ pub fn bucket_owners(svc: &VirtualService) -> (u32, Vec<Option<&RealKey>>) {
 }
 
 /// Every load-balancing element of a service: per frontend, its pattern's mark (from `ids`,
-/// the whole state's patterns; none when no server has weight) and the real server of each
+/// the whole state's patterns; [`patterns::NO_SERVERS`] when no server has weight, which also
+/// lets input accept the frontend) and the real server of each
 /// slot — drained servers included, so a drain only changes the pattern. An fwmark service
-/// names its pattern once, by mark (its frontends are marked by `fwmarks_*`).
+/// names its pattern once, by mark (its frontends are marked and accepted by `fwmarks_*`;
+/// with no server of weight it has no pattern element).
 pub fn elements(key: &ServiceKey, svc: &VirtualService, ids: &PatternIds) -> Vec<Element> {
     let family = Family::of(svc);
-    let pattern_mark = Pattern::of(svc).and_then(|p| ids.get(&p).copied());
+    let pattern_mark = match Pattern::of(svc) {
+        Some(p) => ids.get(&p).copied(),
+        None => Some(patterns::NO_SERVERS),
+    };
     let value = |r: &RealKey, frontend_port: Option<u16>| match r.port.or(frontend_port) {
         Some(p) => format!("{} . {p}", r.addr),
         None => r.addr.to_string(),
@@ -324,7 +329,7 @@ pub fn elements(key: &ServiceKey, svc: &VirtualService, ids: &PatternIds) -> Vec
     let mut out = Vec::new();
     match key {
         ServiceKey::Fwmark { mark } => {
-            if let Some(pattern) = pattern_mark {
+            if let Some(pattern) = pattern_mark.filter(|&m| m != patterns::NO_SERVERS) {
                 out.push(Element {
                     set: FWMARK_PATTERN_MAP.to_owned(),
                     key: mark.to_string(),
@@ -470,7 +475,9 @@ mod tests {
         );
         let drained = svc(&[0, 0]);
         let e = elements(&addr_key(), &drained, &ids_of(addr_key(), &drained));
-        assert!(e.iter().all(|e| e.set == "lb_real_v4"), "no pattern: {e:?}");
+        assert_eq!(e[0].set, "lb_pattern_v4");
+        assert_eq!(e[0].value, Some(patterns::NO_SERVERS.to_string()));
+        assert!(e[1..].iter().all(|e| e.set == "lb_real_v4"), "{e:?}");
     }
 
     #[test]

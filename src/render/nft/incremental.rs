@@ -19,17 +19,19 @@ pub fn service_elements(
     backend: Backend,
     ids: &PatternIds,
 ) -> Vec<Element> {
-    let mut out: Vec<Element> = svc
-        .frontends
-        .iter()
-        .map(|f| frontend_element(svc.proto, f))
-        .collect();
-    if let ServiceKey::Fwmark { mark } = key {
-        out.extend(
+    let mut out: Vec<Element> = Vec::new();
+    match key {
+        // Accepted on input by the fwmark map, on both backends.
+        ServiceKey::Fwmark { mark } => out.extend(
             svc.frontends
                 .iter()
                 .map(|f| fwmark_element(svc.proto, f, *mark)),
-        );
+        ),
+        // Accepted on input by the pattern map on the nft backend.
+        ServiceKey::Addr { .. } if backend == Backend::Ipvs => {
+            out.extend(svc.frontends.iter().map(|f| frontend_element(svc.proto, f)))
+        }
+        ServiceKey::Addr { .. } => {}
     }
     if backend == Backend::Nft {
         out.extend(balance::elements(key, svc, ids));
