@@ -19,9 +19,14 @@ const SERVERS: usize = 6;
 const CLIENTS: u8 = 60;
 const SOURCE_HASHED: u16 = 53;
 const PER_FLOW: u16 = 54;
+/// A port in the range of the fwmark service (source-hashed), whose steps carry pattern and
+/// slot in `meta priority` rather than the mark.
+const FWMARK_RANGE: &str = "20000-20011";
+const IN_FWMARK_RANGE: u16 = 20005;
 
-/// Two UDP services on VIP1 over the same six backends (port 8080, uneven weights): port 53
-/// persistent (bucket from the source address), port 54 round robin (address and port).
+/// Three UDP services on VIP1 over the same six backends (port 8080, uneven weights): port 53
+/// persistent (bucket from the source address), port 54 round robin (address and port), and
+/// ports 20000-20011 an fwmark service, persistent (the backends serve 20005).
 fn export() -> DesiredState {
     let mut text =
         "service,instance,proto,vip,vport,fwmark,rip,rport,weight,scheduler,method,persistence\n"
@@ -30,6 +35,7 @@ fn export() -> DesiredState {
         let ip = Lab::backend_ip(n);
         text += &format!("dns,dns.b{n},udp,{VIP1},{SOURCE_HASHED},,{ip},8080,{n},sh,nat,300\n");
         text += &format!("log,log.b{n},udp,{VIP1},{PER_FLOW},,{ip},8080,{n},wrr,nat,\n");
+        text += &format!("tg,tg.b{n},udp,{VIP1},{FWMARK_RANGE},77,{ip},,{n},sh,nat,300\n");
     }
     let export = portcullis_export::parse(text.as_bytes()).unwrap_or_else(|e| panic!("{e}"));
     DesiredState::from_export(&export)
@@ -90,15 +96,26 @@ fn explain_predicts_the_real_server_of_every_client() {
                     udp_ask(&sock, VIP1, vport)
                 };
                 let sport = 40000 + u16::from(i) * 7;
-                (ask(SOURCE_HASHED, sport), ask(PER_FLOW, sport), sport)
+                (
+                    ask(SOURCE_HASHED, sport),
+                    ask(PER_FLOW, sport),
+                    ask(IN_FWMARK_RANGE, sport),
+                    sport,
+                )
             })
             .collect::<Vec<_>>()
     });
     let mut reached = std::collections::BTreeSet::new();
-    for (i, (by_source, by_flow, sport)) in answers.into_iter().enumerate() {
+    for (i, (by_source, by_flow, by_fwmark, sport)) in answers.into_iter().enumerate() {
         let addr = client_addr(i as u8);
         let by_source = by_source.unwrap_or_else(|| panic!("{addr}: no answer on :53"));
         let by_flow = by_flow.unwrap_or_else(|| panic!("{addr}: no answer on :54"));
+        let by_fwmark = by_fwmark.unwrap_or_else(|| panic!("{addr}: no answer on :20005"));
+        assert_eq!(
+            by_fwmark,
+            predicted(&state, IN_FWMARK_RANGE, addr, None),
+            "{addr} on the fwmark service"
+        );
         assert_eq!(
             by_source,
             predicted(&state, SOURCE_HASHED, addr, None),

@@ -27,21 +27,9 @@ pub struct SetState {
     pub elements: BTreeMap<String, Option<String>>,
 }
 
-/// Element text as both sides spell it: no quotes (nft's JSON gives interface names bare),
-/// and a numeric range of one value as that value (the kernel keeps `N-N` as `N`; the
-/// renderer writes `N-N` where nft 1.0.6 needs it, see `balance::elements`).
+/// Element text as both sides spell it: no quotes (nft's JSON gives interface names bare).
 pub fn normalize(text: &str) -> String {
-    let text = text.replace('"', "");
-    if !text.contains('-') {
-        return text;
-    }
-    text.split(" . ")
-        .map(|part| match part.split_once('-') {
-            Some((a, b)) if a == b && !a.is_empty() && a.bytes().all(|c| c.is_ascii_digit()) => a,
-            _ => part,
-        })
-        .collect::<Vec<_>>()
-        .join(" . ")
+    text.replace('"', "")
 }
 
 /// Chains an expression sends packets to (`goto X`, `jump X`): a chain must not be deleted
@@ -304,22 +292,4 @@ pub fn drift(expected: &Option<TableState>, live: &Option<TableState>) -> Vec<St
             .map(|n| format!("unexpected set {n}")),
     );
     out
-}
-
-#[cfg(test)]
-mod tests {
-    use super::normalize;
-
-    #[test]
-    fn a_numeric_range_of_one_value_reads_as_that_value() {
-        assert_eq!(
-            normalize("192.0.2.1 . tcp . 80-80 . 7-7"),
-            "192.0.2.1 . tcp . 80 . 7"
-        );
-        assert_eq!(
-            normalize("192.0.2.1 . tcp . 80-81"),
-            "192.0.2.1 . tcp . 80-81"
-        );
-        assert_eq!(normalize("\"eth-eth\""), "eth-eth");
-    }
 }

@@ -119,12 +119,10 @@ impl Family {
 /// one way nft 1.0.6 accepts a 32-bit integer in a concatenation; the jhash rules look up the
 /// same key type. (Declaring a map with `typeof … jhash` makes `nft list` crash on 1.0.6, so
 /// it is never done.) The `mod` there is only part of the type: every bucket key is a 32-bit
-/// integer.
+/// integer. None has `flags interval`: the kernel's hash backend, where deleting is cheap.
 pub struct MapDecl {
     pub name: String,
     pub typeof_decl: String,
-    /// `flags interval`: only for keys with a port range (fwmark frontends).
-    pub interval: bool,
 }
 
 const BUCKET_TYPE: &str = "numgen random mod 65536";
@@ -135,8 +133,8 @@ pub fn pattern_map_name(family: Family) -> String {
     format!("lb_pattern_{}", family.suffix())
 }
 
-/// `lb_fwpattern`: fwmark → its service's pattern (step 1 for fwmark services, whose
-/// frontends are marked in `prerouting_mark` as for IPVS).
+/// `lb_fwpattern`: fwmark → its service's pattern, in `meta priority` (step 1 for fwmark
+/// services, whose frontends are marked in `prerouting_mark` as for IPVS).
 pub const FWMARK_PATTERN_MAP: &str = "lb_fwpattern";
 
 /// `lb_real_{v4|v6}`: frontend and slot → real server (step 3, services of one port).
@@ -144,8 +142,8 @@ pub fn real_map_name(family: Family) -> String {
     format!("lb_real_{}", family.suffix())
 }
 
-/// `lb_fwreal_{port|addr}_{v4|v6}`: fwmark frontend (a port range) and slot → real server
-/// (step 3, fwmark services). `addr` keeps the client's port (servers without `rport`).
+/// `lb_fwreal_{port|addr}_{v4|v6}`: fwmark and slot → real server (step 3, fwmark
+/// services). `addr` keeps the client's port (servers without `rport`).
 pub fn fwreal_map_name(target: Target, family: Family) -> String {
     let t = match target {
         Target::AddrPort => "port",
@@ -163,21 +161,17 @@ fn dnat_value(target: Target, family: Family) -> String {
 
 /// Every balancing map of the table.
 pub fn maps() -> Vec<MapDecl> {
-    let exact = |name: String, typeof_decl: String| MapDecl {
-        name,
-        typeof_decl,
-        interval: false,
-    };
-    let mut out = vec![exact(
+    let map = |name: String, typeof_decl: String| MapDecl { name, typeof_decl };
+    let mut out = vec![map(
         FWMARK_PATTERN_MAP.to_owned(),
-        "meta mark : meta mark".to_owned(),
+        "meta mark : meta priority".to_owned(),
     )];
     for family in [Family::V4, Family::V6] {
-        out.push(exact(
+        out.push(map(
             pattern_map_name(family),
             format!("{} : meta mark", family.frontend()),
         ));
-        out.push(exact(
+        out.push(map(
             real_map_name(family),
             format!(
                 "{} . meta mark : {}",
@@ -186,23 +180,20 @@ pub fn maps() -> Vec<MapDecl> {
             ),
         ));
         for target in [Target::AddrPort, Target::Addr] {
-            out.push(MapDecl {
-                name: fwreal_map_name(target, family),
-                typeof_decl: format!(
-                    "{} . meta mark : {}",
-                    family.frontend(),
-                    dnat_value(target, family)
-                ),
-                interval: true,
-            });
+            out.push(map(
+                fwreal_map_name(target, family),
+                format!("meta mark . meta priority : {}", dnat_value(target, family)),
+            ));
         }
     }
-    for selector in [Selector::Source, Selector::Flow] {
-        for &(_, buckets) in &SIZE_CLASSES {
-            out.push(exact(
-                patterns::slot_map_name(selector, buckets),
-                format!("meta mark . {BUCKET_TYPE} : meta mark"),
-            ));
+    for (fwmark, register) in [(false, "meta mark"), (true, "meta priority")] {
+        for selector in [Selector::Source, Selector::Flow] {
+            for &(_, buckets) in &SIZE_CLASSES {
+                out.push(map(
+                    patterns::slot_map_name(fwmark, selector, buckets),
+                    format!("{register} . {BUCKET_TYPE} : {register}"),
+                ));
+            }
         }
     }
     out
@@ -212,9 +203,11 @@ pub fn maps() -> Vec<MapDecl> {
 /// that misses ends its rule and the next one is tried; a DNAT ends the chain.
 pub fn rules() -> Vec<String> {
     let tcp_udp = "meta l4proto { tcp, udp }";
-    // 1. The pattern: from the fwmark (before the frontend lookup, which an fwmark
-    //    frontend misses, so the pattern stays), or from the frontend.
-    let mut out = vec![format!("meta mark set meta mark map @{FWMARK_PATTERN_MAP}")];
+    // 1. The pattern: of an fwmark service into the priority (the mark keeps the fwmark),
+    //    of a frontend into the mark.
+    let mut out = vec![format!(
+        "meta priority set meta mark map @{FWMARK_PATTERN_MAP}"
+    )];
     for family in [Family::V4, Family::V6] {
         out.push(format!(
             "{tcp_udp} meta mark set {} map @{}",
@@ -222,37 +215,43 @@ pub fn rules() -> Vec<String> {
             pattern_map_name(family)
         ));
     }
-    // 2. The slot: the mark's group bits pick the one rule whose lookup can hit.
-    for family in [Family::V4, Family::V6] {
-        for selector in [Selector::Source, Selector::Flow] {
-            for &(_, buckets) in &SIZE_CLASSES {
-                let group = patterns::pattern_mark(patterns::group(selector, buckets), 0);
-                out.push(format!(
-                    "meta mark & {:#010x} == {group:#010x} {tcp_udp} meta mark set meta mark . jhash {} mod {buckets} seed {HASH_SEED:#x} map @{}",
-                    patterns::GROUP_MASK,
-                    selector.fields(family),
-                    patterns::slot_map_name(selector, buckets),
-                ));
+    // 2. The slot: the group bits pick the one rule whose lookup can hit.
+    for (fwmark, register) in [(false, "meta mark"), (true, "meta priority")] {
+        for family in [Family::V4, Family::V6] {
+            for selector in [Selector::Source, Selector::Flow] {
+                for &(_, buckets) in &SIZE_CLASSES {
+                    let group = patterns::pattern_mark(patterns::group(selector, buckets), 0);
+                    out.push(format!(
+                        "{register} & {:#010x} == {group:#010x} {tcp_udp} {register} set {register} . jhash {} mod {buckets} seed {HASH_SEED:#x} map @{}",
+                        patterns::GROUP_MASK,
+                        selector.fields(family),
+                        patterns::slot_map_name(fwmark, selector, buckets),
+                    ));
+                }
             }
         }
     }
-    // 3. The real server of the frontend's slot. Ports in the key or the value need nft to
-    //    know the packet has them.
-    let slot = format!(
-        "meta mark & {:#010x} == {:#010x} {tcp_udp}",
-        patterns::SLOT_MASK,
-        patterns::SLOT_TAG
-    );
+    // 3. The real server of the slot. Ports in the key or the value need nft to know the
+    //    packet has them.
+    let slot = |register: &str| {
+        format!(
+            "{register} & {:#010x} == {:#010x} {tcp_udp}",
+            patterns::SLOT_MASK,
+            patterns::SLOT_TAG
+        )
+    };
     for family in [Family::V4, Family::V6] {
         let ip = family.ip();
-        let key = format!("{} . meta mark", family.frontend());
         out.push(format!(
-            "{slot} dnat {ip} to {key} map @{}",
+            "{} dnat {ip} to {} . meta mark map @{}",
+            slot("meta mark"),
+            family.frontend(),
             real_map_name(family)
         ));
         for target in [Target::AddrPort, Target::Addr] {
             out.push(format!(
-                "{slot} dnat {ip} to {key} map @{}",
+                "{} dnat {ip} to meta mark . meta priority map @{}",
+                slot("meta priority"),
                 fwreal_map_name(target, family)
             ));
         }
@@ -260,14 +259,15 @@ pub fn rules() -> Vec<String> {
     out
 }
 
-/// The rule of `prerouting_unmark`, right after the DNAT: the scratch marks of [`patterns`]
-/// never reach routing.
-pub fn unmark_rule() -> String {
-    format!(
-        "meta mark & {:#010x} == {:#010x} meta mark set 0",
-        patterns::RESERVED.1,
-        patterns::RESERVED.0
-    )
+/// The rules of `prerouting_unmark`, right after the DNAT: the scratch values of
+/// [`patterns`] never reach routing or queueing. The priority only of a connection's first
+/// packet: later ones never carry ours, and may carry someone else's.
+pub fn unmark_rules() -> Vec<String> {
+    let (mask, tag) = (patterns::RESERVED.1, patterns::RESERVED.0);
+    vec![
+        format!("meta mark & {mask:#010x} == {tag:#010x} meta mark set 0"),
+        format!("ct state new meta priority & {mask:#010x} == {tag:#010x} meta priority set 0"),
+    ]
 }
 
 pub fn selector(svc: &VirtualService) -> Selector {
@@ -287,9 +287,12 @@ pub fn selector(svc: &VirtualService) -> Selector {
 /// no server with weight): its pattern's table, slots being its servers in key order.
 /// Servers of the other address family than the frontends (method `tun`, which IPVS
 /// tunnels) count as drained: DNAT cannot change the family.
-pub fn bucket_owners(svc: &VirtualService) -> (u32, Vec<Option<&RealKey>>) {
+pub fn bucket_owners<'a>(
+    key: &ServiceKey,
+    svc: &'a VirtualService,
+) -> (u32, Vec<Option<&'a RealKey>>) {
     let reals: Vec<&RealKey> = svc.reals.keys().collect();
-    match Pattern::of(svc) {
+    match Pattern::of(key, svc) {
         Some(p) => (
             p.buckets,
             p.owners()
@@ -304,15 +307,16 @@ pub fn bucket_owners(svc: &VirtualService) -> (u32, Vec<Option<&RealKey>>) {
     }
 }
 
-/// Every load-balancing element of a service: per frontend, its pattern's mark (from `ids`,
-/// the whole state's patterns; [`patterns::NO_SERVERS`] when no server has weight, which also
-/// lets input accept the frontend) and the real server of each
-/// slot — drained servers included, so a drain only changes the pattern. An fwmark service
-/// names its pattern once, by mark (its frontends are marked and accepted by `fwmarks_*`;
-/// with no server of weight it has no pattern element).
+/// Every load-balancing element of a service and the real server of each slot — drained
+/// servers included, so a drain only changes the pattern. A service of one address and port:
+/// per frontend, its pattern's mark (from `ids`, the whole state's patterns;
+/// [`patterns::NO_SERVERS`] when no server has weight, which also lets input accept the
+/// frontend) and each slot's server. An fwmark service (its frontends marked and accepted by
+/// `fwmarks_*`): its pattern by fwmark (none with no server of weight) and each slot's
+/// server by fwmark.
 pub fn elements(key: &ServiceKey, svc: &VirtualService, ids: &PatternIds) -> Vec<Element> {
     let family = Family::of(svc);
-    let pattern_mark = match Pattern::of(svc) {
+    let pattern_mark = match Pattern::of(key, svc) {
         Some(p) => ids.get(&p).copied(),
         None => Some(patterns::NO_SERVERS),
     };
@@ -333,30 +337,20 @@ pub fn elements(key: &ServiceKey, svc: &VirtualService, ids: &PatternIds) -> Vec
                 out.push(Element {
                     set: FWMARK_PATTERN_MAP.to_owned(),
                     key: mark.to_string(),
-                    value: Some(pattern.to_string()),
+                    value: Some(patterns::classid(pattern)),
                 });
             }
-            let maps = (
-                fwreal_map_name(Target::AddrPort, family),
-                fwreal_map_name(Target::Addr, family),
-            );
-            for f in &svc.frontends {
-                let frontend = format!("{} . {} . {}", f.vip, svc.proto, f.ports);
-                for &(slot, r) in &usable {
-                    // `N-N`, not `N`: nft 1.0.6 encodes a lone host-order integer at the end
-                    // of an interval key wrongly on delete (ENOENT); the range form works
-                    // both ways and reads back as `N`.
-                    let m = patterns::slot_mark(slot);
-                    out.push(Element {
-                        set: if r.port.is_some() {
-                            maps.0.clone()
-                        } else {
-                            maps.1.clone()
-                        },
-                        key: format!("{frontend} . {m}-{m}"),
-                        value: Some(value(r, None)),
-                    });
-                }
+            for &(slot, r) in &usable {
+                let target = if r.port.is_some() {
+                    Target::AddrPort
+                } else {
+                    Target::Addr
+                };
+                out.push(Element {
+                    set: fwreal_map_name(target, family),
+                    key: format!("{mark} . {}", patterns::classid(patterns::slot_mark(slot))),
+                    value: Some(value(r, None)),
+                });
             }
         }
         ServiceKey::Addr { .. } => {
@@ -439,8 +433,8 @@ mod tests {
         assert_eq!(bucket_count(3), 61);
         assert_eq!(bucket_count(40), 193);
         assert_eq!(bucket_count(100_000), 3079);
-        let (drained, _) = bucket_owners(&svc(&[1, 0, 1]));
-        let (all, _) = bucket_owners(&svc(&[1, 1, 1]));
+        let (drained, _) = bucket_owners(&addr_key(), &svc(&[1, 0, 1]));
+        let (all, _) = bucket_owners(&addr_key(), &svc(&[1, 1, 1]));
         assert_eq!(drained, all);
     }
 
@@ -456,7 +450,7 @@ mod tests {
         let ids = ids_of(addr_key(), &s);
         let e = elements(&addr_key(), &s, &ids);
         assert_eq!(e.len(), 4, "{e:?}");
-        let mark = ids[&Pattern::of(&s).expect("has weight")];
+        let mark = ids[&Pattern::of(&addr_key(), &s).expect("has weight")];
         assert_eq!(e[0].set, "lb_pattern_v4");
         assert_eq!(e[0].key, "192.0.2.10 . tcp . 80");
         assert_eq!(e[0].value, Some(mark.to_string()));
@@ -483,7 +477,7 @@ mod tests {
     #[test]
     fn the_pattern_shares_buckets_by_weight() {
         let s = svc(&[1, 3, 0]);
-        let (buckets, owners) = bucket_owners(&s);
+        let (buckets, owners) = bucket_owners(&addr_key(), &s);
         assert_eq!(buckets, 61);
         let to = |ip: &str| {
             owners
@@ -514,26 +508,24 @@ mod tests {
         let key = ServiceKey::Fwmark { mark: 7 };
         let ids = ids_of(key, &s);
         let e = elements(&key, &s, &ids);
-        let mark = ids[&Pattern::of(&s).expect("has weight")];
+        let mark = ids[&Pattern::of(&key, &s).expect("has weight")];
+        // The pattern, and one element per server whatever the frontends (port ranges).
         assert_eq!(e.len(), 3, "{e:?}");
         assert_eq!(
             (e[0].set.as_str(), e[0].key.as_str()),
             ("lb_fwpattern", "7")
         );
-        assert_eq!(e[0].value, Some(mark.to_string()));
+        assert_eq!(e[0].value, Some(patterns::classid(mark)));
         assert_eq!(e[1].set, "lb_fwreal_addr_v4");
-        assert_eq!(
-            e[1].key,
-            "192.0.2.10 . tcp . 2000-2999 . 2013265920-2013265920"
-        );
+        assert_eq!(e[1].key, "7 . 7800:0");
         assert_eq!(e[1].value.as_deref(), Some("10.0.0.1"));
     }
 
     #[test]
     fn lookup_rules_hash_with_the_fixed_seed() {
         let rules = rules();
-        assert_eq!(rules.len(), 1 + 2 + 20 + 6);
-        assert_eq!(rules[0], "meta mark set meta mark map @lb_fwpattern");
+        assert_eq!(rules.len(), 1 + 2 + 40 + 6);
+        assert_eq!(rules[0], "meta priority set meta mark map @lb_fwpattern");
         assert_eq!(
             rules[1],
             "meta l4proto { tcp, udp } meta mark set ip daddr . meta l4proto . th dport map @lb_pattern_v4"
@@ -545,10 +537,20 @@ mod tests {
         );
         assert_eq!(
             rules[23],
+            "meta priority & 0xff800000 == 0x70000000 meta l4proto { tcp, udp } meta priority set \
+             meta priority . jhash ip saddr mod 29 seed 0x706f7274 map @lb_fwslot_src_29"
+        );
+        assert_eq!(
+            rules[43],
             "meta mark & 0xf8000000 == 0x78000000 meta l4proto { tcp, udp } dnat ip to ip daddr . \
              meta l4proto . th dport . meta mark map @lb_real_v4"
         );
+        assert_eq!(
+            rules[44],
+            "meta priority & 0xf8000000 == 0x78000000 meta l4proto { tcp, udp } dnat ip to meta mark \
+             . meta priority map @lb_fwreal_port_v4"
+        );
         assert!(rules.iter().all(|r| !r.contains("numgen")));
-        assert_eq!(maps().len(), 1 + 2 * 4 + 10);
+        assert_eq!(maps().len(), 1 + 2 * 4 + 20);
     }
 }

@@ -96,7 +96,7 @@ pub fn explain(state: &DesiredState, q: &Query) -> Vec<Explanation> {
         else {
             continue;
         };
-        let (buckets, owners) = bucket_owners(svc);
+        let (buckets, owners) = bucket_owners(key, svc);
         let by_source = selector(svc) == Selector::Source;
         let client = q.client.map(|client| {
             let bucket = hash_key(client, by_source, q.source_port)
@@ -119,10 +119,10 @@ pub fn explain(state: &DesiredState, q: &Query) -> Vec<Explanation> {
             params: svc.params.to_string(),
             hash: if by_source { "saddr" } else { "saddr . sport" },
             buckets,
-            pattern: Pattern::of(svc).and_then(|p| {
+            pattern: Pattern::of(key, svc).and_then(|p| {
                 Some(PatternUse {
                     mark: format!("{:#010x}", ids.get(&p)?),
-                    map: slot_map_name(p.selector, p.buckets),
+                    map: slot_map_name(p.fwmark, p.selector, p.buckets),
                     services: index.users(&p),
                 })
             }),

@@ -68,10 +68,10 @@ pub fn incremental(
         for change in &diff.changes {
             let key = change.key();
             if let Some(s) = old.services.get(key) {
-                next.remove(s);
+                next.remove(key, s);
             }
             if let Some(s) = new.services.get(key) {
-                next.add(s);
+                next.add(key, s);
             }
         }
     }

@@ -54,16 +54,18 @@ pub fn sets(backend: Backend) -> Vec<Set> {
             let comment = if map.name.starts_with("lb_pattern") {
                 "frontend: its bucket pattern, a scratch mark"
             } else if map.name == balance::FWMARK_PATTERN_MAP {
-                "fwmark: its bucket pattern, a scratch mark"
+                "fwmark: its bucket pattern, a scratch priority"
             } else if map.name.starts_with("lb_slot") {
                 "pattern and bucket: the slot, a scratch mark"
+            } else if map.name.starts_with("lb_fwslot") {
+                "pattern and bucket of fwmark services: the slot, a scratch priority"
             } else {
                 "frontend and slot: the real server to DNAT to"
             };
             sets.push(Set {
                 name: map.name,
                 decl: SetDecl::Typeof(map.typeof_decl),
-                interval: map.interval,
+                interval: false,
                 comment: Some(comment),
             });
         }
@@ -158,7 +160,7 @@ pub fn chains(
         // Right after the DNAT: the balancing's scratch marks go before routing sees them.
         chains.push((
             base("prerouting_unmark", "filter", "prerouting", "dstnat + 1"),
-            vec![balance::unmark_rule()],
+            balance::unmark_rules(),
         ));
     }
     chains.push((base("input", "filter", "input", "filter"), input));

@@ -13,13 +13,11 @@
 //! The packet carries the pattern, then the slot, in its mark between the static rules of
 //! `prerouting_dnat` (nft has no scratch register that outlives a rule):
 //!
-//! 1. `frontend → mark = PATTERN_TAG | group | id`            (`lb_pattern_v4`, one per frontend;
-//!    an fwmark service's frontends are marked by `fwmarks_*` first, and `lb_fwpattern` maps
-//!    the fwmark to the pattern: one element per service)
+//! 1. `frontend → mark = PATTERN_TAG | group | id`            (`lb_pattern_v4`, one per frontend)
 //! 2. `mark . jhash(...) mod buckets → mark = SLOT_TAG | slot` (`lb_slot_*`, shared; one rule
 //!    per group, which the mark's group bits select, so a packet does one such lookup)
 //! 3. `frontend . mark → DNAT to the slot's server`           (`lb_real_v4`, one per server and
-//!    frontend; `lb_fwreal_*` for fwmark frontends, with `flags interval` for their port ranges)
+//!    frontend)
 //!
 //! and `prerouting_unmark` clears marks in [`RESERVED`] right after, so the scratch value never
 //! reaches routing. A drain or a weight change changes the pattern: one element of step 1
@@ -27,8 +25,13 @@
 //! adding or removing a server renumbers the slots after it — for such a change the service
 //! re-spreads like IPVS's `sh` scheduler, not like Maglev (docs/design.md).
 //!
-//! A service of one address and port is `ServiceKey::Addr`; an fwmark service groups port
-//! ranges on several addresses. Both share pattern tables; only step 1 and 3 differ.
+//! An fwmark service (port ranges on several addresses) is marked by `fwmarks_*` first, as
+//! for IPVS, and keeps its fwmark in the mark: its steps carry the pattern and the slot in
+//! `meta priority` instead — (1) `lb_fwpattern`: fwmark → priority = pattern, one element
+//! per service; (2) `lb_fwslot_*`; (3) `lb_fwreal_*`: fwmark . slot → server, one per server,
+//! exact-match (keyed by frontend it would need port ranges: interval maps, which cost about
+//! four times as much to load). `prerouting_unmark` sets the priority of such a connection's
+//! first packet back to 0 (IPv4 forwarding resets it anyway; IPv6 does not).
 //!
 //! A pattern's id is a hash of the pattern (23 bits within its group), so it does not depend
 //! on which other patterns exist — unless two of them collide: then the ids of the colliding
@@ -38,7 +41,7 @@
 use super::balance::{bucket_count, Selector, SIZE_CLASSES};
 use super::maglev;
 use super::transaction::Element;
-use crate::model::{DesiredState, VirtualService};
+use crate::model::{DesiredState, ServiceKey, VirtualService};
 use std::collections::BTreeMap;
 
 /// Marks the nft backend uses as scratch on a connection's first packet (cleared right after
@@ -61,6 +64,9 @@ const ID_BITS: u32 = 23;
 /// What a service's bucket table depends on when its servers are numbered by slot.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct Pattern {
+    /// The table of an fwmark service's pattern carries pattern and slot in `meta priority`
+    /// (the mark holds the fwmark), so it lives in other maps than a frontend service's.
+    pub fwmark: bool,
     pub selector: Selector,
     pub buckets: u32,
     /// Per slot (servers in key order): the weight, 0 for drained servers and for servers of
@@ -69,9 +75,9 @@ pub struct Pattern {
 }
 
 impl Pattern {
-    /// The pattern of a service of one address and port; `None` when no server has weight
-    /// (the service then has no pattern element: packets are not translated).
-    pub fn of(svc: &VirtualService) -> Option<Pattern> {
+    /// The pattern of a service; `None` when no server has weight (packets are then not
+    /// translated).
+    pub fn of(key: &ServiceKey, svc: &VirtualService) -> Option<Pattern> {
         let v6 = svc.is_ipv6();
         let weights: Vec<u32> = svc
             .reals
@@ -85,6 +91,7 @@ impl Pattern {
             })
             .collect();
         weights.iter().any(|&w| w > 0).then(|| Pattern {
+            fwmark: matches!(key, ServiceKey::Fwmark { .. }),
             selector: super::balance::selector(svc),
             buckets: bucket_count(weights.len()),
             weights,
@@ -104,7 +111,7 @@ impl Pattern {
 
     fn hash(&self) -> u32 {
         let mut bytes = Vec::with_capacity(9 + 4 * self.weights.len());
-        bytes.push(self.selector as u8);
+        bytes.push(self.selector as u8 | u8::from(self.fwmark) << 1);
         bytes.extend_from_slice(&self.buckets.to_be_bytes());
         for w in &self.weights {
             bytes.extend_from_slice(&w.to_be_bytes());
@@ -132,18 +139,36 @@ pub fn slot_mark(slot: usize) -> u32 {
     SLOT_TAG | slot as u32
 }
 
-/// `lb_slot_{src|flow}_{buckets}`: the map of the patterns of one group.
-pub fn slot_map_name(selector: Selector, buckets: u32) -> String {
+/// `lb_slot_{src|flow}_{buckets}` (`lb_fwslot_…` for fwmark services): the map of the
+/// patterns of one group.
+pub fn slot_map_name(fwmark: bool, selector: Selector, buckets: u32) -> String {
     let s = match selector {
         Selector::Source => "src",
         Selector::Flow => "flow",
     };
-    format!("lb_slot_{s}_{buckets}")
+    let kind = if fwmark { "fwslot" } else { "slot" };
+    format!("lb_{kind}_{s}_{buckets}")
+}
+
+/// A mark value as the fwmark path holds it in `meta priority`, spelled as nft writes a
+/// tc class id (`major:minor` in hex), so the read-back compares equal.
+pub fn classid(value: u32) -> String {
+    format!("{:x}:{:x}", value >> 16, value & 0xffff)
+}
+
+/// How a pattern or slot value is written in the pattern's maps.
+pub fn value_text(fwmark: bool, value: u32) -> String {
+    if fwmark {
+        classid(value)
+    } else {
+        value.to_string()
+    }
 }
 
 /// The shared table of one pattern: one element per bucket that has an owner.
 pub fn pattern_elements(pattern: &Pattern, mark: u32) -> Vec<Element> {
-    let set = slot_map_name(pattern.selector, pattern.buckets);
+    let set = slot_map_name(pattern.fwmark, pattern.selector, pattern.buckets);
+    let mark = value_text(pattern.fwmark, mark);
     pattern
         .owners()
         .into_iter()
@@ -152,7 +177,7 @@ pub fn pattern_elements(pattern: &Pattern, mark: u32) -> Vec<Element> {
             owner.map(|slot| Element {
                 set: set.clone(),
                 key: format!("{mark} . {bucket}"),
-                value: Some(slot_mark(slot).to_string()),
+                value: Some(value_text(pattern.fwmark, slot_mark(slot))),
             })
         })
         .collect()
@@ -172,22 +197,22 @@ pub type PatternIds = BTreeMap<Pattern, u32>;
 impl PatternIndex {
     pub fn of(state: &DesiredState) -> PatternIndex {
         let mut index = PatternIndex::default();
-        for svc in state.services.values() {
-            index.add(svc);
+        for (key, svc) in &state.services {
+            index.add(key, svc);
         }
         index
     }
 
     /// Counts `svc` in.
-    pub fn add(&mut self, svc: &VirtualService) {
-        if let Some(p) = Pattern::of(svc) {
+    pub fn add(&mut self, key: &ServiceKey, svc: &VirtualService) {
+        if let Some(p) = Pattern::of(key, svc) {
             *self.users.entry(p).or_default() += 1;
         }
     }
 
     /// Counts `svc` out.
-    pub fn remove(&mut self, svc: &VirtualService) {
-        if let Some(p) = Pattern::of(svc) {
+    pub fn remove(&mut self, key: &ServiceKey, svc: &VirtualService) {
+        if let Some(p) = Pattern::of(key, svc) {
             if let Some(n) = self.users.get_mut(&p) {
                 *n -= 1;
                 if *n == 0 {
@@ -247,6 +272,7 @@ mod tests {
 
     fn pattern(weights: &[u32]) -> Pattern {
         Pattern {
+            fwmark: false,
             selector: Selector::Source,
             buckets: bucket_count(weights.len()),
             weights: weights.to_vec(),
@@ -281,6 +307,12 @@ mod tests {
         assert!(e
             .iter()
             .all(|e| e.set == "lb_slot_src_61" && e.key.starts_with("9 . ")));
+        let mut fw = pattern(&[1, 1]);
+        fw.fwmark = true;
+        let e = pattern_elements(&fw, pattern_mark(0, 1));
+        assert_eq!(e[0].set, "lb_fwslot_src_29");
+        assert_eq!(e[0].key, "7000:1 . 0");
+        assert!(matches!(e[0].value.as_deref(), Some("7800:0" | "7800:1")));
     }
 
     #[test]
