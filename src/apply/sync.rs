@@ -189,14 +189,21 @@ impl<F: Firewall, C: Conntrack> Syncer<F, C> {
 
     fn plan_reconcile(&mut self, state: DesiredState) -> Result<SyncPlan, SyncError> {
         let tx = full_ruleset(&state, &self.opts);
-        let expected = TableState::from_transaction(&tx).map_err(SyncError::Render)?;
         let live = self.firewall.read_table()?;
         self.stamps = live
             .iter()
             .flat_map(|t| t.chains.keys())
             .filter_map(|c| Stamp::from_chain(c))
             .collect();
-        let differences = drift(&expected, &live);
+        // Nothing to compare with on a fresh host: the expected table's model (a tenth of a
+        // cold load at 10k rows) is built only when there is a live table.
+        let differences = match live {
+            None => vec!["table is missing".to_owned()],
+            Some(_) => {
+                let expected = TableState::from_transaction(&tx).map_err(SyncError::Render)?;
+                drift(&expected, &live)
+            }
+        };
         let ipvs = match self.ipvs.as_mut() {
             Some(ipvs) => {
                 // An audit trusts no cached view: the kernel is read again.
@@ -350,7 +357,7 @@ impl<F: Firewall, C: Conntrack> Syncer<F, C> {
             }
         };
         self.patterns = patterns.unwrap_or_else(|| self.patterns_of(&state));
-        self.applied = Some(state);
+        drop_elsewhere(self.applied.replace(state));
         self.stamps = self.next_stamp.take().into_iter().collect();
         // 3. IPVS drains, and deletes of what is idle.
         if let (Some(ipvs), Some(p)) = (self.ipvs.as_mut(), ipvs_plan) {
@@ -416,6 +423,18 @@ impl<F: Firewall, C: Conntrack> Syncer<F, C> {
                 0
             }
         }
+    }
+}
+
+/// Frees a replaced state off the sync's path: at 100k rows dropping one takes 6–7 ms, a
+/// quarter of what a one-change sync may take. Small states are dropped here.
+fn drop_elsewhere(state: Option<DesiredState>) {
+    const BIG: usize = 10_000;
+    if let Some(state) = state.filter(|s| s.services.len() >= BIG) {
+        // If no thread can be started, the state is dropped here after all.
+        let _ = std::thread::Builder::new()
+            .name("drop-state".into())
+            .spawn(move || drop(state));
     }
 }
 
