@@ -70,7 +70,8 @@ fn a_stamped_table_gets_only_the_difference_and_ends_as_a_full_render() {
     let out = apply(&ns, &state, next, &[]);
     assert!(out.contains("nothing to do"), "{out}");
 
-    // The stamp removed by hand: the table is read back (and adopted, as it matches).
+    // The stamp removed by hand: the increment, which deletes the old stamp, is refused by
+    // the kernel as a whole, and the table is regenerated.
     let stamp = format!("applied_{}", stamps(&ns)[0]);
     ns.exec(&["nft", "delete", "chain", "inet", "portcullis", &stamp]);
     let out = apply(&ns, &state, first, &[]);

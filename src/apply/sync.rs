@@ -136,6 +136,18 @@ impl<F: Firewall, C: Conntrack> Syncer<F, C> {
         Ok(true)
     }
 
+    /// Takes `state` as applied, rendered into a table stamped with `stamp`, without looking:
+    /// the next [`Syncer::sync`] sends only the difference, and that transaction deletes the
+    /// stamp chain — so the kernel itself refuses it, atomically, when the stamp is not there,
+    /// and the sync falls back to a whole regeneration. Saves listing the chains first; for a
+    /// state that differs from `state` only (with no difference nothing would be sent, so
+    /// nothing checked: use [`Syncer::assume_stamped`]).
+    pub fn assume_stamped_unchecked(&mut self, state: DesiredState, stamp: Stamp) {
+        self.patterns = self.patterns_of(&state);
+        self.applied = Some(state);
+        self.stamps = vec![stamp];
+    }
+
     /// Balance with IPVS (the `ipvs` backend): every sync then keeps the owned IPVS
     /// services in step, ordered around the nft transaction.
     pub fn set_ipvs(&mut self, ipvs: IpvsSync) {

@@ -99,7 +99,15 @@ pub fn apply_once(args: ApplyOnce) -> Result<Exit, CliError> {
     // which no stamp covers).
     let fast =
         args.opts.backend == Backend::Nft && !args.read_back && args.confirm_within.is_none();
+    let next_stamp = Stamp::of(&bytes, &args.opts);
     let stamped = match (&cached, fast.then(|| last_good.take()).flatten()) {
+        // Another export than the cached one: its transaction deletes the old stamp, so the
+        // kernel checks the stamp as part of the change (and refuses it whole without).
+        (Some(c), Some(old)) if Stamp::of(&c.export, &args.opts) != next_stamp => {
+            syncer.assume_stamped_unchecked(old, Stamp::of(&c.export, &args.opts));
+            true
+        }
+        // The same export: nothing will be sent, so look for the stamp.
         (Some(c), Some(old)) => syncer
             .assume_stamped(old, Stamp::of(&c.export, &args.opts))
             .unwrap_or_else(|e| {
@@ -117,7 +125,7 @@ pub fn apply_once(args: ApplyOnce) -> Result<Exit, CliError> {
     warn_if_the_daemon_is_active(args.state_dir);
     let started = Instant::now();
     let (services, reals) = (state.services.len(), state.real_server_count());
-    syncer.set_next_stamp(Stamp::of(&bytes, &args.opts));
+    syncer.set_next_stamp(next_stamp);
     let outcome = if stamped {
         syncer.sync(state)
     } else {
