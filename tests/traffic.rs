@@ -151,7 +151,7 @@ fn round_robin_follows_weights_and_weight_zero_drains() {
     }
 
     // Every server drained: nothing is translated, but the frontend is still accepted on
-    // input (it stays in the pattern map), so the gateway refuses the connection at once
+    // input (it joins the frontends set), so the gateway refuses the connection at once
     // instead of dropping it on the external interface.
     s.sync(state(&[
         row("tcp", VIP1, 80, 1, 0),

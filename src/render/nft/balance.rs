@@ -309,17 +309,13 @@ pub fn bucket_owners<'a>(
 
 /// Every load-balancing element of a service and the real server of each slot — drained
 /// servers included, so a drain only changes the pattern. A service of one address and port:
-/// per frontend, its pattern's mark (from `ids`, the whole state's patterns;
-/// [`patterns::NO_SERVERS`] when no server has weight, which also lets input accept the
-/// frontend) and each slot's server. An fwmark service (its frontends marked and accepted by
+/// per frontend, its pattern's mark (from `ids`, the whole state's patterns; none when no
+/// server has weight) and each slot's server. An fwmark service (its frontends marked by
 /// `fwmarks_*`): its pattern by fwmark (none with no server of weight) and each slot's
 /// server by fwmark.
 pub fn elements(key: &ServiceKey, svc: &VirtualService, ids: &PatternIds) -> Vec<Element> {
     let family = Family::of(svc);
-    let pattern_mark = match Pattern::of(key, svc) {
-        Some(p) => ids.get(&p).copied(),
-        None => Some(patterns::NO_SERVERS),
-    };
+    let pattern_mark = Pattern::of(key, svc).and_then(|p| ids.get(&p).copied());
     let value = |r: &RealKey, frontend_port: Option<u16>| match r.port.or(frontend_port) {
         Some(p) => format!("{} . {p}", r.addr),
         None => r.addr.to_string(),
@@ -333,7 +329,7 @@ pub fn elements(key: &ServiceKey, svc: &VirtualService, ids: &PatternIds) -> Vec
     let mut out = Vec::new();
     match key {
         ServiceKey::Fwmark { mark } => {
-            if let Some(pattern) = pattern_mark.filter(|&m| m != patterns::NO_SERVERS) {
+            if let Some(pattern) = pattern_mark {
                 out.push(Element {
                     set: FWMARK_PATTERN_MAP.to_owned(),
                     key: mark.to_string(),
@@ -469,9 +465,7 @@ mod tests {
         );
         let drained = svc(&[0, 0]);
         let e = elements(&addr_key(), &drained, &ids_of(addr_key(), &drained));
-        assert_eq!(e[0].set, "lb_pattern_v4");
-        assert_eq!(e[0].value, Some(patterns::NO_SERVERS.to_string()));
-        assert!(e[1..].iter().all(|e| e.set == "lb_real_v4"), "{e:?}");
+        assert!(e.iter().all(|e| e.set == "lb_real_v4"), "no pattern: {e:?}");
     }
 
     #[test]

@@ -4,7 +4,7 @@
 
 use super::balance;
 use super::layout::{frontend_element, fwmark_element};
-use super::patterns::{pattern_elements, PatternIds, PatternIndex};
+use super::patterns::{pattern_elements, Pattern, PatternIds, PatternIndex};
 use super::transaction::{Element, Object, Transaction};
 use super::Backend;
 use crate::diff::StateDiff;
@@ -19,19 +19,23 @@ pub fn service_elements(
     backend: Backend,
     ids: &PatternIds,
 ) -> Vec<Element> {
-    let mut out: Vec<Element> = Vec::new();
-    match key {
-        // Accepted on input by the fwmark map, on both backends.
-        ServiceKey::Fwmark { mark } => out.extend(
+    // Accepted on input: every frontend for IPVS; on the nft backend those of a service that
+    // nothing translates (no server of weight), so the gateway refuses rather than drops.
+    let accepted = backend == Backend::Ipvs || Pattern::of(key, svc).is_none();
+    let mut out: Vec<Element> = if accepted {
+        svc.frontends
+            .iter()
+            .map(|f| frontend_element(svc.proto, f))
+            .collect()
+    } else {
+        Vec::new()
+    };
+    if let ServiceKey::Fwmark { mark } = key {
+        out.extend(
             svc.frontends
                 .iter()
                 .map(|f| fwmark_element(svc.proto, f, *mark)),
-        ),
-        // Accepted on input by the pattern map on the nft backend.
-        ServiceKey::Addr { .. } if backend == Backend::Ipvs => {
-            out.extend(svc.frontends.iter().map(|f| frontend_element(svc.proto, f)))
-        }
-        ServiceKey::Addr { .. } => {}
+        );
     }
     if backend == Backend::Nft {
         out.extend(balance::elements(key, svc, ids));

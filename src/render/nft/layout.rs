@@ -21,10 +21,12 @@ pub const TABLE_COMMENT: &str =
 
 /// Named sets and maps of the table. Keys are `daddr . l4proto . dport` concatenations with
 /// interval flags, so a port range is one element and lookups cost the same for 10 or 100k
-/// services. Input accepts exported frontends by the maps that already hold them — the fwmark
-/// map, and on the nft backend the pattern maps — so only the IPVS backend needs a set of
-/// the frontends of one address and port (on the nft backend it was 50k interval elements
-/// at 100k rows of two-server services, a fifth of the cold load).
+/// services. `frontends_*` holds what input must accept: every frontend for IPVS (which takes
+/// the packets at input); on the nft backend only the frontends of services with no server of
+/// weight, which nothing translates, so the gateway refuses their connections instead of
+/// dropping them (every frontend there was 50k interval elements at 100k rows of two-server
+/// services, a fifth of the cold load). Input cannot look the frontend up in the balancing
+/// maps instead: a lookup that ignores a map's value is refused by Debian 12's kernel (6.1).
 pub fn sets(backend: Backend) -> Vec<Set> {
     let set =
         |name: &str, key: &'static str, value: Option<&'static str>, comment: &'static str| Set {
@@ -35,12 +37,16 @@ pub fn sets(backend: Backend) -> Vec<Set> {
         };
     const V4: &str = "ipv4_addr . inet_proto . inet_service";
     const V6: &str = "ipv6_addr . inet_proto . inet_service";
-    let accepted = "frontends of services of one address and port: accepted on input, for IPVS";
-    let mut sets = Vec::new();
-    if backend == Backend::Ipvs {
-        sets.push(set(FRONTENDS_V4, V4, None, accepted));
-        sets.push(set(FRONTENDS_V6, V6, None, accepted));
-    }
+    let accepted = match backend {
+        Backend::Ipvs => "exported frontends: accepted on input",
+        Backend::Nft => {
+            "frontends of services with no server of weight: accepted on input, refused"
+        }
+    };
+    let mut sets = vec![
+        set(FRONTENDS_V4, V4, None, accepted),
+        set(FRONTENDS_V6, V6, None, accepted),
+    ];
     // Both backends mark fwmark frontends: IPVS picks the service by mark, and the nft
     // backend looks up the service's buckets by it.
     let c = match backend {
@@ -119,20 +125,11 @@ pub fn chains(
     if jump_base_input {
         input.push("jump base_input".to_owned());
     }
-    // Exported frontends: whatever the balancing did not translate reaches the gateway
-    // itself (IPVS takes it at input; on the nft backend, a service with every server
-    // drained), which answers rather than dropping it.
-    let plain = match backend {
-        Backend::Ipvs => [FRONTENDS_V4, FRONTENDS_V6],
-        Backend::Nft => ["lb_pattern_v4", "lb_pattern_v6"],
-    };
-    input.extend([
-        format!("ip daddr . meta l4proto . th dport @{} accept", plain[0]),
-        format!("ip6 daddr . meta l4proto . th dport @{} accept", plain[1]),
-        format!("ip daddr . meta l4proto . th dport @{FWMARKS_V4} accept"),
-        format!("ip6 daddr . meta l4proto . th dport @{FWMARKS_V6} accept"),
-        "iifname @external_ifaces counter drop".to_owned(),
-    ]);
+    input.extend(own(&[
+        "ip daddr . meta l4proto . th dport @frontends_v4 accept",
+        "ip6 daddr . meta l4proto . th dport @frontends_v6 accept",
+        "iifname @external_ifaces counter drop",
+    ]));
     // Forwarded traffic from clients is only what we DNAT'ed (or replies to it).
     let forward = own(&[
         "ct state established,related accept",

@@ -52,10 +52,6 @@ pub const RESERVED: (u32, u32) = (0x7000_0000, 0xf000_0000);
 pub const PATTERN_TAG: u32 = 0x7000_0000;
 /// Step 2's values: `SLOT_TAG | slot`.
 pub const SLOT_TAG: u32 = 0x7800_0000;
-/// The pattern mark of a service whose servers all have weight 0: in a group no slot rule
-/// serves, so the packet is not translated; the frontend stays in `lb_pattern_*`, so input
-/// accepts it and the gateway answers (a refusal) instead of dropping it.
-pub const NO_SERVERS: u32 = PATTERN_TAG | 15 << ID_BITS;
 /// Masks that select a pattern's group, and a slot value.
 pub const GROUP_MASK: u32 = 0xff80_0000;
 pub const SLOT_MASK: u32 = 0xf800_0000;
