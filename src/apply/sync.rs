@@ -139,9 +139,9 @@ impl<F: Firewall, C: Conntrack> Syncer<F, C> {
     /// Takes `state` as applied, rendered into a table stamped with `stamp`, without looking:
     /// the next [`Syncer::sync`] sends only the difference, and that transaction deletes the
     /// stamp chain — so the kernel itself refuses it, atomically, when the stamp is not there,
-    /// and the sync falls back to a whole regeneration. Saves listing the chains first; for a
-    /// state that differs from `state` only (with no difference nothing would be sent, so
-    /// nothing checked: use [`Syncer::assume_stamped`]).
+    /// and the sync falls back to a whole regeneration. Saves listing the chains first. Only
+    /// when the next state differs from `state`: with no difference nothing is sent, so
+    /// nothing would check the stamp — use [`Syncer::assume_stamped`] then.
     pub fn assume_stamped_unchecked(&mut self, state: DesiredState, stamp: Stamp) {
         self.patterns = self.patterns_of(&state);
         self.applied = Some(state);
@@ -297,7 +297,7 @@ impl<F: Firewall, C: Conntrack> Syncer<F, C> {
         })
     }
 
-    /// Two bucket patterns' ids collide: they are assigned together, so the table is
+    /// A new bucket pattern's id collides with a kept one's, which has to move: the table is
     /// regenerated whole rather than patched (rare: 23 bits of hash per group).
     fn full_for_collision(state: &DesiredState, opts: &RenderOptions) -> NftStep {
         tracing::info!("bucket pattern ids collide; regenerating the table whole");

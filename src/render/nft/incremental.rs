@@ -58,8 +58,8 @@ pub struct Increment {
 /// changes (a frontend moving to another fwmark or pattern, a bucket whose server changes)
 /// must be gone before it is added back.
 ///
-/// `None` when two patterns' hashes collide before or after: their ids then depend on each
-/// other, and the caller regenerates the table whole (rare: 23 bits per group).
+/// `None` when a new pattern's hash collides with a kept one that then has to move (ids are
+/// probed in pattern order): the caller regenerates the table whole (rare: 23 bits per group).
 pub fn incremental(
     diff: &StateDiff,
     old: &DesiredState,
@@ -80,7 +80,13 @@ pub fn incremental(
         }
     }
     let (old_ids, new_ids) = (patterns.ids(), next.ids());
-    if !(PatternIndex::ids_are_hashes(&old_ids) && PatternIndex::ids_are_hashes(&new_ids)) {
+    // A pattern kept from `old` to `new` must keep its mark: the services that use it and
+    // did not change are not in this transaction. It moves only when a new pattern collides
+    // with it and takes its place in the probing order.
+    if old_ids
+        .iter()
+        .any(|(p, mark)| new_ids.get(p).is_some_and(|m| m != mark))
+    {
         return None;
     }
     let mut deletes = BTreeSet::new();
@@ -96,7 +102,7 @@ pub fn incremental(
         deletes.extend(before.difference(&after).cloned());
         adds.extend(after.difference(&before).cloned());
     }
-    // With no collision a pattern's mark is its hash: the same before and after.
+    // A kept pattern has the same mark before and after (checked above).
     for (p, &mark) in &old_ids {
         if !new_ids.contains_key(p) {
             deletes.extend(pattern_elements(p, mark));
