@@ -425,18 +425,7 @@ fn main() {
         return;
     }
     println!("# portcullis nft backend: apply and data-plane benchmark");
-    println!(
-        "machine: {} cores, kernel {}",
-        std::thread::available_parallelism().map_or(1, |n| n.get()),
-        String::from_utf8_lossy(
-            &Command::new("uname")
-                .arg("-r")
-                .output()
-                .expect("uname")
-                .stdout
-        )
-        .trim()
-    );
+    println!("{}", seed::machine());
     let sizes: &[usize] = if quick {
         &[1_000, 10_000]
     } else {

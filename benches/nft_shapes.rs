@@ -31,7 +31,6 @@ use portcullis_export::ExportRow;
 use seed::{baseline, median, ms, nft_file};
 use std::collections::BTreeMap;
 use std::path::Path;
-use std::process::Command;
 use std::time::{Duration, Instant};
 
 /// Rounds of each one-change pair against the loaded table (the daemon's path).
@@ -313,18 +312,7 @@ fn main() {
         return;
     }
     println!("# portcullis nft backend: export shapes benchmark");
-    println!(
-        "machine: {} cores, kernel {}",
-        std::thread::available_parallelism().map_or(1, |n| n.get()),
-        String::from_utf8_lossy(
-            &Command::new("uname")
-                .arg("-r")
-                .output()
-                .expect("uname")
-                .stdout
-        )
-        .trim()
-    );
+    println!("{}", seed::machine());
     let sizes: &[usize] = if quick { &[10_000] } else { &[10_000, 100_000] };
     // Cargo builds the package's binary for its benches, in the same profile.
     let bin = Path::new(env!("CARGO_BIN_EXE_portcullis"));

@@ -109,3 +109,16 @@ pub fn baseline(
     let _ = std::fs::remove_file(&file);
     (median(cold), median(reload))
 }
+
+/// `machine: N cores, kernel R`: the line a bench's report opens with.
+pub fn machine() -> String {
+    let kernel = std::process::Command::new("uname")
+        .arg("-r")
+        .output()
+        .expect("uname");
+    format!(
+        "machine: {} cores, kernel {}",
+        std::thread::available_parallelism().map_or(1, |n| n.get()),
+        String::from_utf8_lossy(&kernel.stdout).trim()
+    )
+}

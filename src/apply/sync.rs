@@ -275,17 +275,7 @@ impl<F: Firewall, C: Conntrack> Syncer<F, C> {
             let same = Some(self.patterns.clone());
             (NftStep::Keep(SyncOutcome::Unchanged), same, Vec::new())
         } else {
-            let (step, patterns) =
-                match incremental(&diff, old, &state, self.opts.backend, &self.patterns) {
-                    Some(inc) => (
-                        NftStep::Incremental {
-                            tx: inc.tx,
-                            summary: diff.summary(),
-                        },
-                        Some(inc.patterns),
-                    ),
-                    None => (Self::full_for_collision(&state, &self.opts), None),
-                };
+            let (step, patterns) = self.nft_step(&diff, old, &state, &state);
             (step, patterns, removed_reals(&diff, old))
         };
         Ok(SyncPlan {
@@ -297,13 +287,33 @@ impl<F: Firewall, C: Conntrack> Syncer<F, C> {
         })
     }
 
-    /// A new bucket pattern's id collides with a kept one's, which has to move: the table is
-    /// regenerated whole rather than patched (rare: 23 bits of hash per group).
-    fn full_for_collision(state: &DesiredState, opts: &RenderOptions) -> NftStep {
-        tracing::info!("bucket pattern ids collide; regenerating the table whole");
-        NftStep::Full {
-            tx: full_ruleset(state, opts),
-            drift: vec!["bucket pattern ids collide".to_owned()],
+    /// The nft step from `old` to `new` (`diff` between them; `whole` the entire state once
+    /// applied, `new` itself or, for a patch, only part of it) and the bucket patterns after
+    /// it: the increment, or — when a new bucket pattern's id collides with a kept one's,
+    /// which has to move (rare: 23 bits of hash per group) — the table regenerated whole.
+    fn nft_step(
+        &self,
+        diff: &StateDiff,
+        old: &DesiredState,
+        new: &DesiredState,
+        whole: &DesiredState,
+    ) -> (NftStep, Option<PatternIndex>) {
+        match incremental(diff, old, new, self.opts.backend, &self.patterns) {
+            Some(inc) => (
+                NftStep::Incremental {
+                    tx: inc.tx,
+                    summary: diff.summary(),
+                },
+                Some(inc.patterns),
+            ),
+            None => {
+                tracing::info!("bucket pattern ids collide; regenerating the table whole");
+                let full = NftStep::Full {
+                    tx: full_ruleset(whole, &self.opts),
+                    drift: vec!["bucket pattern ids collide".to_owned()],
+                };
+                (full, None)
+            }
         }
     }
 

@@ -3,12 +3,11 @@
 //! state, diffing it whole and dropping the old copy cost about 30 ms of the 25 ms a
 //! transition may take (issue 17), for a change to one service.
 
-use super::{NftStep, SyncError, SyncOutcome, SyncPlan, Syncer};
+use super::{SyncError, SyncOutcome, SyncPlan, Syncer};
 use crate::apply::ipvs::Scope;
 use crate::apply::{removed_reals, Conntrack, Firewall};
 use crate::diff::StateDiff;
 use crate::model::{DesiredState, ServiceKey, VirtualService};
-use crate::render::nft::incremental;
 
 impl<F: Firewall, C: Conntrack> Syncer<F, C> {
     /// Replaces the services `patch` names (an existing service each; a key nothing is
@@ -63,17 +62,7 @@ impl<F: Firewall, C: Conntrack> Syncer<F, C> {
             None => None,
         };
         // The index is the whole applied state's: a pattern another service still uses stays.
-        let (nft, patterns) =
-            match incremental(diff, before, after, self.opts.backend, &self.patterns) {
-                Some(inc) => (
-                    NftStep::Incremental {
-                        tx: inc.tx,
-                        summary: diff.summary(),
-                    },
-                    Some(inc.patterns),
-                ),
-                None => (Self::full_for_collision(&state, &self.opts), None),
-            };
+        let (nft, patterns) = self.nft_step(diff, before, after, &state);
         Ok(SyncPlan {
             nft,
             patterns,

@@ -113,6 +113,22 @@ impl WebType {
     }
 }
 
+/// Whether a test whose prerequisites are `problem` (what it needs, `None`: all there) runs:
+/// without them it is skipped with a loud message, but under `CI=true` it fails — CI must
+/// never pass by skipping.
+pub fn runs_here(problem: Option<String>) -> bool {
+    match problem {
+        None => true,
+        Some(p) if std::env::var("CI").is_ok_and(|v| v == "true") => {
+            panic!("this test {p}; it must run in CI")
+        }
+        Some(p) => {
+            eprintln!("SKIPPED: this test {p}.");
+            false
+        }
+    }
+}
+
 pub fn free_port() -> u16 {
     // Free on 127.0.0.1; the other loopback addresses are unused by anything else here.
     std::net::TcpListener::bind("127.0.0.1:0")

@@ -21,16 +21,7 @@ pub fn require_netns() -> bool {
     } else {
         None
     };
-    match problem {
-        None => true,
-        Some(p) if std::env::var("CI").is_ok_and(|v| v == "true") => {
-            panic!("this test {p}; it must run in CI")
-        }
-        Some(p) => {
-            eprintln!("SKIPPED: this test {p}. Run it as root.");
-            false
-        }
-    }
+    super::runs_here(problem.map(str::to_owned))
 }
 
 /// A named network namespace with a veth link to the root namespace; dropping it ends what

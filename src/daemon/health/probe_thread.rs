@@ -15,7 +15,8 @@ use tokio::sync::oneshot;
 /// [`handle`]: ProbeThread::handle
 pub struct ProbeThread {
     handle: Handle,
-    stop: Option<oneshot::Sender<()>>,
+    /// Dropped with the owner, which ends the thread's wait.
+    _stop: oneshot::Sender<()>,
 }
 
 impl ProbeThread {
@@ -26,28 +27,20 @@ impl ProbeThread {
         std::thread::Builder::new()
             .name("health-probes".into())
             .spawn(move || {
-                // Runs the spawned tasks until the owner goes (a dropped sender ends the wait
-                // too); dropping the runtime here, outside any async context, cancels them.
+                // Runs the spawned tasks until the owner goes (its dropped sender ends the
+                // wait); dropping the runtime here, outside any async context, cancels them.
                 runtime.block_on(async {
                     let _ = stopped.await;
                 });
             })?;
         Ok(ProbeThread {
             handle,
-            stop: Some(stop),
+            _stop: stop,
         })
     }
 
     pub fn handle(&self) -> &Handle {
         &self.handle
-    }
-}
-
-impl Drop for ProbeThread {
-    fn drop(&mut self) {
-        if let Some(stop) = self.stop.take() {
-            let _ = stop.send(());
-        }
     }
 }
 

@@ -25,8 +25,8 @@
 //! One bucket map per (hash, size class), shared by all patterns of that group.
 //! A weight-0 server owns no bucket: no new connections, while established flows keep their
 //! conntrack entry (DNAT is decided on a connection's first packet only). With every server
-//! drained the service has no element: packets are not translated and the gateway itself
-//! refuses the connection.
+//! drained the service has no pattern: packets are not translated, its frontends join the
+//! input accept set and the gateway itself refuses the connection.
 
 use super::patterns::{self, Pattern, PatternIds};
 use super::transaction::Element;
@@ -41,9 +41,8 @@ pub const HASH_SEED: u32 = 0x706f_7274;
 /// Bucket counts by the service's number of real servers (weight-0 ones included, so a drain
 /// or a weight change never changes it): (most servers, buckets). Primes, as Maglev needs.
 /// Each is at least 53 past two servers, so a server's share is within 2 percentage points
-/// of its weight share (within one bucket; half a bucket with two servers, hence 29), and
-/// about 5 buckets per server at the top of each class keep the element count near 5–15 per
-/// export row.
+/// of its weight share (within one bucket; half a bucket with two servers, hence 29). The
+/// count costs elements once per shared pattern, not per service ([`patterns`]).
 pub const SIZE_CLASSES: [(usize, u32); 5] =
     [(2, 29), (12, 61), (48, 193), (192, 769), (usize::MAX, 3079)];
 
@@ -123,6 +122,8 @@ impl Family {
 pub struct MapDecl {
     pub name: String,
     pub typeof_decl: String,
+    /// What the map holds, for whoever reads `nft list`.
+    pub comment: &'static str,
 }
 
 const BUCKET_TYPE: &str = "numgen random mod 65536";
@@ -161,15 +162,21 @@ fn dnat_value(target: Target, family: Family) -> String {
 
 /// Every balancing map of the table.
 pub fn maps() -> Vec<MapDecl> {
-    let map = |name: String, typeof_decl: String| MapDecl { name, typeof_decl };
+    let map = |name: String, typeof_decl: String, comment| MapDecl {
+        name,
+        typeof_decl,
+        comment,
+    };
     let mut out = vec![map(
         FWMARK_PATTERN_MAP.to_owned(),
         "meta mark : meta priority".to_owned(),
+        "fwmark: its bucket pattern, a scratch priority",
     )];
     for family in [Family::V4, Family::V6] {
         out.push(map(
             pattern_map_name(family),
             format!("{} : meta mark", family.frontend()),
+            "frontend: its bucket pattern, a scratch mark",
         ));
         out.push(map(
             real_map_name(family),
@@ -178,20 +185,34 @@ pub fn maps() -> Vec<MapDecl> {
                 family.frontend(),
                 dnat_value(Target::AddrPort, family)
             ),
+            "frontend and slot: the real server to DNAT to",
         ));
         for target in [Target::AddrPort, Target::Addr] {
             out.push(map(
                 fwreal_map_name(target, family),
                 format!("meta mark . meta priority : {}", dnat_value(target, family)),
+                "fwmark and slot: the real server to DNAT to",
             ));
         }
     }
-    for (fwmark, register) in [(false, "meta mark"), (true, "meta priority")] {
+    for (fwmark, register, comment) in [
+        (
+            false,
+            "meta mark",
+            "pattern and bucket: the slot, a scratch mark",
+        ),
+        (
+            true,
+            "meta priority",
+            "pattern and bucket of fwmark services: the slot, a scratch priority",
+        ),
+    ] {
         for selector in [Selector::Source, Selector::Flow] {
             for &(_, buckets) in &SIZE_CLASSES {
                 out.push(map(
                     patterns::slot_map_name(fwmark, selector, buckets),
                     format!("{register} . {BUCKET_TYPE} : {register}"),
+                    comment,
                 ));
             }
         }

@@ -4,7 +4,7 @@
 
 use super::balance;
 use super::layout::{frontend_element, fwmark_element};
-use super::patterns::{pattern_elements, Pattern, PatternIds, PatternIndex};
+use super::patterns::{self, pattern_elements, PatternIds, PatternIndex};
 use super::transaction::{Element, Object, Transaction};
 use super::Backend;
 use crate::diff::StateDiff;
@@ -21,7 +21,7 @@ pub fn service_elements(
 ) -> Vec<Element> {
     // Accepted on input: every frontend for IPVS; on the nft backend those of a service that
     // nothing translates (no server of weight), so the gateway refuses rather than drops.
-    let accepted = backend == Backend::Ipvs || Pattern::of(key, svc).is_none();
+    let accepted = backend == Backend::Ipvs || !patterns::translated(svc);
     let mut out: Vec<Element> = if accepted {
         svc.frontends
             .iter()
@@ -162,17 +162,16 @@ mod tests {
         DesiredState::from_export(&export)
     }
 
+    /// The nft backend's increment from `old` to `new`, the index counted from `old`.
+    fn increment(old: &DesiredState, new: &DesiredState) -> Increment {
+        let diff = StateDiff::between(old, new);
+        incremental(&diff, old, new, Backend::Nft, &PatternIndex::of(old)).expect("no collision")
+    }
+
     #[test]
     fn a_drain_changes_the_pattern_and_loads_the_new_one_once() {
         let (old, new) = (eight(None), eight(Some(3)));
-        let inc = incremental(
-            &StateDiff::between(&old, &new),
-            &old,
-            &new,
-            Backend::Nft,
-            &PatternIndex::of(&old),
-        )
-        .expect("no collision");
+        let inc = increment(&old, &new);
         assert_eq!(inc.patterns, PatternIndex::of(&new));
         let (mut deleted, mut added) = (Vec::new(), Vec::new());
         for op in &inc.tx.ops {
@@ -220,14 +219,7 @@ mod tests {
         old.services.insert(k2, s);
         let mut new = old.clone();
         new.services.remove(&k2);
-        let inc = incremental(
-            &StateDiff::between(&old, &new),
-            &old,
-            &new,
-            Backend::Nft,
-            &PatternIndex::of(&old),
-        )
-        .expect("no collision");
+        let inc = increment(&old, &new);
         assert!(inc.tx.ops.iter().all(
             |op| !matches!(op, Op::Delete(Object::Element(e)) if e.set.starts_with("lb_slot"))
         ));

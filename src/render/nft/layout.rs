@@ -57,22 +57,11 @@ pub fn sets(backend: Backend) -> Vec<Set> {
     sets.push(set(FWMARKS_V6, V6, Some("mark"), c));
     if backend == Backend::Nft {
         for map in balance::maps() {
-            let comment = if map.name.starts_with("lb_pattern") {
-                "frontend: its bucket pattern, a scratch mark"
-            } else if map.name == balance::FWMARK_PATTERN_MAP {
-                "fwmark: its bucket pattern, a scratch priority"
-            } else if map.name.starts_with("lb_slot") {
-                "pattern and bucket: the slot, a scratch mark"
-            } else if map.name.starts_with("lb_fwslot") {
-                "pattern and bucket of fwmark services: the slot, a scratch priority"
-            } else {
-                "frontend and slot: the real server to DNAT to"
-            };
             sets.push(Set {
                 name: map.name,
                 decl: SetDecl::Typeof(map.typeof_decl),
                 interval: false,
-                comment: Some(comment),
+                comment: Some(map.comment),
             });
         }
     }

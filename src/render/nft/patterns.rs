@@ -41,7 +41,7 @@
 use super::balance::{bucket_count, Selector, SIZE_CLASSES};
 use super::maglev;
 use super::transaction::Element;
-use crate::model::{DesiredState, ServiceKey, VirtualService};
+use crate::model::{DesiredState, RealKey, RealServer, ServiceKey, VirtualService};
 use std::collections::BTreeMap;
 
 /// Marks the nft backend uses as scratch on a connection's first packet (cleared right after
@@ -74,23 +74,14 @@ impl Pattern {
     /// The pattern of a service; `None` when no server has weight (packets are then not
     /// translated).
     pub fn of(key: &ServiceKey, svc: &VirtualService) -> Option<Pattern> {
-        let v6 = svc.is_ipv6();
-        let weights: Vec<u32> = svc
-            .reals
-            .iter()
-            .map(|(k, s)| {
-                if k.addr.is_ipv6() == v6 {
-                    u32::from(s.weight)
-                } else {
-                    0
-                }
-            })
-            .collect();
-        weights.iter().any(|&w| w > 0).then(|| Pattern {
-            fwmark: matches!(key, ServiceKey::Fwmark { .. }),
-            selector: super::balance::selector(svc),
-            buckets: bucket_count(weights.len()),
-            weights,
+        translated(svc).then(|| {
+            let weights: Vec<u32> = svc.reals.iter().map(|r| usable_weight(svc, r)).collect();
+            Pattern {
+                fwmark: matches!(key, ServiceKey::Fwmark { .. }),
+                selector: super::balance::selector(svc),
+                buckets: bucket_count(weights.len()),
+                weights,
+            }
         })
     }
 
@@ -114,6 +105,22 @@ impl Pattern {
         }
         (maglev::stable_hash(&bytes, 0x7061_7474) & ((1 << ID_BITS) - 1)) as u32
     }
+}
+
+/// A server's weight as the balancing sees it: 0 for a server of the other address family
+/// than the frontends (DNAT cannot change the family).
+fn usable_weight(svc: &VirtualService, (key, server): (&RealKey, &RealServer)) -> u32 {
+    if key.addr.is_ipv6() == svc.is_ipv6() {
+        u32::from(server.weight)
+    } else {
+        0
+    }
+}
+
+/// Whether the balancing translates any of the service's traffic: some server has weight.
+/// Without, it has no pattern, and its frontends are the gateway's own to refuse.
+pub fn translated(svc: &VirtualService) -> bool {
+    svc.reals.iter().any(|r| usable_weight(svc, r) > 0)
 }
 
 /// The group of (selector, bucket count): its index among [`SIZE_CLASSES`], times two.
