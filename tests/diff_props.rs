@@ -172,3 +172,77 @@ proptest! {
         }
     }
 }
+
+/// `n` address services of one real server each, service `i` at 10.x.y.z:80 for x.y.z = i.
+fn large(n: u32) -> DesiredState {
+    DesiredState {
+        services: (0..n).map(|i| large_service(i, 1)).collect(),
+    }
+}
+
+fn large_service(i: u32, weight: u16) -> (ServiceKey, VirtualService) {
+    let vip = IpAddr::V4(Ipv4Addr::from(0x0A00_0000 | i));
+    let key = ServiceKey::Addr {
+        proto: Proto::Tcp,
+        vip,
+        port: 80,
+    };
+    let service = VirtualService {
+        service: ServiceType::parse("pgw").expect("valid"),
+        proto: Proto::Tcp,
+        params: ServiceParams {
+            scheduler: Scheduler::ALL[0],
+            method: Method::Nat,
+            persistence: None,
+        },
+        frontends: [Frontend {
+            vip,
+            ports: PortRange::single(80),
+        }]
+        .into_iter()
+        .collect(),
+        reals: [(
+            RealKey {
+                addr: IpAddr::V4(Ipv4Addr::new(10, 255, 0, 1)),
+                port: Some(8080),
+            },
+            RealServer {
+                weight,
+                instance: InstanceId::parse(&format!("pgw.{i}")).expect("valid id"),
+            },
+        )]
+        .into_iter()
+        .collect(),
+    };
+    (key, service)
+}
+
+/// Large enough that the diff walks two halves on two threads: edits anywhere, the middle
+/// key included, come out once each, in key order, and complete.
+const LARGE: u32 = 20_000;
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(24))]
+
+    #[test]
+    fn the_diff_of_large_states_split_in_halves_is_whole(
+        edits in prop::collection::vec((0u32..LARGE + 50, 0u8..3), 0..40),
+        around_middle in prop::collection::vec((LARGE / 2 - 3..LARGE / 2 + 3, 0u8..3), 0..6),
+    ) {
+        let a = large(LARGE);
+        let mut b = a.clone();
+        for (i, kind) in edits.into_iter().chain(around_middle) {
+            let (key, service) = large_service(i, 2);
+            match kind {
+                0 => { b.services.remove(&key); }
+                _ => { b.services.insert(key, service); }
+            }
+        }
+        let d = StateDiff::between(&a, &b);
+        prop_assert_eq!(d.apply(&a), b.clone());
+        let keys: Vec<_> = d.changes.iter().map(|c| *c.key()).collect();
+        prop_assert!(keys.windows(2).all(|w| w[0] < w[1]), "changes in key order, once each");
+        prop_assert!(StateDiff::between(&b, &b).is_empty());
+        prop_assert_eq!(StateDiff::between(&b, &a).apply(&b), a);
+    }
+}

@@ -4,43 +4,40 @@ use super::{Change, RealEntry, RealUpdate, ServiceChange, ServiceUpdate, StateDi
 use crate::model::{DesiredState, ServiceKey, VirtualService};
 use std::cmp::Ordering;
 
+/// From this many services in the old state on, the walk is split at the middle key and the
+/// halves are compared on two threads. Comparing an unchanged service chases a few heap
+/// objects of each state (names, frontends, real servers), so the walk is bound by memory
+/// latency: 6–7 ms for 50k services on the benchmark machine, a quarter of a one-change
+/// sync's budget at 100k rows. Below this the thread costs more than it saves.
+const PARALLEL_FROM: usize = 16_384;
+
 impl StateDiff {
     /// What turns `old` into `new`.
     pub fn between(old: &DesiredState, new: &DesiredState) -> StateDiff {
-        let mut changes = Vec::new();
-        let mut a = old.services.iter().peekable();
-        let mut b = new.services.iter().peekable();
-        loop {
-            let order = match (a.peek(), b.peek()) {
-                (None, None) => break,
-                (Some(_), None) => Ordering::Less,
-                (None, Some(_)) => Ordering::Greater,
-                (Some((ka, _)), Some((kb, _))) => ka.cmp(kb),
+        let (a, b) = (&old.services, &new.services);
+        let middle = (a.len() >= PARALLEL_FROM)
+            .then(|| a.keys().nth(a.len() / 2))
+            .flatten();
+        let Some(middle) = middle else {
+            return StateDiff {
+                changes: walk(a.iter(), b.iter()),
             };
-            match order {
-                Ordering::Less => {
-                    let (key, service) = a.next().expect("peeked");
-                    changes.push(ServiceChange::Removed {
-                        key: *key,
-                        service: service.clone(),
-                    });
-                }
-                Ordering::Greater => {
-                    let (key, service) = b.next().expect("peeked");
-                    changes.push(ServiceChange::Added {
-                        key: *key,
-                        service: service.clone(),
-                    });
-                }
-                Ordering::Equal => {
-                    let (key, sa) = a.next().expect("peeked");
-                    let (_, sb) = b.next().expect("peeked");
-                    if sa != sb {
-                        changes.push(service_change(key, sa, sb));
-                    }
-                }
+        };
+        let changes = std::thread::scope(|scope| {
+            let upper = std::thread::Builder::new()
+                .name("diff".into())
+                .spawn_scoped(scope, || walk(a.range(middle..), b.range(middle..)));
+            let mut changes = walk(a.range(..middle), b.range(..middle));
+            match upper {
+                Ok(upper) => match upper.join() {
+                    Ok(rest) => changes.extend(rest),
+                    Err(panic) => std::panic::resume_unwind(panic),
+                },
+                // No thread to be had: the same walk, here.
+                Err(_) => changes.extend(walk(a.range(middle..), b.range(middle..))),
             }
-        }
+            changes
+        });
         StateDiff { changes }
     }
 
@@ -67,6 +64,47 @@ impl StateDiff {
         }
         state
     }
+}
+
+/// The changes between two walks over the same key range of two states, in key order.
+fn walk<'a>(
+    a: impl Iterator<Item = (&'a ServiceKey, &'a VirtualService)>,
+    b: impl Iterator<Item = (&'a ServiceKey, &'a VirtualService)>,
+) -> Vec<ServiceChange> {
+    let mut changes = Vec::new();
+    let (mut a, mut b) = (a.peekable(), b.peekable());
+    loop {
+        let order = match (a.peek(), b.peek()) {
+            (None, None) => break,
+            (Some(_), None) => Ordering::Less,
+            (None, Some(_)) => Ordering::Greater,
+            (Some((ka, _)), Some((kb, _))) => ka.cmp(kb),
+        };
+        match order {
+            Ordering::Less => {
+                let (key, service) = a.next().expect("peeked");
+                changes.push(ServiceChange::Removed {
+                    key: *key,
+                    service: service.clone(),
+                });
+            }
+            Ordering::Greater => {
+                let (key, service) = b.next().expect("peeked");
+                changes.push(ServiceChange::Added {
+                    key: *key,
+                    service: service.clone(),
+                });
+            }
+            Ordering::Equal => {
+                let (key, sa) = a.next().expect("peeked");
+                let (_, sb) = b.next().expect("peeked");
+                if sa != sb {
+                    changes.push(service_change(key, sa, sb));
+                }
+            }
+        }
+    }
+    changes
 }
 
 fn service_change(key: &ServiceKey, old: &VirtualService, new: &VirtualService) -> ServiceChange {
