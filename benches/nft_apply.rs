@@ -107,12 +107,8 @@ fn apply_table(reps: usize, sizes: &[usize]) -> Vec<ApplyRow> {
                     format!("delete element inet portcullis lb_real_v4 {{ {one} }}"),
                 ),
             ] {
-                let t = Instant::now();
-                let out = Command::new("ip")
-                    .args(["netns", "exec", &ns.name, "nft", &text])
-                    .output()
-                    .expect("nft");
-                times.push(t.elapsed());
+                let (took, out) = seed::run_in(&ns, "nft", &[text.as_ref()]);
+                times.push(took);
                 assert!(
                     out.status.success(),
                     "{verb}: {}",

@@ -13,15 +13,25 @@ pub fn median(mut v: Vec<Duration>) -> Duration {
     v[v.len() / 2]
 }
 
+/// `program ARGS…` spawned in namespace `ns`, timed. From a thread that entered it, as
+/// `NftCli` spawns nft for portcullis: `ip netns exec` would add 3–4 ms to every baseline.
+pub fn run_in(
+    ns: &Netns,
+    program: &str,
+    args: &[&std::ffi::OsStr],
+) -> (Duration, std::process::Output) {
+    let mut command = Command::new(program);
+    command.args(args);
+    super::common::lab::in_netns(&ns.name, move || {
+        let t = Instant::now();
+        let out = command.output();
+        (t.elapsed(), out.unwrap_or_else(|e| panic!("{e}")))
+    })
+}
+
 /// `nft -f FILE` in namespace `ns`, timed: the raw floor every nft bench compares with.
 pub fn nft_file(ns: &Netns, file: &std::path::Path) -> Duration {
-    let t = Instant::now();
-    let out = Command::new("ip")
-        .args(["netns", "exec", &ns.name, "nft", "-f"])
-        .arg(file)
-        .output()
-        .expect("nft");
-    let took = t.elapsed();
+    let (took, out) = run_in(ns, "nft", &["-f".as_ref(), file.as_os_str()]);
     assert!(
         out.status.success(),
         "nft -f: {}",
@@ -70,13 +80,7 @@ pub fn iptables_file(rows: &[portcullis_export::ExportRow]) -> String {
 
 /// `iptables-restore FILE` in namespace `ns`; its time.
 pub fn iptables_restore(ns: &Netns, file: &std::path::Path) -> Duration {
-    let t = Instant::now();
-    let out = Command::new("ip")
-        .args(["netns", "exec", &ns.name, "iptables-restore"])
-        .arg(file)
-        .output()
-        .expect("iptables-restore (Debian package iptables)");
-    let took = t.elapsed();
+    let (took, out) = run_in(ns, "iptables-restore", &[file.as_os_str()]);
     assert!(
         out.status.success(),
         "iptables-restore: {}",
