@@ -200,8 +200,18 @@ impl<F: Firewall, C: Conntrack> Syncer<F, C> {
     }
 
     fn plan_reconcile(&mut self, state: DesiredState) -> Result<SyncPlan, SyncError> {
-        let tx = full_ruleset(&state, &self.opts);
-        let live = self.firewall.read_table()?;
+        // Rendered while nft lists the live table: the listing is mostly nft starting up
+        // and the render pure CPU, and one after the other they were a tenth of a cold load
+        // at 10k rows.
+        let (tx, live) = std::thread::scope(|scope| {
+            let render = scope.spawn(|| full_ruleset(&state, &self.opts));
+            let live = self.firewall.read_table();
+            let tx = render
+                .join()
+                .unwrap_or_else(|panic| std::panic::resume_unwind(panic));
+            (tx, live)
+        });
+        let live = live?;
         self.stamps = live
             .iter()
             .flat_map(|t| t.chains.keys())
