@@ -34,7 +34,13 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 /// Rounds of each one-change pair against the loaded table (the daemon's path).
-const DAEMON_ROUNDS: usize = 5;
+const DAEMON_ROUNDS: usize = 9;
+/// Idle time before each timed one-change sync. A sync hands the state it replaced to a
+/// thread that frees it (10–20 ms for 100k rows); the daemon's changes come seconds apart
+/// (a poll, a long-poll wake-up, a health transition), so that thread has finished before the
+/// next one. Back to back, the bench would time the two fighting over the allocator and the
+/// machine's two cores instead.
+const SETTLE: Duration = Duration::from_millis(100);
 /// Rounds of drain/undrain through `apply --once` (a process start each).
 const APPLY_ROUNDS: usize = 3;
 /// Above this per cold load, one repetition has to do (100k rows of a costly shape).
@@ -119,16 +125,17 @@ fn factor(a: Duration, b: Duration) -> String {
 
 /// One `portcullis apply --once` of `export` in `ns`, timed as a whole process run.
 fn apply_once(ns: &Netns, bin: &Path, export: &Path, state_dir: &Path) -> (Duration, String) {
-    let t = Instant::now();
-    let out = ns
-        .command(&bin.to_string_lossy())
-        .args(["apply", "--once", "--external-iface", "eth0", "--source"])
-        .arg(export)
-        .arg("--state-dir")
-        .arg(state_dir)
-        .output()
-        .expect("run portcullis");
-    let took = t.elapsed();
+    let args = [
+        "apply".as_ref(),
+        "--once".as_ref(),
+        "--external-iface".as_ref(),
+        "eth0".as_ref(),
+        "--source".as_ref(),
+        export.as_os_str(),
+        "--state-dir".as_ref(),
+        state_dir.as_os_str(),
+    ];
+    let (took, out) = seed::run_in(ns, &bin.to_string_lossy(), &args);
     let text =
         String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
     if !out.status.success() {
@@ -184,6 +191,7 @@ fn round_trips(
     for _ in 0..DAEMON_ROUNDS {
         for (next, times) in [(change, &mut there), (back, &mut returned)] {
             let next = next.clone();
+            std::thread::sleep(SETTLE);
             let t = Instant::now();
             s.sync(next).expect("one-change sync");
             times.push(t.elapsed());
@@ -233,7 +241,8 @@ fn measure(
     std::fs::write(&file, &script).expect("write script");
     let (mut floor, mut cold, mut memory, mut namespace) =
         (Vec::new(), Vec::new(), Vec::new(), Vec::new());
-    let mut reps = 3;
+    // 10k-row loads take 0.1–0.3 s and vary most between runs: five of them.
+    let mut reps = if n <= 10_000 { 5 } else { 3 };
     let mut rep = 0;
     while rep < reps {
         let ns = Netns::new(&format!("floor{tag}{rep}"));
@@ -314,6 +323,21 @@ fn main() {
     println!("# portcullis nft backend: export shapes benchmark");
     println!("{}", seed::machine());
     let sizes: &[usize] = if quick { &[10_000] } else { &[10_000, 100_000] };
+    // PORTCULLIS_SHAPES=persistent,fwmark (substrings of the shape names) and
+    // PORTCULLIS_SHAPE_ROWS=100000 narrow a run to what is being worked on.
+    let only = std::env::var("PORTCULLIS_SHAPES").ok();
+    let wanted = |shape: &str| {
+        only.as_deref()
+            .is_none_or(|o| o.split(',').any(|w| shape.contains(w.trim())))
+    };
+    let rows_env: Option<usize> = std::env::var("PORTCULLIS_SHAPE_ROWS")
+        .ok()
+        .and_then(|v| v.parse().ok());
+    let sizes: Vec<usize> = sizes
+        .iter()
+        .copied()
+        .filter(|n| rows_env.is_none_or(|r| r == *n))
+        .collect();
     // Cargo builds the package's binary for its benches, in the same profile.
     let bin = Path::new(env!("CARGO_BIN_EXE_portcullis"));
     let bin = bin.exists().then_some(bin);
@@ -326,12 +350,15 @@ fn main() {
     let opts = common::render_options(Backend::Nft, &["eth0"]);
 
     println!("\n## Shapes (issue 15): cold load, one change, elements — nft backend, medians\n");
-    println!("Cold loads: median of 3, each in a fresh namespace (1 when a load takes over a minute). One change: the first real server of the first service drained (weight 0) or its weight doubled, and back; the daemon's `Syncer::sync` with the whole desired state, median of {DAEMON_ROUNDS}; `portcullis apply --once` against its stamped table, a process per apply, median of {APPLY_ROUNDS}. The seed: one iptables DNAT rule per row, its whole file reloaded by `iptables-restore` for any change.\n");
+    println!("Every program (nft, iptables-restore, portcullis) is spawned from a thread inside the namespace, as the daemon runs. Cold loads: median of 5 at 10k rows and 3 at 100k, each in a fresh namespace (1 when a load takes over a minute). One change: the first real server of the first service drained (weight 0) or its weight doubled, and back; the daemon's `Syncer::sync` with the whole desired state, median of {DAEMON_ROUNDS}, each after {} ms idle (the thread freeing the replaced state done, as between the daemon's changes); `portcullis apply --once` against its stamped table, a process per apply, median of {APPLY_ROUNDS}. The seed: one iptables DNAT rule per row, its whole file reloaded by `iptables-restore` for any change.\n", SETTLE.as_millis());
     println!("| shape | rows | elements (per row) | cold: raw nft -f | cold: portcullis (÷ raw) | cold: seed iptables-restore | portcullis ÷ seed | kernel memory: portcullis / seed | drain / undrain (daemon) | weight ×2 / back (daemon) | drain / undrain (apply --once) | seed reload | seed ÷ daemon drain | seed ÷ apply --once drain |");
     println!("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
     let mut notes = Vec::new();
-    for &n in sizes {
+    for &n in &sizes {
         for (i, (shape, generate)) in SHAPES.iter().enumerate() {
+            if !wanted(shape) {
+                continue;
+            }
             let rows = generate(n);
             let tag = format!("{i}x{}k", n / 1000);
             let m = measure(shape, &rows, &opts, bin, &tag);
