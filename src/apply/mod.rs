@@ -9,7 +9,8 @@
 //! - [`Syncer`]: full regeneration at start and on drift, incremental syncs otherwise, and
 //!   the [`Guard`] against exports that withdraw too much at once — each sync planned
 //!   first (IPVS before, the nft transaction, IPVS after), then executed;
-//! - [`flush_owned`]: remove what portcullis put in the kernel, nothing else.
+//! - [`flush_owned`]: remove what portcullis put in the kernel, nothing else;
+//! - [`rcu`]: expedited grace periods, without which every nft change waits one out.
 
 mod conntrack;
 mod error;
@@ -17,6 +18,7 @@ mod flush;
 mod guard;
 pub mod ipvs;
 mod nft_cli;
+pub mod rcu;
 mod readback;
 pub mod stamp;
 mod sync;

@@ -48,6 +48,9 @@ pub struct RunArgs {
     /// Remove our table (and owned IPVS services) on SIGTERM instead of leaving the rules.
     #[arg(long)]
     pub flush_on_exit: Option<bool>,
+    /// Turn on the host's expedited RCU grace periods at start (each nft change is ~5× faster).
+    #[arg(long)]
+    pub expedite_rcu: Option<bool>,
     #[arg(long)]
     pub state_dir: Option<PathBuf>,
     #[arg(long, value_enum)]
@@ -129,6 +132,7 @@ pub fn effective_config(args: &RunArgs) -> Result<Config, ConfigError> {
     set!(backend <- args.backend);
     set!(drain_grace <- args.drain_grace);
     set!(flush_on_exit <- args.flush_on_exit);
+    set!(expedite_rcu <- args.expedite_rcu);
     set!(state_dir <- args.state_dir);
     set!(role <- args.role);
     set!(guards.max_removed_share <- args.max_removed_share);
@@ -187,6 +191,9 @@ pub fn run(args: &RunArgs) -> Result<Exit, CliError> {
         return Ok(OK);
     }
     let opts = options_of(&config)?;
+    if config.expedite_rcu {
+        expedite_rcu();
+    }
     // The IPVS backend: IPVS services are kept in step around every nft transaction.
     let ipvs = match config.backend {
         Backend::Ipvs => Some(crate::apply::ipvs::IpvsSync::open(
@@ -230,6 +237,24 @@ pub fn run(args: &RunArgs) -> Result<Exit, CliError> {
         return super::live::flush(&daemon.config.state_dir);
     }
     Ok(OK)
+}
+
+/// Expedited RCU grace periods for the host (`expedite_rcu`, on by default): said in the
+/// journal when this run turned them on, warned about when it could not.
+fn expedite_rcu() {
+    use crate::apply::rcu::{expedite, Expedited, RCU_EXPEDITED};
+    match expedite(std::path::Path::new(RCU_EXPEDITED)) {
+        Ok(Expedited::TurnedOn) => tracing::info!(
+            switch = RCU_EXPEDITED,
+            "turned on expedited RCU grace periods for this host: an nft change no longer waits one out (expedite_rcu = false leaves them alone)"
+        ),
+        Ok(Expedited::AlreadyOn) => tracing::debug!("expedited RCU grace periods already on"),
+        Err(e) => tracing::warn!(
+            switch = RCU_EXPEDITED,
+            error = %e,
+            "cannot turn on expedited RCU grace periods: every nft change that deletes something waits one out (~10 ms)"
+        ),
+    }
 }
 
 /// SIGTERM or SIGINT: stop polling; the rules stay in place unless `flush_on_exit`. The
