@@ -120,7 +120,7 @@ fn main() {
     }
     let reps = if quick { 3 } else { 7 };
     println!("## A health transition on the nft backend (median of {reps})\n");
-    println!("One real server found down (its weight 0 in the overlay), then up again, in a table of N rows (2 real servers per service, every server probed). Baseline: the seed's way, any change reloads every row with `iptables-restore`.\n");
+    println!("One real server found down (its weight 0 in the overlay), then up again, in a table of N rows (2 real servers per service, every server probed). Baseline: the seed's way, any change reloads every row with `iptables-restore`. {}.\n", seed::tuned_as_the_daemon());
     println!("| rows | portcullis: down | portcullis: up | floor: `nft -f` of the same increment | baseline: iptables-restore reload | baseline ÷ portcullis (down) |");
     println!("|---:|---:|---:|---:|---:|---:|");
     let sizes: &[usize] = if quick {

@@ -422,6 +422,7 @@ fn main() {
     }
     println!("# portcullis nft backend: apply and data-plane benchmark");
     println!("{}", seed::machine());
+    println!("{}", seed::tuned_as_the_daemon());
     let sizes: &[usize] = if quick {
         &[1_000, 10_000]
     } else {

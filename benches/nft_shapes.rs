@@ -322,6 +322,7 @@ fn main() {
     }
     println!("# portcullis nft backend: export shapes benchmark");
     println!("{}", seed::machine());
+    println!("{}", seed::tuned_as_the_daemon());
     let sizes: &[usize] = if quick { &[10_000] } else { &[10_000, 100_000] };
     // PORTCULLIS_SHAPES=persistent,fwmark (substrings of the shape names) and
     // PORTCULLIS_SHAPE_ROWS=100000 narrow a run to what is being worked on.

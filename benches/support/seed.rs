@@ -114,6 +114,20 @@ pub fn baseline(
     (median(cold), median(reload))
 }
 
+/// Turns on expedited RCU grace periods as the daemon does by default (`expedite_rcu`): each
+/// nft run that deletes something would otherwise wait out a grace period as it exits
+/// (`portcullis::apply::rcu`). Host-wide, so every program these benches time — nft,
+/// iptables-restore, portcullis — runs on the host the daemon leaves. The report's line.
+pub fn tuned_as_the_daemon() -> String {
+    use portcullis::apply::rcu::{expedite, RCU_EXPEDITED};
+    match expedite(std::path::Path::new(RCU_EXPEDITED)) {
+        Ok(_) => "rcu_expedited: on (as the daemon sets it; `expedite_rcu`)".to_owned(),
+        Err(e) => format!(
+            "rcu_expedited: could not be turned on ({e}): every nft change waits a grace period"
+        ),
+    }
+}
+
 /// `machine: N cores, kernel R`: the line a bench's report opens with.
 pub fn machine() -> String {
     let kernel = std::process::Command::new("uname")
