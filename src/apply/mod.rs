@@ -9,13 +9,16 @@
 //! - [`Syncer`]: full regeneration at start and on drift, incremental syncs otherwise, and
 //!   the [`Guard`] against exports that withdraw too much at once — each sync planned
 //!   first (IPVS before, the nft transaction, IPVS after), then executed;
-//! - [`flush_owned`]: remove what portcullis put in the kernel, nothing else.
+//! - [`flush_owned`]: remove what portcullis put in the kernel, nothing else;
+//! - [`kick`]: after a promotion, make the synchronised connections' endpoints retransmit
+//!   at once (RFC 6069) instead of at the end of their backoff.
 
 mod conntrack;
 mod error;
 mod flush;
 mod guard;
 pub mod ipvs;
+pub mod kick;
 mod nft_cli;
 mod readback;
 pub mod stamp;
