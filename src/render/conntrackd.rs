@@ -72,10 +72,11 @@ pub struct SyncKick {
     /// ICMP messages per endpoint with data in flight; each undoes one backoff step (8
     /// cover outages up to ~50 s).
     pub icmp_copies: u8,
-    /// The rate of everything the kick sends: 4 probes per connection, `icmp_copies` per
-    /// endpoint with data in flight.
+    /// The rate of everything the kick sends: 2 probes per connection (4 for one with an
+    /// endpoint silent at first), `icmp_copies` per endpoint with data in flight.
     pub packets_per_second: u32,
-    /// How long the endpoints' answers are awaited after the last probe.
+    /// How long the endpoints' answers are awaited after the last probe (twice, when some are
+    /// probed again).
     #[serde(with = "crate::daemon::config::duration")]
     pub answer_wait: Duration,
     /// How long after the promotion the kick waits for the VIPs to be added here.

@@ -14,10 +14,12 @@
 //! `snd_una`; it asks:
 //!
 //! 1. for every established connection through a VIP in conntrack (after conntrackd's
-//!    commit), a bare ACK with an out-of-window sequence number to each endpoint, from the
-//!    peer it knows (to the client from the VIP, to the server from the client — or the
-//!    SNAT address): Linux answers it with a duplicate ACK (`seq` = its `snd_nxt`, `ack` =
-//!    its `rcv_nxt`), at most one per 500 ms per socket (`tcp_invalid_ratelimit`);
+//!    commit), a bare ACK with a random sequence number to each endpoint, from the peer it
+//!    knows (to the client from the VIP, to the server from the client — or the SNAT
+//!    address): out of the receive window, as it almost surely is, Linux answers it with a
+//!    duplicate ACK (`seq` = its `snd_nxt`, `ack` = its `rcv_nxt`), at most one per 500 ms
+//!    per socket (`tcp_invalid_ratelimit`). Endpoints still silent after `answer_wait` get a
+//!    second probe 2^31 further on, outside any window;
 //! 2. the answers pass the new active node's conntrack and NAT to the other endpoint, which
 //!    by itself catches up a `snd_una` whose ACKs were lost; the capture reads them on
 //!    arrival: one endpoint's `rcv_nxt` is the other's `snd_una`;

@@ -12,6 +12,9 @@ use std::time::{Duration, Instant};
 
 /// Probes between two looks at the capture, so a burst of answers never fills its buffer.
 const DRAIN_EVERY: usize = 64;
+/// Linux answers at most one out-of-window segment per socket in this time
+/// (`net.ipv4.tcp_invalid_ratelimit`, default 500 ms).
+const INVALID_RATELIMIT: Duration = Duration::from_millis(500);
 
 /// One ICMP message to send: to `quoted.0`'s host, quoting its segment to `quoted.1`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -142,6 +145,58 @@ impl<'a> Kick<'a> {
         }
     }
 
+    /// Probes the endpoints of every connection not done yet whose answer is missing (all of
+    /// them when `client` and `server` are set: round 1), with sequence number `seqs[i]`.
+    fn probe_round(
+        &mut self,
+        capture: &mut Capture,
+        sender: &mut Sender,
+        seqs: &[u32],
+        client: bool,
+        server: bool,
+    ) -> Result<(), KickError> {
+        for (i, (c, &seq)) in self.conns.iter().zip(seqs).enumerate() {
+            let Some(a) = self.answers.get(i) else {
+                continue;
+            };
+            if a.done {
+                continue;
+            }
+            let ack = seq.rotate_left(16);
+            let ask_client = client || a.client.is_none();
+            let ask_server = server || a.server.is_none();
+            for (ask, from, to) in [
+                (ask_client, c.vip, c.client),
+                (ask_server, c.server_peer, c.server),
+            ] {
+                if ask && sender.send(&packet::probe(from, to, seq, ack), *to.ip()) {
+                    self.report.probes_sent += 1;
+                }
+            }
+            if i % DRAIN_EVERY == DRAIN_EVERY - 1 {
+                while self.drain(capture, sender, Duration::ZERO)? {}
+            }
+        }
+        Ok(())
+    }
+
+    /// Reads answers until every connection has both, or `deadline`.
+    fn collect(
+        &mut self,
+        capture: &mut Capture,
+        sender: &mut Sender,
+        deadline: Instant,
+    ) -> Result<(), KickError> {
+        while self.waiting > 0 {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                break;
+            }
+            self.drain(capture, sender, left)?;
+        }
+        Ok(())
+    }
+
     fn drain(
         &mut self,
         capture: &mut Capture,
@@ -158,7 +213,7 @@ impl<'a> Kick<'a> {
     }
 }
 
-/// Kicks `conns` (see the module documentation); blocks for the probes, at most
+/// Kicks `conns` (see the module documentation); blocks for the probes, at most twice
 /// `answer_wait` more for the answers, and the ICMP messages.
 pub fn kick(conns: &[Conn], opts: &Options) -> Result<Report, KickError> {
     let start = Instant::now();
@@ -167,28 +222,26 @@ pub fn kick(conns: &[Conn], opts: &Options) -> Result<Report, KickError> {
     let mut sender = Sender::open(opts.packets_per_second).map_err(KickError::Sender)?;
     let mut kick = Kick::new(conns, opts.icmp_copies);
     let seeds = RandomState::new();
-    for (i, c) in conns.iter().enumerate() {
-        let x = seeds.hash_one((i, c)) as u32;
-        // Two probes 2^31 apart: no receive window is that large, so one is outside it.
-        for seq in [x, x.wrapping_add(1 << 31)] {
-            let ack = seq.rotate_left(16);
-            for (from, to) in [(c.vip, c.client), (c.server_peer, c.server)] {
-                if sender.send(&packet::probe(from, to, seq, ack), *to.ip()) {
-                    kick.report.probes_sent += 1;
-                }
-            }
-        }
-        if i % DRAIN_EVERY == DRAIN_EVERY - 1 {
-            while kick.drain(&mut capture, &mut sender, Duration::ZERO)? {}
-        }
-    }
-    let deadline = Instant::now() + opts.answer_wait;
-    while kick.waiting > 0 {
-        let left = deadline.saturating_duration_since(Instant::now());
-        if left.is_zero() {
-            break;
-        }
-        kick.drain(&mut capture, &mut sender, left)?;
+    let seqs: Vec<u32> = conns
+        .iter()
+        .enumerate()
+        .map(|(i, c)| seeds.hash_one((i, c)) as u32)
+        .collect();
+    // Round 1: one probe per endpoint. Its sequence number falls inside the receive window
+    // (and draws no answer) with a chance of window / 2^32.
+    kick.probe_round(&mut capture, &mut sender, &seqs, true, true)?;
+    let last_probe = Instant::now();
+    kick.collect(&mut capture, &mut sender, last_probe + opts.answer_wait)?;
+    // Round 2, for the endpoints still silent: 2^31 further on, so outside any window; also
+    // a second chance for an answer that was lost (the node's VIPs were just added, and a
+    // neighbour may still send to the old node). After the 500 ms per-socket limit on such
+    // answers (`tcp_invalid_ratelimit`), counted from the last probe of round 1.
+    if kick.waiting > 0 {
+        let limit = last_probe + INVALID_RATELIMIT;
+        std::thread::sleep(limit.saturating_duration_since(Instant::now()));
+        let further: Vec<u32> = seqs.iter().map(|x| x.wrapping_add(1 << 31)).collect();
+        kick.probe_round(&mut capture, &mut sender, &further, false, false)?;
+        kick.collect(&mut capture, &mut sender, Instant::now() + opts.answer_wait)?;
     }
     // Connections with one answer: kick the endpoint whose snd_una it tells.
     for i in 0..conns.len() {
