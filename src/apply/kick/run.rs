@@ -27,12 +27,14 @@ pub struct Icmp {
 
 /// What a connection needs, from what its endpoints answered. An endpoint's `snd_una` is its
 /// peer's `rcv_nxt` (the peer's answer, which went on to it, caught it up if it was behind).
-/// It has data in flight — and may be backing off — unless its own answer shows its
-/// `snd_nxt` already there; without its own answer, assume it has.
+/// It has data in flight — and may be backing off — if its own answer shows its `snd_nxt`
+/// beyond that; without its own answer, assume it has. Not `!=`: while data flows (a planned
+/// failover) the two answers are taken at different moments, and a peer's `rcv_nxt` already
+/// past the `snd_nxt` of an earlier answer means nothing waits.
 pub fn plan(conn: &Conn, client: Option<Segment>, server: Option<Segment>) -> Vec<Icmp> {
     let mut out = Vec::new();
     if let Some(s) = server {
-        if client.is_none_or(|c| c.seq != s.ack) {
+        if client.is_none_or(|c| seq_after(c.seq, s.ack)) {
             out.push(Icmp {
                 to_client: true,
                 quoted: (conn.client, conn.vip),
@@ -41,7 +43,7 @@ pub fn plan(conn: &Conn, client: Option<Segment>, server: Option<Segment>) -> Ve
         }
     }
     if let Some(c) = client {
-        if server.is_none_or(|s| s.seq != c.ack) {
+        if server.is_none_or(|s| seq_after(s.seq, c.ack)) {
             out.push(Icmp {
                 to_client: false,
                 quoted: (conn.server, conn.server_peer),
@@ -50,6 +52,11 @@ pub fn plan(conn: &Conn, client: Option<Segment>, server: Option<Segment>) -> Ve
         }
     }
     out
+}
+
+/// `a` later than `b` in sequence space (RFC 1982 arithmetic, as the kernel's `after()`).
+fn seq_after(a: u32, b: u32) -> bool {
+    (a.wrapping_sub(b) as i32) > 0
 }
 
 #[derive(Default)]
@@ -314,5 +321,24 @@ mod tests {
             "without the server's answer its snd_nxt is unknown: kick it"
         );
         assert_eq!(plan(&c, None, None), []);
+    }
+
+    #[test]
+    fn a_peer_already_past_an_earlier_answer_means_nothing_waits() {
+        let c = conn();
+        // The server answered at snd_nxt 500; the client's later answer has received 520
+        // (echoes kept flowing): nothing of the server's waits. Across the wrap too.
+        let server = seg(c.server, c.server_peer, 500, 1000);
+        let client = seg(c.client, c.vip, 1000, 520);
+        assert_eq!(plan(&c, Some(client), Some(server)), []);
+        let server = seg(c.server, c.server_peer, u32::MAX - 5, 1000);
+        let client = seg(c.client, c.vip, 1000, 14);
+        assert_eq!(plan(&c, Some(client), Some(server)), []);
+        let client = seg(c.client, c.vip, 1000, u32::MAX - 9);
+        assert_eq!(
+            plan(&c, Some(client), Some(server)).len(),
+            1,
+            "4 bytes of the server's in flight across the wrap"
+        );
     }
 }
