@@ -244,8 +244,8 @@ pub fn kick(conns: &[Conn], opts: &Options) -> Result<Report, KickError> {
     // neighbour may still send to the old node). After the 500 ms per-socket limit on such
     // answers (`tcp_invalid_ratelimit`), counted from the last probe of round 1.
     if kick.waiting > 0 {
-        let limit = last_probe + INVALID_RATELIMIT;
-        std::thread::sleep(limit.saturating_duration_since(Instant::now()));
+        // Still acting on the answers that come meanwhile.
+        kick.collect(&mut capture, &mut sender, last_probe + INVALID_RATELIMIT)?;
         let further: Vec<u32> = seqs.iter().map(|x| x.wrapping_add(1 << 31)).collect();
         kick.probe_round(&mut capture, &mut sender, &further, false, false)?;
         kick.collect(&mut capture, &mut sender, Instant::now() + opts.answer_wait)?;
