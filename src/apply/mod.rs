@@ -10,13 +10,16 @@
 //!   the [`Guard`] against exports that withdraw too much at once — each sync planned
 //!   first (IPVS before, the nft transaction, IPVS after), then executed;
 //! - [`flush_owned`]: remove what portcullis put in the kernel, nothing else;
-//! - [`rcu`]: expedited grace periods, without which every nft change waits one out.
+//! - [`rcu`]: expedited grace periods, without which every nft change waits one out;
+//! - [`kick`]: after a promotion, make the synchronised connections' endpoints retransmit
+//!   at once (RFC 6069) instead of at the end of their backoff.
 
 mod conntrack;
 mod error;
 mod flush;
 mod guard;
 pub mod ipvs;
+pub mod kick;
 mod nft_cli;
 pub mod rcu;
 mod readback;

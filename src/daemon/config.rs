@@ -332,6 +332,40 @@ mod tests {
     }
 
     #[test]
+    fn the_failover_kick_is_on_with_sync_and_can_be_tuned_or_turned_off() {
+        let base = "[sync]\ninterface = \"sync0\"\nlocal_address = \"192.168.250.1\"\n\
+                    peer_address = \"192.168.250.2\"\n";
+        let c = Config::parse(base, "p.toml").expect("sync parses");
+        let kick = &c.sync.as_ref().expect("sync").kick;
+        assert!(kick.enabled);
+        assert_eq!(
+            (kick.icmp_copies, kick.answer_wait),
+            (8, Duration::from_millis(500))
+        );
+        let text =
+            format!("{base}[sync.kick]\nenabled = false\nicmp_copies = 3\nvip_wait = \"2s\"\n");
+        let c = Config::parse(&text, "p.toml").expect("kick parses");
+        let kick = &c.sync.as_ref().expect("sync").kick;
+        assert_eq!(
+            (kick.enabled, kick.icmp_copies, kick.vip_wait),
+            (false, 3, Duration::from_secs(2))
+        );
+        assert_eq!(
+            Config::parse(&c.to_toml(), "printed").expect("round trip"),
+            c
+        );
+        let e = Config::parse(&format!("{base}[sync.kick]\npackets_per_second = 0\n"), "p")
+            .expect_err("no rate");
+        assert!(
+            e.to_string().contains("sync.kick.packets_per_second"),
+            "{e}"
+        );
+        let e = Config::parse(&format!("{base}[sync.kick]\ncopies = 3\n"), "p")
+            .expect_err("unknown key");
+        assert!(e.to_string().contains("copies"), "{e}");
+    }
+
+    #[test]
     fn the_health_section_reads_every_key() {
         let c = Config::parse(
             "[health]\ndefault = \"http:/health:200\"\ninterval = \"1s\"\ntimeout = \"500ms\"\nrise = 2\nfall = 2\nsource = \"10.0.0.254\"\n",

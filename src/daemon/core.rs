@@ -47,6 +47,8 @@ pub struct Daemon<F, C> {
     pub sync_threads: Option<super::sync_threads::SyncThreads>,
     /// Real-server health checks and the export they overlay.
     pub(super) health: super::health::HealthMonitor,
+    /// The failover kick started by the last promotion, while it waits for the VIPs.
+    pub(super) kick: Option<tokio::task::AbortHandle>,
 }
 
 /// The guard's baseline when the syncer has none.
@@ -96,6 +98,7 @@ impl<F: Firewall, C: Conntrack> Daemon<F, C> {
             metrics,
             sync_threads: None,
             health,
+            kick: None,
         })
     }
 }

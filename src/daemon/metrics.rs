@@ -135,6 +135,7 @@ pub struct Metrics {
     sync: Option<SyncMetrics>,
     /// The health checker's findings (its per-target series are registered here).
     pub health: Arc<super::health::board::Board>,
+    pub kick: super::kick::KickMetrics,
 }
 
 fn now() -> u64 {
@@ -197,6 +198,7 @@ impl Metrics {
             source_switches.clone(),
         );
         let sync = sync_socket.map(|socket| SyncMetrics::register(&mut registry, socket));
+        let kick = super::kick::KickMetrics::register(&mut registry);
         let health = Arc::new(super::health::board::Board::default());
         let target = &health.metrics;
         registry.register(
@@ -216,6 +218,7 @@ impl Metrics {
         );
         Metrics {
             sync,
+            kick,
             health,
             registry: Arc::new(registry),
             polls,

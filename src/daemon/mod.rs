@@ -14,7 +14,8 @@
 //! - [`event_loop`]: the loop tying signals, the control socket and timers together;
 //! - [`control`]: the state-directory lock and the control socket `promote`/`demote` use;
 //!   [`role`]: the role file they write;
-//! - [`sync_threads`]: the IPVS connection sync thread of the role (`ipvs` backend).
+//! - [`sync_threads`]: the IPVS connection sync thread of the role (`ipvs` backend);
+//! - [`kick`]: after a promotion, the failover kick of the synchronised connections.
 
 pub mod cache;
 pub mod config;
@@ -25,6 +26,7 @@ pub mod event_loop;
 pub mod fetch;
 pub mod health;
 pub mod journal;
+pub mod kick;
 pub mod listener;
 pub mod metrics;
 pub mod pacing;

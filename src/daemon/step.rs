@@ -198,13 +198,17 @@ impl<F: Firewall, C: Conntrack> Daemon<F, C> {
         // rules take traffic; a demoted one listens for the new active node's.
         self.converge_sync_threads();
         if role == Role::Standby {
+            self.kick_after_switch();
             return Step::Demoted;
         }
-        match self.state_dir.load() {
+        let step = match self.state_dir.load() {
             Ok(Some(cached)) => self.handle(cached.export, cached.etag, false),
             Ok(None) => Step::NothingToStartFrom(NoStart::PromotedWithoutCache),
             Err(e) => Step::NothingToStartFrom(NoStart::PromotedWithBadCache(Arc::new(e))),
-        }
+        };
+        // Once the rules are in: the synchronised connections' endpoints are backing off.
+        self.kick_after_switch();
+        step
     }
 
     /// The slow drift audit: reads the live table back and, if it is not what was applied

@@ -19,6 +19,7 @@ use serde::{Deserialize, Serialize};
 use std::fmt::Write as _;
 use std::net::{IpAddr, Ipv4Addr};
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 /// The `[sync]` section: the link between the pair that carries connection state.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -54,6 +55,50 @@ pub struct SyncLink {
     /// (0-255; a backup takes only its own pair's messages when two pairs share a link).
     #[serde(default)]
     pub ipvs_sync_id: u8,
+    /// `backend = "nft"`: after a promotion, make the synchronised connections' endpoints
+    /// retransmit at once (`[sync.kick]`, on by default; docs/failover.md).
+    #[serde(default)]
+    pub kick: SyncKick,
+}
+
+/// `[sync.kick]`: the failover kick (`apply::kick`). After the promotion, once every VIP of
+/// the export is on this node (or `vip_wait` passed), both endpoints of each established
+/// connection through a VIP are probed and those with data in flight get ICMP host
+/// unreachable messages that end their retransmission backoff (RFC 6069).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SyncKick {
+    pub enabled: bool,
+    /// ICMP messages per endpoint with data in flight; each undoes one backoff step (8
+    /// cover outages up to ~50 s).
+    pub icmp_copies: u8,
+    /// The rate of everything the kick sends: 2 probes per connection (4 for one with an
+    /// endpoint silent at first), `icmp_copies` per endpoint with data in flight.
+    pub packets_per_second: u32,
+    /// How long the endpoints' answers are awaited after the last probe (twice, when some are
+    /// probed again).
+    #[serde(with = "crate::daemon::config::duration")]
+    pub answer_wait: Duration,
+    /// How long after the promotion the kick waits for the VIPs to be added here.
+    #[serde(with = "crate::daemon::config::duration")]
+    pub vip_wait: Duration,
+    /// Addresses besides the export's frontends the kick waits for: the cluster's other VIPs
+    /// the endpoints' answers need, such as the real servers' default gateway (`vip-internal`
+    /// of cluster.crm, added in parallel with the public VIP).
+    pub wait_for: Vec<IpAddr>,
+}
+
+impl Default for SyncKick {
+    fn default() -> Self {
+        SyncKick {
+            enabled: true,
+            icmp_copies: 8,
+            packets_per_second: 50_000,
+            answer_wait: Duration::from_millis(500),
+            vip_wait: Duration::from_secs(10),
+            wait_for: Vec::new(),
+        }
+    }
 }
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -119,6 +164,9 @@ impl SyncLink {
         }
         if self.port == 0 {
             return bad("sync.port", "a port in 1-65535");
+        }
+        if self.kick.packets_per_second == 0 {
+            return bad("sync.kick.packets_per_second", "a rate above 0");
         }
         for (key, path) in [
             ("sync.socket", &self.socket),

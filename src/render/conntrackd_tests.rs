@@ -16,6 +16,7 @@ fn link() -> SyncLink {
         lock_file: default_lock_file(),
         log_file: None,
         ipvs_sync_id: 0,
+        kick: SyncKick::default(),
     }
 }
 

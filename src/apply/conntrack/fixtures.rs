@@ -94,6 +94,7 @@ fn udp4_zone3() -> Flow {
         },
         zone: Some(3),
         id: Some(0x0102_0304),
+        tcp_state: None,
     }
 }
 
@@ -115,6 +116,8 @@ fn tcp6() -> Flow {
         },
         zone: None,
         id: Some(0xdead_beef),
+        // The dump reply carries CTA_PROTOINFO_TCP with state 3 (established).
+        tcp_state: Some(3),
     }
 }
 

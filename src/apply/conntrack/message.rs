@@ -8,7 +8,7 @@ use netlink_packet_core::{
     NLM_F_ACK, NLM_F_DUMP, NLM_F_REQUEST,
 };
 use netlink_packet_netfilter::conntrack::{
-    ConntrackAttribute, ConntrackMessage, IPTuple, ProtoTuple, Tuple,
+    ConntrackAttribute, ConntrackMessage, IPTuple, ProtoInfo, ProtoInfoTCP, ProtoTuple, Tuple,
 };
 use netlink_packet_netfilter::{
     NetfilterHeader, NetfilterMessage, NetfilterMessageInner, NetfilterProtoFamily,
@@ -44,7 +44,13 @@ pub struct Flow {
     /// The kernel's id of the entry: a deletion carrying it removes this entry only, never a
     /// new connection that reused the tuple since the dump (it would go to a live server).
     pub id: Option<u32>,
+    /// TCP entries: conntrack's state (`TCP_CONNTRACK_*`, [`TCP_ESTABLISHED`] = 3). The
+    /// failover kick ([`crate::apply::kick`]) probes established connections only.
+    pub tcp_state: Option<u8>,
 }
+
+/// `TCP_CONNTRACK_ESTABLISHED` (linux/netfilter/nf_conntrack_tcp.h).
+pub const TCP_ESTABLISHED: u8 = 3;
 
 pub fn family_of(addr: IpAddr) -> NetfilterProtoFamily {
     match addr {
@@ -159,11 +165,22 @@ pub fn flow_of(msg: &NetfilterMessage) -> Result<Option<Flow>, DecodeError> {
     let NetfilterMessageInner::Conntrack(ConntrackMessage::New(attrs)) = &msg.inner else {
         return Ok(None);
     };
-    let (mut orig, mut reply, mut zone, mut id) = (None, None, None, None);
+    let (mut orig, mut reply, mut zone, mut id, mut tcp_state) = (None, None, None, None, None);
     for attr in attrs {
         match attr {
             ConntrackAttribute::CtaTupleOrig(t) => orig = Some(endpoints(t)?),
             ConntrackAttribute::CtaTupleReply(t) => reply = Some(endpoints(t)?),
+            ConntrackAttribute::CtaProtoInfo(infos) => {
+                for info in infos {
+                    if let ProtoInfo::TCP(fields) = info {
+                        for field in fields {
+                            if let ProtoInfoTCP::State(s) = field {
+                                tcp_state = Some(*s);
+                            }
+                        }
+                    }
+                }
+            }
             ConntrackAttribute::Other(nla) if nla.kind() == CTA_ZONE => {
                 zone = Some(u16::from_be_bytes(fixed(nla)?));
             }
@@ -183,6 +200,7 @@ pub fn flow_of(msg: &NetfilterMessage) -> Result<Option<Flow>, DecodeError> {
         reply,
         zone,
         id,
+        tcp_state,
     }))
 }
 

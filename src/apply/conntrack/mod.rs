@@ -134,6 +134,7 @@ mod tests {
             },
             zone: None,
             id: None,
+            tcp_state: None,
         }
     }
 

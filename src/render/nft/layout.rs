@@ -15,6 +15,9 @@ pub const FWMARKS_V4: &str = "fwmarks_v4";
 pub const FWMARKS_V6: &str = "fwmarks_v6";
 pub const EXTERNAL_IFACES: &str = "external_ifaces";
 pub const INTERNAL_IFACES: &str = "internal_ifaces";
+/// The mark of the packets the failover kick sends (`apply::kick`; "kick" in ASCII):
+/// `output_notrack` keeps conntrack away from them. Outside the balancing's scratch range.
+pub const KICK_MARK: u32 = 0x6b69_636b;
 
 pub const TABLE_COMMENT: &str =
     "managed by portcullis: regenerated from the ADMIN export, do not edit";
@@ -147,6 +150,13 @@ pub fn chains(
         chains.push((
             base("prerouting_unmark", "filter", "prerouting", "dstnat + 1"),
             balance::unmark_rules(),
+        ));
+        // The failover kick's probes carry an endpoint's peer as their source: tracked,
+        // they would match no entry (or clash with the real connection's reply tuple) and
+        // be dropped; untracked they are also never NAT'ed.
+        chains.push((
+            base("output_notrack", "filter", "output", "raw"),
+            vec![format!("meta mark {KICK_MARK:#x} notrack")],
         ));
     }
     chains.push((base("input", "filter", "input", "filter"), input));
