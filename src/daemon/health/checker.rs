@@ -9,6 +9,7 @@ use super::board::Board;
 use super::probe::probe;
 use super::probe_thread::ProbeThread;
 use super::syn::SynProber;
+use super::tick::on_tick;
 use super::{HealthConfig, TcpProbe};
 use crate::model::health::{Probe, Target};
 use std::collections::{BTreeMap, BTreeSet};
@@ -166,8 +167,10 @@ async fn probe_loop(
     board: Arc<Board>,
     changed: Arc<Notify>,
 ) {
-    // Spread first probes over one interval, then ±10 % each round.
-    tokio::time::sleep(settings.interval.mul_f64(random_share())).await;
+    // Spread first probes over one interval, then ±10 % each round; always on the probe
+    // thread's grid (`tick`), so that probes due together start in one wake-up.
+    let after = |pause: Duration| on_tick(tokio::time::Instant::now() + pause);
+    tokio::time::sleep_until(after(settings.interval.mul_f64(random_share()))).await;
     loop {
         let result = {
             let Ok(_permit) = semaphore.acquire().await else {
@@ -192,7 +195,7 @@ async fn probe_loop(
         }
         let jitter = settings.interval.mul_f64(0.2 * random_share());
         let pause = (settings.interval + jitter).saturating_sub(settings.interval / 10);
-        tokio::time::sleep(pause.max(Duration::from_millis(10))).await;
+        tokio::time::sleep_until(after(pause.max(Duration::from_millis(10)))).await;
     }
 }
 

@@ -20,6 +20,7 @@ pub mod probe_thread;
 pub mod state;
 pub mod syn;
 pub mod syn_packet;
+pub mod tick;
 
 use crate::model::health::{
     by_target, overlay, overlay_changes, targets, ByTarget, ExportedChecks, Overlaid,

@@ -14,6 +14,7 @@
 //! reset. Each probe has its own random sequence number; an answer must acknowledge it.
 
 use super::syn_packet::{self, Answer, Reply};
+use super::tick::on_tick;
 use socket2::{Domain, Protocol, SockFilter, Socket, Type};
 use std::collections::HashMap;
 use std::hash::{BuildHasher, RandomState};
@@ -281,6 +282,9 @@ async fn read_answers(shared: Arc<Shared>) {
             tracing::error!("health: the raw socket failed; tcp probes time out");
             return;
         };
+        // The first answer wakes this task; it reads at the next tick of the probe thread's
+        // grid, with the answers that came meanwhile (`super::tick`).
+        tokio::time::sleep_until(on_tick(tokio::time::Instant::now())).await;
         loop {
             let read = ready.try_io(|raw| {
                 let mut socket: &Socket = raw.get_ref();
