@@ -20,9 +20,13 @@ pub fn on_tick(t: Instant) -> Instant {
     static ORIGIN: OnceLock<std::time::Instant> = OnceLock::new();
     let origin = Instant::from_std(*ORIGIN.get_or_init(std::time::Instant::now));
     let since = t.saturating_duration_since(origin);
-    let ticks = since.as_nanos().div_ceil(TICK.as_nanos());
-    let ticks = u32::try_from(ticks).unwrap_or(u32::MAX);
-    origin + TICK * ticks
+    let grid = since.as_nanos().div_ceil(TICK.as_nanos()) * TICK.as_nanos();
+    // u64 nanoseconds last 584 years; past them, `t` itself (never an instant before it,
+    // which would make every sleep on the grid return at once).
+    u64::try_from(grid)
+        .ok()
+        .and_then(|n| origin.checked_add(Duration::from_nanos(n)))
+        .map_or(t, |g| g.max(t))
 }
 
 #[cfg(test)]
@@ -43,5 +47,13 @@ mod tests {
             );
             assert_eq!(on_tick(g), g, "a grid point is its own tick");
         }
+    }
+
+    #[test]
+    fn a_daemon_up_for_years_still_sleeps() {
+        // 2^32 ticks of 10 ms are 497 days: the grid must not stop there.
+        let t = Instant::now() + Duration::from_secs(2 * 365 * 86_400);
+        let g = on_tick(t);
+        assert!(g >= t && g - t < TICK, "{g:?} vs {t:?}");
     }
 }
