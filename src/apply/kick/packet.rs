@@ -5,6 +5,7 @@
 //! header checksum, fills a zero source address and a zero id, but they are computed here
 //! anyway so the bytes are complete and testable.
 
+use crate::apply::checksum::{internet as checksum, tcp_v4};
 use std::net::{Ipv4Addr, SocketAddrV4};
 
 const IP_HEADER: usize = 20;
@@ -43,23 +44,6 @@ fn ip_header(src: Ipv4Addr, dst: Ipv4Addr, proto: u8, total: usize) -> [u8; IP_H
     h
 }
 
-/// The Internet checksum (RFC 1071) of the concatenated parts; each part but the last has
-/// an even length here.
-fn checksum(parts: &[&[u8]]) -> u16 {
-    let mut sum: u32 = 0;
-    for part in parts {
-        for pair in part.chunks(2) {
-            let hi = u32::from(pair[0]) << 8;
-            let lo = pair.get(1).map_or(0, |&b| u32::from(b));
-            sum += hi | lo;
-        }
-    }
-    while sum > 0xffff {
-        sum = (sum & 0xffff) + (sum >> 16);
-    }
-    !(sum as u16)
-}
-
 /// A bare ACK from `from` to `to` with sequence number `seq` and acknowledgement `ack`.
 ///
 /// Sent with a sequence number chosen to be outside the receiver's window, it is what makes
@@ -81,19 +65,9 @@ pub fn probe(from: SocketAddrV4, to: SocketAddrV4, seq: u32, ack: u32) -> [u8; P
     t[12] = (TCP_HEADER as u8 / 4) << 4;
     t[13] = ACK;
     t[14..16].copy_from_slice(&PROBE_WINDOW.to_be_bytes());
-    let sum = tcp_checksum(*from.ip(), *to.ip(), t);
+    let sum = tcp_v4(*from.ip(), *to.ip(), t);
     t[16..18].copy_from_slice(&sum.to_be_bytes());
     p
-}
-
-fn tcp_checksum(src: Ipv4Addr, dst: Ipv4Addr, segment: &[u8]) -> u16 {
-    let len = u16::try_from(segment.len()).unwrap_or(u16::MAX);
-    let mut pseudo = [0u8; 12];
-    pseudo[0..4].copy_from_slice(&src.octets());
-    pseudo[4..8].copy_from_slice(&dst.octets());
-    pseudo[9] = PROTO_TCP;
-    pseudo[10..12].copy_from_slice(&len.to_be_bytes());
-    checksum(&[&pseudo, segment])
 }
 
 /// ICMP host unreachable to `quoted_from`'s host, quoting the start of a segment it sent to
@@ -202,7 +176,7 @@ mod tests {
         // A correct header and segment sum to zero with their checksums in.
         assert_eq!(checksum(&[&p[..IP_HEADER]]), 0);
         assert_eq!(
-            tcp_checksum(
+            tcp_v4(
                 *sa("10.0.0.1:0").ip(),
                 *sa("10.0.0.2:0").ip(),
                 &p[IP_HEADER..]

@@ -49,26 +49,7 @@ pub fn syn(src: Ipv4Addr, src_port: u16, dst: SocketAddrV4, seq: u32) -> [u8; TC
 
 /// The TCP checksum of `segment` (its checksum field zero, or the sum it carries when
 /// verifying: a correct segment then sums to 0) between `src` and `dst`.
-pub fn checksum(src: Ipv4Addr, dst: Ipv4Addr, segment: &[u8]) -> u16 {
-    let mut sum: u32 = 0;
-    let mut add = |bytes: &[u8]| {
-        for pair in bytes.chunks(2) {
-            let hi = u32::from(pair[0]) << 8;
-            let lo = pair.get(1).map_or(0, |&b| u32::from(b));
-            sum += hi | lo;
-        }
-    };
-    add(&src.octets());
-    add(&dst.octets());
-    add(&[0, PROTO_TCP]);
-    // A segment is at most an IP packet's 65,535 bytes: the length fits the 16-bit field.
-    add(&(segment.len() as u16).to_be_bytes());
-    add(segment);
-    while sum >> 16 != 0 {
-        sum = (sum & 0xffff) + (sum >> 16);
-    }
-    !(sum as u16)
-}
+pub use crate::apply::checksum::tcp_v4 as checksum;
 
 /// Reads an IPv4 packet as a raw TCP socket receives it (IP header first) and returns the
 /// answer it is, if it is one: SYN-ACK, or RST with ACK (the refusal of a SYN). Anything
