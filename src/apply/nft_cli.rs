@@ -17,21 +17,14 @@ use std::io::{Seek, Write};
 use std::process::{Command, Stdio};
 
 /// Runs nft, in this process's network namespace or in a named one (tests, benchmarks).
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, Default)]
 pub struct NftCli {
-    command: Vec<String>,
     /// `ip netns add`'s name of the namespace nft runs in, if not this process's.
     netns: Option<String>,
 }
 
-impl Default for NftCli {
-    fn default() -> Self {
-        NftCli {
-            command: vec!["nft".into()],
-            netns: None,
-        }
-    }
-}
+/// The program, found on PATH.
+const NFT: &str = "nft";
 
 impl NftCli {
     /// nft inside network namespace `ns` (as created by `ip netns add`). Each run is spawned
@@ -42,7 +35,6 @@ impl NftCli {
     pub fn in_netns(ns: &str) -> Self {
         NftCli {
             netns: Some(ns.to_owned()),
-            ..NftCli::default()
         }
     }
 
@@ -55,8 +47,8 @@ impl NftCli {
         args: &[&str],
         stdin: Stdio,
     ) -> Result<(bool, String, String), NftError> {
-        let mut command = Command::new(&self.command[0]);
-        command.args(&self.command[1..]).args(args).stdin(stdin);
+        let mut command = Command::new(NFT);
+        command.args(args).stdin(stdin);
         let spawned = match &self.netns {
             None => command.output(),
             Some(ns) => in_netns(ns, move || command.output()),
@@ -74,8 +66,8 @@ impl NftCli {
 
     fn program(&self) -> String {
         match &self.netns {
-            None => self.command.join(" "),
-            Some(ns) => format!("{} (in network namespace {ns})", self.command.join(" ")),
+            None => NFT.to_owned(),
+            Some(ns) => format!("{NFT} (in network namespace {ns})"),
         }
     }
 
