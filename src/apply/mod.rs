@@ -14,6 +14,7 @@
 //! - [`kick`]: after a promotion, make the synchronised connections' endpoints retransmit
 //!   at once (RFC 6069) instead of at the end of their backoff.
 
+pub mod bpf;
 pub mod checksum;
 mod conntrack;
 mod error;

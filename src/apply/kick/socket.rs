@@ -153,20 +153,7 @@ impl Capture {
 /// and no data (total length = IP header + TCP header) — the shape of a duplicate ACK. Keeps
 /// the gateway's forwarded data traffic out of the socket.
 fn pure_acks() -> Vec<SockFilter> {
-    // Opcodes (linux/filter.h).
-    const LDB_ABS: u16 = 0x30; // A = byte at k
-    const LDH_ABS: u16 = 0x28; // A = half-word at k
-    const LDX_MSH: u16 = 0xb1; // X = 4 * (byte at k & 0xf)
-    const LDB_IND: u16 = 0x50; // A = byte at X + k
-    const AND: u16 = 0x54;
-    const RSH: u16 = 0x74;
-    const ADD_X: u16 = 0x0c;
-    const JEQ: u16 = 0x15;
-    const JEQ_X: u16 = 0x1d;
-    const JSET: u16 = 0x45;
-    const ST: u16 = 0x02; // M[k] = A
-    const LDX_MEM: u16 = 0x61; // X = M[k]
-    const RET: u16 = 0x06;
+    use crate::apply::bpf::*;
     // Jumps are relative to the next instruction; DROP and KEEP are the last two.
     vec![
         SockFilter::new(LDB_ABS, 0, 0, 0), // 0: version and header length

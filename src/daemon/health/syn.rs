@@ -310,14 +310,7 @@ async fn read_answers(shared: Arc<Shared>) {
 /// (answers to a SYN), drop everything else. Without it the socket would get a copy of every
 /// TCP segment the gateway itself receives (ADMIN's export, the metrics listener).
 fn answers_only() -> Vec<SockFilter> {
-    // Opcodes (linux/filter.h): BPF_LD|BPF_B|BPF_ABS, BPF_LDX|BPF_B|BPF_MSH, BPF_LD|BPF_B|BPF_IND,
-    // BPF_ALU|BPF_AND|BPF_K, BPF_JMP|BPF_JEQ|BPF_K, BPF_RET|BPF_K.
-    const LDB_ABS: u16 = 0x30;
-    const LDX_MSH: u16 = 0xb1;
-    const LDB_IND: u16 = 0x50;
-    const AND: u16 = 0x54;
-    const JEQ: u16 = 0x15;
-    const RET: u16 = 0x06;
+    use crate::apply::bpf::{AND, JEQ, LDB_ABS, LDB_IND, LDX_MSH, RET};
     vec![
         SockFilter::new(LDB_ABS, 0, 0, 9),  // IP protocol
         SockFilter::new(JEQ, 0, 7, 6),      // not TCP: drop
