@@ -14,7 +14,7 @@ pub mod transaction;
 
 pub use full::full_ruleset;
 pub use incremental::{incremental, incremental_between, Increment};
-pub use layout::{Ifname, IfnameError, KICK_MARK};
+pub use layout::{Ifname, IfnameError, KICK_MARK, PROBE_PORTS};
 pub use patterns::PatternIndex;
 pub use policy::{BasePolicy, PolicyError, DEFAULT_POLICY};
 pub use transaction::Transaction;
