@@ -1,8 +1,8 @@
-//! Half-open TCP checks (`src/daemon/health/syn.rs`) against real kernels in namespaces: the
-//! prober's SYNs are answered — SYN-ACK by a listening backend, RST by a closed port, nothing
-//! by an absent host — and the half-open connection is gone from the backend at once (the
-//! gateway's kernel resets it). Then the daemon with `tcp` checks, which go through the
-//! prober by default: a backend whose port starts refusing, or goes silent, is taken out and
+//! Half-open TCP checks (`src/daemon/health/{syn,sweep}.rs`) against real kernels in
+//! namespaces: the sweep's SYNs, sent and read in batches, are answered — SYN-ACK by a
+//! listening backend, RST by a closed port, nothing by an absent host — and the half-open
+//! connection is gone from the backend at once (the gateway's kernel resets it). Then the
+//! daemon with `tcp` checks, which go through the sweep by default: a backend whose port starts refusing, or goes silent, is taken out and
 //! comes back.
 
 mod common;
@@ -14,31 +14,69 @@ mod health_daemon;
 use common::lab::{in_netns, Lab, VIP1};
 use common::{require_nft, wait_until};
 use health_daemon::Daemon;
-use portcullis::daemon::health::syn::SynProber;
-use portcullis::daemon::health::syn_packet::Answer;
+use portcullis::daemon::health::board::{Board, TargetState};
+use portcullis::daemon::health::sweep::SweepHandle;
+use portcullis::daemon::health::syn::SynSocket;
+use portcullis::daemon::health::HealthConfig;
+use portcullis::model::health::{Probe, Target};
 use std::collections::BTreeSet;
 use std::net::SocketAddr;
-use std::time::Duration;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::sync::Notify;
 
 const PORT: u16 = 8080; // served by every lab backend
-const TIMEOUT: Duration = Duration::from_millis(600);
 
-/// Checks each of `targets` in turn from namespace `ns`: the answer, or `None` when none came
-/// within `TIMEOUT`.
-fn check_each(ns: &str, targets: Vec<SocketAddr>) -> Vec<Option<Answer>> {
+/// Runs the half-open sweep in namespace `ns` over `targets`, a probe every `interval`, until
+/// each was probed `probes` times (or 20 s passed); their records then.
+fn sweep(ns: &str, targets: Vec<SocketAddr>, interval: Duration, probes: u64) -> Vec<TargetState> {
     in_netns(ns, move || {
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
             .expect("runtime");
         runtime.block_on(async {
-            let prober = SynProber::open(None).expect("a raw socket (root has CAP_NET_RAW)");
-            let mut answers = Vec::new();
-            for t in targets {
-                let answer = tokio::time::timeout(TIMEOUT, prober.check(t, TIMEOUT)).await;
-                answers.push(answer.ok().map(|a| a.expect("an IPv4 target")));
+            let targets: Vec<Target> = targets
+                .into_iter()
+                .map(|endpoint| Target {
+                    endpoint,
+                    probe: Probe::Tcp,
+                })
+                .collect();
+            let set = targets.iter().cloned().collect();
+            let settings = HealthConfig {
+                interval,
+                timeout: interval.min(Duration::from_millis(600)),
+                ..HealthConfig::default()
+            };
+            let board = Arc::new(Board::default());
+            board.retain(&set);
+            let socket = SynSocket::open(None).expect("a raw socket (root has CAP_NET_RAW)");
+            let mut handle = SweepHandle::start(
+                socket,
+                Arc::new(settings),
+                board.clone(),
+                Arc::new(Notify::new()),
+            );
+            handle.set_targets(&set);
+            let states = || {
+                let view = board.view();
+                targets
+                    .iter()
+                    .map(|t| {
+                        view.targets
+                            .iter()
+                            .find(|e| e.target == *t)
+                            .map(|e| e.state.clone())
+                            .unwrap_or_default()
+                    })
+                    .collect::<Vec<_>>()
+            };
+            let deadline = Instant::now() + Duration::from_secs(20);
+            while states().iter().any(|s| s.probes < probes) && Instant::now() < deadline {
+                tokio::time::sleep(Duration::from_millis(50)).await;
             }
-            answers
+            states()
         })
     })
 }
@@ -55,24 +93,41 @@ fn syn_probes_tell_listening_refused_and_silent_apart_and_leave_nothing_half_ope
     let lab = Lab::new("sy", 1);
     let backend = Lab::backend_ip(1);
     let absent = "10.200.1.77"; // on the backend's link, but no host answers for it
-    let answers = check_each(
+    let states = sweep(
         &lab.gw.name,
         vec![addr(&backend, PORT), addr(&backend, 7), addr(absent, PORT)],
+        Duration::from_millis(700),
+        1,
     );
-    assert_eq!(
-        answers,
-        [Some(Answer::Listening), Some(Answer::Refused), None],
-        "listening, closed port, absent host"
+    let errors: Vec<Option<String>> = states.iter().map(|s| s.last_error.clone()).collect();
+    assert!(
+        states.iter().all(|s| s.probes >= 1),
+        "every target probed: {states:?}"
+    );
+    assert_eq!(errors[0], None, "listening: {states:?}");
+    assert!(
+        errors[1].as_deref().is_some_and(|e| e.contains("refused")),
+        "closed port: {states:?}"
+    );
+    assert!(
+        errors[2]
+            .as_deref()
+            .is_some_and(|e| e.contains("no answer")),
+        "absent host: {states:?}"
     );
 
-    // Many probes of one endpoint: every one is answered and matched (source ports and
-    // sequence numbers are reused and must not confuse answers).
-    let answers = check_each(&lab.gw.name, vec![addr(&backend, PORT); 200]);
-    let listening = answers
-        .iter()
-        .filter(|a| **a == Some(Answer::Listening))
-        .count();
-    assert_eq!(listening, 200, "{answers:?}");
+    // Many probes of one endpoint: every one is answered and matched (source ports rotate and
+    // sequence numbers differ, and must not confuse answers).
+    let states = sweep(
+        &lab.gw.name,
+        vec![addr(&backend, PORT)],
+        Duration::from_millis(50),
+        100,
+    );
+    assert!(
+        states[0].probes >= 100 && states[0].failures == 0,
+        "{states:?}"
+    );
 
     // The backend keeps no half-open connection: the gateway's kernel reset each SYN-ACK (a
     // SYN_RECV socket would otherwise linger through the server's SYN-ACK retries, ~1 min).
@@ -107,13 +162,35 @@ fn the_daemon_takes_out_a_refusing_or_silent_backend_with_half_open_checks() {
         let (_, body) = get(&daemon.ns, daemon.metrics_port, "/health")?;
         let view: serde_json::Value = serde_json::from_str(&body).ok()?;
         let targets = view["targets"].as_array()?;
-        (targets.len() == 2 && targets.iter().all(|t| t["up"] == true)).then_some(())
+        (targets.len() == 2
+            && targets
+                .iter()
+                .all(|t| t["up"] == true && t["probes"].as_u64() >= Some(2)))
+        .then_some(())
     });
     assert!(probed.is_some(), "{}", ctx("both backends probed and up"));
     assert!(
         !daemon.log().contains("connecting instead"),
         "{}",
         ctx("the daemon probes half-open")
+    );
+    // With the daemon's table in place the probes, their answers and the gateway's resets
+    // skip conntrack: no entry has a probe port (`PROBE_PORTS`) as its source.
+    let tracked = lab.gw.exec(&["conntrack", "-L", "-p", "tcp"]);
+    let (lo, hi) = portcullis::render::nft::PROBE_PORTS;
+    let probe_entries: Vec<&str> = tracked
+        .lines()
+        .filter(|l| {
+            l.split_whitespace()
+                .find_map(|w| w.strip_prefix("sport="))
+                .and_then(|p| p.parse::<u16>().ok())
+                .is_some_and(|p| (lo..=hi).contains(&p))
+        })
+        .collect();
+    assert!(
+        probe_entries.is_empty(),
+        "{}",
+        ctx(&format!("probes tracked:\n{}", probe_entries.join("\n")))
     );
 
     let b1 = &lab.backends[0];

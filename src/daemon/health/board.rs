@@ -211,6 +211,11 @@ impl Board {
         true
     }
 
+    /// The targets on the board.
+    pub fn targets(&self) -> BTreeSet<Target> {
+        self.lock().targets.keys().cloned().collect()
+    }
+
     /// The targets currently down.
     pub fn down(&self) -> BTreeSet<Target> {
         self.lock()

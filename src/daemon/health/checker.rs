@@ -1,17 +1,20 @@
-//! The probe tasks: one tokio task per target, each on its own jittered schedule (targets
-//! added together do not probe in step, and neither do the two gateways of a pair), all
-//! sharing a semaphore so at most `max_concurrent` probes — and their sockets — are in
-//! flight at once. Results go to the [`Board`]; a transition wakes the daemon through a
-//! [`Notify`], which coalesces: a burst of transitions costs one apply. The tasks run on a
-//! thread of their own ([`ProbeThread`]), started with the first targets.
+//! The probes' scheduling: IPv4 `tcp` checks go to the half-open sweep ([`super::sweep`],
+//! one task for all of them) when `tcp_probe = "syn"` and the raw socket opens; every other
+//! target gets a tokio task of its own, which connects. Both keep a jittered schedule per
+//! target (targets added together do not probe in step, and neither do the two gateways of
+//! a pair) and at most `max_concurrent` probes in flight (the tasks share a semaphore, the
+//! sweep counts its own). Results go to the [`Board`]; a transition wakes the daemon through
+//! a [`Notify`], which coalesces: a burst of transitions costs one apply. Everything runs on
+//! a thread of its own ([`ProbeThread`]), started with the first targets.
 
 use super::board::Board;
 use super::probe::probe;
 use super::probe_thread::ProbeThread;
-use super::syn::SynProber;
+use super::sweep::{self, SweepHandle};
+use super::syn::SynSocket;
 use super::tick::on_tick;
 use super::{HealthConfig, TcpProbe};
-use crate::model::health::{Probe, Target};
+use crate::model::health::Target;
 use std::collections::{BTreeMap, BTreeSet};
 use std::hash::{BuildHasher, RandomState};
 use std::sync::Arc;
@@ -25,10 +28,10 @@ pub struct Checker {
     settings: Arc<HealthConfig>,
     semaphore: Arc<Semaphore>,
     tasks: BTreeMap<Target, AbortHandle>,
-    /// The half-open prober of `tcp` checks, opened with the first targets (it needs the
-    /// runtime); `Err` once opening failed, so it is tried and warned about once per
-    /// configuration.
-    syn: Option<Result<Arc<SynProber>, ()>>,
+    /// The half-open sweep of `tcp` checks, started with the first such target (its socket
+    /// needs the probe thread's runtime); `Err` once opening the socket failed, so it is
+    /// tried and warned about once per configuration.
+    sweep: Option<Result<SweepHandle, ()>>,
     /// Where the probe tasks run; `Err` once starting it failed (the daemon's runtime then
     /// runs them).
     thread: Option<Result<ProbeThread, ()>>,
@@ -42,7 +45,7 @@ impl Checker {
             board,
             changed: Arc::new(Notify::new()),
             tasks: BTreeMap::new(),
-            syn: None,
+            sweep: None,
             thread: None,
         }
     }
@@ -56,34 +59,44 @@ impl Checker {
         self.changed.clone()
     }
 
-    /// Probes exactly `wanted` from now on: new targets get a task (and start up), dropped
-    /// ones lose theirs, the others keep their task and their state.
+    /// Probes exactly `wanted` from now on: new targets join the sweep or get a task (and
+    /// start up), dropped ones leave, the others keep their schedule and their state.
     pub fn set_targets(&mut self, wanted: &BTreeSet<Target>) {
         self.board.retain(wanted);
+        // No runtime (and no probe thread started) just to drop every target.
+        let runtime = if wanted.is_empty() {
+            None
+        } else {
+            self.runtime()
+        };
+        if runtime.is_none() && !wanted.is_empty() {
+            tracing::error!("health checks need the async runtime; not probing");
+        }
+        let sweeping = runtime.as_ref().is_some_and(|runtime| {
+            let _entered = runtime.enter();
+            self.sweep(wanted)
+        });
+        if let Some(Ok(sweep)) = &mut self.sweep {
+            sweep.set_targets(wanted);
+        }
+        let by_task = |t: &Target| wanted.contains(t) && !(sweeping && sweep::takes(t));
         self.tasks.retain(|t, task| {
-            let keep = wanted.contains(t);
+            let keep = by_task(t);
             if !keep {
                 task.abort();
             }
             keep
         });
-        if wanted.is_empty() {
-            return;
-        }
-        let Some(runtime) = self.runtime() else {
-            tracing::error!("health checks need the async runtime; not probing");
+        let Some(runtime) = runtime else {
             return;
         };
-        let _entered = runtime.enter();
-        let syn = self.syn_prober(wanted);
-        for t in wanted {
+        for t in wanted.iter().filter(|t| by_task(t)) {
             if self.tasks.contains_key(t) {
                 continue;
             }
             let task = runtime.spawn(probe_loop(
                 t.clone(),
                 self.settings.clone(),
-                syn.clone(),
                 self.semaphore.clone(),
                 self.board.clone(),
                 self.changed.clone(),
@@ -105,14 +118,20 @@ impl Checker {
         }
     }
 
-    /// The half-open prober, opened now if `tcp_probe = "syn"` and a target has a TCP check.
-    fn syn_prober(&mut self, wanted: &BTreeSet<Target>) -> Option<Arc<SynProber>> {
+    /// Whether the half-open sweep probes its share of `wanted`: started now if
+    /// `tcp_probe = "syn"` and a target is one of its (in the runtime entered).
+    fn sweep(&mut self, wanted: &BTreeSet<Target>) -> bool {
         if self.settings.tcp_probe != TcpProbe::Syn {
-            return None;
+            return false;
         }
-        if self.syn.is_none() && wanted.iter().any(|t| t.probe == Probe::Tcp) {
-            self.syn = Some(match SynProber::open(self.settings.source) {
-                Ok(p) => Ok(Arc::new(p)),
+        if self.sweep.is_none() && wanted.iter().any(sweep::takes) {
+            self.sweep = Some(match SynSocket::open(self.settings.source) {
+                Ok(socket) => Ok(SweepHandle::start(
+                    socket,
+                    self.settings.clone(),
+                    self.board.clone(),
+                    self.changed.clone(),
+                )),
                 Err(e) => {
                     tracing::warn!(
                         "health: no half-open tcp checks ({e}; they need CAP_NET_RAW): connecting instead"
@@ -121,7 +140,7 @@ impl Checker {
                 }
             });
         }
-        self.syn.clone().and_then(Result::ok)
+        matches!(self.sweep, Some(Ok(_)))
     }
 
     /// New settings: every task restarts with them (states are kept).
@@ -129,9 +148,8 @@ impl Checker {
         if *self.settings == settings {
             return;
         }
-        let targets: BTreeSet<Target> = self.tasks.keys().cloned().collect();
+        let targets = self.board.targets();
         self.stop();
-        self.syn = None;
         self.semaphore = Arc::new(Semaphore::new(settings.max_concurrent.max(1)));
         self.settings = Arc::new(settings);
         self.set_targets(&targets);
@@ -141,10 +159,15 @@ impl Checker {
         for (_, task) in std::mem::take(&mut self.tasks) {
             task.abort();
         }
+        self.sweep = None;
     }
 
     pub fn targets(&self) -> usize {
-        self.tasks.len()
+        let swept = match &self.sweep {
+            Some(Ok(sweep)) => sweep.targets(),
+            _ => 0,
+        };
+        self.tasks.len() + swept
     }
 }
 
@@ -162,7 +185,6 @@ fn random_share() -> f64 {
 async fn probe_loop(
     target: Target,
     settings: Arc<HealthConfig>,
-    syn: Option<Arc<SynProber>>,
     semaphore: Arc<Semaphore>,
     board: Arc<Board>,
     changed: Arc<Notify>,
@@ -177,7 +199,7 @@ async fn probe_loop(
                 return;
             };
             let started = Instant::now();
-            let result = probe(&target, settings.timeout, settings.source, syn.as_deref()).await;
+            let result = probe(&target, settings.timeout, settings.source).await;
             (result, started.elapsed())
         };
         let (result, latency) = result;
@@ -202,6 +224,7 @@ async fn probe_loop(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::model::health::Probe;
     use tokio::net::TcpListener;
 
     #[tokio::test]

@@ -6,8 +6,11 @@
 //!
 //! - [`state`]: the rise/fall state machine (pure);
 //! - [`probe`]: one TCP or HTTP probe, with its deadline and optional source address;
-//! - [`syn`] (with [`syn_packet`]): TCP checks as half-open handshakes from a raw socket;
-//! - [`checker`]: the tasks, one per target, jittered, bounded by a semaphore;
+//! - [`syn`] (with [`syn_packet`]): TCP checks as half-open handshakes from a raw socket,
+//!   sent and read in batches;
+//! - [`sweep`]: the one task that makes every half-open check, with [`schedule`], its
+//!   bookkeeping (what is due when, which answer ends which probe);
+//! - [`checker`]: which target goes where (the sweep, or a task of its own that connects);
 //! - [`board`]: what they found, shared with the metrics listener (`GET /health`);
 //! - [`apply`]: the daemon's side — a transition is journaled and applied through the same
 //!   incremental sync as an export.
@@ -17,7 +20,9 @@ pub mod board;
 pub mod checker;
 pub mod probe;
 pub mod probe_thread;
+pub mod schedule;
 pub mod state;
+pub mod sweep;
 pub mod syn;
 pub mod syn_packet;
 pub mod tick;
@@ -58,7 +63,8 @@ pub struct HealthConfig {
     /// Address probes are sent from (the gateway's internal side); the routing table
     /// chooses when absent or of the other address family.
     pub source: Option<IpAddr>,
-    /// Probes in flight at once, at most (each holds a socket for up to `timeout`).
+    /// Probes in flight at once, at most: connecting probes (each holds a socket for up to
+    /// `timeout`) and the sweep's half-open ones are each bounded by it.
     pub max_concurrent: usize,
     /// How `tcp` checks reach a server: `syn`, a half-open handshake from a raw socket (a
     /// quarter of the kernel's work of a connection; IPv6 targets and a gateway without

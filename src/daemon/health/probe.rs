@@ -2,11 +2,9 @@
 //! the expected status. The whole probe (connect, request, status line) has one deadline,
 //! `timeout`; the connection is closed right after, so a probe holds a descriptor for at most
 //! that long. HTTP/1.0 with `Connection: close` and only the status line read: the checker
-//! wants one number, not a client. A TCP check goes through the half-open prober when there
-//! is one ([`super::syn`]), and connects when it cannot take the target.
+//! wants one number, not a client. (`tcp` checks of IPv4 targets are made half-open by
+//! [`super::sweep`] instead, when the gateway can.)
 
-use super::syn::SynProber;
-use super::syn_packet::Answer;
 use crate::model::health::{Probe, Target};
 use std::future::Future;
 use std::net::{IpAddr, SocketAddr};
@@ -33,15 +31,13 @@ pub enum ProbeError {
     Status { got: u16, expected: u16 },
 }
 
-/// Probes `target`, from `source` when it is of the target's address family; a TCP check
-/// half-open through `syn` when given.
+/// Probes `target`, from `source` when it is of the target's address family.
 pub async fn probe(
     target: &Target,
     timeout: Duration,
     source: Option<IpAddr>,
-    syn: Option<&SynProber>,
 ) -> Result<(), ProbeError> {
-    match tokio::time::timeout(timeout, exchange(target, timeout, source, syn)).await {
+    match tokio::time::timeout(timeout, exchange(target, timeout, source)).await {
         Ok(result) => result,
         Err(_) => Err(ProbeError::Timeout(timeout)),
     }
@@ -51,20 +47,7 @@ async fn exchange(
     target: &Target,
     timeout: Duration,
     source: Option<IpAddr>,
-    syn: Option<&SynProber>,
 ) -> Result<(), ProbeError> {
-    if let (Probe::Tcp, Some(syn)) = (&target.probe, syn) {
-        match syn.check(target.endpoint, timeout).await {
-            Ok(Answer::Listening) => return Ok(()),
-            Ok(Answer::Refused) => {
-                return Err(ProbeError::Connect(
-                    std::io::ErrorKind::ConnectionRefused.into(),
-                ))
-            }
-            // IPv6, or no source port free for this endpoint: connect as without a prober.
-            Err(e) => tracing::debug!("health: {}: {e}; connecting", target.endpoint),
-        }
-    }
     let mut stream = connect(target.endpoint, timeout, source)
         .await
         .map_err(ProbeError::Connect)?;
@@ -225,11 +208,11 @@ mod tests {
     async fn tcp_passes_on_a_listener_and_fails_on_a_closed_port() {
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let open = listener.local_addr().expect("addr");
-        probe(&target(open, Probe::Tcp), T, None, None)
+        probe(&target(open, Probe::Tcp), T, None)
             .await
             .expect("listener accepts");
         let closed = closed_port().await;
-        let e = probe(&target(closed, Probe::Tcp), T, None, None)
+        let e = probe(&target(closed, Probe::Tcp), T, None)
             .await
             .expect_err("nothing listens");
         assert!(matches!(e, ProbeError::Connect(_)), "{e}");
@@ -242,7 +225,6 @@ mod tests {
             &target(addr, http("/health?x=1", 200)),
             T,
             Some("127.0.0.1".parse().expect("ip")),
-            None,
         )
         .await
         .expect("200 as expected");
@@ -257,14 +239,14 @@ mod tests {
             status: 204,
             host: Some("api.example".into()),
         };
-        probe(&target(addr, vhost), T, None, None)
+        probe(&target(addr, vhost), T, None)
             .await
             .expect("204 as expected");
         let asked = asked.await.expect("server");
         assert!(asked.contains("\r\nHost: api.example\r\n"), "{asked}");
 
         let (addr, _) = serve_once("HTTP/1.0 500 Internal Server Error\r\n\r\n").await;
-        let e = probe(&target(addr, http("/health", 200)), T, None, None)
+        let e = probe(&target(addr, http("/health", 200)), T, None)
             .await
             .expect_err("500");
         assert!(
@@ -279,7 +261,7 @@ mod tests {
         );
 
         let (addr, _) = serve_once("SSH-2.0-OpenSSH\r\n").await;
-        let e = probe(&target(addr, http("/", 200)), T, None, None)
+        let e = probe(&target(addr, http("/", 200)), T, None)
             .await
             .expect_err("not http");
         assert!(matches!(e, ProbeError::NotHttp(_)), "{e}");
@@ -293,7 +275,6 @@ mod tests {
         let e = probe(
             &target(addr, http("/", 200)),
             Duration::from_millis(200),
-            None,
             None,
         )
         .await

@@ -9,76 +9,56 @@
 //! listens and the path to it works. This is what half-open scanners do; the gateway needs
 //! CAP_NET_RAW, which its unit grants. HTTP checks and IPv6 targets still connect.
 //!
+//! This module is the socket: SYNs go out in batches (`sendmmsg`) and answers come in in
+//! batches (`recvmmsg`), one system call for all the probes due in one tick of the sweep
+//! (`super::sweep`, which schedules the probes and matches the answers).
+//!
 //! The source ports are reserved by binding ordinary TCP sockets to them (never listening),
 //! so the kernel gives them to no connection of its own and answers their SYN-ACKs with a
-//! reset. Each probe has its own random sequence number; an answer must acknowledge it.
+//! reset. They are the table's [`PROBE_PORTS`], whose probes and answers skip conntrack
+//! (the rules are in `render::nft::layout`); a port another program holds is left out, and
+//! with none of them free the prober takes ephemeral ports, whose probes are tracked as
+//! before. Each probe has its own random sequence number; an answer must acknowledge it.
 
-use super::syn_packet::{self, Answer, Reply};
-use super::tick::on_tick;
+use super::syn_packet::{self, Reply, TCP_HEADER};
+use crate::render::nft::PROBE_PORTS;
+use nix::sys::socket::{recvmmsg, sendmmsg, MsgFlags, MultiHeaders, SockaddrIn};
 use socket2::{Domain, Protocol, SockFilter, Socket, Type};
-use std::collections::HashMap;
-use std::hash::{BuildHasher, RandomState};
-use std::io::{self, Read};
+use std::io::{self, IoSlice, IoSliceMut};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr, SocketAddrV4, UdpSocket};
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::{Duration, Instant};
+use std::os::fd::AsRawFd;
 use tokio::io::unix::AsyncFd;
-use tokio::sync::oneshot;
-use tokio::task::AbortHandle;
 
-/// Reserved source ports: a target is probed from one of them at a time, so this many
-/// probes of one endpoint could overlap (one is the rule: a target's probes are sequential).
-const PORTS: usize = 32;
-/// SYNs one probe may send, spaced evenly over its timeout (as the connect probe's attempts:
-/// one lost packet must not fail a probe).
-const ATTEMPTS: u32 = 3;
-/// How long a looked-up source address is trusted before the routing table is asked again.
-const ROUTE_TTL: Duration = Duration::from_secs(30);
+/// Ephemeral source ports reserved when none of [`PROBE_PORTS`] is free. A target is probed
+/// from the next port each time, so that a new SYN never meets what is left of the last
+/// probe's half-open connection on the server.
+const FALLBACK_PORTS: usize = 32;
 /// Room for answers arriving in a burst (the socket sees only SYN-ACKs and RSTs: see
 /// [`answers_only`]).
 const RECEIVE_BUFFER: usize = 4 << 20;
+/// Messages per `sendmmsg` / `recvmmsg` call.
+const BATCH: usize = 64;
+/// Bytes read of each answer: the IP header (at most 60) and the TCP header's first 20 are
+/// all the parser looks at; the rest is cut.
+const ANSWER_BYTES: usize = 96;
 
-/// Why a SYN probe was not made; the caller connects instead.
-#[derive(Debug, thiserror::Error)]
-pub enum Unavailable {
-    #[error("IPv6 targets are probed by connecting")]
-    Ipv6,
-    #[error("every reserved source port is in use for {0}")]
-    PortsBusy(SocketAddr),
-    #[error("no route to {0}: {1}")]
-    Route(Ipv4Addr, #[source] io::Error),
-    #[error("send: {0}")]
-    Send(#[source] io::Error),
+/// One SYN to send: the segment and where to.
+#[derive(Clone, Copy, Debug)]
+pub struct Syn {
+    pub to: SocketAddrV4,
+    pub segment: [u8; TCP_HEADER],
 }
 
-type Key = (SocketAddrV4, u16);
-
-struct Pending {
-    ack: u32,
-    done: oneshot::Sender<Answer>,
-}
-
-struct Shared {
+/// The raw socket of the half-open prober and its reserved source ports.
+pub struct SynSocket {
     raw: AsyncFd<Socket>,
     ports: Vec<u16>,
     source: Option<Ipv4Addr>,
-    pending: Mutex<HashMap<Key, Pending>>,
-    routes: Mutex<HashMap<Ipv4Addr, (Ipv4Addr, Instant)>>,
-    next_port: AtomicUsize,
-    seeds: RandomState,
-}
-
-/// The half-open prober of one daemon: its raw socket, reserved ports and the task reading
-/// answers (stopped when the prober is dropped).
-pub struct SynProber {
-    shared: Arc<Shared>,
     /// Held, never used: they keep the source ports ours.
     _reserved: Vec<Socket>,
-    reader: AbortHandle,
 }
 
-impl SynProber {
+impl SynSocket {
     /// Opens the raw socket and reserves the ports; fails without CAP_NET_RAW. `source`, if
     /// IPv4, is the address probes leave from. Needs the tokio runtime.
     pub fn open(source: Option<IpAddr>) -> io::Result<Self> {
@@ -94,216 +74,173 @@ impl SynProber {
             // A raw socket's bound address is the source of what it sends.
             raw.bind(&SocketAddr::from((a, 0)).into())?;
         }
-        let mut reserved = Vec::with_capacity(PORTS);
-        let mut ports = Vec::with_capacity(PORTS);
-        for _ in 0..PORTS {
-            let s = Socket::new(Domain::IPV4, Type::STREAM, Some(Protocol::TCP))?;
-            s.bind(&SocketAddr::from((source.unwrap_or(Ipv4Addr::UNSPECIFIED), 0)).into())?;
-            let port = s
-                .local_addr()?
-                .as_socket()
-                .map(|a| a.port())
-                .ok_or_else(|| io::Error::other("reserved socket has no port"))?;
-            ports.push(port);
-            reserved.push(s);
+        let bound = source.unwrap_or(Ipv4Addr::UNSPECIFIED);
+        let mut reserved = Vec::new();
+        let mut taken = Vec::new();
+        for port in PROBE_PORTS.0..=PROBE_PORTS.1 {
+            match reserve(bound, port) {
+                Ok(s) => reserved.push(s),
+                Err(e) => taken.push(format!("{port} ({e})")),
+            }
         }
+        if !taken.is_empty() {
+            tracing::warn!(
+                "health: probe ports in use by another program, left out: {}",
+                taken.join(", ")
+            );
+        }
+        if reserved.is_empty() {
+            for _ in 0..FALLBACK_PORTS {
+                reserved.push(reserve(bound, 0)?);
+            }
+        }
+        let ports = reserved
+            .iter()
+            .map(|s| {
+                s.local_addr()?
+                    .as_socket()
+                    .map(|a| a.port())
+                    .ok_or_else(|| io::Error::other("reserved socket has no port"))
+            })
+            .collect::<io::Result<Vec<u16>>>()?;
         // SAFETY: `Socket` owns its descriptor; it stays open and the same until the AsyncFd
         // drops the socket with it. (tokio made registration `unsafe` for borrowed fds.)
         #[allow(unsafe_code)]
         let raw = unsafe { AsyncFd::register(raw)? };
-        let shared = Arc::new(Shared {
+        Ok(SynSocket {
             raw,
             ports,
             source,
-            pending: Mutex::new(HashMap::new()),
-            routes: Mutex::new(HashMap::new()),
-            next_port: AtomicUsize::new(0),
-            seeds: RandomState::new(),
-        });
-        let reader = tokio::spawn(read_answers(shared.clone())).abort_handle();
-        Ok(SynProber {
-            shared,
             _reserved: reserved,
-            reader,
         })
     }
 
-    /// Probes `endpoint`: resolves with the first answer, resending the SYN every
-    /// `timeout / ATTEMPTS` meanwhile. Never resolves without an answer: the caller's
-    /// deadline ends it (dropping the future forgets the probe).
-    pub async fn check(
-        &self,
-        endpoint: SocketAddr,
-        timeout: Duration,
-    ) -> Result<Answer, Unavailable> {
-        let dst = syn_packet::v4(endpoint).ok_or(Unavailable::Ipv6)?;
-        let src = self.shared.source_for(*dst.ip())?;
-        let seq = self.shared.seeds.hash_one((dst, Instant::now())) as u32;
-        let (port, answered) = self.shared.register(dst, seq)?;
-        let _forget = Forget {
-            shared: &self.shared,
-            key: (dst, port),
-        };
-        let segment = syn_packet::syn(src, port, dst, seq);
-        let mut answered = std::pin::pin!(answered);
-        let spacing = timeout / ATTEMPTS;
-        for attempt in 1..=ATTEMPTS {
-            if let Err(e) = self.shared.send(&segment, dst).await {
-                self.shared.forget_route(*dst.ip());
-                return Err(Unavailable::Send(e));
-            }
-            let wait = if attempt == ATTEMPTS {
-                timeout
-            } else {
-                spacing
-            };
-            if let Ok(answer) = tokio::time::timeout(wait, &mut answered).await {
-                // A closed channel means the prober is going away: no answer, like a timeout.
-                return match answer {
-                    Ok(answer) => Ok(answer),
-                    Err(_) => std::future::pending().await,
-                };
-            }
-        }
-        // No answer to any attempt: perhaps the route (and with it the source) changed.
-        self.shared.forget_route(*dst.ip());
-        std::future::pending().await
-    }
-}
-
-impl Drop for SynProber {
-    fn drop(&mut self) {
-        self.reader.abort();
-    }
-}
-
-/// Removes a probe's pending entry however the probe ends (answer, deadline, abort).
-struct Forget<'a> {
-    shared: &'a Shared,
-    key: Key,
-}
-
-impl Drop for Forget<'_> {
-    fn drop(&mut self) {
-        self.shared.lock_pending().remove(&self.key);
-    }
-}
-
-impl Shared {
-    fn lock_pending(&self) -> MutexGuard<'_, HashMap<Key, Pending>> {
-        // A panic while holding the map leaves it consistent (single inserts and removes).
-        self.pending.lock().unwrap_or_else(|e| e.into_inner())
-    }
-
-    /// Takes a free source port for `dst` and registers the probe's expected answer.
-    fn register(
-        &self,
-        dst: SocketAddrV4,
-        seq: u32,
-    ) -> Result<(u16, oneshot::Receiver<Answer>), Unavailable> {
-        let (done, answered) = oneshot::channel();
-        let mut pending = self.lock_pending();
-        let start = self.next_port.fetch_add(1, Ordering::Relaxed);
-        let port = (0..self.ports.len())
-            .map(|i| self.ports[(start + i) % self.ports.len()])
-            .find(|&p| !pending.contains_key(&(dst, p)))
-            .ok_or(Unavailable::PortsBusy(SocketAddr::V4(dst)))?;
-        pending.insert(
-            (dst, port),
-            Pending {
-                ack: seq.wrapping_add(1),
-                done,
-            },
-        );
-        Ok((port, answered))
+    /// The reserved source ports.
+    pub fn ports(&self) -> &[u16] {
+        &self.ports
     }
 
     /// The address the kernel will write as the source of a packet to `dst`: the checksum
     /// covers it. The configured source, else the routing table's choice (asked through an
-    /// unconnected-then-connected UDP socket, which sends nothing), cached for a while.
-    fn source_for(&self, dst: Ipv4Addr) -> Result<Ipv4Addr, Unavailable> {
+    /// unconnected-then-connected UDP socket, which sends nothing).
+    pub fn source_for(&self, dst: Ipv4Addr) -> io::Result<Ipv4Addr> {
         if let Some(a) = self.source {
             return Ok(a);
         }
-        let mut routes = self.routes.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some((src, at)) = routes.get(&dst) {
-            if at.elapsed() < ROUTE_TTL {
-                return Ok(*src);
-            }
-        }
-        let asked = UdpSocket::bind((Ipv4Addr::UNSPECIFIED, 0))
-            .and_then(|u| u.connect((dst, 9)).map(|()| u))
-            .and_then(|u| u.local_addr());
-        match asked {
-            Ok(SocketAddr::V4(a)) => {
-                routes.insert(dst, (*a.ip(), Instant::now()));
-                Ok(*a.ip())
-            }
-            Ok(SocketAddr::V6(_)) => Err(Unavailable::Ipv6),
-            Err(e) => Err(Unavailable::Route(dst, e)),
+        let socket = UdpSocket::bind((Ipv4Addr::UNSPECIFIED, 0))?;
+        socket.connect((dst, 9))?;
+        match socket.local_addr()? {
+            SocketAddr::V4(a) => Ok(*a.ip()),
+            SocketAddr::V6(_) => Err(io::ErrorKind::AddrNotAvailable.into()),
         }
     }
 
-    fn forget_route(&self, dst: Ipv4Addr) {
-        self.routes
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .remove(&dst);
+    /// Sends what it can of `syns`, in order, a batch per system call, and removes what was
+    /// sent or failed. Returns the ones that failed, with why; what is left in `syns` found
+    /// the socket's buffer full and waits for the next call.
+    pub fn send(&self, syns: &mut Vec<Syn>) -> Vec<(Syn, io::Error)> {
+        let mut failed = Vec::new();
+        let mut done = 0;
+        while done < syns.len() {
+            let batch = &syns[done..syns.len().min(done + BATCH)];
+            match send_batch(self.raw.get_ref(), batch) {
+                Ok(0) => break, // (not for a non-empty batch; never spin on it)
+                Ok(n) => done += n,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                // The first of the batch failed (a later one would have ended the batch
+                // early, and fails again on its own).
+                Err(e) => {
+                    failed.push((syns[done], e));
+                    done += 1;
+                }
+            }
+        }
+        syns.drain(..done);
+        failed
     }
 
-    async fn send(&self, segment: &[u8], dst: SocketAddrV4) -> io::Result<()> {
-        // A raw socket's port is the protocol's business: the address's port is ignored.
-        let to = SocketAddr::from((*dst.ip(), 0)).into();
+    /// Waits until answers can be read.
+    pub async fn readable(&self) -> io::Result<()> {
+        self.raw.readable().await.map(|_| ())
+    }
+
+    /// Reads every answer waiting, a batch per system call, into `replies`; returns when the
+    /// socket is empty.
+    pub async fn receive(&self, replies: &mut Vec<Reply>) -> io::Result<()> {
+        let mut buffers = vec![[0u8; ANSWER_BYTES]; BATCH];
         loop {
-            let mut ready = self.raw.writable().await?;
-            match ready.try_io(|raw| raw.get_ref().send_to(segment, &to)) {
-                Ok(result) => return result.map(|_| ()),
-                Err(_would_block) => continue,
-            }
-        }
-    }
-
-    fn deliver(&self, reply: Reply) {
-        let mut pending = self.lock_pending();
-        let key = (reply.from, reply.to_port);
-        if pending.get(&key).is_some_and(|p| p.ack == reply.ack) {
-            if let Some(p) = pending.remove(&key) {
-                // The probe may have just given up: then nobody listens, which is fine.
-                let _ = p.done.send(reply.answer);
+            // Ready at once when answers wait; when none do, there is nothing to read.
+            let ready = tokio::select! {
+                biased;
+                ready = self.raw.readable() => Some(ready?),
+                () = std::future::ready(()) => None,
+            };
+            let Some(mut ready) = ready else {
+                return Ok(());
+            };
+            // Read until the kernel says the socket is empty: that answer is what clears
+            // tokio's readiness, so `readable` waits again.
+            match ready.try_io(|raw| receive_batch(raw.get_ref(), &mut buffers)) {
+                Ok(Ok(lengths)) => {
+                    for (buffer, len) in buffers.iter().zip(lengths) {
+                        if let Some(reply) = buffer.get(..len).and_then(syn_packet::parse_ipv4) {
+                            replies.push(reply);
+                        }
+                    }
+                }
+                Ok(Err(e)) => return Err(e),
+                Err(_would_block) => return Ok(()),
             }
         }
     }
 }
 
-async fn read_answers(shared: Arc<Shared>) {
-    let mut buf = [0u8; 2048];
-    loop {
-        let Ok(mut ready) = shared.raw.readable().await else {
-            tracing::error!("health: the raw socket failed; tcp probes time out");
-            return;
-        };
-        // The first answer wakes this task; it reads at the next tick of the probe thread's
-        // grid, with the answers that came meanwhile (`super::tick`).
-        tokio::time::sleep_until(on_tick(tokio::time::Instant::now())).await;
-        loop {
-            let read = ready.try_io(|raw| {
-                let mut socket: &Socket = raw.get_ref();
-                socket.read(&mut buf)
-            });
-            match read {
-                Ok(Ok(n)) => {
-                    if let Some(reply) = syn_packet::parse_ipv4(&buf[..n]) {
-                        shared.deliver(reply);
-                    }
-                }
-                Ok(Err(e)) => {
-                    tracing::warn!("health: reading the raw socket: {e}");
-                    break;
-                }
-                Err(_would_block) => break,
-            }
-        }
-    }
+/// A TCP socket bound to `port` (0: the kernel picks), never listening: it keeps the port
+/// from every other socket.
+fn reserve(address: Ipv4Addr, port: u16) -> io::Result<Socket> {
+    let s = Socket::new(Domain::IPV4, Type::STREAM, Some(Protocol::TCP))?;
+    s.bind(&SocketAddr::from((address, port)).into())?;
+    Ok(s)
+}
+
+/// One `sendmmsg`: the number of SYNs the kernel took (at least one), or the error of the
+/// first. (The headers are made per call, a few a tick: nix's `MultiHeaders` holds raw
+/// pointers, so the sweep's future could not keep one across an await and stay `Send`.)
+fn send_batch(raw: &Socket, syns: &[Syn]) -> io::Result<usize> {
+    let slices: Vec<[IoSlice<'_>; 1]> = syns.iter().map(|s| [IoSlice::new(&s.segment)]).collect();
+    // A raw socket's port is the protocol's business: the address's port is ignored.
+    let addresses: Vec<Option<SockaddrIn>> = syns
+        .iter()
+        .map(|s| Some(SockaddrIn::from(SocketAddrV4::new(*s.to.ip(), 0))))
+        .collect();
+    let mut headers = MultiHeaders::<SockaddrIn>::preallocate(syns.len(), None);
+    let sent = sendmmsg(
+        raw.as_raw_fd(),
+        &mut headers,
+        &slices,
+        &addresses,
+        [],
+        MsgFlags::MSG_DONTWAIT,
+    )?;
+    Ok(sent.count())
+}
+
+/// One `recvmmsg` into `buffers`: the length of each answer read (the datagrams' lengths, cut
+/// to the buffer's).
+fn receive_batch(raw: &Socket, buffers: &mut [[u8; ANSWER_BYTES]]) -> io::Result<Vec<usize>> {
+    let mut slices: Vec<[IoSliceMut<'_>; 1]> = buffers
+        .iter_mut()
+        .map(|b| [IoSliceMut::new(&mut b[..])])
+        .collect();
+    let mut headers = MultiHeaders::<SockaddrIn>::preallocate(slices.len(), None);
+    let received = recvmmsg(
+        raw.as_raw_fd(),
+        &mut headers,
+        slices.iter_mut(),
+        MsgFlags::MSG_DONTWAIT,
+        None,
+    )?;
+    Ok(received.map(|m| m.bytes.min(ANSWER_BYTES)).collect())
 }
 
 /// A classic BPF program for the raw socket: keep TCP segments with SYN+ACK, or RST+ACK, set

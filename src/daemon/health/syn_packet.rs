@@ -3,7 +3,7 @@
 //! IPv4 only: the kernel writes the IP header of what a raw `IPPROTO_TCP` socket sends, but
 //! the TCP checksum covers the addresses (RFC 793's pseudo-header), so it is computed here.
 
-use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
+use std::net::{Ipv4Addr, SocketAddrV4};
 
 /// A TCP header without options.
 pub const TCP_HEADER: usize = 20;
@@ -82,14 +82,6 @@ pub fn parse_ipv4(packet: &[u8]) -> Option<Reply> {
         ack: u32::from_be_bytes([tcp[8], tcp[9], tcp[10], tcp[11]]),
         answer,
     })
-}
-
-/// The IPv4 endpoint of `addr`, if it has one.
-pub fn v4(addr: SocketAddr) -> Option<SocketAddrV4> {
-    match addr {
-        SocketAddr::V4(a) => Some(a),
-        SocketAddr::V6(_) => None,
-    }
 }
 
 #[cfg(test)]
