@@ -11,6 +11,7 @@ use portcullis::apply::{NftCli, NoConntrack, SyncOutcome, Syncer};
 use portcullis::model::DesiredState;
 use portcullis::render::nft::Backend;
 use std::net::{Ipv4Addr, UdpSocket};
+use std::sync::atomic::{AtomicU16, Ordering};
 use std::time::Duration;
 
 const SERVERS: usize = 8;
@@ -37,13 +38,22 @@ fn client_addr(i: u8) -> Ipv4Addr {
     Ipv4Addr::new(203, 0, 113, 10 + i)
 }
 
-/// One new flow (a fresh socket, so a fresh source port and conntrack entry) from every
-/// client address: the backend that answered each.
+/// The client port of the next [`ask_all`]: each call's flows leave from a port no earlier
+/// call used. With random ephemeral ports, a client now and then drew the port of one of its
+/// flows from an earlier phase, and the gateway's conntrack entry of that flow (still alive:
+/// UDP's 30 s) sent it where the earlier phase had — right for a flow, wrong for this test,
+/// which asks where *new* flows go (a CI run failed so: one client of the drained server
+/// stayed on its stand-in after the undrain).
+static NEXT_CLIENT_PORT: AtomicU16 = AtomicU16::new(20_000);
+
+/// One new flow (a fresh socket, a source port unused so far, so a fresh conntrack entry)
+/// from every client address: the backend that answered each.
 fn ask_all(lab: &Lab) -> Vec<Option<String>> {
-    in_netns(&lab.client.name, || {
+    let port = NEXT_CLIENT_PORT.fetch_add(1, Ordering::Relaxed);
+    in_netns(&lab.client.name, move || {
         (0..CLIENTS)
             .map(|i| {
-                let sock = UdpSocket::bind((client_addr(i), 0)).expect("bind client address");
+                let sock = UdpSocket::bind((client_addr(i), port)).expect("bind client address");
                 sock.set_read_timeout(Some(Duration::from_millis(700)))
                     .expect("timeout");
                 udp_ask(&sock, VIP1, PORT)
