@@ -103,14 +103,17 @@ impl Sweep {
         let mut ended = Vec::new();
         let mut retarget = true;
         loop {
-            // Sleep until something is due, an answer comes or the targets change…
+            // Sleep until something is due or the targets change…
+            let soon = Instant::now() + TICK;
             let next = match (self.schedule.next_wake(), outbox.is_empty()) {
                 (next, true) => next,
                 // …or, with SYNs the socket could not take, the next tick.
-                (next, false) => {
-                    Some(next.map_or(Instant::now() + TICK, |n| n.min(Instant::now() + TICK)))
-                }
+                (next, false) => Some(next.map_or(soon, |n| n.min(soon))),
             };
+            // …or an answer comes, unless the next tick is due anyway: at scale there is
+            // always something due, and waking for the first answer of a tick only to sleep
+            // until the tick was a second wake-up every tick (a hypervisor exit on a VM).
+            let wait_for_answers = next.is_none_or(|at| at > soon);
             let sleep = async {
                 match next {
                     Some(at) => tokio::time::sleep_until(at).await,
@@ -119,7 +122,7 @@ impl Sweep {
             };
             tokio::select! {
                 () = self.changed.notified() => retarget = true,
-                ready = self.socket.readable() => if let Err(e) = ready {
+                ready = self.socket.readable(), if wait_for_answers => if let Err(e) = ready {
                     tracing::error!("health: the raw socket failed ({e}); tcp probes stop");
                     return;
                 },

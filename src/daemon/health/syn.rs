@@ -178,14 +178,21 @@ impl SynSocket {
             let Some(mut ready) = ready else {
                 return Ok(());
             };
-            // Read until the kernel says the socket is empty: that answer is what clears
-            // tokio's readiness, so `readable` waits again.
+            // Read until the kernel says the socket is empty (that answer is what clears
+            // tokio's readiness, so `readable` waits again), or a batch comes back short: the
+            // socket was emptied, and asking again only to hear so would be a second system
+            // call every tick. The readiness left set costs one empty read, at the next
+            // tick or the next `readable`.
             match ready.try_io(|raw| receive_batch(raw.get_ref(), &mut buffers)) {
                 Ok(Ok(lengths)) => {
+                    let short = lengths.len() < BATCH;
                     for (buffer, len) in buffers.iter().zip(lengths) {
                         if let Some(reply) = buffer.get(..len).and_then(syn_packet::parse_ipv4) {
                             replies.push(reply);
                         }
+                    }
+                    if short {
+                        return Ok(());
                     }
                 }
                 Ok(Err(e)) => return Err(e),
