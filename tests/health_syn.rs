@@ -128,6 +128,13 @@ fn syn_probes_tell_listening_refused_and_silent_apart_and_leave_nothing_half_ope
         states[0].probes >= 100 && states[0].failures == 0,
         "{states:?}"
     );
+    // The latency is the kernel's receive time of the answer less the SYN's, not when the
+    // sweep read it: read times fall on its 20 ms grid, a tick after the SYN went out on one.
+    let latency = states[0].last_latency_ms.unwrap_or(f64::MAX);
+    assert!(
+        latency < 10.0,
+        "a veth round trip took {latency} ms: the answers' receive times were not used"
+    );
 
     // The backend keeps no half-open connection: the gateway's kernel reset each SYN-ACK (a
     // SYN_RECV socket would otherwise linger through the server's SYN-ACK retries, ~1 min).

@@ -94,27 +94,35 @@ fn a_new_target_is_probed_within_one_interval_and_an_answer_ends_its_probe() {
     assert!(PORTS.contains(&first.port));
 
     // Answers that do not acknowledge this probe's SYN, or reach another port, are ignored.
-    let later = at + Duration::from_millis(30);
+    // The answer arrives 30 ms after the SYN and is read a tick later.
+    let arrived = at + Duration::from_millis(30);
+    let later = arrived + TICK;
     assert!(s
-        .answer(reply(&first, first.seq, Answer::Listening), later)
+        .answer(reply(&first, first.seq, Answer::Listening), arrived, later)
         .is_none());
     let mut elsewhere = reply(&first, first.seq.wrapping_add(1), Answer::Listening);
     elsewhere.to_port = 1;
-    assert!(s.answer(elsewhere, later).is_none());
+    assert!(s.answer(elsewhere, arrived, later).is_none());
 
     let e = s
         .answer(
             reply(&first, first.seq.wrapping_add(1), Answer::Listening),
+            arrived,
             later,
         )
         .expect("the probe ends");
     assert_eq!(e.target, target(1));
     assert!(e.result.is_ok());
-    assert_eq!(e.latency, Duration::from_millis(30));
+    assert_eq!(
+        e.latency,
+        Duration::from_millis(30),
+        "up to the arrival, not the read"
+    );
     // Once only.
     assert!(s
         .answer(
             reply(&first, first.seq.wrapping_add(1), Answer::Listening),
+            arrived,
             later
         )
         .is_none());
@@ -165,6 +173,7 @@ fn an_unanswered_probe_is_resent_twice_then_times_out() {
     assert!(s
         .answer(
             reply(&first, first.seq.wrapping_add(1), Answer::Listening),
+            start + TIMEOUT * 2,
             start + TIMEOUT * 2
         )
         .is_none());
@@ -175,7 +184,11 @@ fn a_reset_is_a_refusal_and_a_failed_send_fails_the_probe_with_why() {
     let t0 = Instant::now();
     let (mut s, now, syn) = probing(1, t0);
     let e = s
-        .answer(reply(&syn, syn.seq.wrapping_add(1), Answer::Refused), now)
+        .answer(
+            reply(&syn, syn.seq.wrapping_add(1), Answer::Refused),
+            now,
+            now,
+        )
         .expect("ends");
     assert!(e.result.is_err_and(|e| e.to_string().contains("refused")));
 
@@ -238,6 +251,7 @@ fn a_target_removed_mid_probe_frees_its_place_and_its_answer_is_ignored() {
     assert!(s
         .answer(
             reply(&first, first.seq.wrapping_add(1), Answer::Listening),
+            now,
             now
         )
         .is_none());

@@ -12,10 +12,11 @@
 //! [`Schedule`] (`super::schedule`) is the bookkeeping, with no I/O; this is the task.
 
 use super::board::Board;
+use super::schedule::TICK;
 use super::schedule::{Ended, Schedule};
 use super::syn::{Syn, SynSocket};
 use super::syn_packet;
-use super::tick::{on_tick, TICK};
+use super::tick::on_grid;
 use super::HealthConfig;
 use crate::model::health::{Probe, Target};
 use std::collections::BTreeSet;
@@ -97,7 +98,7 @@ struct Sweep {
 
 impl Sweep {
     async fn run(mut self) {
-        let mut replies = Vec::new();
+        let mut arrivals = Vec::new();
         let mut wanted = Vec::new();
         let mut outbox: Vec<Syn> = Vec::new();
         let mut ended = Vec::new();
@@ -120,16 +121,26 @@ impl Sweep {
                     None => std::future::pending().await,
                 }
             };
-            tokio::select! {
-                () = self.changed.notified() => retarget = true,
-                ready = self.socket.readable(), if wait_for_answers => if let Err(e) = ready {
-                    tracing::error!("health: the raw socket failed ({e}); tcp probes stop");
-                    return;
-                },
-                () = sleep => {}
+            let on_the_grid = tokio::select! {
+                () = self.changed.notified() => {
+                    retarget = true;
+                    false
+                }
+                ready = self.socket.readable(), if wait_for_answers => {
+                    if let Err(e) = ready {
+                        tracing::error!("health: the raw socket failed ({e}); tcp probes stop");
+                        return;
+                    }
+                    false
+                }
+                () = sleep => true,
+            };
+            // …then do everything on a tick of the grid, with what came meanwhile. Woken by
+            // the schedule, it is one already (just past it: timers fire late, never early,
+            // and rounding up again would be a second wake-up for each tick's work).
+            if !on_the_grid {
+                tokio::time::sleep_until(on_grid(Instant::now(), TICK)).await;
             }
-            // …then do everything on the next tick of the grid, with what came meanwhile.
-            tokio::time::sleep_until(on_tick(Instant::now())).await;
             let now = Instant::now();
             if std::mem::take(&mut retarget) {
                 let targets = self
@@ -139,11 +150,11 @@ impl Sweep {
                     .clone();
                 self.schedule.set_targets(&targets, now);
             }
-            if let Err(e) = self.socket.receive(&mut replies).await {
+            if let Err(e) = self.socket.receive(&mut arrivals).await {
                 tracing::warn!("health: reading the raw socket: {e}");
             }
-            for reply in replies.drain(..) {
-                ended.extend(self.schedule.answer(reply, now));
+            for arrival in arrivals.drain(..) {
+                ended.extend(self.schedule.answer(arrival.reply, arrival.at, now));
             }
             self.schedule.due(now, &mut wanted, &mut ended);
             for w in wanted.drain(..) {

@@ -22,12 +22,18 @@
 
 use super::syn_packet::{self, Reply, TCP_HEADER};
 use crate::render::nft::PROBE_PORTS;
-use nix::sys::socket::{recvmmsg, sendmmsg, MsgFlags, MultiHeaders, SockaddrIn};
+use nix::sys::socket::{
+    recvmmsg, sendmmsg, setsockopt, sockopt, ControlMessageOwned, MsgFlags, MultiHeaders,
+    SockaddrIn,
+};
+use nix::sys::time::TimeSpec;
 use socket2::{Domain, Protocol, SockFilter, Socket, Type};
 use std::io::{self, IoSlice, IoSliceMut};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr, SocketAddrV4, UdpSocket};
 use std::os::fd::AsRawFd;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use tokio::io::unix::AsyncFd;
+use tokio::time::Instant;
 
 /// Ephemeral source ports reserved when none of [`PROBE_PORTS`] is free. A target is probed
 /// from the next port each time, so that a new SYN never meets what is left of the last
@@ -47,6 +53,14 @@ const ANSWER_BYTES: usize = 96;
 pub struct Syn {
     pub to: SocketAddrV4,
     pub segment: [u8; TCP_HEADER],
+}
+
+/// An answer and when it arrived: the kernel's receive time, so that a latency does not
+/// depend on when the sweep got round to reading it (once per tick of its grid).
+#[derive(Clone, Copy, Debug)]
+pub struct Arrival {
+    pub reply: Reply,
+    pub at: Instant,
 }
 
 /// The raw socket of the half-open prober and its reserved source ports.
@@ -70,6 +84,7 @@ impl SynSocket {
         raw.set_nonblocking(true)?;
         raw.attach_filter(&answers_only())?;
         raw.set_recv_buffer_size(RECEIVE_BUFFER)?;
+        setsockopt(&raw, sockopt::ReceiveTimestampns, &true)?;
         if let Some(a) = source {
             // A raw socket's bound address is the source of what it sends.
             raw.bind(&SocketAddr::from((a, 0)).into())?;
@@ -164,10 +179,12 @@ impl SynSocket {
         self.raw.readable().await.map(|_| ())
     }
 
-    /// Reads every answer waiting, a batch per system call, into `replies`; returns when the
-    /// socket is empty.
-    pub async fn receive(&self, replies: &mut Vec<Reply>) -> io::Result<()> {
+    /// Reads every answer waiting, a batch per system call, into `arrivals`; returns when
+    /// the socket is empty.
+    pub async fn receive(&self, arrivals: &mut Vec<Arrival>) -> io::Result<()> {
         let mut buffers = vec![[0u8; ANSWER_BYTES]; BATCH];
+        // The kernel stamps answers with the wall clock; the sweep's clock is monotonic.
+        let clocks = (Instant::now(), SystemTime::now());
         loop {
             // Ready at once when answers wait; when none do, there is nothing to read.
             let ready = tokio::select! {
@@ -184,11 +201,12 @@ impl SynSocket {
             // call every tick. The readiness left set costs one empty read, at the next
             // tick or the next `readable`.
             match ready.try_io(|raw| receive_batch(raw.get_ref(), &mut buffers)) {
-                Ok(Ok(lengths)) => {
-                    let short = lengths.len() < BATCH;
-                    for (buffer, len) in buffers.iter().zip(lengths) {
+                Ok(Ok(received)) => {
+                    let short = received.len() < BATCH;
+                    for (buffer, (len, stamp)) in buffers.iter().zip(received) {
                         if let Some(reply) = buffer.get(..len).and_then(syn_packet::parse_ipv4) {
-                            replies.push(reply);
+                            let at = stamp.map_or(clocks.0, |s| monotonic(s, clocks));
+                            arrivals.push(Arrival { reply, at });
                         }
                     }
                     if short {
@@ -234,12 +252,32 @@ fn send_batch(raw: &Socket, syns: &[Syn]) -> io::Result<usize> {
 
 /// One `recvmmsg` into `buffers`: the length of each answer read (the datagrams' lengths, cut
 /// to the buffer's).
-fn receive_batch(raw: &Socket, buffers: &mut [[u8; ANSWER_BYTES]]) -> io::Result<Vec<usize>> {
+/// The instant of a wall-clock `stamp`, by its age on the wall clock when `clocks` were
+/// read (a stamp from the future, the wall clock stepped back, is taken as then).
+fn monotonic(stamp: TimeSpec, (instant, wall): (Instant, SystemTime)) -> Instant {
+    let (Ok(secs), Ok(nanos)) = (
+        u64::try_from(stamp.tv_sec()),
+        u32::try_from(stamp.tv_nsec()),
+    ) else {
+        return instant;
+    };
+    let age = wall
+        .duration_since(UNIX_EPOCH + Duration::new(secs, nanos))
+        .unwrap_or_default();
+    instant.checked_sub(age).unwrap_or(instant)
+}
+
+/// One `recvmmsg`: each answer's length (cut at `ANSWER_BYTES`) and receive time.
+fn receive_batch(
+    raw: &Socket,
+    buffers: &mut [[u8; ANSWER_BYTES]],
+) -> io::Result<Vec<(usize, Option<TimeSpec>)>> {
     let mut slices: Vec<[IoSliceMut<'_>; 1]> = buffers
         .iter_mut()
         .map(|b| [IoSliceMut::new(&mut b[..])])
         .collect();
-    let mut headers = MultiHeaders::<SockaddrIn>::preallocate(slices.len(), None);
+    let mut headers =
+        MultiHeaders::<SockaddrIn>::preallocate(slices.len(), Some(nix::cmsg_space!(TimeSpec)));
     let received = recvmmsg(
         raw.as_raw_fd(),
         &mut headers,
@@ -247,7 +285,17 @@ fn receive_batch(raw: &Socket, buffers: &mut [[u8; ANSWER_BYTES]]) -> io::Result
         MsgFlags::MSG_DONTWAIT,
         None,
     )?;
-    Ok(received.map(|m| m.bytes.min(ANSWER_BYTES)).collect())
+    Ok(received
+        .map(|m| {
+            let stamp = m.cmsgs().ok().and_then(|mut c| {
+                c.find_map(|c| match c {
+                    ControlMessageOwned::ScmTimestampns(t) => Some(t),
+                    _ => None,
+                })
+            });
+            (m.bytes.min(ANSWER_BYTES), stamp)
+        })
+        .collect())
 }
 
 /// A classic BPF program for the raw socket: keep TCP segments with SYN+ACK, or RST+ACK, set
@@ -267,4 +315,24 @@ fn answers_only() -> Vec<SockFilter> {
         SockFilter::new(RET, 0, 0, 0xffff), // keep
         SockFilter::new(RET, 0, 0, 0),      // (not TCP) drop
     ]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn stamp(t: SystemTime) -> TimeSpec {
+        TimeSpec::from_duration(t.duration_since(UNIX_EPOCH).expect("after 1970"))
+    }
+
+    #[test]
+    fn receive_times_map_onto_the_monotonic_clock_by_their_age() {
+        let clocks = (Instant::now(), SystemTime::now());
+        let ms = Duration::from_millis;
+        let five_ago = stamp(clocks.1 - ms(5));
+        assert_eq!(monotonic(five_ago, clocks), clocks.0 - ms(5));
+        // The wall clock stepped back: a stamp "from the future" is taken as the read.
+        let ahead = stamp(clocks.1 + ms(500));
+        assert_eq!(monotonic(ahead, clocks), clocks.0);
+    }
 }

@@ -17,10 +17,17 @@ pub const TICK: Duration = Duration::from_millis(10);
 
 /// The first instant of the grid at or after `t` (the grid starts at the first call).
 pub fn on_tick(t: Instant) -> Instant {
+    on_grid(t, TICK)
+}
+
+/// The first instant at or after `t` of a grid of `period`s (a multiple of [`TICK`], so its
+/// points are ticks too), from the same origin.
+pub fn on_grid(t: Instant, period: Duration) -> Instant {
     static ORIGIN: OnceLock<std::time::Instant> = OnceLock::new();
     let origin = Instant::from_std(*ORIGIN.get_or_init(std::time::Instant::now));
     let since = t.saturating_duration_since(origin);
-    let grid = since.as_nanos().div_ceil(TICK.as_nanos()) * TICK.as_nanos();
+    let period = period.as_nanos().max(1);
+    let grid = since.as_nanos().div_ceil(period) * period;
     // u64 nanoseconds last 584 years; past them, `t` itself (never an instant before it,
     // which would make every sleep on the grid return at once).
     u64::try_from(grid)
