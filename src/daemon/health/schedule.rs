@@ -77,7 +77,7 @@ pub struct Schedule {
     ports: Vec<u16>,
     slots: HashMap<SocketAddrV4, Slot>,
     /// The targets due at each tick of the grid. A bucket per tick rather than a heap of
-    /// single instants: 5,000 probes a second are ~50 a tick, taken in one go (a binary
+    /// single instants: 5,000 probes a second are ~100 a tick, taken in one go (a binary
     /// heap's pops were a third of the sweep's user time in `perf`, cache misses in a heap
     /// of 20k entries).
     wheel: BTreeMap<Instant, Vec<SocketAddrV4>>,

@@ -1,7 +1,8 @@
 //! The half-open sweep: every IPv4 `tcp` target is probed by one task, through one
-//! [`SynSocket`], on the probe thread's grid (`super::tick`). Each tick it reads every answer
-//! that came (one `recvmmsg` per 64), decides what is due — first SYNs, resends, deadlines —
-//! and sends all the SYNs of the tick in one `sendmmsg`.
+//! [`SynSocket`], on a grid of its own (`schedule::TICK`, 20 ms). Each tick it reads every
+//! answer that came (one `recvmmsg` per 64, each answer stamped with its arrival by the
+//! kernel), decides what is due — first SYNs, resends, deadlines — and sends all the SYNs of
+//! the tick in one `sendmmsg`. At scale it wakes once a tick and never for an answer.
 //!
 //! Why one task and not one per target, as connecting probes have: at 10k targets every 2 s,
 //! a task per probe meant 5,000 tasks woken a second, each with its own timers, channel and
