@@ -11,7 +11,7 @@ use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use serde::Serialize;
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeSet, HashMap};
 use std::sync::atomic::AtomicU64;
 use std::sync::{Mutex, MutexGuard};
 use std::time::Duration;
@@ -70,7 +70,10 @@ struct Record {
 
 #[derive(Default)]
 struct Inner {
-    targets: BTreeMap<Target, Record>,
+    /// A hash map: every probe's result looks its target up (5,000 a second at 10k targets
+    /// every 2 s), and in a B-tree that was a cache miss per level (`perf`: most of
+    /// `record`'s time); the few readers that list targets sort them.
+    targets: HashMap<Target, Record>,
     pending: Vec<Transition>,
     overlay: OverlayView,
 }
@@ -239,19 +242,21 @@ impl Board {
         self.lock().overlay.clone()
     }
 
+    /// Every target's record, in the targets' order.
     pub fn view(&self) -> BoardView {
         let inner = self.lock();
-        BoardView {
-            targets: inner
-                .targets
-                .iter()
-                .map(|(t, r)| TargetEntry {
-                    target: t.clone(),
-                    state: r.state.clone(),
-                })
-                .collect(),
-            overlay: inner.overlay.clone(),
-        }
+        let mut targets: Vec<TargetEntry> = inner
+            .targets
+            .iter()
+            .map(|(t, r)| TargetEntry {
+                target: t.clone(),
+                state: r.state.clone(),
+            })
+            .collect();
+        let overlay = inner.overlay.clone();
+        drop(inner); // (sorted outside the lock the probes wait on)
+        targets.sort_by(|a, b| a.target.cmp(&b.target));
+        BoardView { targets, overlay }
     }
 }
 
@@ -269,6 +274,17 @@ mod tests {
 
     fn refused() -> super::super::probe::ProbeError {
         super::super::probe::ProbeError::Connect(std::io::ErrorKind::ConnectionRefused.into())
+    }
+
+    #[test]
+    fn the_view_lists_targets_in_order() {
+        let board = Board::default();
+        let ports = [9, 80, 3, 443, 22, 8080, 1];
+        board.retain(&ports.iter().map(|p| t(*p)).collect());
+        let listed: Vec<Target> = board.view().targets.into_iter().map(|e| e.target).collect();
+        let mut sorted: Vec<Target> = ports.iter().map(|p| t(*p)).collect();
+        sorted.sort();
+        assert_eq!(listed, sorted);
     }
 
     #[test]
