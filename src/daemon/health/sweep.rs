@@ -13,8 +13,7 @@
 //! [`Schedule`] (`super::schedule`) is the bookkeeping, with no I/O; this is the task.
 
 use super::board::Board;
-use super::schedule::TICK;
-use super::schedule::{Ended, Schedule};
+use super::schedule::{Ended, Schedule, TICK};
 use super::syn::{Syn, SynSocket};
 use super::syn_packet;
 use super::tick::on_grid;
