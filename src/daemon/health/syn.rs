@@ -250,8 +250,6 @@ fn send_batch(raw: &Socket, syns: &[Syn]) -> io::Result<usize> {
     Ok(sent.count())
 }
 
-/// One `recvmmsg` into `buffers`: the length of each answer read (the datagrams' lengths, cut
-/// to the buffer's).
 /// The instant of a wall-clock `stamp`, by its age on the wall clock when `clocks` were
 /// read (a stamp from the future, the wall clock stepped back, is taken as then).
 fn monotonic(stamp: TimeSpec, (instant, wall): (Instant, SystemTime)) -> Instant {
